@@ -1,0 +1,280 @@
+"""Shared test helpers: real SLURM captures, a fake clock, a scripted SLURM for controller
+tables, and the way to run the CLI against the fake SLURM."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+CAPTURES = os.path.join(HERE, "captures")
+FAKE_SLURM_BIN = os.path.join(ROOT, "fixtures", "fake_slurm")
+
+sys.path.insert(0, ROOT)
+import autoexp  # noqa: E402
+
+
+class Capture(object):
+    """One file of real SLURM output: the command, its exit code, stdout and stderr."""
+
+    def __init__(self, name):
+        self.name = name
+        with open(os.path.join(CAPTURES, name), "rb") as f:
+            raw = f.read()
+        head, _, rest = raw.partition(b"# --- stdout (")
+        self.command = re.search(rb"^# command: (.*)$", head, re.M).group(1).decode()
+        self.rc = int(re.search(rb"^# exit_code: (\d+)$", head, re.M).group(1))
+        n, _, rest = rest.partition(b" bytes) ---\n")
+        self.stdout = rest[:int(n)].decode()
+        rest = rest[int(n):]
+        m = re.match(rb"\n?# --- stderr \((\d+) bytes\) ---\n", rest)
+        self.stderr = rest[m.end():m.end() + int(m.group(1))].decode()
+
+    def completed(self):
+        return autoexp.Completed([], self.rc, self.stdout, self.stderr, False)
+
+
+def captures(prefix_re=None, command_re=None):
+    out = []
+    for name in sorted(os.listdir(CAPTURES)):
+        if prefix_re and not re.search(prefix_re, name):
+            continue
+        with open(os.path.join(CAPTURES, name), "rb") as f:
+            if not f.read().startswith(b"# time:"):
+                continue  # transcripts and notes, not cap() output
+        cap = Capture(name)
+        if command_re and not re.search(command_re, cap.command):
+            continue
+        out.append(cap)
+    return out
+
+
+class FakeClock(object):
+    """time() and sleep() for the controller: sleeping only moves the clock."""
+
+    def __init__(self, start=1700000000.0):
+        self.now = start
+
+    def time(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.now += seconds
+
+    def __call__(self):
+        return self.now
+
+
+def fake_env(fake_dir, extra=None):
+    env = dict(os.environ)
+    env["PATH"] = FAKE_SLURM_BIN + os.pathsep + env.get("PATH", "")
+    env["FAKE_SLURM_DIR"] = fake_dir
+    env.pop("AUTOEXP_STATE_DIR", None)
+    env.pop("AUTOEXP_CRASH_AT", None)
+    if extra:
+        env.update(extra)
+    return env
+
+
+def run_cli(args, env, cwd, python=None, timeout=120, pyz=None):
+    """Run autoexp as a user would (a subprocess); returns CompletedProcess with text output."""
+    target = pyz or os.path.join(ROOT, "autoexp.py")
+    argv = [python or sys.executable, target] + list(args)
+    p = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = p.communicate(timeout=timeout)
+    return subprocess.CompletedProcess(argv, p.returncode, out.decode("utf-8", "replace"),
+                                       err.decode("utf-8", "replace"))
+
+
+def write_config(path, config):
+    with open(path, "w") as f:
+        json.dump(config, f, indent=2)
+    return path
+
+
+def load_state(state_dir, session_id):
+    with open(os.path.join(state_dir, session_id + ".json")) as f:
+        return json.load(f)
+
+
+def read_events(state_dir, session_id):
+    path = os.path.join(state_dir, session_id + ".events.jsonl")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def wait_for(predicate, timeout=30.0, interval=0.1, what="condition"):
+    end = time.time() + timeout
+    while time.time() < end:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError("timed out after %ss waiting for %s" % (timeout, what))
+
+
+class ScriptedSlurm(object):
+    """An in-memory SLURM for controller tables: tests move jobs between states by hand and
+    the controller sees them through the same interface as SlurmClient."""
+
+    def __init__(self, clock, user="tester"):
+        self.clock = clock
+        self.user = user
+        self.jobs = {}          # job_id -> dict(name, comment, state, exit_code, in_squeue, in_sacct, raw_id)
+        self.next_id = 100
+        self.fail = {"squeue": 0, "sacct": 0, "sbatch": 0, "scancel": 0}
+        self.sbatch_mode = []   # per call: "ok", "queued_error", "error", "permanent"
+        self.calls = []
+
+    # steering
+    def add(self, name, comment, state="PENDING", job_id=None):
+        job_id = job_id or str(self._new_id())
+        self.jobs[job_id] = dict(name=name, comment=comment, state=state, exit_code="0:0",
+                                 in_squeue=True, in_sacct=True, raw_id=job_id.split("_")[0], start=self.clock())
+        return job_id
+
+    def set(self, job_id, state, exit_code="0:0"):
+        self.jobs[job_id].update(state=state, exit_code=exit_code)
+
+    def purge(self, job_id):
+        self.jobs[job_id]["in_squeue"] = False
+
+    def forget(self, job_id):
+        self.jobs[job_id].update(in_squeue=False, in_sacct=False)
+
+    def by_name(self, name):
+        return [j for j, d in sorted(self.jobs.items(), key=lambda kv: autoexp.job_id_sort_key(kv[0]))
+                if d["name"] == name]
+
+    def count(self, cmd):
+        return sum(1 for c in self.calls if c[0] == cmd)
+
+    def _new_id(self):
+        self.next_id += 1
+        return self.next_id
+
+    def _failing(self, cmd):
+        self.calls.append((cmd,))
+        if self.fail[cmd]:
+            self.fail[cmd] -= 1
+            return True
+        return False
+
+    # the SlurmClient interface
+    def squeue(self):
+        if self._failing("squeue"):
+            raise autoexp.SlurmUnavailable("squeue failed (exit 1): slurm_load_jobs error: Unable to contact slurm controller")
+        return [autoexp.QueueRow(j, d["raw_id"], d["state"], "None", d["name"], d["comment"])
+                for j, d in self.jobs.items() if d["in_squeue"]]
+
+    def _acct_row(self, j, d):
+        done = d["state"] not in autoexp.ACTIVE_STATES
+        return autoexp.AcctRow(j, d["raw_id"], d["name"], d["state"], d["exit_code"], d["start"],
+                               self.clock() if done else None, d["comment"] if done else "")
+
+    def sacct(self, ids, since):
+        if self._failing("sacct"):
+            raise autoexp.SlurmUnavailable("sacct failed (exit 1): Connection refused")
+        return dict((j, self._acct_row(j, self.jobs[j])) for j in ids if j in self.jobs and self.jobs[j]["in_sacct"])
+
+    def sacct_by_name(self, names, since):
+        if self._failing("sacct"):
+            raise autoexp.SlurmUnavailable("sacct failed (exit 1): Connection refused")
+        return [self._acct_row(j, d) for j, d in self.jobs.items() if d["name"] in names and d["in_sacct"]]
+
+    def sbatch(self, script, args=()):
+        mode = self.sbatch_mode.pop(0) if self.sbatch_mode else "ok"
+        self.calls.append(("sbatch", script, tuple(args)))
+        if mode == "error":
+            return autoexp.SubmitResult("uncertain", None, "Socket timed out on send/recv operation")
+        if mode == "permanent":
+            return autoexp.SubmitResult("permanent", None, "Invalid partition name specified")
+        with open(script) as f:
+            text = f.read()
+        name = re.search(r"^#SBATCH --job-name=(\S+)", text, re.M).group(1)
+        comment = re.search(r"^#SBATCH --comment=(\S+)", text, re.M).group(1)
+        base = str(self._new_id())
+        array = [a for a in args if a.startswith("--array=")]
+        if array:
+            for t in autoexp.parse_task_ranges(array[0].split("=", 1)[1]):
+                self.add(name, comment, job_id="%s_%d" % (base, t))
+        else:
+            self.add(name, comment, job_id=base)
+        if mode == "queued_error":
+            return autoexp.SubmitResult("uncertain", None, "Socket timed out on send/recv operation")
+        return autoexp.SubmitResult("ok", base, "")
+
+    def scancel(self, job_id):
+        if self._failing("scancel"):
+            return False, "scancel: error: Kill job error on job id %s: Unable to contact slurm controller" % job_id
+        self.calls[-1] = ("scancel", job_id)
+        if job_id in self.jobs and self.jobs[job_id]["state"] in autoexp.ACTIVE_STATES:
+            self.jobs[job_id]["state"] = "CANCELLED"
+        return True, ""
+
+
+class Harness(object):
+    """A planned session driven in-process with a fake clock and a ScriptedSlurm."""
+
+    def __init__(self, tmp_path, config, names=None, array=False):
+        self.clock = FakeClock()
+        self.slurm = ScriptedSlurm(self.clock)
+        self.state_dir = str(tmp_path / "state")
+        self.workdir = str(tmp_path)
+        cfg_path = write_config(str(tmp_path / "cfg.json"), config)
+        resolved = autoexp.resolve_config(autoexp.load_config_file(cfg_path), cfg_path, [])
+        manifest, scripts = autoexp.build_plan(resolved, cfg_path, "p1", self.state_dir, self.workdir, self.clock())
+        self.store = autoexp.StateStore(self.state_dir)
+        self.store.ensure()
+        self.plan = autoexp.load_manifest(autoexp.write_plan(manifest, scripts))
+        self.session = autoexp.new_session(self.store, self.plan, self.clock())
+        self.session.plan = self.plan
+        self.out = []
+        report = autoexp.Reporter(2, _Sink(self.out), _Sink(self.out))
+        self.ctl = autoexp.Controller(self.store, self.slurm, report, clock=self.clock, sleep=self.clock.sleep)
+        jobs = [self.plan.by_name[n] for n in names] if names else self.plan.jobs
+        self.ctl.register(self.session, jobs, array, self.clock())
+
+    def cycle(self, advance=10.0):
+        self.clock.now += advance
+        return self.ctl.cycle([self.session])
+
+    def job(self, name):
+        return self.session.job(name)
+
+    def live_id(self, name):
+        return self.session.job(name).current.job_id
+
+    def log(self, name, text, job_id=None):
+        job = self.job(name)
+        att = job.current
+        path = autoexp.resolve_log_path(self.plan.by_name[name].log_template, job_id or att.job_id,
+                                        job_id or att.job_id, name, self.slurm.user)
+        with open(path, "a") as f:
+            f.write(text)
+        return path
+
+    def reload(self):
+        return self.store.load(self.session.path)
+
+    def state_bytes(self):
+        with open(self.session.path, "rb") as f:
+            return f.read()
+
+
+class _Sink(object):
+    encoding = "utf-8"
+
+    def __init__(self, lines):
+        self.lines = lines
+
+    def write(self, text):
+        self.lines.append(text)
+
+    def flush(self):
+        pass

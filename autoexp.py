@@ -1975,7 +1975,7 @@ class Controller(object):
         """Cycle until every job is finalized, stopped or cancelled; returns an exit code."""
         while True:
             ok = self.cycle(sessions)
-            live = [s for s in sessions if s.active()]
+            live = [s for s in sessions if s.active() or settling(s, self.clock())]
             if not live:
                 for s in sessions:
                     self.report.info("session %s done: %s" % (s.session_id, count_summary(s)))
@@ -2042,7 +2042,8 @@ class Controller(object):
         (for intents and vanished jobs that may have a successor squeue cannot show)."""
         look = Lookup()
         watched = [j.current for j in s.jobs if j.current is not None and j.current.live and j.current.job_id]
-        gone = [a for a in watched if a.job_id not in snap.by_id]
+        # squeue knows no exit codes: a job it shows ended is asked about too, in the same call
+        gone = [a for a in watched if a.job_id not in snap.by_id or snap.by_id[a.job_id].state not in ACTIVE_STATES]
         if gone:
             since = min(a.intent_at or a.submitted_at or now for a in gone) - 3600
             try:
@@ -2106,10 +2107,10 @@ class Controller(object):
 
     def _observe(self, att, snap, look):
         row = snap.by_id.get(att.job_id)
-        if row is not None:
-            return Observation("squeue", row.state, row.reason, "", row.raw_id)
         named = [r for r in look.named if r.job_id == att.job_id]
         arow = look.acct.get(att.job_id) or (named[-1] if named else None)
+        if row is not None:
+            return Observation("squeue", row.state, row.reason, arow.exit_code if arow else "", row.raw_id)
         if arow is None and not look.acct_ok:
             return Observation("unknown", reason="sacct failed: %s" % look.acct_error)
         if arow is None:
@@ -2349,8 +2350,8 @@ class Controller(object):
         if self.dry_run:
             for job, att in todo.cancel:
                 self.report.result("would run: scancel %s   # %s" % (att.job_id, job.name))
-            for job in todo.submit:
-                self.report.result("would submit: %s" % self._describe_submit(s, [job]))
+            for group in self._submit_groups(todo.submit):
+                self.report.result("would submit: %s" % self._describe_submit(s, group))
             return
         if changed:
             intents = bool(todo.submit or todo.cancel)
@@ -2397,12 +2398,16 @@ class Controller(object):
             spec += "%%%d" % array.max_running
         return array.script_path, ["--array=" + spec]
 
-    def submit_now(self, s, jobs):
-        """sbatch every job whose intent is on disk: one call per single job, one for all the
-        array tasks."""
+    @staticmethod
+    def _submit_groups(jobs):
+        """One sbatch per single job, and one for all the array tasks."""
         singles = [j for j in jobs if j.current.array_task is None]
         tasks = sorted((j for j in jobs if j.current.array_task is not None), key=lambda j: j.index)
-        for group in [[j] for j in singles] + ([tasks] if tasks else []):
+        return [[j] for j in singles] + ([tasks] if tasks else [])
+
+    def submit_now(self, s, jobs):
+        """sbatch every job whose intent is on disk."""
+        for group in self._submit_groups(jobs):
             self._sbatch(s, group)
 
     def _sbatch(self, s, jobs):
@@ -2467,6 +2472,14 @@ class Controller(object):
             self.report.detail(line)
         else:
             self.report.info(line)
+
+
+def settling(s, now):
+    """A job finalized on its termination string may still be RUNNING: keep watching it (no
+    decisions) for a short while, so that its history ends with SLURM's final state."""
+    window = max(3 * s.monitoring.interval_seconds, 30.0)
+    return any(j.status == FINALIZED and j.current is not None and j.current.live and j.current.job_id
+               and now - (j.last_updated or 0) < window for j in s.jobs)
 
 
 def count_summary(s):

@@ -1484,10 +1484,10 @@ def decide(mode, policies, outcomes):
         return Decision("stop", 0.0, "policy for %s: stop" % mode)
     used = sum(1 for m in outcomes if m == mode)
     if used >= policy.max_attempts:
-        return Decision("stop", 0.0, "%s: %d of %d attempts used" % (mode, used, policy.max_attempts))
+        return Decision("stop", 0.0, "%s %d of %d: stop" % (mode, used, policy.max_attempts))
     delay = min(policy.backoff_seconds * (2 ** (used - 1)), policy.backoff_max_seconds) if policy.backoff_seconds else 0.0
-    return Decision("restart", delay, "%s: attempt %d of %d%s" % (
-        mode, used + 1, policy.max_attempts, ", after %ds backoff" % delay if delay else ""))
+    return Decision("restart", delay, "%s %d of %d: restart%s" % (
+        mode, used, policy.max_attempts, " in %ds" % delay if delay else ""))
 
 
 # ============================================================================
@@ -2460,8 +2460,9 @@ class Controller(object):
     def _event(self, s, job, att, kind, now, mode=None, detail=None):
         rec = s.add_event(job, att, kind, now, mode, detail)
         self.changes += 1
+        what = kind + (" " + mode if mode and mode not in kind and mode not in (detail or "") else "")
         line = "%s %s #%d%s %s%s" % (short_time(now), job.name, att.attempt,
-                                      " (%s)" % att.job_id if att.job_id else "", kind,
+                                      " (%s)" % att.job_id if att.job_id else "", what,
                                       ": " + detail if detail else "")
         if self.json_changes is not None:
             doc = OrderedDict([("session", s.session_id), ("job", job.name), ("attempt", att.attempt),

@@ -4,7 +4,7 @@
 #   demo_train.sh NAME STEPS [SECONDS_PER_STEP]
 name=$1
 total=$2
-pace=${3:-0.25}
+pace=${3:-0.2}
 ckpt="demo-work/$name.ckpt"
 mkdir -p demo-work
 step=$(cat "$ckpt" 2>/dev/null || echo 0)

@@ -2151,6 +2151,7 @@ class Controller(object):
                 return
             if cands:
                 self._adopt(s, job, cands[0], "recovered", now, att=att)
+                cands = cands[1:]  # it is in the history now, not a stranger to replace it with
             elif not look.named_ok:
                 self.report.detail("%s: cannot tell whether its submission reached SLURM (%s); waiting"
                                    % (job.name, look.named_error))
@@ -2212,9 +2213,11 @@ class Controller(object):
             if verdict.mode:
                 self._conclude(s, job, att, verdict, now, todo)
         elif att.live and att.cancel_requested_at and observation_live(obs):
-            last = (att.cancel_result or {}).get("time")
+            # No recorded result: the process that decided the cancel died before scancel
+            # returned, so ask now. A cancel that did not take is repeated after a while.
+            result = att.cancel_result
             retry_after = max(60.0, 2 * mon.interval_seconds)
-            if now - (parse_iso(last) if last else att.cancel_requested_at) >= retry_after:
+            if result is None or now - parse_iso(result["time"]) >= retry_after:
                 todo.cancel.append((job, att))
 
     def _read_log(self, s, job, att, obs, now):
@@ -2762,8 +2765,8 @@ def cmd_reconcile(args, report):
             if not args.session and not (s.active() or args.monitor_all):
                 continue
             sessions.open(path, "reconcile", lock=not args.dry_run, quiet_skip=True)
-        for sid, why in sessions.skipped:
-            report.info("skipped %s: %s" % (sid, why))
+        for sid, why in sessions.skipped:  # exit 75 says it; cron mails every line printed
+            report.detail("skipped %s: %s" % (sid, why))
         controller = Controller(store, make_slurm(sessions.sessions), report, dry_run=args.dry_run)
         if args.json:
             controller.json_changes = []

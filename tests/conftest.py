@@ -36,7 +36,8 @@ class Project(object):
         self.state_dir = os.path.join(self.root, "autoexp-state")
         self.python = python
         self.pyz = pyz
-        self.env = fake.env()
+        # The shims' python: a direct interpreter path, not a pyenv shim script (0.1 s a call).
+        self.env = dict(fake.env(), FAKE_SLURM_PYTHON=sys.executable)
 
     def config(self, cfg, name="cfg.json"):
         return write_config(os.path.join(self.root, name), cfg)

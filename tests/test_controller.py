@@ -426,3 +426,16 @@ def test_events_fire_once_across_a_reload(tmp_path):
     h.cycle()
     events = [e for e in read_events(h.state_dir, "p1") if e["event"] == "log:warn"]
     assert len(events) == 1 and h.job(A).status == "active"
+
+
+def test_recovered_intent_whose_job_already_ended_is_not_replaced_by_itself(tmp_path):
+    h = Harness(tmp_path, config(), names=[A])
+    att = h.job(A).current
+    jid = att.job_id
+    att.job_id, att.submit_state, att.live = None, "intent", False  # sbatch ran, the state missed it
+    h.slurm.set(jid, "COMPLETED")
+    h.log(A, "TRAINING FINISHED\n", job_id=jid)
+    h.cycle()
+    job = h.job(A)
+    assert [a.job_id for a in job.attempts] == [jid] and job.current.origin == "recovered"
+    assert job.status == "finalized" and job.current.outcome == "success"

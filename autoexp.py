@@ -41,6 +41,7 @@ import os
 import pwd
 import re
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -2213,11 +2214,12 @@ class Controller(object):
             if verdict.mode:
                 self._conclude(s, job, att, verdict, now, todo)
         elif att.live and att.cancel_requested_at and observation_live(obs):
-            # No recorded result: the process that decided the cancel died before scancel
-            # returned, so ask now. A cancel that did not take is repeated after a while.
+            # No result: the process that decided the cancel died before scancel returned;
+            # a failed scancel: SLURM did not take it. Both are asked again at once. A
+            # cancel SLURM took is repeated only if the job outlives SLURM's KillWait.
             result = att.cancel_result
-            retry_after = max(60.0, 2 * mon.interval_seconds)
-            if result is None or now - parse_iso(result["time"]) >= retry_after:
+            if (result is None or not result["ok"]
+                    or now - parse_iso(result["time"]) >= max(60.0, 2 * mon.interval_seconds)):
                 todo.cancel.append((job, att))
 
     def _read_log(self, s, job, att, obs, now):
@@ -2652,6 +2654,10 @@ def do_submit(args, report, store, plan, keep_lock=None):
         controller.report = Reporter(0, report.out, report.err)
         controller.register(s, [plan.by_name[n] for n in names], args.array, time.time())
         return EXIT_OK
+    if shutil.which("sbatch", path=slurm_environment().get("PATH")) is None:
+        # before the session exists: a submission that cannot start leaves no intents behind
+        raise SlurmError("SLURM command 'sbatch' was not found on PATH; run autoexp on a login node "
+                         "where sbatch, squeue and sacct work", exit_code=EXIT_USAGE)
     store.ensure()
     lock = store.lock(plan.plan_id, "submit")
     try:

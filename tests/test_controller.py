@@ -142,16 +142,20 @@ def test_stall_restart_waits_while_scancel_cannot_reach_slurm(tmp_path):
     first = h.live_id(A)
     h.slurm.set(first, "RUNNING")
     h.cycle()
-    h.slurm.fail["scancel"] = 1
+    h.slurm.fail["scancel"] = 4
     h.cycle(advance=40)
     att = h.job(A).current
     assert att.outcome == "stall" and att.cancel_result["ok"] is False
     for _ in range(3):
         h.cycle()
     assert h.slurm.count("sbatch") == 1  # never two live attempts
-    h.cycle(advance=60)  # the cancel is retried after a while
-    h.cycle()
+    assert h.slurm.count("scancel") == 4  # a failed scancel is asked again each cycle
+    h.cycle()   # this scancel reaches SLURM
+    assert h.slurm.count("sbatch") == 1
+    h.cycle()   # the old job is seen ended: only now the restart
     assert h.slurm.jobs[first]["state"] == "CANCELLED" and h.slurm.count("sbatch") == 2
+    h.cycle()
+    assert h.slurm.count("scancel") == 5
 
 
 def test_unknown_squeue_changes_nothing(tmp_path):

@@ -1,0 +1,237 @@
+"""Bad input, table-driven: every case exits 2 with one "Error: ..." line that names the
+problem (file, key or line), never a traceback, and leaves every existing state file as it
+was."""
+
+import copy
+import hashlib
+import json
+import os
+import shutil
+
+import pytest
+
+from conftest import Project, fake_slurm
+from helpers import run_cli, write_config
+
+pytestmark = pytest.mark.timeout(60)
+
+GOOD = {
+    "project": "bad",
+    "sweep": {"seed": [1, 2]},
+    "job": {"name": "{project}-s{seed}", "command": "echo {seed}; echo DONE", "log": "logs/{name}-%j.log",
+            "sbatch": {"time": "10"}},
+    "monitoring": {"interval_seconds": 1, "termination_string": "DONE",
+                   "log_events": [{"name": "oom", "pattern": "CUDA out of memory", "mode": "oom"}]},
+    "restart": {"timeout": {"action": "restart", "max_attempts": 2}},
+}
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    """A project with one submitted, finished session, copied afresh for every case."""
+    root = tmp_path_factory.mktemp("base")
+    fs = fake_slurm.FakeSlurm(str(root / "fake"))
+    fs.configure(pending_seconds=0.05, completing_seconds=0.05)
+    try:
+        (root / "proj").mkdir()
+        p = Project(root / "proj", fs)
+        p.ok("plan", p.config(GOOD), "--plan-id", "s1")
+        p.ok("submit", "s1")
+        p.ok("monitor", "--session", "s1", "-o", "interval_seconds=0.1")
+    finally:
+        fs.shutdown()
+    return root
+
+
+def snapshot(folder):
+    out = {}
+    for dirpath, _, files in os.walk(folder):
+        for f in files:
+            path = os.path.join(dirpath, f)
+            with open(path, "rb") as fh:
+                out[os.path.relpath(path, folder)] = hashlib.sha256(fh.read()).hexdigest()
+    return out
+
+
+def with_config(mutate):
+    def setup(p):
+        cfg = copy.deepcopy(GOOD)
+        mutate(cfg)
+        write_config(os.path.join(p, "c.json"), cfg)
+        return ["plan", "c.json"]
+    return setup
+
+
+def raw_config(text):
+    def setup(p):
+        with open(os.path.join(p, "c.json"), "w") as f:
+            f.write(text)
+        return ["plan", "c.json"]
+    return setup
+
+
+def override(*opts):
+    def setup(p):
+        write_config(os.path.join(p, "c.json"), GOOD)
+        args = ["plan", "c.json"]
+        for o in opts:
+            args += ["-o", o]
+        return args
+    return setup
+
+
+def state_file(content):
+    def setup(p):
+        path = os.path.join(p, "autoexp-state", "s1.json")
+        if callable(content):
+            with open(path) as f:
+                doc = json.load(f)
+            content(doc)
+            data = json.dumps(doc).encode()
+        else:
+            data = content
+        with open(path, "wb") as f:
+            f.write(data)
+        return ["monitor", "--session", "s1", "--once"]
+    return setup
+
+
+def args(*a):
+    return lambda p: list(a)
+
+
+def foreign_json(p):
+    path = os.path.join(os.path.dirname(p), "elsewhere.json")
+    with open(path, "w") as f:
+        f.write('{"not": "a session"}')
+    return ["monitor", "--session", path]
+
+
+def no_sbatch(p):
+    res = run_cli(["plan", "c.json", "--plan-id", "s2"], dict(os.environ), p)
+    assert res.returncode == 0, res.stderr
+    return ["submit", "s2"]
+
+
+def future(doc):
+    doc["schema_version"] = 99
+
+
+def drop_jobs(doc):
+    del doc["jobs"]
+
+
+CASES = [
+    # config files
+    ("malformed JSON", raw_config('{"project": "bad",\n  "job": }'), ["c.json", "not valid JSON", "line 2"]),
+    ("config is a list", raw_config("[1, 2]"), ["c.json", "must be a JSON object"]),
+    ("duplicate key", raw_config('{"project": "a", "project": "b"}'), ["c.json", "'project' appears twice"]),
+    ("missing config", args("plan", "nope.json"), ["cannot read config nope.json"]),
+    ("project not a string", with_config(lambda c: c.update(project=3)), ["c.json", "project", "must be a string"]),
+    ("unknown top-level key", with_config(lambda c: c.update(monitorng={})), ["monitorng", "unknown key"]),
+    ("unknown job key", with_config(lambda c: c["job"].update(cmd="x")), ["job.cmd", "unknown key"]),
+    ("empty sweep", with_config(lambda c: c.update(sweep={})), ["sweep", "is empty"]),
+    ("empty sweep list", with_config(lambda c: c.update(sweep=[])), ["sweep", "empty list"]),
+    ("sweep values not a list", with_config(lambda c: c.update(sweep={"seed": 3})), ["sweep.seed", "non-empty list"]),
+    ("sweep value an object", with_config(lambda c: c.update(sweep={"seed": [{}]})), ["sweep.seed[0]", "strings, numbers"]),
+    ("reserved parameter", with_config(lambda c: c.update(sweep={"name": [1]})), ["sweep.name", "reserved"]),
+    ("duplicate names", with_config(lambda c: c["job"].update(name="{project}")), ["job.name", "unique"]),
+    ("unsafe name", with_config(lambda c: c["job"].update(name="../{seed}")), ["job.name", "not a safe name"]),
+    ("unsafe project", with_config(lambda c: c.update(project="a b")), ["project", "not a safe name"]),
+    ("unknown placeholder", with_config(lambda c: c["job"].update(command="run {nope}")),
+     ["job.command", "unknown placeholder {nope}"]),
+    ("lone brace", with_config(lambda c: c["job"].update(command="for i in {1..3; do :; done")),
+     ["job.command", "lone"]),
+    ("no command", with_config(lambda c: c["job"].pop("command")), ["job", "exactly one of job.command"]),
+    ("newline in sbatch value", with_config(lambda c: c["job"]["sbatch"].update(comment2="a\nb")),
+     ["job.sbatch.comment2", "newline"]),
+    ("NUL in sbatch value", with_config(lambda c: c["job"]["sbatch"].update(mail="a\x00b")),
+     ["job.sbatch.mail", "control character"]),
+    ("newline from a sweep value", with_config(lambda c: (c.update(sweep={"p": ["x\ny"]}),
+                                                          c["job"].update(name="n{index}", sbatch={"comment2": "{p}"}))),
+     ["job.sbatch.comment2", "newline"]),
+    ("sbatch key autoexp owns", with_config(lambda c: c["job"]["sbatch"].update(output="x")),
+     ["job.sbatch.output", "set by autoexp"]),
+    ("bad sbatch key", with_config(lambda c: c["job"]["sbatch"].update({"--time": "1"})), ["job.sbatch.--time"]),
+    ("bad env name", with_config(lambda c: c["job"].update(env={"A-B": "1"})), ["job.env.A-B"]),
+    ("log pattern autoexp cannot follow", with_config(lambda c: c["job"].update(log="logs/%N.log")),
+     ["job.log", "%N"]),
+    ("missing template", with_config(lambda c: (c["job"].pop("command"), c["job"].update(template="t.sh"))),
+     ["job.template", "cannot read"]),
+    ("negative interval", with_config(lambda c: c["monitoring"].update(interval_seconds=-1)),
+     ["monitoring.interval_seconds", "greater than 0"]),
+    ("zero interval", with_config(lambda c: c["monitoring"].update(interval_seconds=0)),
+     ["monitoring.interval_seconds", "greater than 0"]),
+    ("interval not a number", with_config(lambda c: c["monitoring"].update(interval_seconds="60")),
+     ["monitoring.interval_seconds", "must be a number"]),
+    ("zero max_attempts", with_config(lambda c: c["restart"]["timeout"].update(max_attempts=0)),
+     ["restart.timeout.max_attempts", "greater than 0"]),
+    ("float max_attempts", with_config(lambda c: c["restart"]["timeout"].update(max_attempts=1.5)),
+     ["restart.timeout.max_attempts", "integer"]),
+    ("unknown restart mode", with_config(lambda c: c["restart"].update(timout={"action": "stop"})),
+     ["restart.timout", "unknown mode"]),
+    ("unknown action", with_config(lambda c: c["restart"].update(oom={"action": "retry"})),
+     ["restart.oom.action", "must be one of"]),
+    ("invalid regex", with_config(lambda c: c["monitoring"]["log_events"][0].update(pattern="CUDA (out")),
+     ["monitoring.log_events[0].pattern", "invalid regular expression"]),
+    ("log event without mode", with_config(lambda c: c["monitoring"]["log_events"][0].pop("mode")),
+     ["monitoring.log_events[0]", "missing 'mode'"]),
+    # overrides
+    ("override without =", override("nokey"), ["override 'nokey'", "KEY=VALUE"]),
+    ("override with empty value", override("a.b="), ["override 'a.b='", "empty"]),
+    ("override of an unknown key", override("monitoring.nope=1"), ["monitoring.nope", "unknown key"]),
+    ("override of the wrong type", override("monitoring.interval_seconds=[1]"),
+     ["monitoring.interval_seconds", "must be a number"]),
+    ("override through a string", override("project.x=1"), ["project.x=1", "not an object"]),
+    ("override with a bad key", override("a..b=1"), ["a..b", "dotted key"]),
+    # plans and sessions
+    ("unsafe plan id", lambda p: (write_config(os.path.join(p, "c.json"), GOOD), ["plan", "c.json", "--plan-id", "../x"])[1],
+     ["plan id", "not a safe name"]),
+    ("existing plan id", lambda p: (write_config(os.path.join(p, "c.json"), GOOD), ["plan", "c.json", "--plan-id", "s1"])[1],
+     ["already exists"]),
+    ("unknown plan", args("submit", "nosuch"), ["no plan 'nosuch'"]),
+    ("unknown job in --only", args("submit", "s1", "--only", "nosuch"), ["no job nosuch"]),
+    ("session path traversal", args("monitor", "--session", "../../etc/passwd"), ["neither a session id nor"]),
+    ("foreign json outside the state dir", foreign_json, ["elsewhere.json", "not an autoexp session file"]),
+    ("missing session", args("monitor", "--session", "nosuch"), ["no session 'nosuch'"]),
+    ("unknown job in history", args("history", "--session", "s1", "nosuch"), ["no job 'nosuch'"]),
+    ("unknown job in cancel", args("cancel", "--session", "s1", "nosuch"), ["no job nosuch"]),
+    ("truncated state file", state_file(b'{"kind": "autoexp-session", "jobs": [{"na'),
+     ["s1.json", "not valid JSON", "move it aside"]),
+    ("empty state file", state_file(b""), ["s1.json", "is empty"]),
+    ("non-JSON state file", state_file(b"\x00\x01garbage"), ["s1.json", "not valid JSON"]),
+    ("future schema version", state_file(future), ["s1.json", "schema version 99", "newer"]),
+    ("state file without jobs", state_file(drop_jobs), ["s1.json", "incomplete"]),
+    ("read-only state dir", args("--state-dir", "/proc/autoexp-state", "plan", "c.json"), ["/proc/autoexp-state"]),
+    ("bad monitor override", args("monitor", "--session", "s1", "-o", "interval_seconds=-5"),
+     ["monitoring.interval_seconds", "greater than 0"]),
+    ("both --session and --all", args("monitor", "--session", "s1", "--all"), ["--session", "--all"]),
+    ("sbatch not on PATH", no_sbatch, ["'sbatch' was not found"]),
+    ("unknown command", args("frobnicate"), ["invalid choice"]),
+]
+
+
+@pytest.mark.parametrize("name, setup, expected", CASES, ids=[c[0] for c in CASES])
+def test_bad_input(base, tmp_path, name, setup, expected):
+    proj = str(tmp_path / "proj")
+    shutil.copytree(str(base / "proj"), proj)
+    write_config(os.path.join(proj, "c.json"), GOOD)
+    argv = setup(proj)
+    state = os.path.join(proj, "autoexp-state")
+    before = snapshot(state)
+    env = dict(os.environ, PATH="/nonexistent", FAKE_SLURM_DIR=str(tmp_path / "nofake"))
+    env.pop("AUTOEXP_STATE_DIR", None)
+    res = run_cli(argv, env, proj, timeout=30)
+    err = res.stderr
+    assert res.returncode == 2, (res.returncode, res.stdout, err)
+    assert "Traceback" not in err
+    lines = [l for l in err.splitlines() if l.strip()]
+    if name != "unknown command":  # argparse's own usage message
+        assert len(lines) == 1 and lines[0].startswith("Error: "), err
+    for text in expected:
+        assert text in err, (text, err)
+    assert snapshot(state) == before, "a state file changed"
+
+
+def test_there_are_at_least_30_cases():
+    assert len(CASES) >= 30

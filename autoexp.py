@@ -2771,8 +2771,10 @@ def cmd_reconcile(args, report):
             if not args.session and not (s.active() or args.monitor_all):
                 continue
             sessions.open(path, "reconcile", lock=not args.dry_run, quiet_skip=True)
-        for sid, why in sessions.skipped:  # exit 75 says it; cron mails every line printed
-            report.detail("skipped %s: %s" % (sid, why))
+        for sid, why in sessions.skipped:
+            # asked about this session: say who holds it; sweeping them all from cron: exit
+            # 75 says it, quietly (cron mails every line printed)
+            (report.warn if args.session else report.detail)("skipped %s: %s" % (sid, why))
         controller = Controller(store, make_slurm(sessions.sessions), report, dry_run=args.dry_run)
         if args.json:
             controller.json_changes = []

@@ -67,6 +67,7 @@ class Project(object):
 
 @pytest.fixture
 def project(tmp_path, fake):
+    """AUTOEXP_TEST_PYTHON runs the CLI under another interpreter, e.g. CPython 3.6."""
     root = tmp_path / "proj"
     root.mkdir()
-    return Project(root, fake)
+    return Project(root, fake, python=os.environ.get("AUTOEXP_TEST_PYTHON"))

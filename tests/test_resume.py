@@ -220,7 +220,7 @@ def test_reconcile_from_a_loop_takes_the_sweep_to_the_end(project, fake):
 
 
 def test_requeue_under_the_same_id_is_not_restarted(project, fake):
-    fake.configure(requeue_delay=0.3)
+    fake.configure(requeue_delay=1.5)  # long enough for a cycle to see it PENDING again
     submit(project, cfg(command="sleep 1.5; echo TRAINING FINISHED", seeds=(1,)), "rq")
     jid = project.state("rq")["jobs"][0]["job_id"]
     proc = _monitor_proc(project, "rq")

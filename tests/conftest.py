@@ -17,10 +17,24 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "real_slurm: needs a real SLURM cluster (tests/real_slurm/setup.sh)")
 
 
+@pytest.fixture(autouse=True)
+def reap_orphans():
+    """The fake's job runners outlive the sbatch that started them; FakeSlurm makes this
+    process their subreaper, so collect whatever of them ended, after each test."""
+    yield
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
 @pytest.fixture
 def fake(tmp_path):
     fs = fake_slurm.FakeSlurm(str(tmp_path / "fake-slurm"))
-    fs.configure(pending_seconds=0.1, completing_seconds=0.1, min_job_age=2)
+    fs.configure(pending_seconds=0.05, completing_seconds=0.05, min_job_age=2)
     try:
         yield fs
     finally:
@@ -38,6 +52,7 @@ class Project(object):
         self.pyz = pyz
         # The shims' python: a direct interpreter path, not a pyenv shim script (0.1 s a call).
         self.env = dict(fake.env(), FAKE_SLURM_PYTHON=sys.executable)
+        self.env.pop("PYTHONDONTWRITEBYTECODE", None)  # let the many short processes reuse bytecode
 
     def config(self, cfg, name="cfg.json"):
         return write_config(os.path.join(self.root, name), cfg)

@@ -16,6 +16,8 @@ FAKE_SLURM_BIN = os.path.join(ROOT, "fixtures", "fake_slurm")
 sys.path.insert(0, ROOT)
 import autoexp  # noqa: E402
 
+BOOT = "import sys; sys.path.insert(0, %r); import autoexp; sys.exit(autoexp.main())" % ROOT
+
 
 class Capture(object):
     """One file of real SLURM output: the command, its exit code, stdout and stderr."""
@@ -81,8 +83,11 @@ def fake_env(fake_dir, extra=None):
 
 def run_cli(args, env, cwd, python=None, timeout=120, pyz=None):
     """Run autoexp as a user would (a subprocess); returns CompletedProcess with text output."""
-    target = pyz or os.path.join(ROOT, "autoexp.py")
-    argv = [python or sys.executable, target] + list(args)
+    if pyz:
+        argv = [python or sys.executable, pyz] + list(args)
+    else:
+        # an import, not `python autoexp.py`, so its bytecode is cached between the many calls
+        argv = [python or sys.executable, "-c", BOOT] + list(args)
     p = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out, err = p.communicate(timeout=timeout)
     return subprocess.CompletedProcess(argv, p.returncode, out.decode("utf-8", "replace"),

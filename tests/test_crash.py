@@ -30,14 +30,14 @@ EXPECTED = {
 
 
 def sweep(project, fake, plan_id, plan=True):
-    fake.add_rule(name="cr-s1", nth=1, action="TIMEOUT", after=0.2)
+    fake.add_rule(name="cr-s1", nth=1, action="TIMEOUT", after=0.1)
     config = {
         "project": "cr",
         "sweep": {"seed": [1, 2, 3]},
         "job": {"name": "{project}-s{seed}", "log": "logs/{name}-%j.log",
                 "command": "if [ {seed} = 2 ] && [ ! -e nccl-{plan_id} ]; then touch nccl-{plan_id}; echo 'NCCL error: boom'; "
                            "sleep 30; fi; sleep 0.3; echo TRAINING FINISHED"},
-        "monitoring": {"interval_seconds": 0.2, "termination_string": "TRAINING FINISHED",
+        "monitoring": {"interval_seconds": 0.1, "termination_string": "TRAINING FINISHED",
                        "lost_after_seconds": 20, "slurm_timeout_seconds": 10,
                        "log_events": [{"name": "nccl", "pattern": "NCCL error", "mode": "crash"}]},
         "restart": {"timeout": {"action": "restart", "max_attempts": 3},
@@ -119,7 +119,7 @@ def _run_with_crash(project, plan_id, point, nth):
 @pytest.mark.timeout(150)
 def test_sigkill_at_random_moments(tmp_path):
     rng = random.Random(20261129)
-    for trial in range(6):
+    for trial in range(5):
         fake = fake_slurm.FakeSlurm(str(tmp_path / ("fake%d" % trial)))
         try:
             _sigkill_trial(tmp_path / ("proj%d" % trial), fake, "kill%d" % trial, rng)
@@ -128,7 +128,7 @@ def test_sigkill_at_random_moments(tmp_path):
 
 
 def _sigkill_trial(root, fake, plan_id, rng):
-    fake.configure(pending_seconds=0.1, completing_seconds=0.1, min_job_age=2)
+    fake.configure(pending_seconds=0.05, completing_seconds=0.05, min_job_age=2)
     root.mkdir()
     project = Project(root, fake)
     sweep(project, fake, plan_id)

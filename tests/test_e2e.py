@@ -12,8 +12,8 @@ from helpers import ROOT, read_events
 pytestmark = pytest.mark.timeout(120)
 
 
-def sweep_config(command="echo seed {seed}; sleep 0.3; echo TRAINING FINISHED", seeds=(1, 2, 3, 4), **monitoring):
-    mon = {"interval_seconds": 0.3, "termination_string": "TRAINING FINISHED", "lost_after_seconds": 15,
+def sweep_config(command="echo seed {seed}; sleep 0.2; echo TRAINING FINISHED", seeds=(1, 2, 3, 4), **monitoring):
+    mon = {"interval_seconds": 0.2, "termination_string": "TRAINING FINISHED", "lost_after_seconds": 15,
            "slurm_timeout_seconds": 10, "unknown_backoff_max_seconds": 1}
     mon.update(monitoring)
     return {
@@ -48,8 +48,8 @@ def test_four_job_sweep_to_success(project, fake):
 
 
 def test_timeout_twice_then_success_history(project, fake):
-    fake.add_rule(name="e2e-s1", action="TIMEOUT", nth=1, after=0.2)
-    fake.add_rule(name="e2e-s1", action="TIMEOUT", nth=2, after=0.2)
+    fake.add_rule(name="e2e-s1", action="TIMEOUT", nth=1, after=0.05)
+    fake.add_rule(name="e2e-s1", action="TIMEOUT", nth=2, after=0.05)
     cfg = project.config(sweep_config(seeds=(1, 2)))
     project.ok("run", cfg, "--plan-id", "to")
     hist = project.history("to", "e2e-s1")["jobs"][0]
@@ -102,7 +102,7 @@ def test_failing_every_time_stops_at_max_attempts(project, fake):
 
 
 def test_squeue_failing_for_several_cycles_changes_nothing(project, fake):
-    cfg = project.config(sweep_config(command="sleep 1; echo TRAINING FINISHED"))
+    cfg = project.config(sweep_config(command="sleep 0.5; echo TRAINING FINISHED"))
     project.ok("plan", cfg, "--plan-id", "outage")
     project.ok("submit", "outage")
     before = open(os.path.join(project.state_dir, "outage.json"), "rb").read()

@@ -773,12 +773,12 @@ def test_fault_injection(h):
     assert h.run("sbatch", "--wrap=true") == (7, "", "custom\n")
     assert fs.jobs() == []
 
+    fs.configure(pending_seconds=30)  # nothing may change between the two squeue calls below
     fs.fail_next("sbatch", mode="queued_error")
     assert h.run("sbatch", "--parsable", "--wrap=true") == \
         (1, "", "sbatch: error: Batch job submission failed: Socket timed out on send/recv "
                 "operation\n")
     assert [j["job_id"] for j in fs.jobs()] == ["1"]
-    fs.configure(pending_seconds=30)
     for _ in range(3):
         h.run("sbatch", "-J", "a-rather-long-name", "--wrap=true")
     full = h.run("squeue")[1]

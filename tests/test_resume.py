@@ -16,7 +16,7 @@ pytestmark = pytest.mark.timeout(120)
 
 
 def cfg(command="echo seed {seed}; sleep 0.3; echo TRAINING FINISHED", seeds=(1, 2), **monitoring):
-    mon = {"interval_seconds": 0.3, "termination_string": "TRAINING FINISHED", "lost_after_seconds": 3,
+    mon = {"interval_seconds": 0.2, "termination_string": "TRAINING FINISHED", "lost_after_seconds": 2,
            "slurm_timeout_seconds": 10, "unknown_backoff_max_seconds": 1}
     mon.update(monitoring)
     return {
@@ -114,7 +114,7 @@ def test_no_accounting_log_decides_success_else_lost_after_grace(project, fake):
     s2 = state["rs-s2"]
     assert s2["status"] == "active" and s2["attempts"][0]["outcome"] is None  # UNKNOWN: wait
     assert s2["attempts"][0]["last_monitor_state"] == "missing"
-    time.sleep(3.5)  # lost_after_seconds
+    time.sleep(2.2)  # lost_after_seconds
     project.ok("reconcile", "--session", "noacct")
     atts = attempts(project, "noacct", "rs-s2")
     assert atts[0]["outcome"] == "lost" and len(atts) == 2

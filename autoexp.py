@@ -1519,9 +1519,9 @@ class Attempt(object):
         "intent_at", "submitted_at", "resolved_log_path", "log_offset", "log_inode",
         "last_log_growth_at", "running_since", "missing_since", "requeues", "last_slurm_state",
         "last_monitor_state", "exit_code", "live", "success_seen", "log_mode", "log_reason",
-        "outcome", "reason", "ended_at", "cancel_requested_at", "cancel_result", "events", "actions")
+        "outcome", "reason", "ended_at", "cancel_requested_at", "cancel_result", "log_matches", "actions")
     DEFAULTS = {"log_offset": 0, "requeues": 0, "live": False, "success_seen": False,
-                "events": (), "actions": ()}
+                "log_matches": (), "actions": ()}
 
     def __init__(self, **fields):
         for name in self.__slots__:
@@ -1532,14 +1532,12 @@ class Attempt(object):
 
     def to_dict(self):
         d = OrderedDict((k, _to_json_value(k, getattr(self, k))) for k in self.__slots__)
-        d["events"] = [OrderedDict((k, _to_json_value(k, v)) for k, v in e.items()) for e in self.events]
         d["actions"] = [OrderedDict((k, _to_json_value(k, v)) for k, v in a.items()) for a in self.actions]
         return d
 
     @classmethod
     def from_dict(cls, d):
         fields = dict((k, _from_json_value(k, d.get(k, cls.DEFAULTS.get(k)))) for k in cls.__slots__)
-        fields["events"] = [dict((k, _from_json_value(k, v)) for k, v in e.items()) for e in d.get("events", ())]
         fields["actions"] = [dict((k, _from_json_value(k, v)) for k, v in a.items()) for a in d.get("actions", ())]
         return cls(**fields)
 
@@ -1599,11 +1597,11 @@ class Session(object):
     """A submitted plan: the state file's content, plus the manifest it points to."""
 
     __slots__ = ("path", "session_id", "project", "manifest_path", "created_at", "updated_at",
-                 "config", "monitor_overrides", "event_seq", "jobs", "plan", "_monitoring",
+                 "config", "monitor_overrides", "event_seq", "outbox", "jobs", "plan", "_monitoring",
                  "_policies", "_matcher", "journal_seq", "payloads_written")
 
     def __init__(self, path, session_id, project, manifest_path, created_at, config,
-                 monitor_overrides=(), event_seq=0, jobs=(), updated_at=None):
+                 monitor_overrides=(), event_seq=0, jobs=(), updated_at=None, outbox=()):
         self.path = path
         self.session_id = session_id
         self.project = project
@@ -1613,6 +1611,7 @@ class Session(object):
         self.config = config
         self.monitor_overrides = list(monitor_overrides)
         self.event_seq = event_seq
+        self.outbox = list(outbox)  # events recorded but not yet appended to the journal
         self.jobs = list(jobs)
         self.plan = None
         self._monitoring = self._policies = self._matcher = None
@@ -1661,14 +1660,16 @@ class Session(object):
         return any(j.status == ACTIVE for j in self.jobs)
 
     def add_event(self, job, att, event, now, mode=None, detail=None):
-        """Record an event on the attempt; the journal file gets it after the next save."""
+        """Record an event in the outbox; the journal gets it right after the next save."""
         self.event_seq += 1
-        rec = OrderedDict([("seq", self.event_seq), ("time", now), ("event", event)])
+        rec = OrderedDict([("seq", self.event_seq), ("time", now), ("session", self.session_id),
+                           ("job", job.name), ("attempt", att.attempt), ("job_id", att.job_id),
+                           ("event", event)])
         if mode:
             rec["mode"] = mode
         if detail:
             rec["detail"] = detail
-        att.events.append(rec)
+        self.outbox.append(rec)
         job.last_event = event
         job.last_updated = now
         return rec
@@ -1688,13 +1689,15 @@ class Session(object):
             ("manifest_path", self.manifest_path), ("created_at", now_iso(self.created_at)),
             ("updated_at", now_iso(self.updated_at)), ("config", self.config),
             ("monitor_overrides", self.monitor_overrides), ("event_seq", self.event_seq),
+            ("outbox", [OrderedDict((k, _to_json_value(k, v)) for k, v in e.items()) for e in self.outbox]),
             ("jobs", [j.to_dict() for j in self.jobs])])
 
     @classmethod
     def from_dict(cls, d, path):
+        outbox = [OrderedDict((k, _from_json_value(k, v)) for k, v in e.items()) for e in d.get("outbox", ())]
         return cls(path, d["session_id"], d["project"], d["manifest_path"], parse_iso(d["created_at"]),
                    d["config"], d.get("monitor_overrides", ()), d.get("event_seq", 0),
-                   [Job.from_dict(j) for j in d["jobs"]], parse_iso(d.get("updated_at")))
+                   [Job.from_dict(j) for j in d["jobs"]], parse_iso(d.get("updated_at")), outbox)
 
 
 class SessionLock(object):
@@ -1836,33 +1839,19 @@ class StateStore(object):
 
     # The journal (events.jsonl) and the action payloads are derived from the state file,
     # written after it: a crash in between leaves them behind, never ahead, and the next
-    # writer fills the gap, so each event and payload appears exactly once.
+    # writer fills the gap (events wait in the state's outbox until the journal has them;
+    # the journal's last seq says which it has), so each appears exactly once.
 
     def sync_outputs(self, session):
         path = self.events_path(session)
         if session.journal_seq is None:
             session.journal_seq = _last_journal_seq(path)
-        last = session.journal_seq
-        events, actions = [], []
-        for job in session.jobs:
-            for att in job.attempts:
-                for ev in att.events:
-                    if ev["seq"] > last:
-                        events.append((ev["seq"], job, att, ev))
-                for act in att.actions:
-                    if act["id"] not in session.payloads_written:
-                        actions.append((job, att, act))
+        events = [e for e in session.outbox if e["seq"] > session.journal_seq]
+        actions = [(job, att, act) for job in session.jobs for att in job.attempts
+                   for act in att.actions if act["id"] not in session.payloads_written]
         if events:
-            events.sort(key=lambda e: e[0])
-            lines = []
-            for seq, job, att, ev in events:
-                rec = OrderedDict([("seq", seq), ("time", now_iso(ev["time"])), ("session", session.session_id),
-                                   ("job", job.name), ("attempt", att.attempt), ("job_id", att.job_id),
-                                   ("event", ev["event"])])
-                for k in ("mode", "detail"):
-                    if k in ev:
-                        rec[k] = ev[k]
-                lines.append(json.dumps(rec, sort_keys=True))
+            lines = [json.dumps(OrderedDict((k, now_iso(v) if k == "time" else v) for k, v in e.items()),
+                                sort_keys=True) for e in events]
             data = ("\n".join(lines) + "\n").encode("utf-8")
             fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
             try:
@@ -1873,7 +1862,8 @@ class StateStore(object):
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            session.journal_seq = events[-1][0]
+            session.journal_seq = events[-1]["seq"]
+        session.outbox = []  # all in the journal now; the next save drops them from the state
         if actions:
             folder = self.actions_dir(session)
             for job, att, act in actions:
@@ -2022,7 +2012,7 @@ class Controller(object):
         return True
 
     def session_cycle(self, s, snap, now):
-        before = dump_json(s.to_dict())
+        before = fingerprint(s)
         todo = Todo()
         self._take_requests(s, now, todo)
         look = self._lookups(s, snap, now)
@@ -2034,7 +2024,7 @@ class Controller(object):
                 self.report.result("debug %s %s: status=%s slurm=%s monitor=%s attempts=%d" % (
                     s.session_id, job.name, job.status, job.last_slurm_state, job.last_monitor_state,
                     len(job.attempts)))
-        self._commit(s, now, todo, dump_json(s.to_dict()) != before)
+        self._commit(s, now, todo, fingerprint(s) != before)
 
     # -- observing -----------------------------------------------------------------
 
@@ -2239,13 +2229,11 @@ class Controller(object):
         if read.offset != att.log_offset or read.restarted:
             att.last_log_growth_at = now
         att.log_offset, att.log_inode = read.offset, read.inode
-        fired = set(e["event"] for e in att.events)
         for hit in s.matcher.scan(read.lines):
-            event = "log:" + hit.event
-            if event in fired:
+            if hit.event in att.log_matches:
                 continue
-            fired.add(event)
-            self._event(s, job, att, event, now, mode=hit.mode, detail=hit.line.strip()[:300])
+            att.log_matches.append(hit.event)
+            self._event(s, job, att, "log:" + hit.event, now, mode=hit.mode, detail=hit.line.strip()[:300])
             if hit.mode == "success":
                 att.success_seen = True
             elif att.log_mode is None and s.policies.get(hit.mode, Policy("stop")).action != "ignore":
@@ -2411,9 +2399,16 @@ class Controller(object):
         return [[j] for j in singles] + ([tasks] if tasks else [])
 
     def submit_now(self, s, jobs):
-        """sbatch every job whose intent is on disk."""
+        """sbatch every job whose intent is on disk. Results are saved every second and at
+        the end, not after each sbatch (a sweep of thousands would rewrite the state
+        thousands of times): a crash in between loses ids the next cycle finds by tag."""
+        saved = self.clock()
         for group in self._submit_groups(jobs):
             self._sbatch(s, group)
+            if self.clock() - saved >= 1.0:
+                saved = self.clock()
+                self._save(s, saved)
+        self._save(s, self.clock())
 
     def _sbatch(self, s, jobs):
         mon = s.monitoring
@@ -2450,7 +2445,6 @@ class Controller(object):
                     job.next_submit_at = now + delay
                     self._event(s, job, att, "submit_error", now,
                                 detail="%s; looking it up by tag, then retrying in %ds" % (res.message, delay))
-        self._save(s, now)
 
     def register(self, s, plan_jobs, array, now):
         """Add plan jobs to a session with their first intent, persist, then submit them."""
@@ -2470,14 +2464,16 @@ class Controller(object):
                                       " (%s)" % att.job_id if att.job_id else "", what,
                                       ": " + detail if detail else "")
         if self.json_changes is not None:
-            doc = OrderedDict([("session", s.session_id), ("job", job.name), ("attempt", att.attempt),
-                               ("job_id", att.job_id)])
-            doc.update((k, now_iso(v) if k == "time" else v) for k, v in rec.items())
-            self.json_changes.append(doc)
+            self.json_changes.append(OrderedDict((k, now_iso(v) if k == "time" else v) for k, v in rec.items()))
         elif kind == "state":
             self.report.detail(line)
         else:
             self.report.info(line)
+
+
+def fingerprint(s):
+    """The session's content, cheaply serialized: a cycle that changed nothing writes nothing."""
+    return json.dumps(s.to_dict(), separators=(",", ":"))
 
 
 def settling(s, now):

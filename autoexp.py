@@ -2044,9 +2044,9 @@ class Controller(object):
         seekers = []
         for job in s.jobs:
             att = job.current
-            if job.status != ACTIVE or att is None:
+            if job.status != ACTIVE:
                 continue
-            if att.job_id is None and att.submit_state == "intent":
+            if att is None or (att.job_id is None and att.submit_state == "intent"):
                 if not self._candidates(s, job, snap, look):
                     seekers.append(job)
             elif att.live and look.acct_ok and att.job_id not in snap.by_id and att.job_id not in look.acct:
@@ -2057,7 +2057,7 @@ class Controller(object):
                 names.add(job.name)
                 if s.plan.array is not None:
                     names.add(s.plan.array.name)
-            since = min(j.current.intent_at or now for j in seekers) - 3600
+            since = min(self._since(s, j) for j in seekers) - 3600
             try:
                 look.named = self.slurm.sacct_by_name(sorted(names), since)
             except SlurmUnavailable as e:
@@ -2077,7 +2077,7 @@ class Controller(object):
             for row in snap.by_tag.get(array.tag, ()):
                 if split_job_id(row.job_id)[1] == job.index:
                     found[row.job_id] = row
-        floor = (job.current.intent_at if job.current else s.created_at) or s.created_at
+        floor = self._since(s, job)
         for row in look.named:
             if row.job_id in snap.by_id:
                 continue  # squeue shows its real tag, which wins over sacct's
@@ -2095,6 +2095,15 @@ class Controller(object):
         for job_id in known:
             found.pop(job_id, None)
         return sorted(found.values(), key=lambda r: job_id_sort_key(r.job_id), reverse=True)
+
+    @staticmethod
+    def _since(s, job):
+        """The earliest a SLURM job of this job's current attempt can have been submitted;
+        for a job with no attempt yet, when its plan was made."""
+        att = job.current
+        if att is not None and att.intent_at:
+            return att.intent_at
+        return parse_iso(s.plan.created_at) if s.plan is not None else s.created_at
 
     def _observe(self, att, snap, look):
         row = snap.by_id.get(att.job_id)
@@ -2131,10 +2140,10 @@ class Controller(object):
             elif att is not None and att.live and att.job_id:
                 self._watch(s, job, att, self._observe(att, snap, look), now, todo, decide_now=False)
             return
-        if att is None:
+        if att is None:  # registered by --monitor-all: adopt it from SLURM, else submit it
             if cands:
                 self._adopt(s, job, cands[0], "external", now)
-            else:
+            elif look.named_ok:
                 self._new_intent(s, job, now, todo, array=False)
             return
         if att.job_id is None:
@@ -2723,7 +2732,7 @@ def cmd_monitor(args, report):
     sessions = SessionSet(store)
     try:
         if args.session:
-            sessions.open(store.resolve(args.session), "monitor")
+            sessions.open(resolve_or_recreate(store, args, "monitor"), "monitor")
         else:
             for path in store.list_sessions():
                 s = store.load(path, with_plan=False)
@@ -2737,6 +2746,28 @@ def cmd_monitor(args, report):
         return monitor_sessions(args, report, sessions)
     finally:
         sessions.close()
+
+
+def resolve_or_recreate(store, args, command):
+    """The session file of --session; with --monitor-all, a session whose file is gone (moved
+    aside after corruption) but whose plan exists is started afresh from the manifest: every
+    job is then adopted from SLURM by its tag, or submitted."""
+    ref = args.session
+    if not (args.monitor_all and not _is_path(ref) and SAFE_NAME_RE.match(ref)
+            and not os.path.exists(store.session_path(ref)) and os.path.isfile(store.plan_manifest(ref))):
+        return store.resolve(ref)
+    if getattr(args, "dry_run", False):
+        raise StateError("session %s has no state file; run without --dry-run to start it afresh from "
+                         "its plan" % ref)
+    lock = store.lock(ref, command)
+    try:
+        if not os.path.exists(store.session_path(ref)):
+            plan = load_manifest(store.plan_manifest(ref))
+            s = new_session(store, plan, time.time())
+            store.save(s, s.created_at)
+    finally:
+        lock.release()
+    return store.session_path(ref)
 
 
 def monitor_sessions(args, report, sessions):
@@ -2761,7 +2792,7 @@ def cmd_reconcile(args, report):
     store = store_for(args, args.session)
     sessions = SessionSet(store)
     try:
-        paths = [store.resolve(args.session)] if args.session else store.list_sessions()
+        paths = [resolve_or_recreate(store, args, "reconcile")] if args.session else store.list_sessions()
         for path in paths:
             s = store.load(path, with_plan=False)
             if not args.session and not (s.active() or args.monitor_all):

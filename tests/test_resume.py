@@ -313,3 +313,23 @@ def test_monitor_all_watches_every_session_with_one_squeue_per_cycle(project, fa
         assert st["monitor_overrides"] == ["monitoring.interval_seconds=0.5"]
         assert st["config"]["monitoring"]["interval_seconds"] == 0.5
         assert all(j["status"] == "finalized" for j in st["jobs"])
+
+
+def test_state_file_moved_aside_is_rebuilt_from_slurm_with_monitor_all(project, fake):
+    fake.configure(min_job_age=1)
+    submit(project, cfg(command="if [ {seed} = 2 ]; then sleep 3; fi; echo TRAINING FINISHED", seeds=(1, 2, 3)),
+           "lost", "--only", "rs-s1", "rs-s2")
+    ids = dict((j["name"], j["job_id"]) for j in project.state("lost")["jobs"])
+    finished_and_purged(fake, [ids["rs-s1"]], 1)  # s1 ended and left squeue; s2 still runs
+    path = os.path.join(project.state_dir, "lost.json")
+    with open(path, "ab") as f:
+        f.write(b"garbage")  # corrupt: refused, never overwritten
+    res = project.cli("monitor", "--session", "lost")
+    assert res.returncode == 2 and "move it aside" in res.stderr
+    os.rename(path, path + ".corrupt")
+    project.ok("monitor", "--session", "lost", "--monitor-all")
+    hist = dict((j["name"], j) for j in project.history("lost")["jobs"])
+    assert [hist[n]["attempts"][0]["job_id"] for n in ("rs-s1", "rs-s2")] == [ids["rs-s1"], ids["rs-s2"]]
+    assert all(hist[n]["attempts"][0]["origin"] == "external" for n in ("rs-s1", "rs-s2"))
+    assert all(j["status"] == "finalized" and len(j["attempts"]) == 1 for j in hist.values())
+    assert [len(fake.submissions(n)) for n in ("rs-s1", "rs-s2", "rs-s3")] == [1, 1, 1]

@@ -1471,21 +1471,49 @@ class Decision(NamedTuple):
     reason: str
 
 
-def decide(mode, policies, outcomes):
+class Ended(NamedTuple):
+    """How one attempt ended, as far as deciding the next one goes."""
+    mode: str
+    signature: str  # its exit code and the log line that decided it
+    runtime: float  # seconds from RUNNING to the end; 0 if it was never seen running
+
+
+FAST_FAILURE_SECONDS = 60.0
+# Modes that say something about the cluster or the clock, not about the job itself.
+CIRCUMSTANTIAL_MODES = frozenset(("success", "incomplete", "timeout", "node_fail", "preempted",
+                                  "cancelled", "stall", "lost"))
+
+
+def repeats_deterministically(history):
+    """The last two attempts failed the same way (mode, exit code, log line), each within a
+    minute of starting: a broken command or config, not bad luck. Another restart would
+    only fail again, after waiting in the queue."""
+    if len(history) < 2:
+        return False
+    a, b = history[-2], history[-1]
+    return (a.mode == b.mode and b.mode not in CIRCUMSTANTIAL_MODES and a.signature == b.signature
+            and a.runtime < FAST_FAILURE_SECONDS and b.runtime < FAST_FAILURE_SECONDS)
+
+
+def decide(mode, policies, history):
     """The policy's answer to an attempt that ended (or must end) in mode.
 
-    outcomes: the modes of all of the job's attempts so far, this one included. A restart
-    policy allows max_attempts attempts to end in its mode; the last one stops the job.
-    The backoff doubles with each such failure, up to backoff_max_seconds.
+    history: how each of the job's attempts ended (Ended), this one last. A restart policy
+    allows max_attempts attempts to end in its mode; the last one stops the job, and so
+    does a failure that repeats deterministically. The backoff doubles with each failure
+    in the mode, up to backoff_max_seconds.
     """
     policy = policies.get(mode) or Policy("stop")
     if policy.action == "finalize":
         return Decision("finalize", 0.0, "policy for %s: finalize" % mode)
     if policy.action in ("stop", "ignore"):
         return Decision("stop", 0.0, "policy for %s: stop" % mode)
-    used = sum(1 for m in outcomes if m == mode)
+    used = sum(1 for h in history if h.mode == mode)
     if used >= policy.max_attempts:
         return Decision("stop", 0.0, "%s %d of %d: stop" % (mode, used, policy.max_attempts))
+    if repeats_deterministically(history):
+        return Decision("stop", 0.0, "%s repeated identically within %ds of starting: deterministic, stop"
+                        % (mode, FAST_FAILURE_SECONDS))
     delay = min(policy.backoff_seconds * (2 ** (used - 1)), policy.backoff_max_seconds) if policy.backoff_seconds else 0.0
     return Decision("restart", delay, "%s %d of %d: restart%s" % (
         mode, used, policy.max_attempts, " in %ds" % delay if delay else ""))
@@ -1540,6 +1568,10 @@ class Attempt(object):
         fields = dict((k, _from_json_value(k, d.get(k, cls.DEFAULTS.get(k)))) for k in cls.__slots__)
         fields["actions"] = [dict((k, _from_json_value(k, v)) for k, v in a.items()) for a in d.get("actions", ())]
         return cls(**fields)
+
+    def ended(self, mode, end):
+        runtime = end - self.running_since if self.running_since else 0.0
+        return Ended(mode, "%s|%s" % (self.exit_code or "", self.log_reason or ""), runtime)
 
     def facts(self):
         # Activity is what this monitor saw grow, on its own clock: a shared filesystem's
@@ -2252,8 +2284,8 @@ class Controller(object):
     def _conclude(self, s, job, att, verdict, now, todo):
         """The attempt reached a mode: record its outcome and apply the policy for it."""
         mode = verdict.mode
-        outcomes = [a.outcome for a in job.attempts[:-1]] + [mode]
-        decision = decide(mode, s.policies, outcomes)
+        history = [a.ended(a.outcome, a.ended_at or now) for a in job.attempts[:-1] if a.outcome]
+        decision = decide(mode, s.policies, history + [att.ended(mode, now)])
         self._finish(s, job, att, now, mode, verdict.reason)
         s.add_action(job, att, decision.action, mode, decision.reason, now)
         if decision.action == "restart":

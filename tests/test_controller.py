@@ -443,3 +443,26 @@ def test_recovered_intent_whose_job_already_ended_is_not_replaced_by_itself(tmp_
     job = h.job(A)
     assert [a.job_id for a in job.attempts] == [jid] and job.current.origin == "recovered"
     assert job.status == "finalized" and job.current.outcome == "success"
+
+
+def test_a_failure_repeating_at_startup_stops_before_max_attempts(tmp_path):
+    cfg = config()
+    cfg["restart"]["crash"] = {"action": "restart", "max_attempts": 5}
+    h = Harness(tmp_path, cfg, names=[A])
+    for _ in range(2):
+        h.slurm.set(h.live_id(A), "RUNNING")
+        h.cycle()
+        h.slurm.set(h.live_id(A), "FAILED", "2:0")
+        h.cycle()
+    job = h.reload().job(A)
+    assert job.status == "stopped" and len(job.attempts) == 2 and "deterministic" in job.reason
+    # the same crash after an hour of training is bad luck, not a broken job: restarted
+    (tmp_path / "later").mkdir()
+    h = Harness(tmp_path / "later", cfg, names=[A])
+    for _ in range(2):
+        h.slurm.set(h.live_id(A), "RUNNING")
+        h.cycle()
+        h.cycle(advance=3600)
+        h.slurm.set(h.live_id(A), "FAILED", "2:0")
+        h.cycle()
+    assert h.job(A).status == "active" and len(h.job(A).attempts) == 3

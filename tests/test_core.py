@@ -390,6 +390,11 @@ POL = autoexp.make_policies(autoexp.validate_restart({
 }, {"log_events": []}, autoexp._Checker("t")))
 
 
+def ended(*modes):
+    """A history of attempts that each ran for an hour: nothing deterministic about them."""
+    return [autoexp.Ended(m, "exit 1", 3600.0) for m in modes]
+
+
 @pytest.mark.parametrize("mode, outcomes, expected", [
     ("success", ["success"], ("finalize", 0)),
     ("oom", ["oom"], ("stop", 0)),
@@ -408,12 +413,30 @@ POL = autoexp.make_policies(autoexp.validate_restart({
     ("made_up", ["made_up"], ("stop", 0)),
 ])
 def test_decide_table(mode, outcomes, expected):
-    d = autoexp.decide(mode, POL, outcomes)
+    d = autoexp.decide(mode, POL, ended(*outcomes))
     assert (d.action, d.delay) == expected
 
 
 def test_backoff_is_capped():
-    d = autoexp.decide("node_fail", POL, ["node_fail"] * 2 + ["x"] * 0)
+    d = autoexp.decide("node_fail", POL, ended("node_fail", "node_fail"))
     assert d.delay == 200
     pol = dict(POL, node_fail=POL["node_fail"]._replace(max_attempts=10))
-    assert autoexp.decide("node_fail", pol, ["node_fail"] * 5).delay == 250
+    assert autoexp.decide("node_fail", pol, ended(*["node_fail"] * 5)).delay == 250
+
+
+E = autoexp.Ended
+CRASHY = dict(POL, crash=POL["crash"]._replace(max_attempts=10), timeout=POL["timeout"]._replace(max_attempts=10))
+
+
+@pytest.mark.parametrize("history, expected", [
+    ([E("crash", "1:0|", 5), E("crash", "1:0|", 3)], "stop"),             # same failure at startup twice
+    ([E("crash", "1:0|", 5)], "restart"),                                # once is not a pattern
+    ([E("crash", "1:0|", 5), E("crash", "2:0|", 3)], "restart"),          # another exit code
+    ([E("crash", "1:0|NCCL", 5), E("crash", "1:0|OOM", 3)], "restart"),   # another log line
+    ([E("crash", "1:0|", 5000), E("crash", "1:0|", 3)], "restart"),       # the first ran for a while
+    ([E("crash", "1:0|", 5), E("crash", "1:0|", 600)], "restart"),        # this one ran for a while
+    ([E("timeout", "0:0|", 5), E("timeout", "0:0|", 5)], "restart"),      # circumstantial modes never
+    ([E("crash", "1:0|", 5), E("timeout", "0:0|", 5), E("crash", "1:0|", 5)], "restart"),  # not consecutive
+])
+def test_deterministic_failures_stop(history, expected):
+    assert autoexp.decide(history[-1].mode, CRASHY, history).action == expected

@@ -1,0 +1,80 @@
+#!/usr/bin/env python3
+"""A longer crash soak than CI runs: many sweeps with restarts on the fake SLURM, each
+monitor SIGKILLed at random moments (seeded) and resumed, every invariant of
+tests/test_crash.py checked after each sweep. Prints the counts.
+
+    .venv-test/bin/python bench/soak.py [TRIALS] [SEED]      (default: 30 trials, seed 1)
+
+(.venv-test is made by tests/run.sh; the invariants are the tests' own.)
+"""
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "tests"))
+from conftest import Project, fake_slurm  # noqa: E402
+from helpers import BOOT  # noqa: E402
+import test_crash  # noqa: E402
+
+
+def trial(root, plan_id, rng):
+    fake = fake_slurm.FakeSlurm(str(root / "fake"))
+    fake.configure(pending_seconds=0.05, completing_seconds=0.05, min_job_age=2)
+    try:
+        (root / "proj").mkdir()
+        project = Project(root / "proj", fake)
+        test_crash.sweep(project, fake, plan_id)
+        kills = 0
+        while True:
+            fresh = not os.path.exists(os.path.join(project.state_dir, plan_id + ".json"))
+            argv = ["submit", plan_id] if fresh else ["monitor", "--session", plan_id]
+            p = subprocess.Popen([sys.executable, "-c", BOOT] + argv, cwd=project.root, env=project.env,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            if kills < 4:
+                time.sleep(rng.uniform(0.02, 1.5))
+                if p.poll() is None:
+                    p.send_signal(signal.SIGKILL)
+                    kills += 1
+            _, err = p.communicate(timeout=120)
+            if p.returncode not in (0, -signal.SIGKILL):
+                raise AssertionError(err.decode())
+            if p.returncode == 0 and argv[0] == "monitor":
+                break
+        test_crash.check_invariants(project, fake, plan_id)
+        return kills, len(fake.submissions())
+    finally:
+        fake.shutdown()
+
+
+def main():
+    trials = int(sys.argv[1]) if len(sys.argv) > 1 else 30
+    seed = int(sys.argv[2]) if len(sys.argv) > 2 else 1
+    rng = random.Random(seed)
+    kills = subs = failures = 0
+    t0 = time.time()
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(trials):
+            root = Path(tmp) / ("t%d" % i)
+            root.mkdir()
+            try:
+                k, n = trial(root, "soak%d" % i, rng)
+                kills += k
+                subs += n
+            except AssertionError as e:
+                failures += 1
+                print("trial %d FAILED: %s" % (i, str(e).splitlines()[0] if str(e) else repr(e)))
+    print("soak: %d trials, %d SIGKILLs, %d submissions (expected %d), %d invariant violations, %.0fs"
+          % (trials, kills, subs, trials * sum(len(v) for v in test_crash.EXPECTED.values()), failures,
+             time.time() - t0))
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1123,8 +1123,8 @@ def parse_squeue(text):
     _check_complete(text)
     rows = []
     for line in text.splitlines():
-        if not line.strip():
-            continue
+        if not line.strip() or line.startswith("CLUSTER: "):
+            continue  # with SLURM_CLUSTERS/-M, squeue heads each cluster's jobs so
         parts = line.split("|")
         if len(parts) < 6:
             raise ValueError("line %r has %d fields, expected 6" % (line[:80], len(parts)))

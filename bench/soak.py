@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -67,9 +68,9 @@ def main():
                 k, n = trial(root, "soak%d" % i, rng)
                 kills += k
                 subs += n
-            except AssertionError as e:
+            except Exception:  # report and go on: one soak run shows every kind of failure
                 failures += 1
-                print("trial %d FAILED: %s" % (i, str(e).splitlines()[0] if str(e) else repr(e)))
+                print("trial %d FAILED:\n%s" % (i, traceback.format_exc()))
     print("soak: %d trials, %d SIGKILLs, %d submissions (expected %d), %d invariant violations, %.0fs"
           % (trials, kills, subs, trials * sum(len(v) for v in test_crash.EXPECTED.values()), failures,
              time.time() - t0))

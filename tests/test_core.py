@@ -131,6 +131,11 @@ def test_parse_squeue_autoexp_format():
     assert rows["22"].name == "x|y" and rows["22"].comment == "autoexp:p1:demo-b"
 
 
+def test_parse_squeue_with_cluster_headers():
+    text = "CLUSTER: gpu\n12|12|RUNNING|None|a|autoexp:p:a\n"
+    assert [r.job_id for r in autoexp.parse_squeue(text)] == ["12"]
+
+
 @pytest.mark.parametrize("text", [
     "12|12|RUNNING|None|a|b",              # truncated: no final newline
     "12|12|RUNNING\n",                    # too few fields

@@ -314,10 +314,26 @@ POLICY_KEYS = ("action", "max_attempts", "backoff_seconds", "backoff_max_seconds
 LOG_EVENT_KEYS = ("name", "pattern", "mode")
 RESERVED_PARAMS = ("project", "name", "index", "plan_id")
 # autoexp owns these directives: the job must stay findable (name, tag) and readable (log).
-OWNED_SBATCH = {"job-name": "job.name", "output": "job.log", "comment": "its own tag",
-                "array": "submit --array", "chdir": "job.workdir", "parsable": "autoexp",
-                "wrap": "job.command", "J": "job.name", "o": "job.log", "D": "job.workdir",
-                "a": "submit --array"}
+OWNED_SBATCH = OrderedDict([
+    ("job-name", "job.name"), ("output", "job.log"), ("comment", "nothing: autoexp tags its jobs with it"),
+    ("array", "submit --array"), ("chdir", "job.workdir"), ("parsable", "nothing"),
+    ("wrap", "job.command"), ("clusters", "nothing: autoexp watches the default cluster"),
+    ("wait", "nothing: autoexp waits for jobs itself")])
+OWNED_SHORT = {"J": "job-name", "o": "output", "D": "chdir", "a": "array", "M": "clusters", "W": "wait"}
+
+
+def owned_sbatch_option(option):
+    """The option autoexp sets itself that `option` would set: sbatch takes any unambiguous
+    prefix of a long option (--out is --output) and the short forms (-J, -ofile)."""
+    if option.startswith("--"):
+        name = option[2:].split("=", 1)[0]
+        for owned in OWNED_SBATCH:
+            if name and owned.startswith(name):
+                return owned
+        return None
+    if option.startswith("-") and len(option) > 1:
+        return OWNED_SHORT.get(option[1])
+    return None
 SBATCH_KEY_RE = re.compile(r"^[A-Za-z][A-Za-z0-9-]*$")
 LOG_PATTERN_RE = re.compile(r"%(\d*)(.)")
 
@@ -674,6 +690,7 @@ class PlanJob(NamedTuple):
     script_path: str
     log_template: str
     tag: str
+    sbatch_args: list  # the directives autoexp owns, given again on sbatch's command line
 
 
 class ArraySpec(NamedTuple):
@@ -682,6 +699,7 @@ class ArraySpec(NamedTuple):
     log_template: str
     tag: str
     max_running: Optional[int]
+    sbatch_args: list
 
 
 class Plan(object):
@@ -698,12 +716,12 @@ class Plan(object):
         self.workdir = data["workdir"]
         self.config = data["config"]
         self.created_at = data["created_at"]
-        self.jobs = [PlanJob(j["name"], j["index"], j["params"], j["script_path"], j["log_template"], j["tag"])
-                     for j in data["jobs"]]
+        self.jobs = [PlanJob(j["name"], j["index"], j["params"], j["script_path"], j["log_template"], j["tag"],
+                             j["sbatch_args"]) for j in data["jobs"]]
         self.by_name = dict((j.name, j) for j in self.jobs)
         a = data.get("array")
         self.array = ArraySpec(a["name"], a["script_path"], a["log_template"], a["tag"],
-                               a.get("max_running")) if a else None
+                               a.get("max_running"), a["sbatch_args"]) if a else None
         self.array_error = data.get("array_error")
 
 
@@ -744,8 +762,9 @@ def resolve_config(raw, source, overrides):
         key = "job.sbatch." + k
         if not SBATCH_KEY_RE.match(k):
             c.fail(key, "is not a long sbatch option name like 'time' or 'cpus-per-task'")
-        if k in OWNED_SBATCH:
-            c.fail(key, "is set by autoexp; use %s instead" % OWNED_SBATCH[k])
+        owned = owned_sbatch_option("--" + k) if len(k) > 1 else OWNED_SHORT.get(k)
+        if owned:
+            c.fail(key, "sets --%s, which autoexp sets itself; use %s instead" % (owned, OWNED_SBATCH[owned]))
         if isinstance(v, bool) or v is None:
             continue
         if isinstance(v, (int, float)):
@@ -839,7 +858,8 @@ def build_plan(config, source, plan_id, state_dir, workdir, created_at):
         script_path = os.path.join(plan_dir, "jobs", name + ".sbatch")
         scripts[script_path] = text
         jobs.append(OrderedDict([("name", name), ("index", index), ("params", params),
-                                 ("script_path", script_path), ("log_template", log), ("tag", tag)]))
+                                 ("script_path", script_path), ("log_template", log), ("tag", tag),
+                                 ("sbatch_args", owned_args(name, log, "error" not in sbatch, tag, workdir))]))
     manifest = OrderedDict([
         ("schema_version", MANIFEST_SCHEMA_VERSION), ("kind", "autoexp-manifest"),
         ("plan_id", plan_id), ("project", project), ("created_at", now_iso(created_at)),
@@ -875,19 +895,30 @@ def build_plan(config, source, plan_id, state_dir, workdir, created_at):
             scripts[script] = "\n".join(lines)
             manifest["array"] = OrderedDict([("name", plan_id), ("script_path", script),
                                              ("log_template", array_log), ("tag", tag),
-                                             ("max_running", job.get("array_max_running"))])
+                                             ("max_running", job.get("array_max_running")),
+                                             ("sbatch_args", owned_args(plan_id, array_log, True, tag, workdir))])
     return manifest, scripts
 
 
-_TEMPLATE_OWNED_RE = re.compile(r"^#SBATCH\s+(--job-name|-J|--output|-o|--error|-e|--comment|--array|-a|--chdir|-D)\b")
+def owned_args(name, log, with_error, tag, workdir):
+    """What autoexp needs of every submission, for sbatch's command line: it wins over the
+    script's directives and over SBATCH_* variables, so the job stays findable (name, tag)
+    and its log readable, whatever else says otherwise."""
+    args = ["--job-name=" + name, "--output=" + log]
+    if with_error:
+        args.append("--error=" + log)
+    return args + ["--comment=" + tag, "--chdir=" + workdir]
 
 
 def _check_template_directives(text, path, c):
     for lineno, line in enumerate(text.splitlines(), 1):
-        m = _TEMPLATE_OWNED_RE.match(line)
-        if m:
-            c.fail("job.template", "%s line %d sets %s, which autoexp sets itself; remove it "
-                   "(use job.name, job.log and job.workdir)" % (path, lineno, m.group(1)))
+        if not line.startswith("#SBATCH"):
+            continue
+        for option in line[len("#SBATCH"):].split():
+            owned = owned_sbatch_option(option) or ("error" if option.startswith(("-e", "--er")) else None)
+            if owned:
+                c.fail("job.template", "%s line %d sets --%s (%s), which autoexp sets itself; remove it "
+                       "(use job.name, job.log and job.workdir)" % (path, lineno, owned, option))
 
 
 def _render_template_script(text, values, header, exports, source):
@@ -1002,12 +1033,11 @@ def slurm_environment(base=None):
     variables that silently change squeue/sacct output or make scancel interactive."""
     env = dict(os.environ if base is None else base)
     for key in list(env):
-        if key.startswith(("SQUEUE_", "SACCT_", "SCANCEL_", "SINFO_", "SCONTROL_")) or \
-                key in ("SBATCH_ARRAY_INX", "LANGUAGE"):
+        if key.startswith(("SQUEUE_", "SACCT_", "SCANCEL_", "SINFO_", "SCONTROL_", "LC_")) or key in (
+                "SBATCH_ARRAY_INX", "SBATCH_WAIT", "SBATCH_CLUSTERS", "SLURM_CLUSTERS", "LANGUAGE"):
             del env[key]
-        elif key.startswith("LC_"):
-            del env[key]
-    env.update(LC_ALL="C", LANG="C", SLURM_TIME_FORMAT="standard")
+    # SLURM_BITSTR_LEN=0: array ranges printed whole, never cut short with "..."
+    env.update(LC_ALL="C", LANG="C", SLURM_TIME_FORMAT="standard", SLURM_BITSTR_LEN="0")
     return env
 
 
@@ -1123,8 +1153,8 @@ def parse_squeue(text):
     _check_complete(text)
     rows = []
     for line in text.splitlines():
-        if not line.strip() or line.startswith("CLUSTER: "):
-            continue  # with SLURM_CLUSTERS/-M, squeue heads each cluster's jobs so
+        if not line.strip():
+            continue
         parts = line.split("|")
         if len(parts) < 6:
             raise ValueError("line %r has %d fields, expected 6" % (line[:80], len(parts)))
@@ -1311,19 +1341,22 @@ class LogRead(NamedTuple):
     offset: int
     inode: Optional[int]
     restarted: bool
+    ok: bool = True    # False: the file exists but could not be read (an NFS hiccup)
+    eof: bool = True   # False: more than max_bytes were waiting; read again
 
 
 def read_log(path, offset, inode, final=False, max_bytes=MAX_LOG_READ):
-    """Read the complete lines added to a log since offset.
+    """Read the complete lines added to a log since offset, at most max_bytes at a time.
 
     A partial last line is left for the next read (so it is matched once, whole) unless
-    final is set (the job has ended and nothing more will come). A file that shrank or has
-    another inode was truncated or replaced: it is read again from its start, once.
+    final is set (the job has ended and nothing more will come) and the end of the file is
+    reached. A file that shrank or has another inode was truncated or replaced: it is read
+    again from its start, once. A missing file is simply empty.
     """
     try:
         st = os.stat(path)
-    except OSError:
-        return LogRead([], offset, inode, False)
+    except OSError as e:
+        return LogRead([], offset, inode, False, ok=e.errno == errno.ENOENT)
     restarted = False
     if (inode is not None and st.st_ino != inode) or st.st_size < offset:
         offset, restarted = 0, True
@@ -1334,14 +1367,17 @@ def read_log(path, offset, inode, final=False, max_bytes=MAX_LOG_READ):
             f.seek(offset)
             data = f.read(min(st.st_size - offset, max_bytes))
     except (IOError, OSError):
-        return LogRead([], offset, inode, False)
+        return LogRead([], offset, inode, False, ok=False)
+    eof = offset + len(data) >= st.st_size
     end = data.rfind(b"\n") + 1
-    if end == 0 and not final and len(data) < max_bytes:
-        return LogRead([], offset, st.st_ino, restarted)
-    if final or end == 0:
+    if final and eof:
         end = len(data)
+    elif end == 0:
+        if len(data) < max_bytes:
+            return LogRead([], offset, st.st_ino, restarted)
+        end = len(data)  # one line longer than max_bytes: taken in pieces, never buffered whole
     lines = data[:end].decode("utf-8", "replace").splitlines()
-    return LogRead(lines, offset + end, st.st_ino, restarted)
+    return LogRead(lines, offset + end, st.st_ino, restarted, eof=offset + end >= st.st_size)
 
 
 class LogHit(NamedTuple):
@@ -1404,6 +1440,8 @@ class Observation(NamedTuple):
     reason: str = ""
     exit_code: str = ""
     raw_id: str = ""
+    start: Optional[float] = None  # from sacct: when SLURM started and ended the job
+    end: Optional[float] = None
 
 
 class Facts(NamedTuple):
@@ -1455,6 +1493,8 @@ def classify(obs, facts, now, mon):
         return Verdict(state, mode, reason, False)
     if obs.source == "missing":
         waited = now - facts.missing_since if facts.missing_since is not None else 0.0
+        if obs.state:  # sacct still calls it live: accounting lags, the job is not lost
+            return Verdict("missing", None, "not in squeue; sacct still says %s" % obs.state, None)
         if waited >= mon.lost_after:
             return Verdict("lost", "lost", "neither squeue nor sacct has known the job for %ds" % waited, None)
         return Verdict("missing", None, "not in squeue or sacct (for %ds)" % waited, None)
@@ -1475,7 +1515,7 @@ class Ended(NamedTuple):
     """How one attempt ended, as far as deciding the next one goes."""
     mode: str
     signature: str  # its exit code and the log line that decided it
-    runtime: float  # seconds from RUNNING to the end; 0 if it was never seen running
+    runtime: Optional[float]  # seconds SLURM ran it (None: unknown)
 
 
 FAST_FAILURE_SECONDS = 60.0
@@ -1492,6 +1532,7 @@ def repeats_deterministically(history):
         return False
     a, b = history[-2], history[-1]
     return (a.mode == b.mode and b.mode not in CIRCUMSTANTIAL_MODES and a.signature == b.signature
+            and a.runtime is not None and b.runtime is not None
             and a.runtime < FAST_FAILURE_SECONDS and b.runtime < FAST_FAILURE_SECONDS)
 
 
@@ -1525,6 +1566,7 @@ def decide(mode, policies, history):
 
 ACTIVE, FINALIZED, STOPPED, CANCELLED = "active", "finalized", "stopped", "cancelled"
 TIME_FIELDS = frozenset(("intent_at", "submitted_at", "ended_at", "running_since", "missing_since",
+                         "slurm_start", "slurm_end",
                          "last_log_growth_at", "cancel_requested_at", "next_submit_at",
                          "last_updated", "created_at", "updated_at", "time"))
 
@@ -1545,7 +1587,8 @@ class Attempt(object):
     __slots__ = (
         "attempt", "job_id", "raw_id", "array_task", "origin", "submit_state", "submit_error",
         "intent_at", "submitted_at", "resolved_log_path", "log_offset", "log_inode",
-        "last_log_growth_at", "running_since", "missing_since", "requeues", "last_slurm_state",
+        "last_log_growth_at", "running_since", "missing_since", "slurm_start", "slurm_end",
+        "requeues", "last_slurm_state",
         "last_monitor_state", "exit_code", "live", "success_seen", "log_mode", "log_reason",
         "outcome", "reason", "ended_at", "cancel_requested_at", "cancel_result", "log_matches", "actions")
     DEFAULTS = {"log_offset": 0, "requeues": 0, "live": False, "success_seen": False,
@@ -1570,7 +1613,13 @@ class Attempt(object):
         return cls(**fields)
 
     def ended(self, mode, end):
-        runtime = end - self.running_since if self.running_since else 0.0
+        """SLURM's own start and end times when sacct gave them; else what this monitor saw."""
+        if self.slurm_start and self.slurm_end:
+            runtime = self.slurm_end - self.slurm_start
+        elif self.running_since:
+            runtime = end - self.running_since
+        else:
+            runtime = None
         return Ended(mode, "%s|%s" % (self.exit_code or "", self.log_reason or ""), runtime)
 
     def facts(self):
@@ -1584,10 +1633,10 @@ class Attempt(object):
 class Job(object):
     """A logical job of the plan, keyed by name, with its whole attempt history."""
 
-    __slots__ = ("name", "index", "status", "attempts", "last_monitor_state", "last_slurm_state",
+    __slots__ = ("name", "index", "status", "attempts", "array", "last_monitor_state", "last_slurm_state",
                  "last_event", "last_updated", "next_submit_at", "reason", "submit_failures",
                  "duplicate_warned")
-    DEFAULTS = {"status": ACTIVE, "submit_failures": 0, "duplicate_warned": False}
+    DEFAULTS = {"status": ACTIVE, "array": False, "submit_failures": 0, "duplicate_warned": False}
 
     def __init__(self, name, index, **fields):
         self.name = name
@@ -1605,9 +1654,9 @@ class Job(object):
 
     @property
     def job_id(self):
-        """The SLURM id of the live attempt, or None."""
+        """The SLURM id of the live attempt (one that may still run), or None."""
         att = self.current
-        return att.job_id if att is not None and att.live and self.status == ACTIVE else None
+        return att.job_id if att is not None and att.live else None
 
     def known_ids(self):
         return set(a.job_id for a in self.attempts if a.job_id)
@@ -1953,11 +2002,11 @@ class Snapshot(object):
 class Lookup(object):
     """What one session learned from sacct this cycle, beyond squeue."""
 
-    __slots__ = ("acct", "acct_ok", "acct_error", "named", "named_ok", "named_error")
+    __slots__ = ("acct", "acct_ok", "acct_error", "named", "named_by_id", "named_ok", "named_error")
 
     def __init__(self):
         self.acct, self.acct_ok, self.acct_error = {}, True, ""
-        self.named, self.named_ok, self.named_error = [], True, ""
+        self.named, self.named_by_id, self.named_ok, self.named_error = [], {}, True, ""
 
 
 class Todo(object):
@@ -2094,11 +2143,16 @@ class Controller(object):
                 look.named = self.slurm.sacct_by_name(sorted(names), since)
             except SlurmUnavailable as e:
                 look.named_ok, look.named_error = False, str(e)
+            look.named_by_id = dict((r.job_id, r) for r in look.named)
         return look
 
     def _candidates(self, s, job, snap, look):
         """SLURM jobs that carry this job's tag but are not in its history: a submission whose
-        id was never recorded, or a resubmission made outside autoexp. Newest first."""
+        id was never recorded, or a resubmission made outside autoexp. Newest first.
+
+        The tag must be seen: squeue always shows it; sacct only once the job has ended
+        (with AccountingStoreFlags=job_comment). A name alone is never enough, since two
+        plans of one project share their job names."""
         known = job.known_ids()
         tag = session_tag(s.session_id, job.name)
         array = s.plan.array
@@ -2109,24 +2163,25 @@ class Controller(object):
             for row in snap.by_tag.get(array.tag, ()):
                 if split_job_id(row.job_id)[1] == job.index:
                     found[row.job_id] = row
-        floor = self._since(s, job)
         for row in look.named:
             if row.job_id in snap.by_id:
-                continue  # squeue shows its real tag, which wins over sacct's
+                continue  # squeue shows its current tag, which wins over sacct's
             task = split_job_id(row.job_id)[1]
-            single = task is None and row.name == job.name
-            in_array = array is not None and task == job.index and row.name == array.name
-            if row.comment:
-                ok = (single and row.comment == tag) or (in_array and row.comment == array.tag)
-            else:
-                # sacct stores the comment only at job end: fall back to name and time
-                seen = row.start or row.end
-                ok = (single or in_array) and seen is not None and seen >= floor - SLURM_CLOCK_SKEW
-            if ok:
+            if ((task is None and row.name == job.name and row.comment == tag) or
+                    (array is not None and task == job.index and row.name == array.name and row.comment == array.tag)):
                 found[row.job_id] = row
         for job_id in known:
             found.pop(job_id, None)
         return sorted(found.values(), key=lambda r: job_id_sort_key(r.job_id), reverse=True)
+
+    @staticmethod
+    def _revived(job, snap):
+        """Earlier attempts autoexp saw end that SLURM runs again (a finished job requeued
+        by hand, a job that reappeared after it was called lost)."""
+        current = job.current
+        return [snap.by_id[a.job_id] for a in job.attempts
+                if a is not current and a.job_id and not a.live and a.job_id in snap.by_id
+                and snap.by_id[a.job_id].state in ACTIVE_STATES]
 
     @staticmethod
     def _since(s, job):
@@ -2138,52 +2193,51 @@ class Controller(object):
         return parse_iso(s.plan.created_at) if s.plan is not None else s.created_at
 
     def _observe(self, att, snap, look):
+        """squeue first; sacct for what it no longer lists. UNKNOWN whenever a query that
+        could have told failed, or SLURM names a state autoexp does not know."""
         row = snap.by_id.get(att.job_id)
-        named = [r for r in look.named if r.job_id == att.job_id]
-        arow = look.acct.get(att.job_id) or (named[-1] if named else None)
+        arow = look.acct.get(att.job_id) or look.named_by_id.get(att.job_id)
         if row is not None:
-            return Observation("squeue", row.state, row.reason, arow.exit_code if arow else "", row.raw_id)
-        if arow is None and not look.acct_ok:
-            return Observation("unknown", reason="sacct failed: %s" % look.acct_error)
-        if arow is None:
+            obs = Observation("squeue", row.state, row.reason, arow.exit_code if arow else "", row.raw_id,
+                              arow.start if arow else None, arow.end if arow else None)
+        elif arow is None:
+            if not (look.acct_ok and look.named_ok):
+                return Observation("unknown", reason="sacct failed: %s" % (look.acct_error or look.named_error))
             return Observation("missing")
-        if arow.state in ACTIVE_STATES:
+        elif arow.state in ACTIVE_STATES:
             # squeue lists every job the controller holds; an active sacct row for a job it
-            # does not list is accounting lagging behind.
-            return Observation("missing", arow.state, "sacct still says %s" % arow.state, arow.exit_code, arow.raw_id)
-        return Observation("sacct", arow.state, "", arow.exit_code, arow.raw_id)
+            # does not list is accounting lagging behind: not lost, not ended either.
+            return Observation("missing", arow.state, "sacct still says %s" % arow.state, arow.exit_code,
+                               arow.raw_id, arow.start, arow.end)
+        else:
+            obs = Observation("sacct", arow.state, "", arow.exit_code, arow.raw_id, arow.start, arow.end)
+        if obs.state not in ACTIVE_STATES and obs.state not in TERMINAL_MODE:
+            return Observation("unknown", reason="SLURM reports state %s, which autoexp does not know" % obs.state)
+        return obs
 
     # -- deciding --------------------------------------------------------------------
 
     def _step(self, s, job, snap, look, now, todo):
         cands = self._candidates(s, job, snap, look)
+        revived = self._revived(job, snap)
+        running_copies = [r for r in cands if r.state in ACTIVE_STATES] + revived
         att = job.current
         if job.status != ACTIVE:
-            live = [r for r in cands if r.state in ACTIVE_STATES]
-            if live and job.status in (STOPPED, FINALIZED):
-                self._adopt(s, job, live[0], "external", now)
-                job.status, job.reason = ACTIVE, None
-                self._event(s, job, job.current, "reactivated", now,
-                            detail="job %s carries its tag" % live[0].job_id)
-            elif live and not job.duplicate_warned:
-                job.duplicate_warned = True
-                self.report.warn("%s was cancelled with autoexp, but SLURM job %s carries its tag; "
-                                 "autoexp leaves it alone" % (job.name, live[0].job_id))
-            elif att is not None and att.live and att.job_id:
-                self._watch(s, job, att, self._observe(att, snap, look), now, todo, decide_now=False)
+            self._step_inactive(s, job, att, running_copies, snap, look, now, todo)
             return
-        if att is None:  # registered by --monitor-all: adopt it from SLURM, else submit it
+        if att is None:  # registered, never submitted: adopt it from SLURM, else submit it
             if cands:
-                self._adopt(s, job, cands[0], "external", now)
+                self._adopt(s, job, running_copies[0] if running_copies else cands[0], "external", now)
             elif look.named_ok:
-                self._new_intent(s, job, now, todo, array=False)
+                self._new_intent(s, job, now, todo, array=job.array)
             return
         if att.job_id is None:
             if att.submit_state != "intent":
                 return
             if cands:
                 self._adopt(s, job, cands[0], "recovered", now, att=att)
-                cands = cands[1:]  # it is in the history now, not a stranger to replace it with
+                cands = cands[1:]  # in the history now: not a stranger to replace it with
+                running_copies = [r for r in cands if r.state in ACTIVE_STATES] + revived
             elif not look.named_ok:
                 self.report.detail("%s: cannot tell whether its submission reached SLURM (%s); waiting"
                                    % (job.name, look.named_error))
@@ -2195,26 +2249,76 @@ class Controller(object):
                 return
         if att.live:
             obs = self._observe(att, snap, look)
-            if cands and obs.source != "unknown" and observation_live(obs) is not True:
+            if (att.outcome is None and cands and observation_live(obs) is not True
+                    and (obs.source == "missing" or obs.state == "CANCELLED")
+                    and job_id_sort_key(cands[0].job_id) > job_id_sort_key(att.job_id)):
+                # cancelled (or vanished) and resubmitted outside autoexp: follow the new job
                 att.live = False
                 self._finish(s, job, att, now, "replaced", "replaced by SLURM job %s, submitted outside autoexp"
                              % cands[0].job_id)
                 att = self._adopt(s, job, cands[0], "external", now)
                 obs = self._observe(att, snap, look)
-            elif cands and observation_live(obs) and not job.duplicate_warned:
+                running_copies = [r for r in running_copies if r.job_id != att.job_id]
+            elif running_copies and observation_live(obs) and not job.duplicate_warned:
                 job.duplicate_warned = True
                 self.report.warn("%s: SLURM job %s also carries its tag while %s runs; autoexp keeps "
-                                 "watching %s only" % (job.name, cands[0].job_id, att.job_id, att.job_id))
+                                 "watching %s only" % (job.name, running_copies[0].job_id, att.job_id, att.job_id))
             self._watch(s, job, att, obs, now, todo)
-        if (job.status == ACTIVE and att.outcome is not None and not att.live
-                and job.next_submit_at is not None and now >= job.next_submit_at):
-            self._new_intent(s, job, now, todo, array=att.array_task is not None)
+        if job.status == ACTIVE and att.outcome is not None and not att.live:
+            if running_copies:
+                # it already runs again (resubmitted by hand during the backoff, or an ended
+                # attempt requeued): follow that job rather than submit a second one
+                self._adopt(s, job, running_copies[0], "external", now)
+            elif job.next_submit_at is not None and now >= job.next_submit_at:
+                self._new_intent(s, job, now, todo, array=att.array_task is not None)
 
-    def _watch(self, s, job, att, obs, now, todo, decide_now=True):
+    def _step_inactive(self, s, job, att, running_copies, snap, look, now, todo):
+        """Finalized, stopped or cancelled: no decisions, but a pending cancel is seen through,
+        and a copy started under its tag is either followed or cancelled."""
+        if running_copies and job.status in (STOPPED, FINALIZED):
+            row = running_copies[0]
+            if att is not None and att.job_id is None and att.submit_state == "intent":
+                # sbatch failed until autoexp gave up, yet one of the tries queued it
+                att.outcome = att.reason = None
+                att = self._adopt(s, job, row, "recovered", now, att=att)
+            else:
+                att = self._adopt(s, job, row, "external", now)
+            job.status, job.reason = ACTIVE, None
+            self._event(s, job, att, "reactivated", now, detail="SLURM job %s carries its tag" % row.job_id)
+            return
+        if job.status == CANCELLED:
+            # the user cancelled this job: a straggler of an uncertain submission, or a copy
+            # started by hand, must not run either
+            for row in running_copies:
+                self._cancel_copy(s, job, row, now, todo)
+        if att is not None and att.live and att.job_id:
+            self._watch(s, job, att, self._observe(att, snap, look), now, todo)
+
+    def _cancel_copy(self, s, job, row, now, todo):
+        """A live SLURM job under the tag of a job the user cancelled: recorded as an
+        attempt of its own, and cancelled like the others."""
+        if any(a.job_id == row.job_id and a.cancel_requested_at for a in job.attempts):
+            return
+        att = Attempt(attempt=len(job.attempts) + 1, job_id=row.job_id, origin="external",
+                      submit_state="submitted", intent_at=now, submitted_at=now, live=True,
+                      array_task=split_job_id(row.job_id)[1])
+        job.attempts.append(att)
+        self._finish(s, job, att, now, "cancelled", "SLURM job %s carries the tag of a job cancelled with "
+                     "autoexp" % row.job_id)
+        self._request_cancel(s, job, att, now, todo, "the job was cancelled with autoexp")
+
+    def _watch(self, s, job, att, obs, now, todo):
+        """Bring an attempt up to date with its observation; while its job is active and it
+        is undecided, read its log and decide; see a requested cancel through in any case."""
         mon = s.monitoring
+        deciding = job.status == ACTIVE and att.outcome is None
         if obs.source in ("squeue", "sacct"):
             if obs.raw_id and obs.state != "PENDING":
                 att.raw_id = obs.raw_id
+            if obs.start:
+                att.slurm_start = obs.start
+            if obs.end:
+                att.slurm_end = obs.end
             if obs.state == "RUNNING" and att.running_since is None:
                 att.running_since = now
             elif obs.state in ("PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED") and att.running_since is not None:
@@ -2231,16 +2335,15 @@ class Controller(object):
         elif obs.source == "missing" and att.missing_since is None:
             att.missing_since = now
             self._event(s, job, att, "missing", now, detail=obs.reason or "not in squeue or sacct")
-        if att.outcome is None and decide_now:
-            self._read_log(s, job, att, obs, now)
-        verdict = classify(obs, att.facts(), now, mon)
-        if verdict.live is False or verdict.mode == "lost":
-            if att.live:
-                att.live = False
-                att.ended_at = now
-        if not decide_now:
-            return
-        if att.outcome is None:
+        log_ok = self._read_log(s, job, att, obs, now) if deciding else True
+        facts = att.facts()
+        if not log_ok:
+            facts = facts._replace(last_activity=now)  # an unreadable log is no evidence of a stall
+        verdict = classify(obs, facts, now, mon)
+        if (verdict.live is False or verdict.mode == "lost") and att.live:
+            att.live = False
+            att.ended_at = now
+        if deciding:
             att.last_monitor_state = job.last_monitor_state = verdict.monitor_state
             if verdict.mode:
                 self._conclude(s, job, att, verdict, now, todo)
@@ -2253,24 +2356,57 @@ class Controller(object):
                     or now - parse_iso(result["time"]) >= max(60.0, 2 * mon.interval_seconds)):
                 todo.cancel.append((job, att))
 
+    def _log_template(self, s, job, job_id=None, array_task=None):
+        """The --output pattern an attempt writes to: its array's, or its own script's."""
+        in_array = (split_job_id(job_id)[1] if job_id else array_task) is not None
+        if in_array and s.plan.array is not None:
+            return s.plan.array.log_template, s.plan.array.name
+        return s.plan.by_name[job.name].log_template, job.name
+
+    def _log_baseline(self, s, job, att):
+        """Where a new attempt's log reading starts. A log path without %j/%A/%a is shared
+        by all attempts: the new one must not read the lines of the ones before it. (SLURM
+        truncates the file when the job starts, unless --open-mode=append: a file that
+        shrinks is then read from its start.)"""
+        template, name = self._log_template(s, job, att.job_id, att.array_task)
+        if re.search(r"%\d*[jAa]", template.replace("%%", "")):
+            return
+        path = resolve_log_path(template, "0", "0", name, self.slurm.user)
+        att.resolved_log_path = path
+        earlier = [a for a in job.attempts if a is not att and a.resolved_log_path == path]
+        if att.origin == "submitted":
+            try:
+                st = os.stat(path)
+            except OSError:
+                return
+            att.log_offset, att.log_inode = st.st_size, st.st_ino
+        elif earlier:  # adopted: it may have written already; start where the last one stopped
+            att.log_offset, att.log_inode = earlier[-1].log_offset, earlier[-1].log_inode
+
     def _read_log(self, s, job, att, obs, now):
+        """Read the attempt's new log lines and record what they say; False if the log exists
+        but could not be read."""
         if att.resolved_log_path is None:
-            array = s.plan.array
-            if split_job_id(att.job_id)[1] is not None and array is not None:
-                template, name = array.log_template, array.name
-            else:
-                template, name = s.plan.by_name[job.name].log_template, job.name
+            template, name = self._log_template(s, job, att.job_id)
             att.resolved_log_path = resolve_log_path(template, att.job_id, att.raw_id, name, self.slurm.user)
             if att.resolved_log_path is None:
-                return
+                return True
         final = obs.source in ("squeue", "sacct") and obs.state not in ACTIVE_STATES
-        read = read_log(att.resolved_log_path, att.log_offset, att.log_inode, final)
-        if read.restarted:
-            self._event(s, job, att, "log_restarted", now, detail="log truncated or replaced; reading it from its start")
-        if read.offset != att.log_offset or read.restarted:
-            att.last_log_growth_at = now
-        att.log_offset, att.log_inode = read.offset, read.inode
-        for hit in s.matcher.scan(read.lines):
+        while True:
+            read = read_log(att.resolved_log_path, att.log_offset, att.log_inode, final)
+            if not read.ok:
+                return False
+            if read.restarted and att.last_log_growth_at is not None:
+                self._event(s, job, att, "log_restarted", now, detail="log truncated or replaced; reading it from its start")
+            if read.offset != att.log_offset or read.restarted:
+                att.last_log_growth_at = now
+            att.log_offset, att.log_inode = read.offset, read.inode
+            self._match_lines(s, job, att, read.lines, now)
+            if read.eof or not final:
+                return True  # an ended job is read to its end before it is decided
+
+    def _match_lines(self, s, job, att, lines, now):
+        for hit in s.matcher.scan(lines):
             if hit.event in att.log_matches:
                 continue
             att.log_matches.append(hit.event)
@@ -2292,7 +2428,9 @@ class Controller(object):
             job.next_submit_at = now + decision.delay
             job.last_monitor_state = "restarting"
             self._event(s, job, att, "restart_scheduled", now, mode=mode, detail=decision.reason)
-            if att.live:
+            if att.live or mode == "lost":
+                # a lost job may yet exist where SLURM could not show it: scancel is harmless
+                # when it is gone, and it never runs beside its restart
                 self._request_cancel(s, job, att, now, todo, "%s: cancelled before the restart" % mode)
         elif decision.action == "finalize":
             job.status, job.reason = FINALIZED, verdict.reason
@@ -2329,7 +2467,8 @@ class Controller(object):
         att.submit_state = "submitted"
         att.submitted_at = now
         att.live = True
-        job.next_submit_at = None
+        job.next_submit_at, job.submit_failures = None, 0
+        self._log_baseline(s, job, att)
         self._event(s, job, att, "adopted", now, detail="SLURM job %s (%s, found by its tag)" % (row.job_id, row.state))
         return att
 
@@ -2337,6 +2476,7 @@ class Controller(object):
         att = Attempt(attempt=len(job.attempts) + 1, origin="submitted", submit_state="intent", intent_at=now,
                       array_task=job.index if array and s.plan.array is not None else None)
         job.attempts.append(att)
+        self._log_baseline(s, job, att)
         job.next_submit_at = None
         job.last_monitor_state = "submitting"
         self._event(s, job, att, "intent", now, detail="submission %d decided" % att.attempt)
@@ -2371,9 +2511,9 @@ class Controller(object):
             job.last_monitor_state = "cancelled"
             if att is None:
                 continue
-            if att.outcome is None:
-                att.outcome, att.reason = "cancelled", "cancelled by the user (autoexp cancel)"
             self._event(s, job, att, "user_cancel", now, detail="autoexp cancel")
+            if att.outcome is None:
+                self._finish(s, job, att, now, "cancelled", "cancelled by the user (autoexp cancel)")
             s.add_action(job, att, "cancel", "cancelled", "cancelled by the user", now)
             if att.live and att.job_id:
                 self._request_cancel(s, job, att, now, todo, "cancelled by the user")
@@ -2425,12 +2565,13 @@ class Controller(object):
 
     def _sbatch_args(self, s, jobs):
         if jobs[0].current.array_task is None:
-            return s.plan.by_name[jobs[0].name].script_path, []
+            pj = s.plan.by_name[jobs[0].name]
+            return pj.script_path, list(pj.sbatch_args)
         array = s.plan.array
         spec = ",".join(str(j.current.array_task) for j in jobs)
         if array.max_running:
             spec += "%%%d" % array.max_running
-        return array.script_path, ["--array=" + spec]
+        return array.script_path, list(array.sbatch_args) + ["--array=" + spec]
 
     @staticmethod
     def _submit_groups(jobs):
@@ -2472,12 +2613,16 @@ class Controller(object):
                 job.status, job.reason = STOPPED, "sbatch refused the job: %s" % res.message
                 job.last_monitor_state = "stopped"
                 s.add_action(job, att, "stop", "submit_failed", job.reason, now)
+                self._event(s, job, att, "stopped", now, mode="submit_failed", detail="no retry: sbatch refused it")
             else:
                 job.submit_failures += 1
                 att.submit_error = res.message
                 if job.submit_failures > mon.submit_retries:
+                    # the intent stays: if one of these did queue the job, a later cycle
+                    # finds it by tag and follows it
                     job.status = STOPPED
                     job.reason = "sbatch failed %d times: %s" % (job.submit_failures, res.message)
+                    self._finish(s, job, att, now, "submit_failed", job.reason)
                     job.last_monitor_state = "stopped"
                     self._event(s, job, att, "stopped", now, mode="submit_failed", detail=job.reason)
                     s.add_action(job, att, "stop", "submit_failed", job.reason, now)
@@ -2487,15 +2632,20 @@ class Controller(object):
                     self._event(s, job, att, "submit_error", now,
                                 detail="%s; looking it up by tag, then retrying in %ds" % (res.message, delay))
 
-    def register(self, s, plan_jobs, array, now):
-        """Add plan jobs to a session with their first intent, persist, then submit them."""
-        todo = Todo()
+    def register(self, s, plan_jobs, array):
+        """Add plan jobs to a session. They have no attempt yet: the next cycle looks for
+        each in SLURM by its tag (a state file moved aside, a second `submit`) and submits
+        only what SLURM does not have."""
         for pj in plan_jobs:
-            job = Job(pj.name, pj.index)
-            s.jobs.append(job)
-            self._new_intent(s, job, now, todo, array=array)
+            s.jobs.append(Job(pj.name, pj.index, array=bool(array and s.plan.array is not None)))
         s.jobs.sort(key=lambda j: j.index)
-        self._commit(s, now, todo, True)
+
+    def preview(self, s, jobs, now):
+        """The sbatch lines a first submission of these jobs would run (dry run)."""
+        todo = Todo()
+        for job in jobs:
+            self._new_intent(s, job, now, todo, array=job.array)
+        self._commit(s, now, todo, False)
 
     def _event(self, s, job, att, kind, now, mode=None, detail=None):
         rec = s.add_event(job, att, kind, now, mode, detail)
@@ -2687,12 +2837,12 @@ def do_submit(args, report, store, plan, keep_lock=None):
     if args.dry_run:
         s = new_session(store, plan, time.time())
         s.plan = plan
-        controller = Controller(store, make_slurm(), report, dry_run=True)
-        controller.report = Reporter(0, report.out, report.err)
-        controller.register(s, [plan.by_name[n] for n in names], args.array, time.time())
+        controller = Controller(store, make_slurm(), Reporter(0, report.out, report.err), dry_run=True)
+        controller.register(s, [plan.by_name[n] for n in names], args.array)
+        controller.preview(s, s.jobs, time.time())
         return EXIT_OK
     if shutil.which("sbatch", path=slurm_environment().get("PATH")) is None:
-        # before the session exists: a submission that cannot start leaves no intents behind
+        # before the session exists: a submission that cannot start leaves nothing behind
         raise SlurmError("SLURM command 'sbatch' was not found on PATH; run autoexp on a login node "
                          "where sbatch, squeue and sacct work", exit_code=EXIT_USAGE)
     store.ensure()
@@ -2700,8 +2850,16 @@ def do_submit(args, report, store, plan, keep_lock=None):
     try:
         now = time.time()
         path = store.session_path(plan.plan_id)
-        if os.path.exists(path):
+        try:
+            os.stat(path)
+        except OSError as e:
+            if e.errno != errno.ENOENT:
+                raise StateError("cannot read session %s: %s" % (path, e.strerror))
+            s = new_session(store, plan, now)
+            s.plan = plan
+        else:
             s = store.load(path)
+            store.sync_outputs(s)
             tracked = [n for n in names if s.job(n) is not None]
             if tracked and _flatten(args.only):
                 raise ConfigError("already submitted in session %s: %s; `autoexp monitor --session %s` "
@@ -2710,25 +2868,31 @@ def do_submit(args, report, store, plan, keep_lock=None):
             if not names:
                 report.info("every job of %s is already submitted; watch them with `autoexp monitor "
                             "--session %s`" % (plan.plan_id, plan.plan_id))
-                return EXIT_OK
-        else:
-            s = new_session(store, plan, now)
-            s.plan = plan
+                if keep_lock is None:
+                    return EXIT_OK
+                keep_lock.append(lock)
+                lock = None
+                return s
         controller = Controller(store, make_slurm([s]), Reporter(min(report.level, 0), report.out, report.err))
-        controller.register(s, [plan.by_name[n] for n in names], args.array, now)
+        controller.register(s, [plan.by_name[n] for n in names], args.array)
+        store.save(s, now)  # registered: a monitor or reconcile submits them if this stops here
+        answered = controller.cycle([s])
         failed = 0
         width = max(len(n) for n in names)
         for n in names:
             job = s.job(n)
             att = job.current
-            if att.job_id:
-                report.result("%-*s %s" % (width, n, att.job_id))
+            if att is not None and att.job_id:
+                found = "" if att.origin == "submitted" else "   (already in SLURM: %s)" % att.origin
+                report.result("%-*s %s%s" % (width, n, att.job_id, found))
             else:
                 failed += 1
-                report.result("%-*s not submitted: %s" % (width, n, job.reason or att.submit_error or "unknown"))
+                why = (job.reason or (att.submit_error if att else None) or
+                       ("SLURM did not answer" if not answered else "SLURM could not say whether it has it yet"))
+                report.result("%-*s not submitted: %s" % (width, n, why))
         if failed:
-            report.warn("%d of %d job(s) not submitted; `autoexp monitor --session %s` retries transient "
-                        "errors (after looking each job up by its tag)" % (failed, len(names), s.session_id))
+            report.warn("%d of %d job(s) not submitted; `autoexp monitor --session %s` (or reconcile) submits "
+                        "them, after looking each up by its tag" % (failed, len(names), s.session_id))
         if keep_lock is not None:
             keep_lock.append(lock)
             lock = None

@@ -243,7 +243,8 @@ class Harness(object):
         report = autoexp.Reporter(2, _Sink(self.out), _Sink(self.out))
         self.ctl = autoexp.Controller(self.store, self.slurm, report, clock=self.clock, sleep=self.clock.sleep)
         jobs = [self.plan.by_name[n] for n in names] if names else self.plan.jobs
-        self.ctl.register(self.session, jobs, array, self.clock())
+        self.ctl.register(self.session, jobs, array)
+        self.ctl.cycle([self.session])  # what `submit` does: look each job up, then submit
 
     def cycle(self, advance=10.0):
         self.clock.now += advance

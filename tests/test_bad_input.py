@@ -80,6 +80,18 @@ def override(*opts):
     return setup
 
 
+def template(text):
+    def setup(p):
+        with open(os.path.join(p, "t.sh"), "w") as f:
+            f.write(text)
+        cfg = copy.deepcopy(GOOD)
+        del cfg["job"]["command"]
+        cfg["job"]["template"] = "t.sh"
+        write_config(os.path.join(p, "c.json"), cfg)
+        return ["plan", "c.json"]
+    return setup
+
+
 def state_file(content):
     def setup(p):
         path = os.path.join(p, "autoexp-state", "s1.json")
@@ -151,7 +163,11 @@ CASES = [
                                                           c["job"].update(name="n{index}", sbatch={"comment2": "{p}"}))),
      ["job.sbatch.comment2", "newline"]),
     ("sbatch key autoexp owns", with_config(lambda c: c["job"]["sbatch"].update(output="x")),
-     ["job.sbatch.output", "set by autoexp"]),
+     ["job.sbatch.output", "autoexp sets itself"]),
+    ("sbatch key abbreviating one autoexp owns", with_config(lambda c: c["job"]["sbatch"].update(comm="x")),
+     ["job.sbatch.comm", "sets --comment"]),
+    ("template setting the output with a short option", template("#!/bin/bash\n#SBATCH -ologs/x.log\necho\n"),
+     ["t.sh line 2", "--output"]),
     ("bad sbatch key", with_config(lambda c: c["job"]["sbatch"].update({"--time": "1"})), ["job.sbatch.--time"]),
     ("bad env name", with_config(lambda c: c["job"].update(env={"A-B": "1"})), ["job.env.A-B"]),
     ("log pattern autoexp cannot follow", with_config(lambda c: c["job"].update(log="logs/%N.log")),

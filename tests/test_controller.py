@@ -162,11 +162,12 @@ def test_unknown_squeue_changes_nothing(tmp_path):
     h = Harness(tmp_path, config())
     h.slurm.set(h.live_id(A), "TIMEOUT")
     before = h.state_bytes()
+    sacct_before = h.slurm.count("sacct")
     h.slurm.fail["squeue"] = 5
     for _ in range(5):
         assert h.cycle() is False
     assert h.state_bytes() == before
-    assert h.slurm.count("sbatch") == 2 and h.slurm.count("sacct") == 0
+    assert h.slurm.count("sbatch") == 2 and h.slurm.count("sacct") == sacct_before
     warnings = [l for l in h.out if "SLURM did not answer" in l]
     assert len(warnings) == 1  # said once, not once per cycle
     assert h.cycle() is True
@@ -353,10 +354,13 @@ def test_array_task_failure_resubmits_only_that_task(tmp_path):
     h = Harness(tmp_path, config(), array=True)
     ids = [h.live_id(A), h.live_id(B)]
     assert ids == ["101_0", "101_1"]
-    assert h.slurm.calls[0] == ("sbatch", h.plan.array.script_path, ("--array=0,1",))
+    sbatch = [c for c in h.slurm.calls if c[0] == "sbatch"]
+    owned = tuple(h.plan.array.sbatch_args)
+    assert sbatch == [("sbatch", h.plan.array.script_path, owned + ("--array=0,1",))]
+    assert "--comment=autoexp:p1:@array" in owned
     h.slurm.set("101_1", "FAILED", "1:0")
     h.cycle()
-    assert h.slurm.calls[-1] == ("sbatch", h.plan.array.script_path, ("--array=1",))
+    assert h.slurm.calls[-1] == ("sbatch", h.plan.array.script_path, owned + ("--array=1",))
     assert h.live_id(B) == "102_1" and h.job(B).current.array_task == 1
     assert h.live_id(A) == "101_0"
 

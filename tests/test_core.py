@@ -131,11 +131,6 @@ def test_parse_squeue_autoexp_format():
     assert rows["22"].name == "x|y" and rows["22"].comment == "autoexp:p1:demo-b"
 
 
-def test_parse_squeue_with_cluster_headers():
-    text = "CLUSTER: gpu\n12|12|RUNNING|None|a|autoexp:p:a\n"
-    assert [r.job_id for r in autoexp.parse_squeue(text)] == ["12"]
-
-
 @pytest.mark.parametrize("text", [
     "12|12|RUNNING|None|a|b",              # truncated: no final newline
     "12|12|RUNNING\n",                    # too few fields
@@ -167,13 +162,16 @@ def test_squeue_command_line_and_environment():
         seen.update(argv=argv, env=env, timeout=timeout)
         return autoexp.Completed(argv, 0, "", "", False)
     base = {"PATH": "/bin", "SQUEUE_FORMAT": "%i", "SACCT_FORMAT": "x", "SLURM_TIME_FORMAT": "relative",
-            "LC_TIME": "de_DE", "SQUEUE_SORT": "-t", "SCANCEL_INTERACTIVE": "1", "SBATCH_PARTITION": "gpu"}
+            "LC_TIME": "de_DE", "SQUEUE_SORT": "-t", "SCANCEL_INTERACTIVE": "1", "SBATCH_PARTITION": "gpu",
+            "SLURM_CLUSTERS": "a,b", "SBATCH_WAIT": "1", "SLURM_BITSTR_LEN": "10"}
     client = autoexp.SlurmClient(runner=runner, env=base, timeout=7, user="alice")
     assert client.squeue() == []
     assert seen["argv"] == ["squeue", "-h", "-r", "-t", "all", "-u", "alice", "-o", "%i|%A|%T|%r|%j|%k"]
     env = seen["env"]
     assert env["SLURM_TIME_FORMAT"] == "standard" and env["LC_ALL"] == "C"
-    for k in ("SQUEUE_FORMAT", "SACCT_FORMAT", "SQUEUE_SORT", "SCANCEL_INTERACTIVE", "LC_TIME"):
+    assert env["SLURM_BITSTR_LEN"] == "0"
+    for k in ("SQUEUE_FORMAT", "SACCT_FORMAT", "SQUEUE_SORT", "SCANCEL_INTERACTIVE", "LC_TIME", "SLURM_CLUSTERS",
+              "SBATCH_WAIT"):
         assert k not in env
     assert env["SBATCH_PARTITION"] == "gpu"  # a user's sbatch default is theirs to keep
     assert seen["timeout"] == 7

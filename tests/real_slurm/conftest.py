@@ -9,7 +9,11 @@ tier is skipped, with the reason shown by `pytest -ra`.
     AUTOEXP_REAL_SLURM=1 .venv-test/bin/python -m pytest tests/real_slurm -v
 
 The SLURM commands used are the real ones in /usr/bin (PATH is reset for autoexp and for
-the tests' own sbatch/squeue/sacct/scontrol calls), never fixtures/fake_slurm.
+the tests' own sbatch/squeue/sacct/scontrol calls), never fixtures/fake_slurm. Each test
+runs autoexp.pyz (built once per session from the working tree) with the system python3
+in its own project folder under $AUTOEXP_REAL_SLURM_TMP (default /tmp/autoexp-real-slurm,
+emptied at the start of a run and kept after it for a post-mortem). After each test every
+daemon is started again (setup.sh, idempotent) and any job left in the queue is cancelled.
 """
 
 import os

@@ -225,9 +225,6 @@ class RealProject(object):
         with open(self.state_path(session)) as f:
             return json.load(f)
 
-    def job_state(self, session, name):
-        return [j for j in self.state(session)["jobs"] if j["name"] == name][0]
-
     def events(self, session):
         path = os.path.join(self.state_dir, session + ".events.jsonl")
         if not os.path.exists(path):

@@ -13,10 +13,12 @@
 #
 #   bash tests/real_slurm/setup.sh [--fresh] [--quiet]
 #
-#   --fresh  also cancel every job, stop the SLURM daemons, wipe slurmctld's and
-#            slurmd's state and the accounting database, and start again (job ids
-#            restart at 1). Jobs that were running when a daemon was killed do not come
-#            back cleanly (they end "launch failed requeued held"): use --fresh then.
+#   --fresh  then cancel every job through SLURM (slurmd has re-attached to the job
+#            steps of a previous run by then, so no job process survives), stop the
+#            SLURM daemons, wipe slurmctld's and slurmd's state and the accounting
+#            database, and start again (job ids restart at 1). Jobs that were running
+#            when a daemon was killed do not come back cleanly (they end "launch failed
+#            requeued held"): use --fresh then.
 #   --quiet  no progress on stderr
 #
 # Exit codes: 0 ready; 1 the cluster could not be set up (reason and daemon log tails on
@@ -42,7 +44,7 @@ for a in "$@"; do
   case "$a" in
     --fresh) FRESH=1 ;;
     --quiet) QUIET=1 ;;
-    -h|--help) sed -n '2,38p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,37p' "$0"; exit 0 ;;
     *) echo "$PROG: unknown argument: $a (see --help)" >&2; exit 2 ;;
   esac
 done

@@ -3,7 +3,8 @@
 #
 #   bash tests/real_slurm/stop.sh [--wipe] [--keep-db] [--quiet]
 #
-#   --wipe     cancel every job first, then delete slurmctld's and slurmd's state and
+#   --wipe     cancel every job first (only if slurmctld and slurmd run: after a crash,
+#              use setup.sh --fresh instead), then delete slurmctld's and slurmd's state and
 #              drop the accounting database (the next setup.sh starts at job id 1)
 #   --keep-db  leave mariadbd running (it is stopped only if setup.sh started it)
 #

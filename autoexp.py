@@ -103,7 +103,7 @@ class LockedError(StateError):
     exit_code = EXIT_LOCKED
 
 
-def now_iso(t):
+def iso_time(t):
     """Render an epoch time as UTC ISO-8601 with milliseconds (the state file's time format)."""
     if t is None:
         return None
@@ -115,7 +115,7 @@ def now_iso(t):
 
 
 def parse_iso(text):
-    """Inverse of now_iso(); None stays None."""
+    """Inverse of iso_time(); None stays None."""
     if not text:
         return None
     base, _, frac = text.rstrip("Z").partition(".")
@@ -131,6 +131,11 @@ def local_time(t):
 def short_time(t):
     """Epoch -> compact local time for tables and event lines."""
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else "-"
+
+
+def is_path(ref):
+    """A session or plan given as a file path rather than as an id."""
+    return ref.endswith(".json") or os.sep in ref
 
 
 def fsync_dir(path):
@@ -613,6 +618,35 @@ def render_template(text, values, where, quote=None):
     return _TEMPLATE_RE.sub(repl, text)
 
 
+def check_shell_placeholders(text, where):
+    """Values go into shell code as single quoted words, so a placeholder must stand where a
+    word can: inside quotes the quoting would be taken literally, and in a here-document
+    (after <<) the shell would expand the value after all."""
+    quote, i, heredoc = None, 0, False
+    while i < len(text):
+        m = _TEMPLATE_RE.match(text, i)
+        if m and m.group(0) not in "{}":
+            if m.group(1) is not None and (quote or heredoc):
+                raise ConfigError("%s: placeholder %s is %s; values are inserted as quoted shell words: "
+                                  "put it outside any quotes (and outside here-documents)" % (
+                                      where, m.group(0), "inside %s quotes" % ("single" if quote == "'" else "double")
+                                      if quote else "in a here-document"))
+            i = m.end()
+            continue
+        ch = text[i]
+        if quote == "'":
+            quote = None if ch == "'" else quote
+        elif ch == "\\":
+            i += 1  # the next character is escaped
+        elif quote == '"':
+            quote = None if ch == '"' else quote
+        elif ch in "'\"":
+            quote = ch
+        elif text.startswith("<<", i) and not text.startswith("<<<", i):
+            heredoc = True
+        i += 1
+
+
 def expand_sweep(sweep, c):
     """The sweep as a list of parameter dicts: a grid (cartesian product) or an explicit list."""
     if sweep is None:
@@ -639,10 +673,11 @@ def expand_sweep(sweep, c):
             k = "sweep[%d]" % i
             if not isinstance(point, dict):
                 c.fail(k, "must be an object of parameters, not %s" % _type_name(point))
+            point = OrderedDict((name, v) for name, v in point.items() if not name.startswith("_"))
             for name, v in point.items():
                 _check_param_name(name, k + "." + name, c)
                 _check_param_value(v, k + "." + name, c)
-            points.append(OrderedDict(point))
+            points.append(point)
         return points
     c.fail("sweep", "must be an object (a grid) or a list of parameter sets, not %s" % _type_name(sweep))
 
@@ -754,11 +789,15 @@ def resolve_config(raw, source, overrides):
     for k in ("name", "command", "template", "log", "workdir", "array_log"):
         if k in job:
             c.string(job[k], "job." + k)
+    if "command" in job:
+        check_shell_placeholders(job["command"], "%s: job.command" % source)
     if "array_max_running" in job:
         c.number(job["array_max_running"], "job.array_max_running", positive=True, integer=True)
     sb = job.get("sbatch", {})
     c.obj(sb, "job.sbatch", list(sb))
     for k, v in sb.items():
+        if k.startswith("_"):
+            continue
         key = "job.sbatch." + k
         if not SBATCH_KEY_RE.match(k):
             c.fail(key, "is not a long sbatch option name like 'time' or 'cpus-per-task'")
@@ -773,6 +812,8 @@ def resolve_config(raw, source, overrides):
     env = job.get("env", {})
     c.obj(env, "job.env", list(env))
     for k, v in env.items():
+        if k.startswith("_"):
+            continue
         if not IDENT_RE.match(k):
             c.fail("job.env." + k, "is not a valid environment variable name")
         if isinstance(v, bool) or not isinstance(v, (str, int, float)):
@@ -808,6 +849,8 @@ def build_plan(config, source, plan_id, state_dir, workdir, created_at):
         except (IOError, OSError, UnicodeDecodeError) as e:
             c.fail("job.template", "cannot read %s: %s" % (tpath, getattr(e, "strerror", None) or e))
         _check_template_directives(template_text, tpath, c)
+        check_shell_placeholders("\n".join("" if l.startswith("#SBATCH") else l
+                                           for l in template_text.splitlines()), "%s: job.template" % source)
     jobs, scripts, seen = [], OrderedDict(), {}
     sbatch_sets = []
     for index, params in enumerate(points):
@@ -830,7 +873,7 @@ def build_plan(config, source, plan_id, state_dir, workdir, created_at):
         log = check_log_template(os.path.normpath(os.path.join(workdir, log)), "job.log", c)
         sbatch = OrderedDict()
         for k, v in job.get("sbatch", {}).items():
-            if v is False or v is None:
+            if v is False or v is None or k.startswith("_"):
                 continue
             if v is not True:
                 v = render_template(format_value(v), values, "%s: job.sbatch.%s" % (source, k))
@@ -846,6 +889,8 @@ def build_plan(config, source, plan_id, state_dir, workdir, created_at):
         header += [render_sbatch_line(k, v) for k, v in sbatch.items()]
         exports = ["export AUTOEXP_PLAN=%s AUTOEXP_JOB=%s" % (plan_id, name)]
         for k, v in job.get("env", {}).items():
+            if k.startswith("_"):
+                continue
             v = render_template(format_value(v), values, "%s: job.env.%s" % (source, k))
             exports.append("export %s=%s" % (k, shlex.quote(v)))
         note = "# Generated by autoexp %s: plan %s, job %s (index %d). Re-plan rather than edit." % (
@@ -862,7 +907,7 @@ def build_plan(config, source, plan_id, state_dir, workdir, created_at):
                                  ("sbatch_args", owned_args(name, log, "error" not in sbatch, tag, workdir))]))
     manifest = OrderedDict([
         ("schema_version", MANIFEST_SCHEMA_VERSION), ("kind", "autoexp-manifest"),
-        ("plan_id", plan_id), ("project", project), ("created_at", now_iso(created_at)),
+        ("plan_id", plan_id), ("project", project), ("created_at", iso_time(created_at)),
         ("config_path", os.path.abspath(source)), ("state_dir", state_dir), ("workdir", workdir),
         ("config", config), ("jobs", jobs), ("array", None), ("array_error", None)])
     # An array shares one set of directives: offer it only when every job agrees.
@@ -977,6 +1022,8 @@ def load_manifest(path):
             data = json.loads(f.read().decode("utf-8"), object_pairs_hook=OrderedDict)
     except (IOError, OSError) as e:
         raise StateError("cannot read manifest %s: %s; run `autoexp plan CONFIG` first" % (path, e.strerror or e))
+    except UnicodeEncodeError:
+        raise  # the path cannot be said in this locale: main() explains, the file is fine
     except ValueError as e:
         raise StateError("manifest %s is not valid JSON (%s); plan again with `autoexp plan CONFIG`" % (path, e))
     if not isinstance(data, dict) or data.get("kind") != "autoexp-manifest":
@@ -1013,7 +1060,8 @@ def run_command(argv, timeout, env=None):
         if e.errno in (errno.ENOENT, errno.EACCES):
             raise SlurmError("SLURM command %r was not found on PATH; run autoexp on a login node "
                              "where sbatch, squeue and sacct work" % argv[0], exit_code=EXIT_USAGE)
-        raise SlurmError("cannot run %s: %s" % (argv[0], e.strerror or e))
+        # fork failing for lack of processes or memory is passing: the answer is UNKNOWN
+        raise SlurmUnavailable("cannot run %s: %s" % (argv[0], e.strerror or e))
     timed_out = False
     try:
         out, err = proc.communicate(timeout=timeout)
@@ -1052,7 +1100,7 @@ TERMINAL_MODE = {
     "PREEMPTED": "preempted", "CANCELLED": "cancelled", "REVOKED": "cancelled",
     "SPECIAL_EXIT": "crash", "LAUNCH_FAILED": "crash"}
 STATE_WORD_RE = re.compile(r"^[A-Z][A-Z_]*$")
-JOB_ID_RE = re.compile(r"^(\d+)(?:_(\d+|\[[0-9,\-:%]+\]))?$")
+JOB_ID_RE = re.compile(r"^(\d+)(?:_(\d+|\[[0-9,\-:%]+\])|\+(\d+))?$")
 MAX_ARRAY_EXPANSION = 100000
 
 
@@ -1086,6 +1134,8 @@ def expand_job_id(text):
     if not m:
         raise ValueError("%r is not a job id" % text)
     base, task = m.group(1), m.group(2)
+    if m.group(3) is not None:
+        return [text.strip()]  # a heterogeneous job's component, 1234+0: never one of autoexp's
     if task is None:
         return [base]
     if task.startswith("["):
@@ -1101,7 +1151,7 @@ def split_job_id(job_id):
 
 def job_id_sort_key(job_id):
     base, task = split_job_id(job_id)
-    return (int(base), -1 if task is None else task)
+    return (int(re.match(r"\d+", base).group(0)), -1 if task is None else task)
 
 
 class QueueRow(NamedTuple):
@@ -1221,11 +1271,11 @@ def parse_sbatch_output(text):
 PERMANENT_SBATCH_ERRORS = (
     "invalid partition", "invalid --time", "invalid time", "invalid account", "invalid qos",
     "invalid wckey", "invalid user", "batch script is empty", "does not look like a batch script",
-    "unable to open file", "requested node configuration is not available",
+    "requested node configuration is not available",
     "invalid generic resource", "invalid gres", "invalid feature", "unrecognized option",
     "invalid option", "memory specification can not be satisfied", "invalid job array specification",
     "more processors requested than permitted", "node count specification invalid",
-    "access/permission denied", "invalid dependency", "invalid --")
+    "invalid dependency", "invalid --")
 
 
 class SubmitResult(NamedTuple):
@@ -1309,11 +1359,17 @@ class SlurmClient(object):
         return self._sacct(["--name=" + ",".join(names)], since)
 
     def sbatch(self, script, args=()):
-        return classify_sbatch(self._run(["sbatch", "--parsable"] + list(args) + [script]))
+        try:
+            return classify_sbatch(self._run(["sbatch", "--parsable"] + list(args) + [script]))
+        except SlurmUnavailable as e:
+            return SubmitResult("uncertain", None, str(e))
 
     def scancel(self, job_id):
         """scancel exits 0 for unknown and finished ids too; non-zero means it could not ask."""
-        res = self._run(["scancel", job_id])
+        try:
+            res = self._run(["scancel", job_id])
+        except SlurmUnavailable as e:
+            return False, str(e)
         if res.timed_out:
             return False, "scancel did not answer in time"
         if res.rc != 0:
@@ -1566,13 +1622,13 @@ def decide(mode, policies, history):
 
 ACTIVE, FINALIZED, STOPPED, CANCELLED = "active", "finalized", "stopped", "cancelled"
 TIME_FIELDS = frozenset(("intent_at", "submitted_at", "ended_at", "running_since", "missing_since",
-                         "slurm_start", "slurm_end",
+                         "slurm_start", "slurm_end", "acct_wait_since",
                          "last_log_growth_at", "cancel_requested_at", "next_submit_at",
                          "last_updated", "created_at", "updated_at", "time"))
 
 
 def _to_json_value(key, value):
-    return now_iso(value) if key in TIME_FIELDS and isinstance(value, (int, float)) else value
+    return iso_time(value) if key in TIME_FIELDS and isinstance(value, (int, float)) else value
 
 
 def _from_json_value(key, value):
@@ -1587,7 +1643,7 @@ class Attempt(object):
     __slots__ = (
         "attempt", "job_id", "raw_id", "array_task", "origin", "submit_state", "submit_error",
         "intent_at", "submitted_at", "resolved_log_path", "log_offset", "log_inode",
-        "last_log_growth_at", "running_since", "missing_since", "slurm_start", "slurm_end",
+        "last_log_growth_at", "running_since", "missing_since", "acct_wait_since", "slurm_start", "slurm_end",
         "requeues", "last_slurm_state",
         "last_monitor_state", "exit_code", "live", "success_seen", "log_mode", "log_reason",
         "outcome", "reason", "ended_at", "cancel_requested_at", "cancel_result", "log_matches", "actions")
@@ -1679,7 +1735,7 @@ class Session(object):
 
     __slots__ = ("path", "session_id", "project", "manifest_path", "created_at", "updated_at",
                  "config", "monitor_overrides", "event_seq", "outbox", "jobs", "plan", "_monitoring",
-                 "_policies", "_matcher", "journal_seq", "payloads_written")
+                 "_policies", "_matcher", "journal_seq")
 
     def __init__(self, path, session_id, project, manifest_path, created_at, config,
                  monitor_overrides=(), event_seq=0, jobs=(), updated_at=None, outbox=()):
@@ -1697,7 +1753,6 @@ class Session(object):
         self.plan = None
         self._monitoring = self._policies = self._matcher = None
         self.journal_seq = None  # what the journal file already holds; read on first sync
-        self.payloads_written = set()
 
     @property
     def monitoring(self):
@@ -1728,7 +1783,9 @@ class Session(object):
         c.obj(tree, "", ("monitoring",))
         self.config["monitoring"] = validate_monitoring(tree["monitoring"], c)
         validate_restart(self.config["restart"], self.config["monitoring"], c)
-        self.monitor_overrides.extend(prefixed)
+        for o in prefixed:  # the latest value of each key, once
+            key = o.partition("=")[0]
+            self.monitor_overrides = [x for x in self.monitor_overrides if x.partition("=")[0] != key] + [o]
         self._monitoring = self._policies = self._matcher = None
 
     def job(self, name):
@@ -1738,7 +1795,9 @@ class Session(object):
         return None
 
     def active(self):
-        return any(j.status == ACTIVE for j in self.jobs)
+        """Work is left: a job still active, or a cancel SLURM has not yet carried out."""
+        return any(j.status == ACTIVE or (j.current is not None and j.current.live and j.current.cancel_requested_at)
+                   for j in self.jobs)
 
     def add_event(self, job, att, event, now, mode=None, detail=None):
         """Record an event in the outbox; the journal gets it right after the next save."""
@@ -1756,9 +1815,8 @@ class Session(object):
         return rec
 
     def add_action(self, job, att, action, mode, reason, now):
-        rec = OrderedDict([("id", "%s_%s_%d_%s" % (time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) +
-                                                     ".%03dZ" % (int(now * 1000) % 1000), job.name,
-                                                     att.attempt, action)),
+        stamp = iso_time(now).replace("-", "").replace(":", "")  # 20261129T082433.123Z
+        rec = OrderedDict([("id", "%s_%s_%d_%s" % (stamp, job.name, att.attempt, action)),
                            ("time", now), ("action", action), ("mode", mode), ("reason", reason)])
         att.actions.append(rec)
         return rec
@@ -1767,8 +1825,8 @@ class Session(object):
         return OrderedDict([
             ("schema_version", STATE_SCHEMA_VERSION), ("kind", "autoexp-session"),
             ("session_id", self.session_id), ("project", self.project),
-            ("manifest_path", self.manifest_path), ("created_at", now_iso(self.created_at)),
-            ("updated_at", now_iso(self.updated_at)), ("config", self.config),
+            ("manifest_path", self.manifest_path), ("created_at", iso_time(self.created_at)),
+            ("updated_at", iso_time(self.updated_at)), ("config", self.config),
             ("monitor_overrides", self.monitor_overrides), ("event_seq", self.event_seq),
             ("outbox", [OrderedDict((k, _to_json_value(k, v)) for k, v in e.items()) for e in self.outbox]),
             ("jobs", [j.to_dict() for j in self.jobs])])
@@ -1803,7 +1861,7 @@ class SessionLock(object):
                 raise StateError("cannot lock %s: %s" % (self.path, e.strerror or e), exit_code=EXIT_FAILURE)
             raise LockedError("session is busy: %s" % self.describe_holder())
         info = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "command": command,
-                           "since": now_iso(time.time())}).encode("utf-8")
+                           "since": iso_time(time.time())}).encode("utf-8")
         os.ftruncate(fd, 0)
         os.pwrite(fd, info + b"\n", 0)
         self.fd = fd
@@ -1858,7 +1916,7 @@ class StateStore(object):
 
     def resolve(self, ref):
         """A session given as an id (a safe name) or as the path of a session file."""
-        if ref.endswith(".json") or os.sep in ref:
+        if is_path(ref):
             path = os.path.abspath(ref)
             if not os.path.isfile(path):
                 raise StateError("no session file at %s; `autoexp status` lists the sessions of a state folder" % path)
@@ -1896,7 +1954,9 @@ class StateStore(object):
         if not isinstance(data, dict) or data.get("kind") != "autoexp-session":
             raise StateError("%s is not an autoexp session file; %s" % (path, hint))
         version = data.get("schema_version")
-        if not isinstance(version, int) or version > STATE_SCHEMA_VERSION:
+        if not isinstance(version, int):
+            raise StateError("session file %s has no valid schema_version; %s" % (path, hint))
+        if version > STATE_SCHEMA_VERSION:
             raise StateError("session file %s has schema version %r, newer than this autoexp "
                              "(%s, schema %d) understands; use the newer autoexp that wrote it"
                              % (path, version, __version__, STATE_SCHEMA_VERSION))
@@ -1929,9 +1989,9 @@ class StateStore(object):
             session.journal_seq = _last_journal_seq(path)
         events = [e for e in session.outbox if e["seq"] > session.journal_seq]
         actions = [(job, att, act) for job in session.jobs for att in job.attempts
-                   for act in att.actions if act["id"] not in session.payloads_written]
+                   for act in att.actions if not act.get("written")]
         if events:
-            lines = [json.dumps(OrderedDict((k, now_iso(v) if k == "time" else v) for k, v in e.items()),
+            lines = [json.dumps(OrderedDict((k, iso_time(v) if k == "time" else v) for k, v in e.items()),
                                 sort_keys=True) for e in events]
             data = ("\n".join(lines) + "\n").encode("utf-8")
             fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
@@ -1949,7 +2009,7 @@ class StateStore(object):
             folder = self.actions_dir(session)
             for job, att, act in actions:
                 target = os.path.join(folder, act["id"] + ".json")
-                session.payloads_written.add(act["id"])
+                act["written"] = True  # saved with the next state write: a consumer may delete it
                 if os.path.exists(target):
                     continue
                 make_private_dir(folder)
@@ -1958,7 +2018,7 @@ class StateStore(object):
                     ("job_id", att.job_id), ("array_task", att.array_task), ("action", act["action"]),
                     ("mode", act["mode"]), ("event", act["mode"]), ("reason", act["reason"]),
                     ("slurm_state", att.last_slurm_state), ("log_path", att.resolved_log_path),
-                    ("created_at", now_iso(act["time"]))])
+                    ("created_at", iso_time(act["time"]))])
                 atomic_write(target, dump_json(payload))
                 crash_point("after_action_payload")
 
@@ -2019,7 +2079,7 @@ class Todo(object):
         self.submit, self.cancel, self.requests_done = [], [], []
 
 
-SLURM_CLOCK_SKEW = 120.0  # seconds of disagreement tolerated between this host and SLURM's
+ACCOUNTING_GRACE = 30.0  # how long a job squeue shows ended waits for sacct's record of it
 
 
 class Controller(object):
@@ -2192,12 +2252,22 @@ class Controller(object):
             return att.intent_at
         return parse_iso(s.plan.created_at) if s.plan is not None else s.created_at
 
-    def _observe(self, att, snap, look):
+    def _observe(self, att, snap, look, now):
         """squeue first; sacct for what it no longer lists. UNKNOWN whenever a query that
         could have told failed, or SLURM names a state autoexp does not know."""
         row = snap.by_id.get(att.job_id)
         arow = look.acct.get(att.job_id) or look.named_by_id.get(att.job_id)
         if row is not None:
+            if row.state in TERMINAL_MODE:
+                # squeue says that it ended, only sacct how (exit code, run time), and
+                # accounting lags seconds behind: wait for it a little, never through an outage
+                if not look.acct_ok:
+                    return Observation("unknown", reason="sacct failed: %s" % look.acct_error)
+                if arow is None or arow.state not in TERMINAL_MODE:
+                    if att.acct_wait_since is None:
+                        att.acct_wait_since = now
+                    if now - att.acct_wait_since < ACCOUNTING_GRACE:
+                        return Observation("unknown", reason="ended; waiting for sacct's record of it")
             obs = Observation("squeue", row.state, row.reason, arow.exit_code if arow else "", row.raw_id,
                               arow.start if arow else None, arow.end if arow else None)
         elif arow is None:
@@ -2248,16 +2318,17 @@ class Controller(object):
             else:
                 return
         if att.live:
-            obs = self._observe(att, snap, look)
+            obs = self._observe(att, snap, look, now)
             if (att.outcome is None and cands and observation_live(obs) is not True
                     and (obs.source == "missing" or obs.state == "CANCELLED")
                     and job_id_sort_key(cands[0].job_id) > job_id_sort_key(att.job_id)):
                 # cancelled (or vanished) and resubmitted outside autoexp: follow the new job
+                self._note(s, job, att, obs, now)
                 att.live = False
                 self._finish(s, job, att, now, "replaced", "replaced by SLURM job %s, submitted outside autoexp"
                              % cands[0].job_id)
                 att = self._adopt(s, job, cands[0], "external", now)
-                obs = self._observe(att, snap, look)
+                obs = self._observe(att, snap, look, now)
                 running_copies = [r for r in running_copies if r.job_id != att.job_id]
             elif running_copies and observation_live(obs) and not job.duplicate_warned:
                 job.duplicate_warned = True
@@ -2292,7 +2363,7 @@ class Controller(object):
             for row in running_copies:
                 self._cancel_copy(s, job, row, now, todo)
         if att is not None and att.live and att.job_id:
-            self._watch(s, job, att, self._observe(att, snap, look), now, todo)
+            self._watch(s, job, att, self._observe(att, snap, look, now), now, todo)
 
     def _cancel_copy(self, s, job, row, now, todo):
         """A live SLURM job under the tag of a job the user cancelled: recorded as an
@@ -2312,6 +2383,30 @@ class Controller(object):
         is undecided, read its log and decide; see a requested cancel through in any case."""
         mon = s.monitoring
         deciding = job.status == ACTIVE and att.outcome is None
+        self._note(s, job, att, obs, now)
+        log_ok = self._read_log(s, job, att, obs, now) if deciding else True
+        facts = att.facts()
+        if not log_ok:
+            facts = facts._replace(last_activity=now)  # an unreadable log is no evidence of a stall
+        verdict = classify(obs, facts, now, mon)
+        if (verdict.live is False or verdict.mode == "lost") and att.live:
+            att.live = False
+            att.ended_at = now
+        if deciding:
+            att.last_monitor_state = job.last_monitor_state = verdict.monitor_state
+            if verdict.mode:
+                self._conclude(s, job, att, verdict, now, todo)
+        elif att.live and att.cancel_requested_at and observation_live(obs):
+            # No result: the process that decided the cancel died before scancel returned;
+            # a failed scancel: SLURM did not take it. Both are asked again at once. A
+            # cancel SLURM took is repeated only if the job outlives SLURM's KillWait.
+            result = att.cancel_result
+            if (result is None or not result["ok"]
+                    or now - parse_iso(result["time"]) >= max(60.0, 2 * mon.interval_seconds)):
+                todo.cancel.append((job, att))
+
+    def _note(self, s, job, att, obs, now):
+        """Record what SLURM said about the attempt: ids, times, state changes, requeues."""
         if obs.source in ("squeue", "sacct"):
             if obs.raw_id and obs.state != "PENDING":
                 att.raw_id = obs.raw_id
@@ -2335,26 +2430,6 @@ class Controller(object):
         elif obs.source == "missing" and att.missing_since is None:
             att.missing_since = now
             self._event(s, job, att, "missing", now, detail=obs.reason or "not in squeue or sacct")
-        log_ok = self._read_log(s, job, att, obs, now) if deciding else True
-        facts = att.facts()
-        if not log_ok:
-            facts = facts._replace(last_activity=now)  # an unreadable log is no evidence of a stall
-        verdict = classify(obs, facts, now, mon)
-        if (verdict.live is False or verdict.mode == "lost") and att.live:
-            att.live = False
-            att.ended_at = now
-        if deciding:
-            att.last_monitor_state = job.last_monitor_state = verdict.monitor_state
-            if verdict.mode:
-                self._conclude(s, job, att, verdict, now, todo)
-        elif att.live and att.cancel_requested_at and observation_live(obs):
-            # No result: the process that decided the cancel died before scancel returned;
-            # a failed scancel: SLURM did not take it. Both are asked again at once. A
-            # cancel SLURM took is repeated only if the job outlives SLURM's KillWait.
-            result = att.cancel_result
-            if (result is None or not result["ok"]
-                    or now - parse_iso(result["time"]) >= max(60.0, 2 * mon.interval_seconds)):
-                todo.cancel.append((job, att))
 
     def _log_template(self, s, job, job_id=None, array_task=None):
         """The --output pattern an attempt writes to: its array's, or its own script's."""
@@ -2490,6 +2565,8 @@ class Controller(object):
         except OSError:
             return
         for name in names:
+            if name.startswith("."):
+                continue  # a request still being written (atomic_write's temporary file)
             path = os.path.join(folder, name)
             try:
                 with open(path, "rb") as f:
@@ -2554,7 +2631,7 @@ class Controller(object):
         ok, message = self.slurm.scancel(att.job_id)
         crash_point("after_scancel")
         now = self.clock()
-        att.cancel_result = OrderedDict([("time", now_iso(now)), ("ok", ok), ("message", message)])
+        att.cancel_result = OrderedDict([("time", iso_time(now)), ("ok", ok), ("message", message)])
         self._event(s, job, att, "scancel" if ok else "scancel_failed", now,
                     detail="scancel %s%s" % (att.job_id, ": " + message if message else ""))
         self._save(s, now)
@@ -2655,7 +2732,7 @@ class Controller(object):
                                       " (%s)" % att.job_id if att.job_id else "", what,
                                       ": " + detail if detail else "")
         if self.json_changes is not None:
-            self.json_changes.append(OrderedDict((k, now_iso(v) if k == "time" else v) for k, v in rec.items()))
+            self.json_changes.append(OrderedDict((k, iso_time(v) if k == "time" else v) for k, v in rec.items()))
         elif kind == "state":
             self.report.detail(line)
         else:
@@ -2675,11 +2752,15 @@ def settling(s, now):
                and now - (j.last_updated or 0) < window for j in s.jobs)
 
 
-def count_summary(s):
+def count_by_status(s):
     counts = OrderedDict()
     for job in s.jobs:
         counts[job.status] = counts.get(job.status, 0) + 1
-    return ", ".join("%d %s" % (n, k) for k, n in counts.items()) or "no jobs"
+    return counts
+
+
+def count_summary(s):
+    return ", ".join("%d %s" % (n, k) for k, n in count_by_status(s).items()) or "no jobs"
 
 
 # ============================================================================
@@ -2690,14 +2771,10 @@ def _explicit_state_dir(args):
     return getattr(args, "state_dir", None) or os.environ.get("AUTOEXP_STATE_DIR") or None
 
 
-def _is_path(ref):
-    return ref.endswith(".json") or os.sep in ref
-
-
 def store_for(args, ref=None, config=None):
     """--state-dir, else $AUTOEXP_STATE_DIR, else the folder of a session file given by path,
     else the config's state_dir, else ./autoexp-state."""
-    if ref and _is_path(ref):
+    if ref and is_path(ref):
         if not ref.endswith(".json"):
             raise StateError("%r is neither a session id nor a session file (<id>.json)" % ref)
         return StateStore(os.path.dirname(os.path.abspath(ref)))
@@ -2721,7 +2798,7 @@ def new_session(store, plan, now):
 
 def open_plan(args, ref):
     """A plan given by id (in the state folder) or by the path of its manifest."""
-    if ref.endswith(".json") or os.sep in ref:
+    if is_path(ref):
         plan = load_manifest(ref)
         return (StateStore(_explicit_state_dir(args)) if _explicit_state_dir(args) else StateStore(plan.state_dir)), plan
     store = store_for(args)
@@ -2738,12 +2815,26 @@ def _flatten(lists):
 
 
 class SessionSet(object):
-    """Sessions opened for writing: each one locked, its journal caught up; released at exit."""
+    """Sessions opened for writing: each one locked, its journal caught up; released at exit.
+    Sweeping a whole state folder, a locked session is skipped, and so is a broken one (with
+    its error said), so that one bad file does not stop the work on all the others."""
 
-    __slots__ = ("store", "sessions", "locks", "skipped")
+    __slots__ = ("store", "sessions", "locks", "skipped", "broken")
 
     def __init__(self, store):
-        self.store, self.sessions, self.locks, self.skipped = store, [], [], []
+        self.store, self.sessions, self.locks, self.skipped, self.broken = store, [], [], [], []
+
+    def candidates(self, report, wanted):
+        """The session files of the folder for which wanted(session) is true; broken ones said."""
+        for path in self.store.list_sessions():
+            try:
+                s = self.store.load(path, with_plan=False)
+            except StateError as e:
+                self.broken.append(path)
+                Reporter._write(report.err, "Error: %s" % e)
+                continue
+            if wanted(s):
+                yield path
 
     def open(self, path, command, lock=True, quiet_skip=False):
         s = self.store.load(path)
@@ -2776,9 +2867,9 @@ def install_stop_handlers(controller):
     signal.signal(signal.SIGTERM, handler)
 
 
-def resume_hint(sessions, store):
-    ids = " ".join("--session %s" % s.session_id for s in sessions[:1])
-    return "resume with: python3 autoexp.pyz monitor %s --state-dir %s" % (ids, shlex.quote(store.root))
+def resume_hint(sessions, store, all_sessions=False):
+    which = "--all" if all_sessions else "--session %s" % sessions[0].session_id
+    return "resume with: python3 autoexp.pyz monitor %s --state-dir %s" % (which, shlex.quote(store.root))
 
 
 def register_untracked(controller, s, now):
@@ -2816,8 +2907,11 @@ def do_plan(args):
                 break
             plan_id = "%s-%d" % (base, n)
     manifest, scripts = build_plan(config, args.config, plan_id, store.root, os.getcwd(), now)
-    store.ensure()
-    return plan_id, write_plan(manifest, scripts)
+    path = store.plan_manifest(plan_id)
+    if not getattr(args, "dry_run", False):
+        store.ensure()
+        write_plan(manifest, scripts)
+    return plan_id, Plan(manifest, path)
 
 
 def cmd_submit(args, report):
@@ -2835,6 +2929,13 @@ def do_submit(args, report, store, plan, keep_lock=None):
     if args.array and plan.array is None:
         raise ConfigError("cannot submit plan %s as an array: %s" % (plan.plan_id, plan.array_error))
     if args.dry_run:
+        path = store.session_path(plan.plan_id)
+        if os.path.exists(path):
+            tracked = store.load(path, with_plan=False)
+            already = [n for n in names if tracked.job(n) is not None]
+            if already and _flatten(args.only):
+                raise ConfigError("already submitted in session %s: %s" % (plan.plan_id, ", ".join(already)))
+            names = [n for n in names if tracked.job(n) is None]
         s = new_session(store, plan, time.time())
         s.plan = plan
         controller = Controller(store, make_slurm(), Reporter(0, report.out, report.err), dry_run=True)
@@ -2904,9 +3005,8 @@ def do_submit(args, report, store, plan, keep_lock=None):
 
 
 def cmd_run(args, report):
-    plan_id, manifest_path = do_plan(args)
-    report.info("planned %s" % plan_id)
-    plan = load_manifest(manifest_path)
+    plan_id, plan = do_plan(args)
+    report.info("%s %s" % ("would plan" if args.dry_run else "planned", plan_id))
     store = StateStore(plan.state_dir)
     held = []
     s = do_submit(args, report, store, plan, keep_lock=held)
@@ -2930,10 +3030,9 @@ def cmd_monitor(args, report):
         if args.session:
             sessions.open(resolve_or_recreate(store, args, "monitor"), "monitor")
         else:
-            for path in store.list_sessions():
-                s = store.load(path, with_plan=False)
-                if s.active() or args.include_completed or args.monitor_all:
-                    sessions.open(path, "monitor --all", quiet_skip=True)
+            for path in sessions.candidates(report, lambda s: s.active() or args.include_completed
+                                            or args.monitor_all):
+                sessions.open(path, "monitor --all", quiet_skip=True)
             for sid, why in sessions.skipped:
                 report.warn("skipping session %s: %s" % (sid, why))
             if not sessions.sessions:
@@ -2949,7 +3048,7 @@ def resolve_or_recreate(store, args, command):
     aside after corruption) but whose plan exists is started afresh from the manifest: every
     job is then adopted from SLURM by its tag, or submitted."""
     ref = args.session
-    if not (args.monitor_all and not _is_path(ref) and SAFE_NAME_RE.match(ref)
+    if not (args.monitor_all and not is_path(ref) and SAFE_NAME_RE.match(ref)
             and not os.path.exists(store.session_path(ref)) and os.path.isfile(store.plan_manifest(ref))):
         return store.resolve(ref)
     if getattr(args, "dry_run", False):
@@ -2978,7 +3077,8 @@ def monitor_sessions(args, report, sessions):
     install_stop_handlers(controller)
     code = controller.run(sessions.sessions, once=args.once, interval=args.interval)
     if code == EXIT_INTERRUPTED:
-        report.result("stopped; the state is saved. " + resume_hint(sessions.sessions, sessions.store))
+        report.result("stopped; the state is saved. " + resume_hint(
+            sessions.sessions, sessions.store, getattr(args, "all", False)))
     return code
 
 
@@ -2988,11 +3088,11 @@ def cmd_reconcile(args, report):
     store = store_for(args, args.session)
     sessions = SessionSet(store)
     try:
-        paths = [resolve_or_recreate(store, args, "reconcile")] if args.session else store.list_sessions()
+        if args.session:
+            paths = [resolve_or_recreate(store, args, "reconcile")]
+        else:
+            paths = list(sessions.candidates(report, lambda s: s.active() or args.monitor_all))
         for path in paths:
-            s = store.load(path, with_plan=False)
-            if not args.session and not (s.active() or args.monitor_all):
-                continue
             sessions.open(path, "reconcile", lock=not args.dry_run, quiet_skip=True)
         for sid, why in sessions.skipped:
             # asked about this session: say who holds it; sweeping them all from cron: exit
@@ -3011,6 +3111,8 @@ def cmd_reconcile(args, report):
                                       "skipped": [sid for sid, _ in sessions.skipped]}, indent=2, sort_keys=True))
         elif controller.changes == 0:
             report.detail("no changes")
+        if sessions.broken:
+            return EXIT_USAGE
         if not ok:
             return EXIT_FAILURE
         return EXIT_LOCKED if sessions.skipped else EXIT_OK
@@ -3028,11 +3130,8 @@ def _status_doc(s):
             ("slurm_state", att.last_slurm_state if att else None),
             ("monitor_state", job.last_monitor_state), ("last_event", job.last_event),
             ("log_path", att.resolved_log_path if att else None), ("reason", job.reason)]))
-    counts = OrderedDict()
-    for job in s.jobs:
-        counts[job.status] = counts.get(job.status, 0) + 1
     return OrderedDict([("session_id", s.session_id), ("project", s.project),
-                        ("updated_at", now_iso(s.updated_at)), ("counts", counts), ("jobs", jobs)])
+                        ("updated_at", iso_time(s.updated_at)), ("counts", count_by_status(s)), ("jobs", jobs)])
 
 
 def _table(rows, header):
@@ -3040,20 +3139,25 @@ def _table(rows, header):
     return ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header] + rows]
 
 
-def read_sessions(args, ref):
-    """Sessions for read-only commands: no lock, and the atomic rename means never a torn file."""
+def read_sessions(args, ref, report):
+    """Sessions for read-only commands: no lock (the atomic rename means never a torn file);
+    the broken ones of a whole folder are said and counted, not fatal."""
     store = store_for(args, ref)
-    paths = [store.resolve(ref)] if ref else store.list_sessions()
-    if not ref and not paths:
+    if ref:
+        return [store.load(store.resolve(ref), with_plan=False)], 0
+    found = SessionSet(store)
+    sessions = [store.load(p, with_plan=False) for p in found.candidates(report, lambda s: True)]
+    if not sessions and not found.broken:
         raise StateError("no sessions in %s; pass --state-dir, or submit a plan first" % store.root)
-    return [store.load(p, with_plan=False) for p in paths]
+    return sessions, len(found.broken)
 
 
 def cmd_status(args, report):
-    sessions = read_sessions(args, args.session)
+    sessions, broken = read_sessions(args, args.session, report)
+    code = EXIT_USAGE if broken else EXIT_OK
     if args.json:
         report.result(json.dumps({"sessions": [_status_doc(s) for s in sessions]}, indent=2, sort_keys=True))
-        return EXIT_OK
+        return code
     for n, s in enumerate(sessions):
         doc = _status_doc(s)
         if n:
@@ -3064,7 +3168,7 @@ def cmd_status(args, report):
                  j["monitor_state"] or "-", j["last_event"] or "-", j["log_path"] or "-") for j in doc["jobs"]]
         for line in _table(rows, ("JOB", "STATUS", "ATT", "SLURM_ID", "SLURM_STATE", "MONITOR", "LAST_EVENT", "LOG")):
             report.result(line)
-    return EXIT_OK
+    return code
 
 
 def _history_doc(s, name):
@@ -3077,8 +3181,8 @@ def _history_doc(s, name):
         for att in job.attempts:
             attempts.append(OrderedDict([
                 ("attempt", att.attempt), ("job_id", att.job_id), ("array_task", att.array_task),
-                ("origin", att.origin), ("submitted_at", now_iso(att.submitted_at)),
-                ("ended_at", now_iso(att.ended_at)), ("log_path", att.resolved_log_path),
+                ("origin", att.origin), ("submitted_at", iso_time(att.submitted_at)),
+                ("ended_at", iso_time(att.ended_at)), ("log_path", att.resolved_log_path),
                 ("slurm_state", att.last_slurm_state), ("exit_code", att.exit_code),
                 ("outcome", att.outcome), ("reason", att.reason or att.submit_error),
                 ("live", bool(live_id and att.job_id == live_id))]))
@@ -3090,7 +3194,7 @@ def _history_doc(s, name):
 
 
 def cmd_history(args, report):
-    s = read_sessions(args, args.session)[0]
+    s = read_sessions(args, args.session, report)[0][0]
     doc = _history_doc(s, args.name)
     if args.json:
         report.result(json.dumps(doc, indent=2, sort_keys=True))
@@ -3122,7 +3226,7 @@ def cmd_cancel(args, report):
         folder = store.requests_dir(s.session_id)
         make_private_dir(folder)
         req = os.path.join(folder, "%d-%d.json" % (int(time.time() * 1000), os.getpid()))
-        atomic_write(req, dump_json({"action": "cancel", "jobs": args.names, "created_at": now_iso(time.time())}))
+        atomic_write(req, dump_json({"action": "cancel", "jobs": args.names, "created_at": iso_time(time.time())}))
         report.result("the session is busy (%s); the cancel request is queued and the monitor "
                       "carries it out within one cycle" % e)
         return EXIT_OK
@@ -3140,15 +3244,25 @@ def cmd_cancel(args, report):
         lock.release()
 
 
+def positive_seconds(text):
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0
+    if not value > 0:
+        raise argparse.ArgumentTypeError("%r is not a number of seconds greater than 0" % text)
+    return value
+
+
 def build_parser():
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--state-dir", metavar="DIR", default=argparse.SUPPRESS,
                         help="state folder (default: $AUTOEXP_STATE_DIR, the config's state_dir, ./autoexp-state)")
     common.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, help="say more")
     common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="say only results and warnings")
+    common.add_argument("--version", action="version", version="autoexp %s" % __version__)
     parser = argparse.ArgumentParser(prog="autoexp", description=__doc__, parents=[common],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--version", action="version", version="autoexp %s" % __version__)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
@@ -3170,7 +3284,8 @@ def build_parser():
 
     def monitor_options(p, overrides=True):
         p.add_argument("--once", action="store_true", help="run one cycle and exit")
-        p.add_argument("--interval", type=float, metavar="S", help="seconds between cycles (default: the config's)")
+        p.add_argument("--interval", type=positive_seconds, metavar="S",
+                       help="seconds between cycles (default: the config's)")
         if overrides:
             p.add_argument("-o", "--override", "--monitor-override", dest="override", action="append", default=[],
                            metavar="KEY=VALUE", help="override a monitoring key, e.g. -o interval_seconds=10 (repeatable)")
@@ -3226,6 +3341,11 @@ def main(argv=None):
     except KeyboardInterrupt:
         Reporter._write(sys.stderr, "Error: interrupted")
         return EXIT_INTERRUPTED
+    except UnicodeError as e:  # raised by the OS layer, before any file is touched
+        Reporter._write(sys.stderr, "Error: a path or value is not ASCII, but Python runs with an ASCII "
+                        "locale here (%s; LANG and LC_ALL are unset, as in cron): set LANG=C.UTF-8 (or "
+                        "another UTF-8 locale), e.g. at the top of the crontab" % e.reason)
+        return EXIT_USAGE
     except BrokenPipeError:
         return EXIT_OK
     except EnvironmentError as e:

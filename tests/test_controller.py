@@ -443,6 +443,7 @@ def test_recovered_intent_whose_job_already_ended_is_not_replaced_by_itself(tmp_
     att.job_id, att.submit_state, att.live = None, "intent", False  # sbatch ran, the state missed it
     h.slurm.set(jid, "COMPLETED")
     h.log(A, "TRAINING FINISHED\n", job_id=jid)
+    h.cycle()   # adopted; squeue says it ended, and sacct is asked how next cycle
     h.cycle()
     job = h.job(A)
     assert [a.job_id for a in job.attempts] == [jid] and job.current.origin == "recovered"

@@ -1,0 +1,283 @@
+"""Sequences an independent review found to break a safety rule (each demonstrated on an
+earlier version), and real-SLURM timings: each now pinned to the right behaviour."""
+
+import os
+
+import pytest
+
+from helpers import Harness, autoexp, read_events
+from test_controller import A, config
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def live(h):
+    return sorted(j for j, d in h.slurm.jobs.items() if d["state"] in autoexp.ACTIVE_STATES)
+
+
+def stop_on_oom():
+    cfg = config()
+    cfg["monitoring"]["log_events"] = [{"name": "cuda_oom", "pattern": "CUDA out of memory", "mode": "oom"}]
+    cfg["restart"]["oom"] = {"action": "stop"}
+    return cfg
+
+
+def test_failed_scancel_of_a_stopped_job_is_retried_and_the_monitor_waits_for_it(tmp_path):
+    h = Harness(tmp_path, stop_on_oom(), names=[A])
+    jid = h.live_id(A)
+    h.slurm.set(jid, "RUNNING")
+    h.cycle()
+    h.log(A, "CUDA out of memory\n")
+    h.slurm.fail["scancel"] = 2
+    h.cycle()
+    assert h.job(A).status == "stopped" and h.job(A).current.cancel_result["ok"] is False
+    assert h.job(A).job_id == jid  # still live: history marks it
+    assert h.ctl.run([h.session]) == autoexp.EXIT_OK
+    assert h.slurm.count("scancel") == 3 and h.slurm.jobs[jid]["state"] == "CANCELLED"
+    assert h.job(A).job_id is None
+
+
+def test_failed_scancel_after_a_user_cancel_is_retried(tmp_path):
+    h = Harness(tmp_path, config(), names=[A])
+    jid = h.live_id(A)
+    h.slurm.set(jid, "RUNNING")
+    h.cycle()
+    h.slurm.fail["scancel"] = 1
+    todo = autoexp.Todo()
+    h.ctl.cancel_jobs(h.session, [A], h.clock(), todo)
+    h.ctl._commit(h.session, h.clock(), todo, True)
+    assert h.ctl.run([h.session]) == autoexp.EXIT_OK
+    assert h.slurm.jobs[jid]["state"] == "CANCELLED" and h.job(A).status == "cancelled"
+    assert [e["event"] for e in read_events(h.state_dir, "p1")].count("outcome") == 1
+
+
+def test_a_copy_started_by_hand_during_the_backoff_is_followed_not_doubled(tmp_path):
+    h = Harness(tmp_path, config(), names=[A])
+    jid = h.live_id(A)
+    h.slurm.set(jid, "NODE_FAIL")
+    h.cycle()
+    hand = h.slurm.add(A, "autoexp:p1:" + A, "RUNNING")
+    h.cycle(advance=50)
+    h.cycle(advance=60)
+    assert live(h) == [hand] and h.slurm.count("sbatch") == 1
+    assert h.job(A).current.job_id == hand and h.job(A).current.origin == "external"
+
+
+def test_a_log_shared_by_all_attempts_is_read_from_where_each_began(tmp_path):
+    cfg = config()
+    cfg["job"]["log"] = "logs/{name}.log"
+    cfg["monitoring"]["log_events"] = [{"name": "nccl", "pattern": "NCCL error", "mode": "nccl"}]
+    cfg["restart"]["nccl"] = {"action": "restart", "max_attempts": 3}
+    h = Harness(tmp_path, cfg, names=[A])
+    first = h.live_id(A)
+    h.slurm.set(first, "RUNNING")
+    h.cycle()
+    h.log(A, "NCCL error: unhandled system error\n")
+    h.cycle()   # attempt 1: nccl -> scancel
+    for _ in range(3):
+        h.cycle()
+    job = h.job(A)
+    assert len(job.attempts) == 2 and job.current.outcome is None and job.status == "active"
+    h.slurm.set(job.current.job_id, "RUNNING")
+    h.log(A, "epoch 1\nTRAINING FINISHED\n")
+    h.slurm.set(job.current.job_id, "COMPLETED")
+    h.cycle()
+    h.cycle()
+    assert h.job(A).status == "finalized" and [a.outcome for a in h.job(A).attempts] == ["nccl", "success"]
+
+
+def test_an_ended_job_is_read_to_the_end_of_its_log(tmp_path):
+    h = Harness(tmp_path, config(), names=[A])
+    jid = h.live_id(A)
+    h.slurm.set(jid, "RUNNING")
+    h.cycle()
+    h.log(A, ("x" * 99 + "\n") * 50000 + "TRAINING FINISHED\n")   # 5 MB, more than one read
+    h.slurm.set(jid, "COMPLETED")
+    h.cycle()
+    h.cycle()
+    assert h.job(A).status == "finalized" and h.slurm.count("sbatch") == 1
+
+
+def test_an_unknown_state_word_is_unknown_not_an_end(tmp_path):
+    h = Harness(tmp_path, config(), names=[A])
+    jid = h.live_id(A)
+    h.slurm.set(jid, "SOMENEWSTATE")
+    h.cycle()
+    att = h.job(A).current
+    assert att.live and att.outcome is None and att.last_monitor_state == "unknown"
+    h.slurm.set(jid, "COMPLETED")
+    h.log(A, "TRAINING FINISHED\n")
+    h.cycle()
+    h.cycle()
+    assert h.job(A).status == "finalized"
+
+
+def test_a_heterogeneous_job_in_the_queue_is_just_another_job():
+    rows = autoexp.parse_squeue("1234+0|1234|RUNNING|None|other|(null)\n1234+1|1235|RUNNING|None|other|(null)\n")
+    assert [r.job_id for r in rows] == ["1234+0", "1234+1"]
+
+
+def test_not_lost_while_the_lookup_by_name_fails(tmp_path):
+    h = Harness(tmp_path, config(), names=[A])
+    first = h.live_id(A)
+    h.slurm.forget(first)
+
+    def failing(names, since):
+        h.slurm.calls.append(("sacct",))
+        raise autoexp.SlurmUnavailable("sacct did not answer within 60s")
+    h.slurm.sacct_by_name = failing
+    for advance in (10, 30, 40, 100):
+        h.cycle(advance=advance)
+    assert h.job(A).current.outcome is None and h.slurm.count("sbatch") == 1
+
+
+def test_another_plans_job_without_a_comment_in_sacct_is_not_adopted(tmp_path):
+    h = Harness(tmp_path, config(), names=[A])
+    h.slurm.set(h.live_id(A), "TIMEOUT")
+    h.slurm.sbatch_mode = ["error"]
+    h.cycle()
+    assert h.job(A).current.job_id is None
+    other = h.slurm.add(A, "autoexp:p2:" + A, "COMPLETED")
+    h.slurm.purge(other)
+    orig = h.slurm._acct_row
+    h.slurm._acct_row = lambda j, d: orig(j, d)._replace(comment="")  # no job_comment flag
+    h.log(A, "TRAINING FINISHED\n", job_id=other)
+    h.cycle(advance=100)
+    job = h.job(A)
+    assert other not in [a.job_id for a in job.attempts] and h.slurm.count("sbatch") == 3
+
+
+def test_cancel_during_an_uncertain_submission_cancels_the_straggler(tmp_path):
+    h = Harness(tmp_path, config(), names=[A])
+    h.slurm.set(h.live_id(A), "TIMEOUT")
+    h.slurm.sbatch_mode = ["queued_error"]   # sbatch timed out, but SLURM queued the job
+    h.cycle()
+    assert h.job(A).current.job_id is None and len(live(h)) == 1
+    todo = autoexp.Todo()
+    h.ctl.cancel_jobs(h.session, [A], h.clock(), todo)
+    h.ctl._commit(h.session, h.clock(), todo, True)
+    assert h.ctl.run([h.session]) == autoexp.EXIT_OK
+    assert live(h) == [] and h.slurm.count("scancel") == 1
+
+
+def test_a_job_sacct_calls_running_is_never_lost(tmp_path):
+    h = Harness(tmp_path, config(), names=[A])
+    first = h.live_id(A)
+    h.slurm.set(first, "RUNNING")
+    h.cycle()
+    h.slurm.purge(first)   # squeue no longer lists it; sacct says RUNNING (accounting lags)
+    for advance in (10, 30, 40, 300):
+        h.cycle(advance=advance)
+    att = h.job(A).current
+    assert att.outcome is None and att.last_monitor_state == "missing" and h.slurm.count("sbatch") == 1
+
+
+def test_a_dead_duplicate_does_not_replace_the_real_attempt(tmp_path):
+    h = Harness(tmp_path, config(), names=[A])
+    jid = h.live_id(A)
+    h.slurm.set(jid, "RUNNING")
+    h.cycle()
+    dup = h.slurm.add(A, "autoexp:p1:" + A, "PENDING")
+    h.cycle()
+    assert [l for l in h.out if "also carries its tag" in l]
+    h.slurm.set(dup, "CANCELLED")   # the user cancels the duplicate, as the warning suggests
+    h.cycle()
+    h.log(A, "TRAINING FINISHED\n", job_id=jid)
+    h.slurm.set(jid, "COMPLETED")
+    h.cycle()
+    h.cycle()
+    job = h.job(A)
+    assert job.status == "finalized" and [a.job_id for a in job.attempts] == [jid]
+
+
+def test_action_payloads_deleted_by_a_consumer_stay_deleted(tmp_path):
+    h = Harness(tmp_path, config(), names=[A])
+    h.slurm.set(h.live_id(A), "TIMEOUT")
+    h.cycle()
+    folder = os.path.join(h.state_dir, "actions", "p1")
+    for f in os.listdir(folder):
+        os.unlink(os.path.join(folder, f))
+    h.cycle()
+    s = h.reload()
+    h.store.sync_outputs(s)
+    assert os.listdir(folder) == []
+
+
+def test_an_ended_attempt_requeued_by_hand_is_noticed(tmp_path):
+    h = Harness(tmp_path, config(), names=[A])
+    first = h.live_id(A)
+    h.slurm.set(first, "TIMEOUT")
+    h.cycle()
+    h.cycle()   # the restart's sacct record, then its own observation
+    h.slurm.set(first, "PENDING")           # scontrol requeue of the ended job
+    h.cycle()
+    assert [l for l in h.out if "also carries its tag" in l and first in l]
+
+
+def test_the_deterministic_rule_uses_slurms_own_run_time(tmp_path):
+    cfg = config(interval_seconds=300)
+    cfg["restart"]["crash"] = {"action": "restart", "max_attempts": 5}
+    h = Harness(tmp_path, cfg, names=[A])
+    for _ in range(2):
+        h.cycle(advance=300)                        # a cron pass: PENDING
+        h.slurm.jobs[h.live_id(A)]["start"] = h.clock() + 30
+        h.slurm.set(h.live_id(A), "FAILED", "1:0")   # ran 4.5 minutes between two passes
+        h.cycle(advance=300)
+        h.cycle(advance=1)
+    assert h.job(A).status == "active" and len(h.job(A).attempts) == 3
+
+
+def test_squeue_with_cluster_headers_is_unknown(tmp_path):
+    h = Harness(tmp_path, config(), names=[A])
+    jid = h.live_id(A)
+    text = "CLUSTER: alpha\n%s|%s|RUNNING|None|%s|autoexp:p1:%s\n" % (jid, jid, A, A)
+    h.slurm.squeue = lambda: autoexp.SlurmClient(
+        runner=lambda a, t, e: autoexp.Completed(a, 0, text, "", False), user="u").squeue()
+    assert h.cycle() is False
+
+
+# --- what real SLURM showed ------------------------------------------------------------
+
+def test_an_end_seen_in_squeue_waits_for_sacct_through_an_outage(tmp_path):
+    h = Harness(tmp_path, config(), names=[A])
+    jid = h.live_id(A)
+    h.slurm.set(jid, "FAILED", "3:0")
+    h.slurm.fail["sacct"] = 3
+    for _ in range(3):
+        h.cycle(advance=60)
+        assert h.job(A).current.outcome is None and h.slurm.count("sbatch") == 1
+    h.cycle()
+    att = h.job(A).attempts[0]
+    assert att.outcome == "crash" and att.exit_code == "3:0"
+
+
+def test_an_end_seen_in_squeue_waits_a_little_for_sacct_to_catch_up(tmp_path):
+    h = Harness(tmp_path, config(), names=[A])
+    jid = h.live_id(A)
+    h.slurm.set(jid, "FAILED", "3:0")
+    h.slurm.jobs[jid]["in_sacct"] = False   # accounting lags
+    h.cycle(advance=5)
+    h.cycle(advance=5)
+    assert h.job(A).current.outcome is None
+    h.slurm.jobs[jid]["in_sacct"] = True
+    h.cycle(advance=5)
+    assert h.job(A).attempts[0].exit_code == "3:0"
+    # and with no record at all (accounting off), it is decided after the grace
+    nxt = h.live_id(A)
+    h.slurm.set(nxt, "FAILED", "3:0")
+    h.slurm.jobs[nxt]["in_sacct"] = False
+    h.cycle(advance=5)
+    assert h.job(A).current.outcome is None
+    h.cycle(advance=40)
+    assert h.job(A).attempts[1].outcome == "crash" and h.job(A).attempts[1].exit_code is None
+
+
+def test_a_replaced_attempt_keeps_its_last_slurm_state(tmp_path):
+    h = Harness(tmp_path, config(), names=[A])
+    old = h.live_id(A)
+    h.slurm.set(old, "CANCELLED")
+    new = h.slurm.add(A, "autoexp:p1:" + A, "PENDING")
+    h.cycle()
+    first = h.job(A).attempts[0]
+    assert first.outcome == "replaced" and first.last_slurm_state == "CANCELLED"
+    assert h.job(A).current.job_id == new

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # The project's test command (README, .ci/run): installs what the tests need into
-# .venv-test (pytest, pytest-timeout), builds autoexp.pyz, and runs the whole suite.
-# Extra arguments go to pytest, e.g. `bash tests/run.sh -k resume -x`.
+# .venv-test (pytest, pytest-timeout), builds autoexp.pyz, then runs the suite on the fake
+# SLURM and, after it, the real-SLURM tier (tests/real_slurm), which runs only with
+# AUTOEXP_REAL_SLURM=1 (root on Debian/Ubuntu: it installs and starts a real SLURM) and is
+# otherwise skipped with its reason. CI sets AUTOEXP_REAL_SLURM=1.
+# Arguments go to one pytest run over everything instead: `bash tests/run.sh -k resume -x`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 py="${PYTHON:-python3}"
@@ -10,4 +13,9 @@ if [ ! -x .venv-test/bin/python ]; then
 fi
 .venv-test/bin/python -m pip install -q --disable-pip-version-check -r tests/requirements.txt
 bash build_pyz.sh >/dev/null
-exec .venv-test/bin/python -m pytest -p no:cacheprovider -ra --timeout=300 tests "$@"
+pytest=(.venv-test/bin/python -m pytest -p no:cacheprovider -ra --timeout=600)
+if [ $# -gt 0 ]; then
+    exec "${pytest[@]}" tests "$@"
+fi
+"${pytest[@]}" tests --ignore=tests/real_slurm
+"${pytest[@]}" tests/real_slurm

@@ -126,7 +126,7 @@ def all_running(state):
 @pytest.mark.real_slurm
 @pytest.mark.timeout(180)
 def test_four_job_sweep_to_success(proj):
-    cfg = config("rs-sweep", 'echo "seed {seed} on $(hostname)"; sleep 2; echo done', seeds=(1, 2, 3, 4))
+    cfg = config("rs-sweep", 'echo seed {seed} on "$(hostname)"; sleep 2; echo done', seeds=(1, 2, 3, 4))
     pid = plan_id("rs-sweep")
     res = proj.ok("run", proj.config(cfg), "--plan-id", pid, timeout=150)
     assert "session %s done: 4 finalized" % pid in res.stdout, res.stdout

@@ -290,7 +290,7 @@ def test_exit_codes_match_captures(h):
 # --------------------------------------------------------------------------
 
 def test_cancel_running_and_pending_match_captures(h):
-    h.fs.configure(first_job_id=9)
+    h.fs.configure(first_job_id=9, completing_seconds=0.8)
     assert h.replay(cap("33_sbatch_cancel_running"))[1] == "9\n"
     h.fs.configure(pending_seconds=30)
     assert h.replay(cap("33b_sbatch_cancel_pending"))[1] == "10\n"
@@ -299,7 +299,13 @@ def test_cancel_running_and_pending_match_captures(h):
     got = [fields(ln, [4]) for ln in h.replay(c)[1].splitlines()]
     assert got == [fields(ln, [4]) for ln in c.lines() if not ln.startswith("7|")]
     h.same(cap("35_scancel_running"))
+    # A cancelled running job is COMPLETING while it is killed (KillWait);
+    # a cancelled pending job is CANCELLED at once.
+    assert h.squeue("-h", "-j", "9", "-o", "%i|%T|%r|%N") == ["9|COMPLETING|None|vm"]
     h.same(cap("35_scancel_pending"))
+    assert h.squeue("-h", "-t", "all", "-j", "10", "-o", "%i|%T") == ["10|CANCELLED"]
+    # Capture 35b came a second later, when the real job was gone.
+    h.wait_state(9, "CANCELLED")
     c = cap("35b_squeue_right_after_cancel")
     got = [fields(ln, [4]) for ln in h.replay(c)[1].splitlines()]
     assert got == [fields(ln, [4]) for ln in c.lines() if not ln.startswith("7|")]
@@ -317,16 +323,83 @@ def test_cancel_running_and_pending_match_captures(h):
     assert re.match(r"^slurmstepd-vm: error: \*\*\* JOB 9 ON vm CANCELLED AT \S+ \*\*\*\n$", text)
 
 
-def test_sacct_lag_hides_then_names_allocation(h):
+def test_sacct_lag_for_jobs_that_never_started(h):
     h.fs.configure(sacct_lag=0.6)
-    jid = h.run("sbatch", "--parsable", "--job-name=lagged", "--wrap=true")[1].strip()
-    fmt = ["-X", "-n", "-P", "-o", "JobID,JobName,Partition", "-j", jid]
+    jid = h.run("sbatch", "--parsable", "--hold", "--job-name=lagged",
+                "--wrap=sleep 30")[1].strip()
+    fmt = ["-X", "-n", "-P", "-o", "JobID,JobName,Partition,State", "-j", jid]
     assert h.sacct(*fmt) == []
     time.sleep(0.7)
-    assert h.sacct(*fmt) == [jid + "|allocation|"]
+    assert h.sacct(*fmt) == [jid + "|allocation||PENDING"]
     assert h.sacct("-X", "-n", "-P", "-o", "JobID", "--name=lagged") == []
     time.sleep(0.6)
-    assert h.sacct(*fmt) == [jid + "|lagged|debug"]
+    assert h.sacct(*fmt) == [jid + "|lagged|debug|PENDING"]
+    # It starts long after slurmdbd recorded it: its real row at once.
+    h.fs.release(jid)
+    h.wait_state(jid, "RUNNING")
+    assert h.sacct(*fmt) == [jid + "|lagged|debug|RUNNING"]
+    h.fs.cancel(jid)
+    # Capture 36c: cancelling a pending job writes its row at once, named
+    # allocation for a while.
+    pc = h.run("sbatch", "--parsable", "--hold", "--job-name=pend-cancel",
+               "--wrap=true")[1].strip()
+    fmt = ["-X", "-n", "-P", "-o", "JobID,JobName,State", "-j", pc]
+    assert h.sacct(*fmt) == []
+    h.fs.cancel(pc)
+    by = "CANCELLED by %d" % os.getuid()
+    assert h.sacct(*fmt) == ["%s|allocation|%s" % (pc, by)]
+    time.sleep(max(0, h.job(pc)["submit_time"] + 1.3 - time.time()))
+    assert h.sacct(*fmt) == ["%s|pend-cancel|%s" % (pc, by)]
+
+
+def test_sacct_lag_counts_from_start_and_end(h):
+    lag = 1.0
+    h.fs.configure(sacct_lag=lag, pending_seconds=0.4)
+    fmt = ["-X", "-n", "-P", "-o", "JobID,JobIDRaw,JobName,State,ExitCode,Start,End", "-j"]
+
+    def rows(job_id):
+        return [mask(ln) for ln in h.sacct(*fmt + [job_id])]
+
+    # A job that starts before slurmdbd heard of it: no row, then the
+    # placeholder `allocation|PENDING|<Start>|Unknown` while squeue says
+    # RUNNING, then its real row, sacct_lag after its start.
+    jid = h.run("sbatch", "--parsable", "-J", "lagrun", "--wrap=sleep 30")[1].strip()
+    assert rows(jid) == []
+    h.wait_state(jid, "RUNNING")
+    assert h.squeue("-h", "-j", jid, "-o", "%T") == ["RUNNING"]
+    assert rows(jid) == ["%s|%s|allocation|PENDING|0:0|TS|Unknown" % (jid, jid)]
+    time.sleep(max(0, h.job(jid)["start_time"] + lag + 0.1 - time.time()))
+    assert rows(jid) == ["%s|%s|lagrun|RUNNING|0:0|TS|Unknown" % (jid, jid)]
+    h.fs.cancel(jid)
+
+    # Array tasks likewise, each from its own start (task 1 starts long
+    # after slurmdbd recorded the array).
+    arr = h.run("sbatch", "--parsable", "-J", "lagarr", "--array=0-1%1",
+                "--wrap=sleep 30")[1].strip()
+    h.wait_state(arr + "_0", "RUNNING")
+    raw0 = h.job(arr + "_0")["raw_id"]
+    assert rows(arr) == ["%s_0|%s|allocation|PENDING|0:0|TS|Unknown" % (arr, raw0)]
+    time.sleep(max(0, h.job(arr + "_0")["start_time"] + lag + 0.1 - time.time()))
+    assert rows(arr + "_0") == ["%s_0|%s|lagarr|RUNNING|0:0|TS|Unknown" % (arr, raw0)]
+    h.fs.cancel(arr + "_0")
+    h.wait_state(arr + "_1", "RUNNING")
+    assert h.job(arr + "_1")["start_time"] > h.job(arr + "_1")["submit_time"] + lag
+    raw1 = h.job(arr + "_1")["raw_id"]
+    assert rows(arr + "_1") == ["%s_1|%s|allocation|PENDING|0:0|TS|Unknown" % (arr, raw1)]
+    time.sleep(max(0, h.job(arr + "_1")["start_time"] + lag + 0.1 - time.time()))
+    assert rows(arr + "_1") == ["%s_1|%s|lagarr|RUNNING|0:0|TS|Unknown" % (arr, raw1)]
+    h.fs.cancel(arr)
+
+    # A task that fails at once: squeue says FAILED, sacct has no row until
+    # sacct_lag after its end.
+    bad = h.run("sbatch", "--parsable", "-J", "lagfail", "--array=0-1",
+                "--wrap=exit 3")[1].strip()
+    h.wait_state(bad + "_0", "FAILED")
+    assert h.squeue("-h", "-t", "all", "-j", bad + "_0", "-o", "%T") == ["FAILED"]
+    assert rows(bad + "_0") == []
+    task = h.job(bad + "_0")
+    time.sleep(max(0, task["end_time"] + lag + 0.1 - time.time()))
+    assert rows(bad + "_0") == ["%s_0|%s|lagfail|FAILED|3:0|TS|TS" % (bad, task["raw_id"])]
 
 
 # --------------------------------------------------------------------------
@@ -392,7 +465,7 @@ def test_hold_release_match_captures(h):
 # --------------------------------------------------------------------------
 
 def test_requeue_match_captures(h):
-    h.fs.configure(first_job_id=16, completing_seconds=0.6, requeue_delay=1.5)
+    h.fs.configure(first_job_id=16, completing_seconds=0.6, requeue_delay=2.0)
     subs = [("sleep 30", "sleep 1")]
     assert h.replay(cap("50_sbatch_requeue"), subs)[1] == "16\n"
     h.wait_state(16, "RUNNING")
@@ -400,10 +473,16 @@ def test_requeue_match_captures(h):
     assert fields(h.replay(c)[1].strip(), [4]) == fields(c.out.strip(), [4])
     h.same(cap("52_scontrol_requeue"))
     h.same(cap("53_squeue_after_requeue"))
+    # While the old run is killed, accounting has only the REQUEUED record.
+    requeued = "16|16|requeue-job|REQUEUED|0:0|TS|TS|"
+    assert [mask(ln) for ln in h.sacct("-X", "-n", "-P", "-o", SACCT8, "-j", "16")] == \
+        [requeued]
+    assert [mask(ln) for ln in h.sacct("-X", "-D", "-n", "-P", "-o", SACCT8, "-j", "16")] == \
+        [requeued]
+    time.sleep(0.7)  # past COMPLETING, before the BeginTime delay ends
     h.same(cap("54_sacct_requeued_X"))
     c = cap("54_sacct_requeued_X_duplicates")
     assert mask(h.replay(c)[1]) == mask(c.out)
-    time.sleep(0.7)  # past COMPLETING, before the BeginTime delay ends
     h.same(cap("55_squeue_requeued_pending"))
     h.same(cap("55_squeue_requeued_pending_default"))
     rc, out, err = h.run("scontrol", "show", "job", "16")
@@ -472,6 +551,9 @@ def test_whole_array_cancel(h):
     assert sorted(fields(ln, [4], held) for ln in h.replay(c)[1].splitlines()) == \
         sorted(fields(ln, [4]) for ln in c.lines())
     h.same(cap("96_scancel_whole_array"))
+    # The running tasks pass through COMPLETING (test_cancel_... below).
+    h.wait_state("22_0", "CANCELLED")
+    h.wait_state("22_1", "CANCELLED")
     c = cap("96_squeue_right_after")
     assert sorted(fields(ln, [3, 4]) for ln in h.replay(c)[1].splitlines()) == \
         sorted(fields(ln, [3, 4]) for ln in c.lines())
@@ -756,6 +838,121 @@ def test_hang_rule_stops_output_until_cancel(h):
         time.sleep(0.05)
     else:
         pytest.fail("stopped job survived scancel")
+
+
+def test_cancel_of_running_job_is_completing_first(h):
+    h.fs.configure(completing_seconds=1.0)
+    run = h.run("sbatch", "--parsable", "-J", "cg", "--wrap=sleep 30")[1].strip()
+    pend = h.run("sbatch", "--parsable", "--hold", "-J", "cgp", "--wrap=true")[1].strip()
+    h.wait_state(run, "RUNNING")
+    assert h.run("scancel", run, pend) == (0, "", "")
+    t = time.time()
+    assert sorted(h.squeue("-h", "-t", "all", "-o", "%i|%T|%r|%N")) == \
+        sorted(["%s|COMPLETING|None|vm" % run, "%s|CANCELLED|None|" % pend])
+    assert h.squeue("-h", "-o", "%i|%t") == [run + "|CG"]  # shown without -t, too
+    # Accounting has the end already.
+    assert h.sacct("-X", "-n", "-P", "-o", "JobID,State", "-j", run) == \
+        ["%s|CANCELLED by %d" % (run, os.getuid())]
+    h.wait_state(run, "CANCELLED")
+    assert time.time() - t > 0.7
+    assert h.squeue("-h", "-t", "all", "-j", run, "-o", "%T|%N") == ["CANCELLED|vm"]
+
+
+def test_requeue_shows_requeued_in_sacct_while_completing(h):
+    h.fs.configure(completing_seconds=2.0, requeue_delay=3.0, sacct_lag=0.8)
+    h.fs.add_rule(name="rq", action="REQUEUE", after=0.2, nth=1)
+    jid = h.run("sbatch", "--parsable", "-J", "rq", "--wrap=sleep 30")[1].strip()
+    # As autoexp asks: with a time window, which a BeginTime in the future
+    # must not hide.
+    fmt = ["-X", "-n", "-P", "-o", "JobID,JobName,State", "-S", "now-1minute", "-j", jid]
+    h.fs.wait(lambda jobs: any(j["job_id"] == jid and j["restarts"] == 1 for j in jobs))
+    requeued_at = h.job(jid)["submit_time"]
+    assert h.squeue("-h", "-j", jid, "-o", "%T|%r") == ["COMPLETING|None"]
+    assert h.sacct(*fmt) == [jid + "|allocation|REQUEUED"]
+    time.sleep(max(0, requeued_at + 0.9 - time.time()))
+    assert h.sacct(*fmt) == [jid + "|rq|REQUEUED"]
+    assert h.sacct("-D", *fmt) == [jid + "|rq|REQUEUED"]
+    time.sleep(max(0, requeued_at + 2.1 - time.time()))
+    assert h.squeue("-h", "-j", jid, "-o", "%T|%r") == ["PENDING|BeginTime"]
+    assert h.sacct(*fmt) == [jid + "|rq|PENDING"]
+    assert h.sacct(*fmt[:5] + ["-j", jid]) == [jid + "|rq|PENDING"]
+    assert h.sacct("-D", *fmt) == [jid + "|rq|REQUEUED", jid + "|rq|PENDING"]
+    h.fs.cancel(jid)
+
+
+def test_sacct_j_task_skips_a_pending_range(h):
+    arr = h.run("sbatch", "--parsable", "--hold", "-J", "rng", "--array=0-3",
+                "--wrap=sleep 30")[1].strip()
+    fmt = ["-X", "-n", "-P", "-o", "JobID,JobName,State"]
+    whole = ["%s_[0-3]|rng|PENDING" % arr]
+    assert h.sacct(*fmt + ["-j", arr]) == whole
+    assert h.sacct(*fmt + ["--name=rng"]) == whole
+    assert h.sacct(*fmt) == whole
+    assert h.run("sacct", *fmt + ["-j", arr + "_2"]) == (0, "", "")
+    assert h.sacct(*fmt + ["-j", "%s_2,%s" % (arr, arr)]) == whole
+    h.fs.release(arr + "_0")
+    h.wait_state(arr + "_0", "RUNNING")
+    assert h.sacct(*fmt + ["-j", arr + "_0"]) == [arr + "_0|rng|RUNNING"]
+    assert h.sacct(*fmt + ["-j", arr + "_2"]) == []
+    assert h.sacct(*fmt + ["-j", arr]) == [arr + "_0|rng|RUNNING", arr + "_[1-3]|rng|PENDING"]
+    # A whole-array cancel leaves the range as the array's own record.
+    h.fs.cancel(arr)
+    by = "CANCELLED by %d" % os.getuid()
+    assert h.sacct(*fmt + ["-j", arr + "_2"]) == []
+    assert h.sacct(*fmt + ["-j", arr]) == ["%s_0|rng|%s" % (arr, by),
+                                           "%s_[1-3]|rng|%s" % (arr, by)]
+
+
+def test_ctld_down_delay(h):
+    h.fs.configure(ctld_down=True, ctld_down_delay=0.3)
+
+    def timed(*args):
+        t = time.time()
+        rc = h.fs.run(*args)[0]
+        return rc, time.time() - t
+    for args, rc, factor in ((("squeue", "-h"), 1, 1), (("squeue", "--json"), 0, 1),
+                             (("squeue", "-h", "-j", "5"), 1, 2),
+                             (("scontrol", "show", "job", "5"), 1, 2),
+                             (("scontrol", "requeue", "5"), 1, 1),
+                             (("sbatch", "--wrap=true"), 1, 1), (("scancel", "5"), 8, 1),
+                             (("scontrol", "ping"), 1, 0), (("sacct",), 0, 0)):
+        got, took = timed(*args)
+        assert got == rc, args
+        assert 0.3 * factor <= took < 0.3 * factor + 0.25, (args, took)
+    h.same(cap("70_squeue_ctld_down"))  # same texts, only later
+    assert h.fs.jobs() == []
+
+
+def test_dbd_stale_rows_after_outage(h):
+    h.fs.configure(dbd_stale_seconds=1.0)
+    fmt = ["-X", "-n", "-P", "-o", "JobID,JobName,State,End"]
+    jid = h.run("sbatch", "--parsable", "-J", "before", "--wrap=sleep 0.5")[1].strip()
+    h.wait_state(jid, "RUNNING")
+    h.fs.configure(dbd_down=True)
+    assert h.run("sacct")[0] == 1
+    late = h.run("sbatch", "--parsable", "-J", "during", "--wrap=true")[1].strip()
+    h.fs.wait()
+    h.fs.configure(dbd_down=False)
+    t = time.time()
+    # What slurmdbd had when it went down; nothing of the job submitted since.
+    assert h.sacct(*fmt) == [jid + "|before|RUNNING|Unknown"]
+    assert h.sacct(*fmt + ["-j", late]) == []
+    time.sleep(max(0, t + 1.1 - time.time()))
+    assert [mask(ln) for ln in h.sacct(*fmt)] == [jid + "|before|COMPLETED|TS",
+                                                  late + "|during|COMPLETED|TS"]
+    # The real case: a job in its sacct_lag placeholder when slurmdbd went down.
+    h.fs.configure(sacct_lag=30)
+    ph = h.run("sbatch", "--parsable", "-J", "ph", "--wrap=sleep 30")[1].strip()
+    h.wait_state(ph, "RUNNING")
+    h.fs.configure(dbd_down=True)
+    h.fs.configure(dbd_down=False, sacct_lag=0)
+    assert h.sacct(*fmt + ["-j", ph]) == [ph + "|allocation|PENDING|Unknown"]
+    h.fs.cancel(ph)
+    # dbd_stale_seconds=0 (the default): the current rows at once.
+    h.fs.configure(dbd_stale_seconds=0, dbd_down=True)
+    h.fs.configure(dbd_down=False)
+    assert h.sacct("-X", "-n", "-P", "-o", "JobID,JobName,State", "-j", ph) == \
+        ["%s|ph|CANCELLED by %d" % (ph, os.getuid())]
 
 
 def test_fault_injection(h):

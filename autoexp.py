@@ -1976,7 +1976,25 @@ class StateStore(object):
             raise StateError("cannot write %s: %s" % (session.path, e.strerror or e), exit_code=EXIT_FAILURE)
 
     def lock(self, session_id, command):
-        return SessionLock(os.path.join(self.root, session_id + ".lock")).acquire(command)
+        lock = SessionLock(os.path.join(self.root, session_id + ".lock")).acquire(command)
+        self._remove_leftovers(session_id)
+        return lock
+
+    def _remove_leftovers(self, session_id):
+        """Temporary files of a writer of this session that died between creating and
+        renaming them: only a lock holder may remove them, none can be in use then."""
+        folders = [(self.root, "." + session_id + ".json."), (os.path.join(self.root, "actions", session_id), ".")]
+        for folder, prefix in folders:
+            try:
+                names = os.listdir(folder)
+            except OSError:
+                continue
+            for name in names:
+                if name.startswith(prefix) and name.endswith(".tmp"):
+                    try:
+                        os.unlink(os.path.join(folder, name))
+                    except OSError:
+                        pass
 
     # The journal (events.jsonl) and the action payloads are derived from the state file,
     # written after it: a crash in between leaves them behind, never ahead, and the next

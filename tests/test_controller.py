@@ -471,3 +471,18 @@ def test_a_failure_repeating_at_startup_stops_before_max_attempts(tmp_path):
         h.slurm.set(h.live_id(A), "FAILED", "2:0")
         h.cycle()
     assert h.job(A).status == "active" and len(h.job(A).attempts) == 3
+
+
+def test_temporary_files_of_a_killed_writer_are_removed_by_the_next(tmp_path):
+    h = Harness(tmp_path, config(), names=[A])
+    h.slurm.set(h.live_id(A), "TIMEOUT")
+    h.cycle()
+    stray = [os.path.join(h.state_dir, ".p1.json.99999.tmp"),
+             os.path.join(h.state_dir, "actions", "p1", ".x.json.99999.tmp")]
+    for path in stray:
+        open(path, "w").close()
+    lock = h.store.lock("p1", "test")
+    try:
+        assert not any(os.path.exists(p) for p in stray)
+    finally:
+        lock.release()

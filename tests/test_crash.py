@@ -86,7 +86,10 @@ def check_invariants(project, fake, plan_id):
     assert [e["seq"] for e in events] == list(range(1, len(events) + 1)) == list(range(1, state["event_seq"] + 1))
     keys = [(e["job"], e["attempt"], e["event"], e.get("detail")) for e in events if e["event"] != "state"]
     assert len(keys) == len(set(keys)), "an event was recorded twice"
+    leftovers = [n for n in os.listdir(project.state_dir) if n.endswith(".tmp")]
     actions = os.listdir(os.path.join(project.state_dir, "actions", plan_id))
+    leftovers += [n for n in actions if n.endswith(".tmp")]
+    assert leftovers == [], "temporary files of a killed writer were left behind"
     kinds = [a.split("_", 1)[1] for a in actions]  # job_attempt_action, without the time
     assert len(kinds) == len(set(kinds)), "an action was recorded twice: %s" % sorted(actions)
     for a in actions:

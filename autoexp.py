@@ -2027,8 +2027,8 @@ class StateStore(object):
             folder = self.actions_dir(session)
             for job, att, act in actions:
                 target = os.path.join(folder, act["id"] + ".json")
-                act["written"] = True  # saved with the next state write: a consumer may delete it
                 if os.path.exists(target):
+                    act["written"] = True
                     continue
                 make_private_dir(folder)
                 payload = OrderedDict([
@@ -2038,6 +2038,7 @@ class StateStore(object):
                     ("slurm_state", att.last_slurm_state), ("log_path", att.resolved_log_path),
                     ("created_at", iso_time(act["time"]))])
                 atomic_write(target, dump_json(payload))
+                act["written"] = True  # saved with the next state write: a consumer may delete it
                 crash_point("after_action_payload")
 
 
@@ -2183,7 +2184,7 @@ class Controller(object):
                 self.report.result("debug %s %s: status=%s slurm=%s monitor=%s attempts=%d" % (
                     s.session_id, job.name, job.status, job.last_slurm_state, job.last_monitor_state,
                     len(job.attempts)))
-        self._commit(s, now, todo, fingerprint(s) != before)
+        self.commit(s, now, todo, fingerprint(s) != before)
 
     # -- observing -----------------------------------------------------------------
 
@@ -2615,7 +2616,9 @@ class Controller(object):
 
     # -- acting (only after the intent is on disk) -------------------------------------
 
-    def _commit(self, s, now, todo, changed):
+    def commit(self, s, now, todo, changed):
+        """Persist the cycle's decisions (the intents), then carry out what they announce:
+        queued cancel requests done, scancel, sbatch. A dry run only says what it would do."""
         if self.dry_run:
             for job, att in todo.cancel:
                 self.report.result("would run: scancel %s   # %s" % (att.job_id, job.name))
@@ -2635,8 +2638,14 @@ class Controller(object):
                 os.unlink(path)
             except OSError:
                 pass
-        for job, att in todo.cancel:
-            self._cancel(s, job, att)
+        if todo.cancel:
+            saved = self.clock()
+            for job, att in todo.cancel:
+                self._cancel(s, job, att)
+                if self.clock() - saved >= 1.0:
+                    saved = self.clock()
+                    self._save(s, saved)
+            self._save(s, self.clock())
         if todo.submit:
             self.submit_now(s, todo.submit)
 
@@ -2645,6 +2654,8 @@ class Controller(object):
         self.store.sync_outputs(s)
 
     def _cancel(self, s, job, att):
+        """scancel; the result is saved with the next state write (a result lost to a crash
+        only means the cancel is sent again: scancel is harmless twice)."""
         crash_point("before_scancel")
         ok, message = self.slurm.scancel(att.job_id)
         crash_point("after_scancel")
@@ -2652,7 +2663,6 @@ class Controller(object):
         att.cancel_result = OrderedDict([("time", iso_time(now)), ("ok", ok), ("message", message)])
         self._event(s, job, att, "scancel" if ok else "scancel_failed", now,
                     detail="scancel %s%s" % (att.job_id, ": " + message if message else ""))
-        self._save(s, now)
 
     def _describe_submit(self, s, jobs):
         script, args = self._sbatch_args(s, jobs)
@@ -2740,7 +2750,7 @@ class Controller(object):
         todo = Todo()
         for job in jobs:
             self._new_intent(s, job, now, todo, array=job.array)
-        self._commit(s, now, todo, False)
+        self.commit(s, now, todo, False)
 
     def _event(self, s, job, att, kind, now, mode=None, detail=None):
         rec = s.add_event(job, att, kind, now, mode, detail)
@@ -3255,7 +3265,7 @@ def cmd_cancel(args, report):
         todo = Todo()
         now = controller.clock()
         controller.cancel_jobs(s, args.names, now, todo)
-        controller._commit(s, now, todo, True)
+        controller.commit(s, now, todo, True)
         report.result("cancelled: %s" % (", ".join(args.names) if args.names else "every active job"))
         return EXIT_OK
     finally:

@@ -45,7 +45,7 @@ def test_failed_scancel_after_a_user_cancel_is_retried(tmp_path):
     h.slurm.fail["scancel"] = 1
     todo = autoexp.Todo()
     h.ctl.cancel_jobs(h.session, [A], h.clock(), todo)
-    h.ctl._commit(h.session, h.clock(), todo, True)
+    h.ctl.commit(h.session, h.clock(), todo, True)
     assert h.ctl.run([h.session]) == autoexp.EXIT_OK
     assert h.slurm.jobs[jid]["state"] == "CANCELLED" and h.job(A).status == "cancelled"
     assert [e["event"] for e in read_events(h.state_dir, "p1")].count("outcome") == 1
@@ -155,7 +155,7 @@ def test_cancel_during_an_uncertain_submission_cancels_the_straggler(tmp_path):
     assert h.job(A).current.job_id is None and len(live(h)) == 1
     todo = autoexp.Todo()
     h.ctl.cancel_jobs(h.session, [A], h.clock(), todo)
-    h.ctl._commit(h.session, h.clock(), todo, True)
+    h.ctl.commit(h.session, h.clock(), todo, True)
     assert h.ctl.run([h.session]) == autoexp.EXIT_OK
     assert live(h) == [] and h.slurm.count("scancel") == 1
 

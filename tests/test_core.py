@@ -143,6 +143,20 @@ def test_parse_squeue_garbage_is_an_error(text):
         autoexp.parse_squeue(text)
 
 
+def test_every_failed_squeue_and_sacct_capture_is_unknown():
+    """Whatever the error text (controller down, slurmdbd down, bad option, invalid id),
+    a failed query is UNKNOWN: never an empty answer."""
+    caps = [c for c in captures(command_re=r"^(squeue|sacct) ") if c.rc != 0 and "--json" not in c.command]
+    assert len(caps) >= 8
+    for cap in caps:
+        client = autoexp.SlurmClient(runner=lambda a, t, e, cap=cap: cap.completed(), user="u")
+        if "accounting storage is disabled" in cap.stderr:
+            assert client.sacct(["1"], 0) == {}
+            continue
+        with pytest.raises(autoexp.SlurmUnavailable):
+            client.squeue() if cap.command.startswith("squeue") else client.sacct(["1"], 0)
+
+
 def test_squeue_errors_are_unknown_never_empty():
     for name in ("70_squeue_ctld_down.txt", "70_squeue_ctld_down_j.txt"):
         cap = Capture(name)

@@ -10,8 +10,6 @@ tests/test_crash.py checked after each sweep. Prints the counts.
 
 import os
 import random
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -20,36 +18,14 @@ from pathlib import Path
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
-from conftest import Project, fake_slurm  # noqa: E402
-from helpers import BOOT  # noqa: E402
+from conftest import fake_slurm  # noqa: E402
 import test_crash  # noqa: E402
 
 
 def trial(root, plan_id, rng):
     fake = fake_slurm.FakeSlurm(str(root / "fake"))
-    fake.configure(pending_seconds=0.05, completing_seconds=0.05, min_job_age=2)
     try:
-        (root / "proj").mkdir()
-        project = Project(root / "proj", fake)
-        test_crash.sweep(project, fake, plan_id)
-        kills = 0
-        while True:
-            fresh = not os.path.exists(os.path.join(project.state_dir, plan_id + ".json"))
-            argv = ["submit", plan_id] if fresh else ["monitor", "--session", plan_id]
-            p = subprocess.Popen([sys.executable, "-c", BOOT] + argv, cwd=project.root, env=project.env,
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-            if kills < 4:
-                time.sleep(rng.uniform(0.02, 1.5))
-                if p.poll() is None:
-                    p.send_signal(signal.SIGKILL)
-                    kills += 1
-            _, err = p.communicate(timeout=120)
-            if p.returncode not in (0, -signal.SIGKILL):
-                raise AssertionError(err.decode())
-            if p.returncode == 0 and argv[0] == "monitor":
-                break
-        test_crash.check_invariants(project, fake, plan_id)
-        return kills, len(fake.submissions())
+        return test_crash._sigkill_trial(root / "proj", fake, plan_id, rng, max_kills=4)
     finally:
         fake.shutdown()
 

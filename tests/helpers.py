@@ -94,6 +94,24 @@ def run_cli(args, env, cwd, python=None, timeout=120, pyz=None):
                                        err.decode("utf-8", "replace"))
 
 
+def sweep_config(project, command, seeds, monitoring, **overrides):
+    """The end-to-end tests' sweep: one job per seed, restarts on timeout, crash and stall,
+    a fast monitor. monitoring: the module's defaults; overrides: the test's own."""
+    mon = {"interval_seconds": 0.2, "termination_string": "TRAINING FINISHED", "slurm_timeout_seconds": 10,
+           "unknown_backoff_max_seconds": 1}
+    mon.update(monitoring)
+    mon.update(overrides)
+    return {
+        "project": project,
+        "sweep": {"seed": list(seeds)},
+        "job": {"name": "{project}-s{seed}", "command": command, "log": "logs/{name}-%j.log"},
+        "monitoring": mon,
+        "restart": {"timeout": {"action": "restart", "max_attempts": 3},
+                    "crash": {"action": "restart", "max_attempts": 2},
+                    "stall": {"action": "restart", "max_attempts": 2}},
+    }
+
+
 def write_config(path, config):
     with open(path, "w") as f:
         json.dump(config, f, indent=2)

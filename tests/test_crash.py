@@ -130,7 +130,9 @@ def test_sigkill_at_random_moments(tmp_path):
             fake.shutdown()
 
 
-def _sigkill_trial(root, fake, plan_id, rng):
+def _sigkill_trial(root, fake, plan_id, rng, max_kills=3):
+    """Run the sweep, SIGKILLing submit or monitor at random moments up to max_kills times,
+    until a monitor finishes; check the invariants. Returns (kills, SLURM submissions)."""
     fake.configure(pending_seconds=0.05, completing_seconds=0.05, min_job_age=2)
     root.mkdir()
     project = Project(root, fake)
@@ -143,7 +145,7 @@ def _sigkill_trial(root, fake, plan_id, rng):
             argv = ["monitor", "--session", plan_id]
         p = subprocess.Popen([sys.executable, os.path.join(ROOT, "autoexp.py")] + argv, cwd=project.root,
                              env=project.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        if kills < 3:
+        if kills < max_kills:
             time.sleep(rng.uniform(0.05, 1.2))
             if p.poll() is None:
                 p.send_signal(signal.SIGKILL)
@@ -153,3 +155,4 @@ def _sigkill_trial(root, fake, plan_id, rng):
         if p.returncode == 0 and argv[0] == "monitor":
             break
     check_invariants(project, fake, plan_id)
+    return kills, len(fake.submissions())

@@ -7,24 +7,14 @@ import subprocess
 
 import pytest
 
+import helpers
 from helpers import ROOT, read_events
 
 pytestmark = pytest.mark.timeout(120)
 
 
 def sweep_config(command="echo seed {seed}; sleep 0.2; echo TRAINING FINISHED", seeds=(1, 2, 3, 4), **monitoring):
-    mon = {"interval_seconds": 0.2, "termination_string": "TRAINING FINISHED", "lost_after_seconds": 15,
-           "slurm_timeout_seconds": 10, "unknown_backoff_max_seconds": 1}
-    mon.update(monitoring)
-    return {
-        "project": "e2e",
-        "sweep": {"seed": list(seeds)},
-        "job": {"name": "{project}-s{seed}", "command": command, "log": "logs/{name}-%j.log"},
-        "monitoring": mon,
-        "restart": {"timeout": {"action": "restart", "max_attempts": 3},
-                    "crash": {"action": "restart", "max_attempts": 2},
-                    "stall": {"action": "restart", "max_attempts": 2}},
-    }
+    return helpers.sweep_config("e2e", command, seeds, {"lost_after_seconds": 15}, **monitoring)
 
 
 def names(status):

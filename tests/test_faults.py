@@ -13,24 +13,15 @@ import time
 
 import pytest
 
-from helpers import ROOT, read_events, wait_for
+from helpers import ROOT, read_events, sweep_config, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
 
 def cfg(command="sleep 0.3; echo TRAINING FINISHED", seeds=(1, 2), **monitoring):
-    mon = {"interval_seconds": 0.2, "termination_string": "TRAINING FINISHED", "lost_after_seconds": 10,
-           "slurm_timeout_seconds": 2, "unknown_backoff_max_seconds": 0.5, "submit_backoff_seconds": 0.3}
-    mon.update(monitoring)
-    return {
-        "project": "ft",
-        "sweep": {"seed": list(seeds)},
-        "job": {"name": "{project}-s{seed}", "command": command, "log": "logs/{name}-%j.log"},
-        "monitoring": mon,
-        "restart": {"timeout": {"action": "restart", "max_attempts": 3},
-                    "crash": {"action": "restart", "max_attempts": 2},
-                    "stall": {"action": "restart", "max_attempts": 2}},
-    }
+    return sweep_config("ft", command, seeds, {"lost_after_seconds": 10, "slurm_timeout_seconds": 2,
+                                               "unknown_backoff_max_seconds": 0.5, "submit_backoff_seconds": 0.3},
+                        **monitoring)
 
 
 def submit(project, config, plan_id, *extra):

@@ -10,23 +10,13 @@ import time
 
 import pytest
 
-from helpers import ROOT, read_events, wait_for
+from helpers import ROOT, read_events, sweep_config, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
 
 def cfg(command="echo seed {seed}; sleep 0.3; echo TRAINING FINISHED", seeds=(1, 2), **monitoring):
-    mon = {"interval_seconds": 0.2, "termination_string": "TRAINING FINISHED", "lost_after_seconds": 2,
-           "slurm_timeout_seconds": 10, "unknown_backoff_max_seconds": 1}
-    mon.update(monitoring)
-    return {
-        "project": "rs",
-        "sweep": {"seed": list(seeds)},
-        "job": {"name": "{project}-s{seed}", "command": command, "log": "logs/{name}-%j.log"},
-        "monitoring": mon,
-        "restart": {"timeout": {"action": "restart", "max_attempts": 3},
-                    "crash": {"action": "restart", "max_attempts": 2}},
-    }
+    return sweep_config("rs", command, seeds, {"lost_after_seconds": 2}, **monitoring)
 
 
 def submit(project, config, plan_id, *extra):

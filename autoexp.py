@@ -35,6 +35,7 @@ import argparse
 import calendar
 import errno
 import fcntl
+import hashlib
 import itertools
 import json
 import os
@@ -339,7 +340,7 @@ def owned_sbatch_option(option):
     if option.startswith("-") and len(option) > 1:
         return OWNED_SHORT.get(option[1])
     return None
-SBATCH_KEY_RE = re.compile(r"^[A-Za-z][A-Za-z0-9-]*$")
+SBATCH_KEY_RE = re.compile(r"^[A-Za-z][A-Za-z0-9-]+$")  # long option names: two characters at least
 LOG_PATTERN_RE = re.compile(r"%(\d*)(.)")
 
 
@@ -429,8 +430,10 @@ def parse_override(text):
     if raw == "":
         raise ConfigError("override %r: the value is empty; write %s='\"\"' for an empty string" % (text, key))
     try:
-        value = json.loads(raw, object_pairs_hook=OrderedDict)
-    except ValueError:
+        value = _json_loads_strict(raw, "override %r" % text)
+    except ConfigError as e:
+        if "appears twice" in str(e):
+            raise
         value = raw
     return parts, value
 
@@ -454,7 +457,7 @@ def apply_overrides(config, overrides):
 
 class Policy(NamedTuple):
     action: str
-    max_attempts: int = 1
+    max_attempts: int = 3
     backoff_seconds: float = 0.0
     backoff_max_seconds: float = 3600.0
 
@@ -520,6 +523,8 @@ def validate_monitoring(mon, c, key="monitoring"):
             c.fail(k + ".name", "%r must be an identifier (letters, digits, _)" % name)
         if name in seen:
             c.fail(k + ".name", "%r is used twice" % name)
+        if name == "success":
+            c.fail(k + ".name", "'success' is the termination string's event; choose another name")
         seen.add(name)
         try:
             re.compile(c.string(ev["pattern"], k + ".pattern"))
@@ -620,17 +625,17 @@ def render_template(text, values, where, quote=None):
 
 def check_shell_placeholders(text, where):
     """Values go into shell code as single quoted words, so a placeholder must stand where a
-    word can: inside quotes the quoting would be taken literally, and in a here-document
-    (after <<) the shell would expand the value after all."""
-    quote, i, heredoc = None, 0, False
+    word can: inside quotes the quoting would be taken literally, and in a here-document's
+    body the shell would expand the value after all."""
+    quote, i, arith, line_start = None, 0, 0, 0
+    heredocs = []  # delimiters of here-documents whose bodies start at the next line
     while i < len(text):
         m = _TEMPLATE_RE.match(text, i)
         if m and m.group(0) not in "{}":
-            if m.group(1) is not None and (quote or heredoc):
-                raise ConfigError("%s: placeholder %s is %s; values are inserted as quoted shell words: "
-                                  "put it outside any quotes (and outside here-documents)" % (
-                                      where, m.group(0), "inside %s quotes" % ("single" if quote == "'" else "double")
-                                      if quote else "in a here-document"))
+            if m.group(1) is not None and quote:
+                raise ConfigError("%s: placeholder %s is inside %s quotes; values are inserted as quoted shell "
+                                  "words: put it outside the quotes" % (where, m.group(0),
+                                                                         "single" if quote == "'" else "double"))
             i = m.end()
             continue
         ch = text[i]
@@ -642,8 +647,31 @@ def check_shell_placeholders(text, where):
             quote = None if ch == '"' else quote
         elif ch in "'\"":
             quote = ch
-        elif text.startswith("<<", i) and not text.startswith("<<<", i):
-            heredoc = True
+        elif text.startswith("$((", i):
+            arith += 1
+            i += 2
+        elif text.startswith("))", i) and arith:
+            arith -= 1
+            i += 1
+        elif text.startswith("<<", i) and not text.startswith("<<<", i) and not arith:
+            d = re.match(r"<<-?\s*(['\"]?)([A-Za-z0-9_]+)\1", text[i:])
+            if d:
+                heredocs.append(d.group(2))
+                i += d.end()
+                continue
+        elif ch == "\n" and heredocs:
+            # the bodies follow this line, one after the other, each up to its delimiter line
+            for delim in heredocs:
+                body_end = re.compile(r"^[ \t]*%s[ \t]*$" % re.escape(delim), re.M).search(text, i + 1)
+                body = text[i + 1:body_end.start() if body_end else len(text)]
+                for p in _TEMPLATE_RE.finditer(body):
+                    if p.group(1) is not None:
+                        raise ConfigError("%s: placeholder %s is in a here-document (<<%s); the shell would "
+                                          "expand the value there: pass it as an argument or a variable instead"
+                                          % (where, p.group(0), delim))
+                i = body_end.end() if body_end else len(text)
+            heredocs = []
+            continue
         i += 1
 
 
@@ -692,6 +720,8 @@ def _check_param_name(name, key, c):
 def _check_param_value(value, key, c):
     if isinstance(value, (dict, list)) or value is None:
         c.fail(key, "sweep values must be strings, numbers or true/false, not %s" % _type_name(value))
+    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
+        c.fail(key, "%r is not a number a command can take; write it as a string" % value)
 
 
 def check_directive_value(value, key, c):
@@ -928,9 +958,11 @@ def build_plan(config, source, plan_id, state_dir, workdir, created_at):
             lines = ["#!/bin/bash",
                      "# Generated by autoexp %s: the job array of plan %s. Task N runs job index N." % (__version__, plan_id),
                      "#SBATCH --job-name=%s" % plan_id,
-                     render_sbatch_line("output", array_log), render_sbatch_line("error", array_log),
-                     "#SBATCH --comment=%s" % tag, render_sbatch_line("chdir", workdir),
-                     "#SBATCH --array=%s" % indexes]
+                     render_sbatch_line("output", array_log)]
+            if "error" not in sbatch_sets[0]:
+                lines.append(render_sbatch_line("error", array_log))
+            lines += ["#SBATCH --comment=%s" % tag, render_sbatch_line("chdir", workdir),
+                      "#SBATCH --array=%s" % indexes]
             lines += [render_sbatch_line(k, v) for k, v in sbatch_sets[0].items()]
             lines += ["", 'case "${SLURM_ARRAY_TASK_ID:-}" in']
             lines += ["  %d) exec %s ;;" % (j["index"], shlex.quote(j["script_path"])) for j in jobs]
@@ -941,7 +973,8 @@ def build_plan(config, source, plan_id, state_dir, workdir, created_at):
             manifest["array"] = OrderedDict([("name", plan_id), ("script_path", script),
                                              ("log_template", array_log), ("tag", tag),
                                              ("max_running", job.get("array_max_running")),
-                                             ("sbatch_args", owned_args(plan_id, array_log, True, tag, workdir))])
+                                             ("sbatch_args", owned_args(plan_id, array_log, "error" not in sbatch_sets[0],
+                                                                        tag, workdir))])
     return manifest, scripts
 
 
@@ -1275,11 +1308,15 @@ PERMANENT_SBATCH_ERRORS = (
     "invalid generic resource", "invalid gres", "invalid feature", "unrecognized option",
     "invalid option", "memory specification can not be satisfied", "invalid job array specification",
     "more processors requested than permitted", "node count specification invalid",
-    "invalid dependency", "invalid --")
+    "invalid dependency", "invalid --", "is ambiguous")
+# sbatch errors that say the job was refused for now by a limit (too many jobs queued for
+# the user or QOS): retried with backoff for as long as it takes, never counted as failures.
+THROTTLED_SBATCH_ERRORS = ("job violates accounting/qos policy", "maxsubmitjob", "max_submit_job",
+                           "qosmaxsubmitjob", "assocmaxsubmitjob")
 
 
 class SubmitResult(NamedTuple):
-    outcome: str  # "ok", "uncertain" (the job may or may not be queued) or "permanent"
+    outcome: str  # "ok", "uncertain" (the job may or may not be queued), "throttled" or "permanent"
     job_id: Optional[str]
     message: str
 
@@ -1298,6 +1335,8 @@ def classify_sbatch(res):
     low = message.lower()
     if any(p in low for p in PERMANENT_SBATCH_ERRORS):
         return SubmitResult("permanent", None, message or "sbatch exit %d" % res.rc)
+    if any(p in low for p in THROTTLED_SBATCH_ERRORS):
+        return SubmitResult("throttled", None, message)
     return SubmitResult("uncertain", None, message or "sbatch exit %d with no message" % res.rc)
 
 
@@ -1396,44 +1435,61 @@ class LogRead(NamedTuple):
     lines: list
     offset: int
     inode: Optional[int]
+    head: Optional[str]
     restarted: bool
     ok: bool = True    # False: the file exists but could not be read (an NFS hiccup)
     eof: bool = True   # False: more than max_bytes were waiting; read again
 
 
-def read_log(path, offset, inode, final=False, max_bytes=MAX_LOG_READ):
+LOG_HEAD_BYTES = 256
+
+
+def log_head(f, size):
+    """'N:sha1' of a file's first N bytes: truncated and rewritten past its old size (same
+    inode, larger), a file still changes its beginning."""
+    f.seek(0)
+    data = f.read(min(size, LOG_HEAD_BYTES))
+    return "%d:%s" % (len(data), hashlib.sha1(data).hexdigest()) if data else None
+
+
+def read_log(path, offset, inode, head=None, final=False, max_bytes=MAX_LOG_READ):
     """Read the complete lines added to a log since offset, at most max_bytes at a time.
 
     A partial last line is left for the next read (so it is matched once, whole) unless
     final is set (the job has ended and nothing more will come) and the end of the file is
-    reached. A file that shrank or has another inode was truncated or replaced: it is read
-    again from its start, once. A missing file is simply empty.
+    reached. A file that shrank, has another inode or another beginning was truncated or
+    replaced: it is read again from its start, once. A missing file is simply empty.
     """
     try:
         st = os.stat(path)
     except OSError as e:
-        return LogRead([], offset, inode, False, ok=e.errno == errno.ENOENT)
-    restarted = False
-    if (inode is not None and st.st_ino != inode) or st.st_size < offset:
-        offset, restarted = 0, True
-    if st.st_size == offset:
-        return LogRead([], offset, st.st_ino, restarted)
+        return LogRead([], offset, inode, head, False, ok=e.errno == errno.ENOENT)
     try:
         with open(path, "rb") as f:
+            restarted = (inode is not None and st.st_ino != inode) or st.st_size < offset
+            if not restarted and head and offset:
+                n = int(head.split(":", 1)[0])
+                restarted = st.st_size < n or log_head(f, n) != head
+            if restarted:
+                offset = 0
+            if not head or restarted or int(head.split(":", 1)[0]) < LOG_HEAD_BYTES:
+                head = log_head(f, st.st_size) or head
+            if st.st_size == offset:
+                return LogRead([], offset, st.st_ino, head, restarted)
             f.seek(offset)
             data = f.read(min(st.st_size - offset, max_bytes))
     except (IOError, OSError):
-        return LogRead([], offset, inode, False, ok=False)
+        return LogRead([], offset, inode, head, False, ok=False)
     eof = offset + len(data) >= st.st_size
     end = data.rfind(b"\n") + 1
     if final and eof:
         end = len(data)
     elif end == 0:
         if len(data) < max_bytes:
-            return LogRead([], offset, st.st_ino, restarted)
+            return LogRead([], offset, st.st_ino, head, restarted)
         end = len(data)  # one line longer than max_bytes: taken in pieces, never buffered whole
     lines = data[:end].decode("utf-8", "replace").splitlines()
-    return LogRead(lines, offset + end, st.st_ino, restarted, eof=offset + end >= st.st_size)
+    return LogRead(lines, offset + end, st.st_ino, head, restarted, eof=offset + end >= st.st_size)
 
 
 class LogHit(NamedTuple):
@@ -1642,7 +1698,7 @@ class Attempt(object):
 
     __slots__ = (
         "attempt", "job_id", "raw_id", "array_task", "origin", "submit_state", "submit_error",
-        "intent_at", "submitted_at", "resolved_log_path", "log_offset", "log_inode",
+        "intent_at", "submitted_at", "resolved_log_path", "log_offset", "log_inode", "log_head",
         "last_log_growth_at", "running_since", "missing_since", "acct_wait_since", "slurm_start", "slurm_end",
         "requeues", "last_slurm_state",
         "last_monitor_state", "exit_code", "live", "success_seen", "log_mode", "log_reason",
@@ -1691,8 +1747,9 @@ class Job(object):
 
     __slots__ = ("name", "index", "status", "attempts", "array", "last_monitor_state", "last_slurm_state",
                  "last_event", "last_updated", "next_submit_at", "reason", "submit_failures",
-                 "duplicate_warned")
-    DEFAULTS = {"status": ACTIVE, "array": False, "submit_failures": 0, "duplicate_warned": False}
+                 "duplicate_warned", "seen_copies")
+    DEFAULTS = {"status": ACTIVE, "array": False, "submit_failures": 0, "duplicate_warned": False,
+                "seen_copies": ()}
 
     def __init__(self, name, index, **fields):
         self.name = name
@@ -1701,6 +1758,7 @@ class Job(object):
             setattr(self, key, fields.pop(key, self.DEFAULTS.get(key)))
         if self.attempts is None:
             self.attempts = []
+        self.seen_copies = list(self.seen_copies)
         if fields:
             raise TypeError("unknown job fields: %s" % ", ".join(fields))
 
@@ -1716,6 +1774,12 @@ class Job(object):
 
     def known_ids(self):
         return set(a.job_id for a in self.attempts if a.job_id)
+
+    def unresolved_intent(self):
+        """A job no longer active whose submission sbatch answered with an error: until a
+        lookup by tag comes back empty, that submission may have queued it after all."""
+        return self.status != ACTIVE and any(a.job_id is None and a.submit_state == "intent"
+                                             for a in self.attempts)
 
     def to_dict(self):
         d = OrderedDict((k, _to_json_value(k, getattr(self, k))) for k in self.__slots__)
@@ -1795,9 +1859,10 @@ class Session(object):
         return None
 
     def active(self):
-        """Work is left: a job still active, or a cancel SLURM has not yet carried out."""
-        return any(j.status == ACTIVE or (j.current is not None and j.current.live and j.current.cancel_requested_at)
-                   for j in self.jobs)
+        """Work is left: a job still active, a cancel SLURM has not yet carried out, or a
+        failed submission not yet known to have queued nothing."""
+        return any(j.status == ACTIVE or j.unresolved_intent()
+                   or any(a.live and a.cancel_requested_at for a in j.attempts) for j in self.jobs)
 
     def add_event(self, job, att, event, now, mode=None, detail=None):
         """Record an event in the outbox; the journal gets it right after the next save."""
@@ -1964,8 +2029,18 @@ class StateStore(object):
             session = Session.from_dict(data, path)
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise StateError("session file %s is incomplete (%s: %s); %s" % (path, type(e).__name__, e, hint))
+        # A copy of a session file (p1-backup.json, or p1.json in another folder) would be a
+        # second writer of the same jobs, under another lock: refused.
+        if os.path.basename(path) != "%s.json" % session.session_id:
+            raise StateError("%s holds session %r, so it is a copy; keep copies outside the state folder, "
+                             "and monitor %s.json" % (path, session.session_id, session.session_id))
         if with_plan:
             session.plan = load_manifest(session.manifest_path)
+            home = os.path.realpath(session.plan.state_dir)
+            if os.path.realpath(os.path.dirname(os.path.abspath(path))) != home:
+                raise StateError("%s is a copy: session %s lives in %s (its plan's state folder); monitor "
+                                 "that one, or two writers would act on the same jobs"
+                                 % (path, session.session_id, home))
         return session
 
     def save(self, session, now):
@@ -2001,7 +2076,17 @@ class StateStore(object):
     # writer fills the gap (events wait in the state's outbox until the journal has them;
     # the journal's last seq says which it has), so each appears exactly once.
 
+    def save_and_sync(self, session, now, changed=True):
+        """Write the state (when it changed), then the journal and payloads it announces; a
+        payload just written is marked so by one more state write, or a payload a consumer
+        deleted would come back."""
+        if changed:
+            self.save(session, now)
+        if self.sync_outputs(session):
+            self.save(session, now)
+
     def sync_outputs(self, session):
+        """Append the outbox to the journal, write missing payloads; True if any payload was."""
         path = self.events_path(session)
         if session.journal_seq is None:
             session.journal_seq = _last_journal_seq(path)
@@ -2023,23 +2108,25 @@ class StateStore(object):
                 os.close(fd)
             session.journal_seq = events[-1]["seq"]
         session.outbox = []  # all in the journal now; the next save drops them from the state
-        if actions:
-            folder = self.actions_dir(session)
-            for job, att, act in actions:
-                target = os.path.join(folder, act["id"] + ".json")
-                if os.path.exists(target):
-                    act["written"] = True
-                    continue
-                make_private_dir(folder)
-                payload = OrderedDict([
-                    ("session", session.session_id), ("job", job.name), ("attempt", att.attempt),
-                    ("job_id", att.job_id), ("array_task", att.array_task), ("action", act["action"]),
-                    ("mode", act["mode"]), ("event", act["mode"]), ("reason", act["reason"]),
-                    ("slurm_state", att.last_slurm_state), ("log_path", att.resolved_log_path),
-                    ("created_at", iso_time(act["time"]))])
-                atomic_write(target, dump_json(payload))
-                act["written"] = True  # saved with the next state write: a consumer may delete it
-                crash_point("after_action_payload")
+        if not actions:
+            return False
+        folder = self.actions_dir(session)
+        for job, att, act in actions:
+            target = os.path.join(folder, act["id"] + ".json")
+            if os.path.exists(target):
+                act["written"] = True
+                continue
+            make_private_dir(folder)
+            payload = OrderedDict([
+                ("session", session.session_id), ("job", job.name), ("attempt", att.attempt),
+                ("job_id", att.job_id), ("array_task", att.array_task), ("action", act["action"]),
+                ("mode", act["mode"]), ("event", act["mode"]), ("reason", act["reason"]),
+                ("slurm_state", att.last_slurm_state), ("log_path", att.resolved_log_path),
+                ("created_at", iso_time(act["time"]))])
+            atomic_write(target, dump_json(payload))
+            act["written"] = True  # saved with the next state write: a consumer may delete it
+            crash_point("after_action_payload")
+        return True
 
 
 def _last_journal_seq(path):
@@ -2105,7 +2192,8 @@ class Controller(object):
     """Observe, classify, act, persist. The clock, sleep and SLURM client are injected."""
 
     __slots__ = ("store", "slurm", "report", "clock", "sleep", "dry_run", "stop_requested",
-                 "unknown_since", "unknown_failures", "changes", "json_changes")
+                 "unknown_since", "unknown_failures", "sacct_down_since", "sacct_failed", "changes",
+                 "json_changes")
 
     def __init__(self, store, slurm, report, clock=time.time, sleep=time.sleep, dry_run=False):
         self.store = store
@@ -2117,6 +2205,8 @@ class Controller(object):
         self.stop_requested = False
         self.unknown_since = None
         self.unknown_failures = 0
+        self.sacct_down_since = None
+        self.sacct_failed = False  # in the last cycle: what depended on it waits
         self.changes = 0
         self.json_changes = None  # a list when `--json` wants every change as a document
 
@@ -2167,9 +2257,19 @@ class Controller(object):
             self.report.info("SLURM answers again after %ds" % (now - self.unknown_since))
             self.unknown_since, self.unknown_failures = None, 0
         snap = Snapshot(rows)
+        self.sacct_failed = False
         for s in sessions:
             self.session_cycle(s, snap, now)
+        if self.sacct_down_since is not None and not self.sacct_failed:
+            self.report.info("sacct answers again after %ds" % (self.clock() - self.sacct_down_since))
+            self.sacct_down_since = None
         return True
+
+    def _sacct_down(self, error):
+        self.sacct_failed = True
+        if self.sacct_down_since is None:
+            self.sacct_down_since = self.clock()
+            self.report.warn("sacct did not answer (%s); the jobs it was asked about wait until it does" % error)
 
     def session_cycle(self, s, snap, now):
         before = fingerprint(s)
@@ -2192,7 +2292,7 @@ class Controller(object):
         """At most one sacct by id (for tracked jobs squeue no longer lists) and one by name
         (for intents and vanished jobs that may have a successor squeue cannot show)."""
         look = Lookup()
-        watched = [j.current for j in s.jobs if j.current is not None and j.current.live and j.current.job_id]
+        watched = [a for j in s.jobs for a in j.attempts if a.live and a.job_id]
         # squeue knows no exit codes: a job it shows ended is asked about too, in the same call
         gone = [a for a in watched if a.job_id not in snap.by_id or snap.by_id[a.job_id].state not in ACTIVE_STATES]
         if gone:
@@ -2201,10 +2301,11 @@ class Controller(object):
                 look.acct = self.slurm.sacct(sorted(a.job_id for a in gone), since)
             except SlurmUnavailable as e:
                 look.acct_ok, look.acct_error = False, str(e)
+                self._sacct_down(look.acct_error)
         seekers = []
         for job in s.jobs:
             att = job.current
-            if job.status != ACTIVE:
+            if job.status != ACTIVE and not job.unresolved_intent():
                 continue
             if att is None or (att.job_id is None and att.submit_state == "intent"):
                 if not self._candidates(s, job, snap, look):
@@ -2222,6 +2323,7 @@ class Controller(object):
                 look.named = self.slurm.sacct_by_name(sorted(names), since)
             except SlurmUnavailable as e:
                 look.named_ok, look.named_error = False, str(e)
+                self._sacct_down(look.named_error)
             look.named_by_id = dict((r.job_id, r) for r in look.named)
         return look
 
@@ -2307,7 +2409,18 @@ class Controller(object):
     # -- deciding --------------------------------------------------------------------
 
     def _step(self, s, job, snap, look, now, todo):
+        self._step_current(s, job, snap, look, now, todo)
+        for att in job.attempts[:-1]:  # an earlier attempt whose cancel SLURM has not carried out
+            if att.live and att.job_id and att.cancel_requested_at:
+                self._watch(s, job, att, self._observe(att, snap, look, now), now, todo)
+
+    def _step_current(self, s, job, snap, look, now, todo):
         cands = self._candidates(s, job, snap, look)
+        att = job.current
+        if not (att is not None and att.job_id is None and att.submit_state == "intent"):
+            # while no submission of its own is in doubt, any other job with its tag is a copy
+            # that a later intent must never take for its own
+            job.seen_copies.extend(c.job_id for c in cands if c.job_id not in job.seen_copies)
         revived = self._revived(job, snap)
         running_copies = [r for r in cands if r.state in ACTIVE_STATES] + revived
         att = job.current
@@ -2323,8 +2436,9 @@ class Controller(object):
         if att.job_id is None:
             if att.submit_state != "intent":
                 return
-            if cands:
-                self._adopt(s, job, cands[0], "recovered", now, att=att)
+            newer = newer_than_history(job, cands)
+            if newer:
+                self._adopt(s, job, newer[0], "recovered", now, att=att)
                 cands = cands[1:]  # in the history now: not a stranger to replace it with
                 running_copies = [r for r in cands if r.state in ACTIVE_STATES] + revived
             elif not look.named_ok:
@@ -2367,7 +2481,8 @@ class Controller(object):
         and a copy started under its tag is either followed or cancelled."""
         if running_copies and job.status in (STOPPED, FINALIZED):
             row = running_copies[0]
-            if att is not None and att.job_id is None and att.submit_state == "intent":
+            if (att is not None and att.job_id is None and att.submit_state == "intent"
+                    and newer_than_history(job, [row])):
                 # sbatch failed until autoexp gave up, yet one of the tries queued it
                 att.outcome = att.reason = None
                 att = self._adopt(s, job, row, "recovered", now, att=att)
@@ -2381,6 +2496,11 @@ class Controller(object):
             # started by hand, must not run either
             for row in running_copies:
                 self._cancel_copy(s, job, row, now, todo)
+        if job.unresolved_intent() and look.named_ok:
+            # squeue and sacct both answered and hold no job of this failed submission
+            for a in job.attempts:
+                if a.job_id is None and a.submit_state == "intent":
+                    a.submit_state = "abandoned"
         if att is not None and att.live and att.job_id:
             self._watch(s, job, att, self._observe(att, snap, look, now), now, todo)
 
@@ -2442,7 +2562,9 @@ class Controller(object):
                 self._event(s, job, att, "requeued", now, detail="back to %s under the same id" % obs.state)
             if obs.state != att.last_slurm_state:
                 self._event(s, job, att, "state", now, detail="%s -> %s" % (att.last_slurm_state or "new", obs.state))
-                att.last_slurm_state = job.last_slurm_state = obs.state
+                att.last_slurm_state = obs.state
+                if att is job.current:
+                    job.last_slurm_state = obs.state
             if obs.exit_code:
                 att.exit_code = obs.exit_code
             att.missing_since = None
@@ -2470,12 +2592,15 @@ class Controller(object):
         earlier = [a for a in job.attempts if a is not att and a.resolved_log_path == path]
         if att.origin == "submitted":
             try:
-                st = os.stat(path)
-            except OSError:
+                with open(path, "rb") as f:
+                    st = os.fstat(f.fileno())
+                    att.log_head = log_head(f, st.st_size)
+            except (IOError, OSError):
                 return
             att.log_offset, att.log_inode = st.st_size, st.st_ino
         elif earlier:  # adopted: it may have written already; start where the last one stopped
-            att.log_offset, att.log_inode = earlier[-1].log_offset, earlier[-1].log_inode
+            last = earlier[-1]
+            att.log_offset, att.log_inode, att.log_head = last.log_offset, last.log_inode, last.log_head
 
     def _read_log(self, s, job, att, obs, now):
         """Read the attempt's new log lines and record what they say; False if the log exists
@@ -2487,14 +2612,14 @@ class Controller(object):
                 return True
         final = obs.source in ("squeue", "sacct") and obs.state not in ACTIVE_STATES
         while True:
-            read = read_log(att.resolved_log_path, att.log_offset, att.log_inode, final)
+            read = read_log(att.resolved_log_path, att.log_offset, att.log_inode, att.log_head, final)
             if not read.ok:
                 return False
             if read.restarted and att.last_log_growth_at is not None:
                 self._event(s, job, att, "log_restarted", now, detail="log truncated or replaced; reading it from its start")
             if read.offset != att.log_offset or read.restarted:
                 att.last_log_growth_at = now
-            att.log_offset, att.log_inode = read.offset, read.inode
+            att.log_offset, att.log_inode, att.log_head = read.offset, read.inode, read.head
             self._match_lines(s, job, att, read.lines, now)
             if read.eof or not final:
                 return True  # an ended job is read to its end before it is decided
@@ -2632,7 +2757,7 @@ class Controller(object):
             self.store.save(s, now)
             if intents:
                 crash_point("after_intent_write")
-            self.store.sync_outputs(s)
+        self.store.save_and_sync(s, now, changed=False)
         for path in todo.requests_done:  # the cancels they asked for are on disk now
             try:
                 os.unlink(path)
@@ -2650,8 +2775,7 @@ class Controller(object):
             self.submit_now(s, todo.submit)
 
     def _save(self, s, now):
-        self.store.save(s, now)
-        self.store.sync_outputs(s)
+        self.store.save_and_sync(s, now)
 
     def _cancel(self, s, job, att):
         """scancel; the result is saved with the next state write (a result lost to a crash
@@ -2722,7 +2846,13 @@ class Controller(object):
             else:
                 job.submit_failures += 1
                 att.submit_error = res.message
-                if job.submit_failures > mon.submit_retries:
+                if res.outcome == "throttled":
+                    # a queue limit: the sweep waits its turn, whatever submit_retries says
+                    delay = min(mon.submit_backoff_seconds * (2 ** (job.submit_failures - 1)), 600.0)
+                    job.next_submit_at = now + delay
+                    self._event(s, job, att, "submit_error", now, detail="%s; over a queue limit, retrying in %ds"
+                                % (res.message, delay))
+                elif job.submit_failures > mon.submit_retries:
                     # the intent stays: if one of these did queue the job, a later cycle
                     # finds it by tag and follows it
                     job.status = STOPPED
@@ -2770,6 +2900,16 @@ class Controller(object):
 def fingerprint(s):
     """The session's content, cheaply serialized: a cycle that changed nothing writes nothing."""
     return json.dumps(s.to_dict(), separators=(",", ":"))
+
+
+def newer_than_history(job, rows):
+    """The rows that can be the result of the job's latest submission: newer than every id
+    in its history (SLURM hands out ids in increasing order), and not a copy already seen
+    beside an earlier attempt (one started by hand, say)."""
+    known = [job_id_sort_key(a.job_id) for a in job.attempts if a.job_id]
+    floor = max(known) if known else None
+    return [r for r in rows if (floor is None or job_id_sort_key(r.job_id) > floor)
+            and r.job_id not in job.seen_copies]
 
 
 def settling(s, now):
@@ -2828,7 +2968,7 @@ def open_plan(args, ref):
     """A plan given by id (in the state folder) or by the path of its manifest."""
     if is_path(ref):
         plan = load_manifest(ref)
-        return (StateStore(_explicit_state_dir(args)) if _explicit_state_dir(args) else StateStore(plan.state_dir)), plan
+        return StateStore(plan.state_dir), plan  # its session lives beside its plan, always
     store = store_for(args)
     check_safe_name(ref, "plan id")
     path = store.plan_manifest(ref)
@@ -2864,8 +3004,16 @@ class SessionSet(object):
             if wanted(s):
                 yield path
 
-    def open(self, path, command, lock=True, quiet_skip=False):
-        s = self.store.load(path)
+    def open(self, path, command, lock=True, quiet_skip=False, report=None):
+        """quiet_skip (a sweep): a locked session is skipped, a broken one said and skipped."""
+        try:
+            s = self.store.load(path)
+        except StateError as e:
+            if not quiet_skip:
+                raise
+            self.broken.append(path)
+            Reporter._write(report.err if report else sys.stderr, "Error: %s" % e)
+            return None
         if lock:
             try:
                 self.locks.append(self.store.lock(s.session_id, command))
@@ -2875,7 +3023,7 @@ class SessionSet(object):
                 self.skipped.append((s.session_id, str(e)))
                 return None
             s = self.store.load(path)  # re-read: the previous holder may have written since
-            self.store.sync_outputs(s)
+            self.store.save_and_sync(s, time.time(), changed=False)
         self.sessions.append(s)
         return s
 
@@ -2925,7 +3073,7 @@ def do_plan(args):
     now = time.time()
     if args.plan_id:
         plan_id = check_safe_name(args.plan_id, "plan id")
-        if os.path.exists(store.plan_manifest(plan_id)):
+        if os.path.exists(store.plan_manifest(plan_id)) or os.path.exists(store.session_path(plan_id)):
             raise ConfigError("plan %r already exists in %s; choose another --plan-id" % (plan_id, store.root))
     else:
         base = default_plan_id(config["project"], now)
@@ -2988,7 +3136,7 @@ def do_submit(args, report, store, plan, keep_lock=None):
             s.plan = plan
         else:
             s = store.load(path)
-            store.sync_outputs(s)
+            store.save_and_sync(s, now, changed=False)
             tracked = [n for n in names if s.job(n) is not None]
             if tracked and _flatten(args.only):
                 raise ConfigError("already submitted in session %s: %s; `autoexp monitor --session %s` "
@@ -3060,7 +3208,7 @@ def cmd_monitor(args, report):
         else:
             for path in sessions.candidates(report, lambda s: s.active() or args.include_completed
                                             or args.monitor_all):
-                sessions.open(path, "monitor --all", quiet_skip=True)
+                sessions.open(path, "monitor --all", quiet_skip=True, report=report)
             for sid, why in sessions.skipped:
                 report.warn("skipping session %s: %s" % (sid, why))
             if not sessions.sessions:
@@ -3096,9 +3244,10 @@ def resolve_or_recreate(store, args, command):
 def monitor_sessions(args, report, sessions):
     now = time.time()
     controller = Controller(sessions.store, make_slurm(sessions.sessions), report)
+    overrides = getattr(args, "monitor_override", None)  # `run`'s -o went into its plan
     for s in sessions.sessions:
-        if args.override:
-            s.apply_monitor_overrides(args.override)
+        if overrides:
+            s.apply_monitor_overrides(overrides)
             sessions.store.save(s, now)
         if getattr(args, "monitor_all", False):
             register_untracked(controller, s, now)
@@ -3121,7 +3270,7 @@ def cmd_reconcile(args, report):
         else:
             paths = list(sessions.candidates(report, lambda s: s.active() or args.monitor_all))
         for path in paths:
-            sessions.open(path, "reconcile", lock=not args.dry_run, quiet_skip=True)
+            sessions.open(path, "reconcile", lock=not args.dry_run, quiet_skip=not args.session, report=report)
         for sid, why in sessions.skipped:
             # asked about this session: say who holds it; sweeping them all from cron: exit
             # 75 says it, quietly (cron mails every line printed)
@@ -3141,7 +3290,7 @@ def cmd_reconcile(args, report):
             report.detail("no changes")
         if sessions.broken:
             return EXIT_USAGE
-        if not ok:
+        if not ok or controller.sacct_failed:
             return EXIT_FAILURE
         return EXIT_LOCKED if sessions.skipped else EXIT_OK
     finally:
@@ -3154,7 +3303,7 @@ def _status_doc(s):
         att = job.current
         jobs.append(OrderedDict([
             ("name", job.name), ("status", job.status), ("attempts", len(job.attempts)),
-            ("job_id", att.job_id if att else None), ("live", bool(att and att.live)),
+            ("job_id", job.job_id), ("last_job_id", att.job_id if att else None), ("live", bool(att and att.live)),
             ("slurm_state", att.last_slurm_state if att else None),
             ("monitor_state", job.last_monitor_state), ("last_event", job.last_event),
             ("log_path", att.resolved_log_path if att else None), ("reason", job.reason)]))
@@ -3192,7 +3341,7 @@ def cmd_status(args, report):
             report.result("")
         report.result("session %s (project %s), updated %s: %s" % (
             s.session_id, s.project, short_time(s.updated_at), count_summary(s)))
-        rows = [(j["name"], j["status"], j["attempts"], j["job_id"] or "-", j["slurm_state"] or "-",
+        rows = [(j["name"], j["status"], j["attempts"], j["last_job_id"] or "-", j["slurm_state"] or "-",
                  j["monitor_state"] or "-", j["last_event"] or "-", j["log_path"] or "-") for j in doc["jobs"]]
         for line in _table(rows, ("JOB", "STATUS", "ATT", "SLURM_ID", "SLURM_STATE", "MONITOR", "LAST_EVENT", "LOG")):
             report.result(line)
@@ -3207,13 +3356,14 @@ def _history_doc(s, name):
         live_id = job.job_id
         attempts = []
         for att in job.attempts:
+            live = att is job.current and att.live
             attempts.append(OrderedDict([
                 ("attempt", att.attempt), ("job_id", att.job_id), ("array_task", att.array_task),
                 ("origin", att.origin), ("submitted_at", iso_time(att.submitted_at)),
                 ("ended_at", iso_time(att.ended_at)), ("log_path", att.resolved_log_path),
                 ("slurm_state", att.last_slurm_state), ("exit_code", att.exit_code),
                 ("outcome", att.outcome), ("reason", att.reason or att.submit_error),
-                ("live", bool(live_id and att.job_id == live_id))]))
+                ("live", live)]))
         jobs.append(OrderedDict([("name", job.name), ("status", job.status), ("job_id", live_id),
                                  ("attempts", attempts)]))
     if name and not jobs:
@@ -3260,13 +3410,18 @@ def cmd_cancel(args, report):
         return EXIT_OK
     try:
         s = store.load(path)
-        store.sync_outputs(s)
+        store.save_and_sync(s, time.time(), changed=False)
         controller = Controller(store, make_slurm([s]), report)
         todo = Todo()
         now = controller.clock()
+        done = [j.name for j in s.jobs if j.status == ACTIVE and (not args.names or j.name in args.names)]
         controller.cancel_jobs(s, args.names, now, todo)
         controller.commit(s, now, todo, True)
-        report.result("cancelled: %s" % (", ".join(args.names) if args.names else "every active job"))
+        left = [n for n in args.names if n not in done]
+        report.result("cancelled: %s" % (", ".join(done) or "nothing"))
+        if left:
+            report.info("not active, left as they are: %s" % ", ".join(
+                "%s (%s)" % (n, s.job(n).status) for n in left))
         return EXIT_OK
     finally:
         lock.release()
@@ -3315,8 +3470,9 @@ def build_parser():
         p.add_argument("--interval", type=positive_seconds, metavar="S",
                        help="seconds between cycles (default: the config's)")
         if overrides:
-            p.add_argument("-o", "--override", "--monitor-override", dest="override", action="append", default=[],
-                           metavar="KEY=VALUE", help="override a monitoring key, e.g. -o interval_seconds=10 (repeatable)")
+            p.add_argument("-o", "--override", "--monitor-override", dest="monitor_override", action="append",
+                           default=[], metavar="KEY=VALUE",
+                           help="override a monitoring key, e.g. -o interval_seconds=10 (repeatable)")
 
     p = add("plan", cmd_plan, "expand a config into SBATCH scripts and a manifest; prints the plan id")
     plan_options(p)

@@ -231,6 +231,15 @@ CASES = [
 def test_bad_input(base, tmp_path, name, setup, expected):
     proj = str(tmp_path / "proj")
     shutil.copytree(str(base / "proj"), proj)
+    # the copy is this case's own project: its files name their own folder, not the base's
+    for dirpath, _, files in os.walk(proj):
+        for f in files:
+            if f.endswith(".json"):
+                path = os.path.join(dirpath, f)
+                with open(path) as fh:
+                    text = fh.read()
+                with open(path, "w") as fh:
+                    fh.write(text.replace(str(base / "proj"), proj))
     write_config(os.path.join(proj, "c.json"), GOOD)
     argv = setup(proj)
     state = os.path.join(proj, "autoexp-state")

@@ -413,7 +413,7 @@ def test_action_payloads_are_written_once(tmp_path):
         assert key in payload
     # a second writer that reloads the session writes nothing again
     s = h.reload()
-    h.store.sync_outputs(s)
+    h.store.save_and_sync(s, h.clock(), changed=False)
     assert sorted(os.listdir(folder)) == files
     assert len(read_events(h.state_dir, "p1")) == s.event_seq
 

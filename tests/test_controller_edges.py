@@ -1,7 +1,9 @@
 """Sequences an independent review found to break a safety rule (each demonstrated on an
 earlier version), and real-SLURM timings: each now pinned to the right behaviour."""
 
+import json
 import os
+import shutil
 
 import pytest
 
@@ -199,7 +201,7 @@ def test_action_payloads_deleted_by_a_consumer_stay_deleted(tmp_path):
         os.unlink(os.path.join(folder, f))
     h.cycle()
     s = h.reload()
-    h.store.sync_outputs(s)
+    h.store.save_and_sync(s, h.clock(), changed=False)
     assert os.listdir(folder) == []
 
 
@@ -281,3 +283,162 @@ def test_a_replaced_attempt_keeps_its_last_slurm_state(tmp_path):
     first = h.job(A).attempts[0]
     assert first.outcome == "replaced" and first.last_slurm_state == "CANCELLED"
     assert h.job(A).current.job_id == new
+
+
+# --- found by a second review ---------------------------------------------------------
+
+def run_main(h, argv, monkeypatch, capsys):
+    """The CLI in-process, against the harness's scripted SLURM and state folder."""
+    monkeypatch.setattr(autoexp, "make_slurm", lambda sessions=(), timeout=None: h.slurm)
+    code = autoexp.main(["--state-dir", h.state_dir] + argv)
+    return code, capsys.readouterr()
+
+
+def test_payload_deleted_after_a_finalize_stays_deleted(tmp_path):
+    h = Harness(tmp_path, config(), names=[A])
+    h.slurm.set(h.live_id(A), "RUNNING")
+    h.cycle()
+    h.log(A, "TRAINING FINISHED\n")
+    h.slurm.set(h.live_id(A), "COMPLETED")
+    h.cycle()
+    h.cycle()
+    folder = os.path.join(h.state_dir, "actions", "p1")
+    (name,) = os.listdir(folder)
+    os.unlink(os.path.join(folder, name))   # a consumer took it
+    s = h.reload()
+    h.store.save_and_sync(s, h.clock(), changed=False)   # what the next lock holder does
+    assert os.listdir(folder) == []
+
+
+def test_an_intent_never_recovers_an_older_dead_copy(tmp_path):
+    h = Harness(tmp_path, config(), names=[A])
+    first = h.live_id(A)
+    h.slurm.set(first, "RUNNING")
+    h.cycle()
+    copy = h.slurm.add(A, "autoexp:p1:" + A, "PENDING")   # a copy started by hand
+    h.cycle()
+    h.slurm.set(copy, "CANCELLED")                        # ...removed by the user
+    h.cycle()
+    h.slurm.set(first, "TIMEOUT")
+    h.slurm.sbatch_mode = ["error"]   # the restart's sbatch fails; nothing queued
+    h.cycle()
+    h.cycle(advance=100)
+    h.cycle(advance=100)
+    job = h.job(A)
+    assert copy not in [a.job_id for a in job.attempts]
+    assert job.status == "active" and h.slurm.count("sbatch") == 3 and job.current.job_id
+
+
+def test_cancel_during_an_uncertain_submission_then_cron_cancels_the_straggler(tmp_path, monkeypatch, capsys):
+    h = Harness(tmp_path, config(), names=[A])
+    h.slurm.set(h.live_id(A), "TIMEOUT")
+    h.slurm.sbatch_mode = ["queued_error"]
+    h.cycle()
+    assert h.job(A).current.job_id is None and len(live(h)) == 1
+    code, _ = run_main(h, ["cancel", "--session", "p1", A], monkeypatch, capsys)
+    assert code == 0
+    for _ in range(2):
+        h.clock.now += 300
+        code, _ = run_main(h, ["reconcile"], monkeypatch, capsys)
+        assert code == 0
+    assert live(h) == [] and h.slurm.count("scancel") == 1
+    assert not h.reload().active()
+
+
+def test_retries_used_up_yet_queued_is_followed(tmp_path, monkeypatch, capsys):
+    h = Harness(tmp_path, config(submit_retries=1, submit_backoff_seconds=10), names=[A])
+    h.slurm.set(h.live_id(A), "TIMEOUT")
+    h.slurm.sbatch_mode = ["error", "queued_error"]
+    h.cycle(advance=20)   # the error: retried after the backoff
+    h.cycle(advance=20)   # queued, yet reported failed: retries used up, the job stopped...
+    assert h.job(A).status == "stopped" and h.session.active()  # ...but its last try is in doubt
+    h.cycle(advance=20)   # found by its tag: followed
+    job = h.job(A)
+    assert job.status == "active" and job.current.origin == "recovered" and job.current.job_id in live(h)
+    assert h.slurm.count("sbatch") == 3
+
+
+def test_retries_used_up_and_nothing_queued_ends(tmp_path):
+    h = Harness(tmp_path, config(submit_retries=1, submit_backoff_seconds=10), names=[A])
+    h.slurm.set(h.live_id(A), "TIMEOUT")
+    h.slurm.sbatch_mode = ["error", "error"]
+    assert h.ctl.run([h.session]) == autoexp.EXIT_OK
+    job = h.job(A)
+    assert job.status == "stopped" and job.current.submit_state == "abandoned" and not h.session.active()
+
+
+def test_a_shared_log_truncated_and_outgrown_is_read_from_its_start(tmp_path):
+    cfg = config()
+    cfg["job"]["log"] = "logs/{name}.log"
+    cfg["monitoring"]["log_events"] = [{"name": "cuda_oom", "pattern": "CUDA out of memory", "mode": "oom"}]
+    cfg["restart"]["oom"] = {"action": "stop"}
+    h = Harness(tmp_path, cfg, names=[A])
+    h.slurm.set(h.live_id(A), "RUNNING")
+    h.cycle()
+    path = h.log(A, "step\n" * 20)
+    h.slurm.set(h.live_id(A), "TIMEOUT")
+    h.cycle()
+    h.cycle()
+    assert len(h.job(A).attempts) == 2
+    h.slurm.set(h.live_id(A), "RUNNING")
+    with open(path, "w") as f:   # SLURM opens --output with O_TRUNC: same inode, new beginning
+        f.write("CUDA out of memory\n" + "retrying on cpu....\n" * 10)
+    h.cycle()
+    assert h.job(A).current.log_matches == ["cuda_oom"] and h.job(A).status == "stopped"
+
+
+def test_a_sacct_outage_is_said_and_exits_1(tmp_path, monkeypatch, capsys):
+    h = Harness(tmp_path, config(), names=[A])
+    h.slurm.set(h.live_id(A), "FAILED", "1:0")
+    h.slurm.fail["sacct"] = 1000
+    h.clock.now += 300
+    code, out = run_main(h, ["reconcile"], monkeypatch, capsys)
+    assert code == 1 and "sacct did not answer" in out.err
+    assert h.job(A).current.outcome is None
+
+
+def test_a_copy_of_a_session_file_is_refused(tmp_path, monkeypatch, capsys):
+    h = Harness(tmp_path, config(), names=[A])
+    h.slurm.set(h.live_id(A), "RUNNING")
+    h.cycle()
+    shutil.copy(h.session.path, os.path.join(h.state_dir, "p1-backup.json"))
+    h.slurm.set(h.live_id(A), "TIMEOUT")
+    h.clock.now += 60
+    code, out = run_main(h, ["reconcile"], monkeypatch, capsys)
+    assert code == 2 and "p1-backup.json" in out.err and "copy" in out.err
+    seqs = [e["seq"] for e in read_events(h.state_dir, "p1")]
+    assert len(seqs) == len(set(seqs)) and h.slurm.count("sbatch") == 2
+    other = str(tmp_path / "elsewhere")
+    os.mkdir(other)
+    shutil.copy(h.session.path, os.path.join(other, "p1.json"))
+    code, out = run_main(h, ["monitor", "--session", os.path.join(other, "p1.json"), "--once"], monkeypatch, capsys)
+    assert code == 2 and "is a copy" in out.err
+
+
+def test_a_session_without_its_manifest_does_not_stop_the_others(tmp_path, monkeypatch, capsys):
+    h = Harness(tmp_path, config(), names=[A])
+    other = json.load(open(h.session.path))
+    other["session_id"] = "a0"
+    other["manifest_path"] = os.path.join(h.state_dir, "plans", "a0", "manifest.json")
+    json.dump(other, open(os.path.join(h.state_dir, "a0.json"), "w"))
+    h.slurm.set(h.live_id(A), "TIMEOUT")
+    h.clock.now += 60
+    code, out = run_main(h, ["reconcile"], monkeypatch, capsys)
+    assert code == 2 and "a0" in out.err
+    assert h.reload().job(A).attempts[0].outcome == "timeout"
+
+
+def test_a_cancel_of_an_earlier_attempt_is_seen_through(tmp_path):
+    h = Harness(tmp_path, config(), names=[A])
+    first = h.live_id(A)
+    h.slurm.set(first, "RUNNING")
+    h.cycle()
+    copy = h.slurm.add(A, "autoexp:p1:" + A, "RUNNING")
+    h.cycle()
+    h.slurm.fail["scancel"] = 3
+    todo = autoexp.Todo()
+    h.ctl.cancel_jobs(h.session, [A], h.clock(), todo)
+    h.ctl.commit(h.session, h.clock(), todo, True)
+    assert h.ctl.run([h.session]) == autoexp.EXIT_OK
+    assert live(h) == [] and not any(a.live for a in h.job(A).attempts)
+    assert h.slurm.jobs[copy]["state"] == "CANCELLED"

@@ -352,11 +352,12 @@ def test_slurmdbd_outage_finalizes_nothing_wrongly_then_reconciles(proj):
     wait_for(lambda: not set(ids) & set(r["JobID"] for r in proj.slurm.squeue()), 60,
              "the jobs to end and leave squeue (only sacct, which is down, knows them now)")
     problems = []
-    # the session without a monitor: one pass now changes nothing (its jobs are UNKNOWN)
+    # the session without a monitor: one pass changes nothing (its jobs are UNKNOWN) and says
+    # that sacct could not be asked: exit 1 (SPEC 1, 8)
     res = proj.cli("reconcile", "--session", cron)
-    if res.returncode != 0 or res.stdout:
-        problems.append("reconcile during the slurmdbd outage: exit %d, printed %r (stderr %r); expected exit 0 "
-                        "and no change" % (res.returncode, res.stdout, res.stderr))
+    if res.returncode != 1 or res.stdout or "sacct did not answer" not in res.stderr:
+        problems.append("reconcile during the slurmdbd outage: exit %d, printed %r (stderr %r); expected exit 1, "
+                        "'sacct did not answer' and no change" % (res.returncode, res.stdout, res.stderr))
     for job in proj.state(cron)["jobs"]:
         (a,) = job["attempts"]
         if a["outcome"] is not None or a["missing_since"] or a["last_monitor_state"] != "unknown":

@@ -338,6 +338,7 @@ def test_external_resubmission_is_adopted_not_restarted(tmp_path):
     job = h.job(A)
     assert [a.job_id for a in job.attempts] == [old, new]
     assert job.attempts[0].outcome == "replaced" and job.current.origin == "external"
+    assert job.attempts[0].last_slurm_state == "CANCELLED"   # kept for history
     assert h.slurm.count("sbatch") == 1 and job.status == "active"
 
 

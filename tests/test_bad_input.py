@@ -125,6 +125,21 @@ def no_sbatch(p):
     return ["submit", "s2"]
 
 
+ASCII_LOCALE = {"LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+
+
+def ascii_locale(config_dir=".", state_dir=None):
+    """A non-ASCII path under the ASCII locale cron gives Python 3.6 (LANG unset)."""
+    def setup(p):
+        folder = os.path.join(p, config_dir)
+        if not os.path.isdir(folder):
+            os.makedirs(folder)
+        write_config(os.path.join(folder, "c.json"), GOOD)
+        argv = ["--state-dir", state_dir] if state_dir else []
+        return argv + ["plan", os.path.join(config_dir, "c.json")], ASCII_LOCALE
+    return setup
+
+
 def future(doc):
     doc["schema_version"] = 99
 
@@ -223,7 +238,12 @@ CASES = [
      ["monitoring.interval_seconds", "greater than 0"]),
     ("both --session and --all", args("monitor", "--session", "s1", "--all"), ["--session", "--all"]),
     ("sbatch not on PATH", no_sbatch, ["'sbatch' was not found"]),
-    ("unknown command", args("frobnicate"), ["invalid choice"]),
+    ("unknown command", args("frobnicate"), ["invalid choice", "autoexp --help"]),
+    ("not a number of seconds", args("monitor", "--session", "s1", "--interval", "abc"),
+     ["--interval", "'abc'", "autoexp monitor --help"]),
+    ("missing argument", args("history"), ["--session", "autoexp history --help"]),
+    ("non-ASCII config path, ASCII locale", ascii_locale(config_dir="caf\u00e9"), ["ASCII locale", "LANG=C.UTF-8"]),
+    ("non-ASCII state dir, ASCII locale", ascii_locale(state_dir="\u00e9tat"), ["ASCII locale", "LANG=C.UTF-8"]),
 ]
 
 
@@ -241,21 +261,24 @@ def test_bad_input(base, tmp_path, name, setup, expected):
                 with open(path, "w") as fh:
                     fh.write(text.replace(str(base / "proj"), proj))
     write_config(os.path.join(proj, "c.json"), GOOD)
-    argv = setup(proj)
+    argv, extra_env = setup(proj), {}
+    if isinstance(argv, tuple):
+        argv, extra_env = argv
     state = os.path.join(proj, "autoexp-state")
     before = snapshot(state)
     env = dict(os.environ, PATH="/nonexistent", FAKE_SLURM_DIR=str(tmp_path / "nofake"))
     env.pop("AUTOEXP_STATE_DIR", None)
+    env.update(extra_env)
     res = run_cli(argv, env, proj, timeout=30)
     err = res.stderr
     assert res.returncode == 2, (res.returncode, res.stdout, err)
     assert "Traceback" not in err
     lines = [l for l in err.splitlines() if l.strip()]
-    if name != "unknown command":  # argparse's own usage message
-        assert len(lines) == 1 and lines[0].startswith("Error: "), err
+    assert len(lines) == 1 and lines[0].startswith("Error: "), err
     for text in expected:
         assert text in err, (text, err)
     assert snapshot(state) == before, "a state file changed"
+    assert not os.path.exists(os.path.join(proj, "\u00e9tat", "plans")), "a half-written plan was left"
 
 
 def test_there_are_at_least_30_cases():

@@ -404,6 +404,12 @@ def test_a_copy_of_a_session_file_is_refused(tmp_path, monkeypatch, capsys):
     shutil.copy(h.session.path, os.path.join(other, "p1.json"))
     code, out = run_main(h, ["monitor", "--session", os.path.join(other, "p1.json"), "--once"], monkeypatch, capsys)
     assert code == 2 and "is a copy" in out.err
+    # readers change nothing: an archived copy can be shown, a misnamed one never
+    code, out = run_main(h, ["status", "--session", os.path.join(other, "p1.json")], monkeypatch, capsys)
+    assert code == 0 and A in out.out
+    code, out = run_main(h, ["history", "--session", os.path.join(h.state_dir, "p1-backup.json")],
+                         monkeypatch, capsys)
+    assert code == 2 and "p1-backup.json" in out.err
 
 
 def test_a_session_without_its_manifest_does_not_stop_the_others(tmp_path, monkeypatch, capsys):

@@ -236,6 +236,29 @@ def test_render_template():
         autoexp.render_template("for i in {1..3", values, "w")
 
 
+def _array_plan(**job):
+    raw = {"project": "p", "sweep": {"seed": [1, 2, 3]},
+           "job": dict({"name": "{project}-{seed}", "command": "train {seed}", "log": "logs/{name}-%j.log"}, **job)}
+    config = autoexp.resolve_config(raw, "c.json", [])
+    return autoexp.build_plan(config, "c.json", "p1", "/st", "/w", 0)
+
+
+def test_the_array_script_carries_its_throttle_and_a_chosen_log():
+    manifest, scripts = _array_plan(array_max_running=2, array_log="alogs/{plan_id}-%A_%a.log")
+    text = scripts[manifest["array"]["script_path"]]
+    assert "#SBATCH --array=0,1,2%2\n" in text   # the throttle also holds for a hand `sbatch`
+    assert "#SBATCH --output=/w/alogs/p1-%A_%a.log\n" in text
+    assert manifest["array_error"] is None
+
+
+def test_an_array_log_the_user_wrote_wrong_is_a_plan_error():
+    with pytest.raises(autoexp.ConfigError, match=r"c.json: job.array_log.*\{seed\}"):
+        _array_plan(array_log="alogs/{seed}-%A_%a.log")
+    # a default that cannot be rendered only leaves the plan without an array
+    manifest, _ = _array_plan(log="logs/{seed}/{name}-%j.log")
+    assert manifest["array"] is None and "job.array_log" in manifest["array_error"]
+
+
 def _slurm_get_argument(line):
     """A model of sbatch's own directive-argument scanner (src/sbatch/opt.c _get_argument):
     whitespace separates, quotes group, a backslash escapes, an unquoted # ends the line."""
@@ -439,6 +462,18 @@ def test_backoff_is_capped():
     assert d.delay == 200
     pol = dict(POL, node_fail=POL["node_fail"]._replace(max_attempts=10))
     assert autoexp.decide("node_fail", pol, ended(*["node_fail"] * 5)).delay == 250
+
+
+def test_a_policy_without_action_refines_the_default():
+    events = {"log_events": [{"name": "nccl", "pattern": "NCCL", "mode": "nccl"}]}
+    pol = autoexp.validate_restart({
+        "timeout": {"max_attempts": 5}, "node_fail": {"backoff_seconds": 30},
+        "nccl": {"max_attempts": 4}, "crash": {"action": "restart"},
+    }, events, autoexp._Checker("t"))
+    assert pol["timeout"] == {"action": "restart", "max_attempts": 5}
+    assert pol["node_fail"] == {"action": "restart", "max_attempts": 3, "backoff_seconds": 30}
+    assert pol["nccl"] == {"action": "stop", "max_attempts": 4}       # a log_events mode's default
+    assert pol["crash"] == {"action": "restart", "max_attempts": 3}   # replaced, with the default budget
 
 
 E = autoexp.Ended

@@ -59,8 +59,9 @@ def test_sacct_down_leaves_missing_jobs_unknown(project, fake):
     fake.wait(timeout=10)
     time.sleep(1.5)  # purged from squeue: only sacct can tell what happened
     fake.configure(dbd_down=True)
-    for _ in range(3):
-        project.ok("monitor", "--session", "dbd", "--once")
+    for _ in range(3):  # a pass that could not ask sacct fails, as reconcile's does
+        res = project.cli("monitor", "--session", "dbd", "--once")
+        assert res.returncode == 1 and "sacct did not answer" in res.stderr, res.stderr
     job = project.state("dbd")["jobs"][0]
     assert job["status"] == "active" and job["attempts"][0]["outcome"] is None
     assert job["attempts"][0]["missing_since"] is None and job["attempts"][0]["last_monitor_state"] == "unknown"

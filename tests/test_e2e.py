@@ -185,14 +185,19 @@ def _has_pyenv():
         return False
 
 
+@pytest.fixture(scope="module")
+def pyz(tmp_path_factory):
+    """The zipapp of the tree under test (a stale ./autoexp.pyz must not stand in for it)."""
+    path = str(tmp_path_factory.mktemp("pyz") / "autoexp.pyz")
+    subprocess.check_call(["bash", os.path.join(ROOT, "build_pyz.sh"), path], stdout=subprocess.DEVNULL)
+    return path
+
+
 @pytest.mark.parametrize("python", pythons())
-def test_pyz_runs_the_sweep_on_every_python(tmp_path, fake, python):
+def test_pyz_runs_the_sweep_on_every_python(tmp_path, fake, python, pyz):
     if python is None:
         pytest.skip("this CPython is not installed under pyenv here")
     from conftest import Project
-    pyz = os.path.join(ROOT, "autoexp.pyz")
-    if not os.path.exists(pyz):
-        subprocess.check_call(["bash", os.path.join(ROOT, "build_pyz.sh"), pyz])
     os.makedirs(str(tmp_path / "proj"))
     p = Project(tmp_path / "proj", fake, python=python, pyz=pyz)
     assert p.ok("--version").stdout.strip().startswith("autoexp ")

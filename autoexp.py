@@ -1887,7 +1887,8 @@ class Session(object):
         if detail:
             rec["detail"] = detail
         self.outbox.append(rec)
-        job.last_event = event
+        if event != "state":  # status shows the SLURM state beside it; keep what autoexp saw or did
+            job.last_event = event
         job.last_updated = now
         return rec
 

@@ -487,3 +487,16 @@ def test_temporary_files_of_a_killed_writer_are_removed_by_the_next(tmp_path):
         assert not any(os.path.exists(p) for p in stray)
     finally:
         lock.release()
+
+
+def test_last_event_is_what_autoexp_saw_or_did_not_a_state_change(tmp_path):
+    h = Harness(tmp_path, config(), names=[A])
+    h.slurm.set(h.live_id(A), "RUNNING")
+    h.cycle()
+    h.log(A, "TRAINING FINISHED\n")
+    h.cycle()                                   # finalized from the log while still RUNNING
+    h.slurm.set(h.live_id(A), "COMPLETED")
+    h.cycle()
+    job = h.job(A)
+    assert job.last_slurm_state == "COMPLETED" and job.last_event == "finalized"
+    assert [e["event"] for e in read_events(h.state_dir, "p1")][-1] == "state"   # still journalled

@@ -2197,6 +2197,12 @@ class Todo(object):
     def __init__(self):
         self.submit, self.cancel, self.requests_done = [], [], []
 
+    def add_cancel(self, job, att):
+        # One attempt can be asked for twice in a cycle (a user's cancel request taken,
+        # then the same attempt's unanswered cancel seen): scancel it once.
+        if not any(a is att for _, a in self.cancel):
+            self.cancel.append((job, att))
+
 
 ACCOUNTING_GRACE = 30.0  # how long a job squeue shows ended waits for sacct's record of it
 
@@ -2555,7 +2561,7 @@ class Controller(object):
             result = att.cancel_result
             if (result is None or not result["ok"]
                     or now - parse_iso(result["time"]) >= max(60.0, 2 * mon.interval_seconds)):
-                todo.cancel.append((job, att))
+                todo.add_cancel(job, att)
 
     def _note(self, s, job, att, obs, now):
         """Record what SLURM said about the attempt: ids, times, state changes, requeues."""
@@ -2685,7 +2691,7 @@ class Controller(object):
     def _request_cancel(self, s, job, att, now, todo, why):
         att.cancel_requested_at = now
         self._event(s, job, att, "cancel_requested", now, detail=why)
-        todo.cancel.append((job, att))
+        todo.add_cancel(job, att)
 
     def _adopt(self, s, job, row, origin, now, att=None):
         """Take a SLURM job found by tag as this job's attempt (a new one unless att is given)."""

@@ -439,3 +439,17 @@ def test_a_cancel_of_an_earlier_attempt_is_seen_through(tmp_path):
     assert h.ctl.run([h.session]) == autoexp.EXIT_OK
     assert live(h) == [] and not any(a.live for a in h.job(A).attempts)
     assert h.slurm.jobs[copy]["state"] == "CANCELLED"
+
+
+def test_a_queued_cancel_request_sends_one_scancel(tmp_path):
+    h = Harness(tmp_path, config(), names=[A])
+    jid = h.live_id(A)
+    h.slurm.set(jid, "RUNNING")
+    h.cycle()
+    folder = h.store.requests_dir("p1")     # what `autoexp cancel` leaves while a monitor runs
+    autoexp.make_private_dir(folder)
+    autoexp.atomic_write(os.path.join(folder, "1-1.json"), autoexp.dump_json({"action": "cancel", "jobs": [A]}))
+    h.cycle()
+    assert h.slurm.count("scancel") == 1 and h.job(A).status == "cancelled"
+    assert [e["event"] for e in read_events(h.state_dir, "p1")].count("scancel") == 1
+    assert os.listdir(folder) == []

@@ -3064,7 +3064,10 @@ def install_stop_handlers(controller):
 
 def resume_hint(sessions, store, all_sessions=False):
     which = "--all" if all_sessions else "--session %s" % sessions[0].session_id
-    return "resume with: python3 autoexp.pyz monitor %s --state-dir %s" % (which, shlex.quote(store.root))
+    # the file the user ran, by its absolute path, so the hint works from any folder
+    prog = sys.argv[0] if sys.argv and sys.argv[0].endswith((".py", ".pyz")) else "autoexp.pyz"
+    return "resume with: python3 %s monitor %s --state-dir %s" % (
+        shlex.quote(os.path.abspath(prog)), which, shlex.quote(store.root))
 
 
 def register_untracked(controller, s, now):

@@ -190,7 +190,8 @@ def test_stop_the_monitor_mid_sweep_and_resume(project, fake, sig):
     out, err = proc.communicate(timeout=20)
     if sig == signal.SIGINT:
         assert proc.returncode == 130
-        assert b"resume with: python3 autoexp.pyz monitor --session stop" in out
+        hint = "resume with: python3 %s monitor --session stop" % os.path.join(ROOT, "autoexp.py")
+        assert hint.encode() in out, out
     else:
         assert proc.returncode == -signal.SIGKILL
     project.ok("monitor", "--session", "stop")

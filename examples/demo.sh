@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The demo: a 4-job sweep on the fake SLURM (no cluster needed), taken from its config to
 # finished runs. Two of the jobs hit their time limit, are restarted and resume from their
-# checkpoint; all four finish. Takes about 20 seconds.
+# checkpoint; all four finish. Takes about 10 seconds.
 #   bash examples/demo.sh
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)

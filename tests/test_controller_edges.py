@@ -453,3 +453,21 @@ def test_a_queued_cancel_request_sends_one_scancel(tmp_path):
     assert h.slurm.count("scancel") == 1 and h.job(A).status == "cancelled"
     assert [e["event"] for e in read_events(h.state_dir, "p1")].count("scancel") == 1
     assert os.listdir(folder) == []
+
+
+def test_a_slurm_state_autoexp_does_not_know_is_unknown(tmp_path):
+    h = Harness(tmp_path, config(), names=[A])
+    jid = h.live_id(A)
+    h.slurm.set(jid, "RUNNING")
+    h.cycle()
+    h.slurm.set(jid, "FROBNICATED")      # a state word a newer SLURM might print
+    for _ in range(3):
+        h.cycle(advance=600)
+    att = h.job(A).current
+    assert h.job(A).status == "active" and att.outcome is None and att.live
+    assert att.last_monitor_state == "unknown"
+    assert h.slurm.count("sbatch") == 1 and h.slurm.count("scancel") == 0
+    h.slurm.set(jid, "COMPLETED")
+    h.log(A, "TRAINING FINISHED\n")
+    h.cycle()
+    assert h.job(A).status == "finalized"

@@ -2376,12 +2376,18 @@ class Controller(object):
 
     @staticmethod
     def _revived(job, snap):
-        """Earlier attempts autoexp saw end that SLURM runs again (a finished job requeued
-        by hand, a job that reappeared after it was called lost)."""
-        current = job.current
-        return [snap.by_id[a.job_id] for a in job.attempts
-                if a is not current and a.job_id and not a.live and a.job_id in snap.by_id
-                and snap.by_id[a.job_id].state in ACTIVE_STATES]
+        """Attempts autoexp saw end that SLURM runs again (a finished job requeued by hand
+        or by SLURM, a job that reappeared after it was called lost), the latest one too:
+        during its restart backoff it must be followed, not submitted again. An id that a
+        live attempt already follows is no copy."""
+        followed = set(a.job_id for a in job.attempts if a.live)
+        rows = []
+        for a in job.attempts:
+            row = snap.by_id.get(a.job_id) if a.job_id else None
+            if (row is not None and not a.live and a.job_id not in followed
+                    and row.state in ACTIVE_STATES and row not in rows):
+                rows.append(row)
+        return rows
 
     @staticmethod
     def _since(s, job):

@@ -471,3 +471,28 @@ def test_a_slurm_state_autoexp_does_not_know_is_unknown(tmp_path):
     h.log(A, "TRAINING FINISHED\n")
     h.cycle()
     assert h.job(A).status == "finalized"
+
+
+def test_an_attempt_requeued_during_its_restart_backoff_is_followed_not_doubled(tmp_path):
+    cfg = config()
+    cfg["restart"]["timeout"] = {"action": "restart", "max_attempts": 5, "backoff_seconds": 120}
+    h = Harness(tmp_path, cfg, names=[A])
+    jid = h.live_id(A)
+    h.slurm.set(jid, "RUNNING")
+    h.cycle()
+    h.slurm.set(jid, "TIMEOUT")
+    h.cycle()
+    assert h.job(A).next_submit_at is not None          # the restart waits for its backoff
+    h.slurm.set(jid, "RUNNING")                          # scontrol requeue: the same id runs again
+    h.cycle(advance=60)
+    h.cycle(advance=120)                                 # past the backoff
+    job = h.job(A)
+    assert h.slurm.count("sbatch") == 1, "a second copy was submitted"
+    assert [a.job_id for a in job.attempts] == [jid, jid] and job.current.live
+    assert [a.outcome for a in job.attempts] == ["timeout", None]
+    assert not [l for l in h.out if "also carries its tag" in l]
+    h.log(A, "TRAINING FINISHED\n", job_id=jid)
+    h.slurm.set(jid, "COMPLETED")
+    h.cycle()
+    h.cycle()
+    assert h.job(A).status == "finalized" and h.slurm.count("sbatch") == 1

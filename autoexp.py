@@ -2535,7 +2535,7 @@ class Controller(object):
         if any(a.job_id == row.job_id and a.cancel_requested_at for a in job.attempts):
             return
         att = Attempt(attempt=len(job.attempts) + 1, job_id=row.job_id, origin="external",
-                      submit_state="submitted", intent_at=now, submitted_at=now, live=True,
+                      submit_state="submitted", intent_at=self._since(s, job), submitted_at=now, live=True,
                       array_task=split_job_id(row.job_id)[1])
         job.attempts.append(att)
         self._finish(s, job, att, now, "cancelled", "SLURM job %s carries the tag of a job cancelled with "
@@ -2702,7 +2702,9 @@ class Controller(object):
     def _adopt(self, s, job, row, origin, now, att=None):
         """Take a SLURM job found by tag as this job's attempt (a new one unless att is given)."""
         if att is None:
-            att = Attempt(attempt=len(job.attempts) + 1, intent_at=now)
+            # not ours to date: it can be as old as the attempt before it (or the plan), and
+            # sacct's -S window starts from here
+            att = Attempt(attempt=len(job.attempts) + 1, intent_at=self._since(s, job))
             job.attempts.append(att)
         att.job_id = row.job_id
         att.raw_id = row.raw_id if row.state != "PENDING" else None

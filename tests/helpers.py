@@ -162,7 +162,8 @@ class ScriptedSlurm(object):
         return job_id
 
     def set(self, job_id, state, exit_code="0:0"):
-        self.jobs[job_id].update(state=state, exit_code=exit_code)
+        ended = state not in autoexp.ACTIVE_STATES
+        self.jobs[job_id].update(state=state, exit_code=exit_code, end=self.clock() if ended else None)
 
     def purge(self, job_id):
         self.jobs[job_id]["in_squeue"] = False
@@ -198,17 +199,23 @@ class ScriptedSlurm(object):
     def _acct_row(self, j, d):
         done = d["state"] not in autoexp.ACTIVE_STATES
         return autoexp.AcctRow(j, d["raw_id"], d["name"], d["state"], d["exit_code"], d["start"],
-                               self.clock() if done else None, d["comment"] if done else "")
+                               (d.get("end") or self.clock()) if done else None, d["comment"] if done else "")
+
+    @staticmethod
+    def _in_window(d, since):
+        # sacct -S: a job that ended before the window's start is not listed
+        return d["in_sacct"] and not (d.get("end") is not None and d["end"] < since)
 
     def sacct(self, ids, since):
         if self._failing("sacct"):
             raise autoexp.SlurmUnavailable("sacct failed (exit 1): Connection refused")
-        return dict((j, self._acct_row(j, self.jobs[j])) for j in ids if j in self.jobs and self.jobs[j]["in_sacct"])
+        return dict((j, self._acct_row(j, self.jobs[j])) for j in ids
+                    if j in self.jobs and self._in_window(self.jobs[j], since))
 
     def sacct_by_name(self, names, since):
         if self._failing("sacct"):
             raise autoexp.SlurmUnavailable("sacct failed (exit 1): Connection refused")
-        return [self._acct_row(j, d) for j, d in self.jobs.items() if d["name"] in names and d["in_sacct"]]
+        return [self._acct_row(j, d) for j, d in self.jobs.items() if d["name"] in names and self._in_window(d, since)]
 
     def sbatch(self, script, args=()):
         mode = self.sbatch_mode.pop(0) if self.sbatch_mode else "ok"

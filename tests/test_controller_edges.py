@@ -228,8 +228,8 @@ def test_the_deterministic_rule_uses_slurms_own_run_time(tmp_path):
     h = Harness(tmp_path, cfg, names=[A])
     for _ in range(2):
         h.cycle(advance=300)                        # a cron pass: PENDING
-        h.slurm.jobs[h.live_id(A)]["start"] = h.clock() + 30
         h.slurm.set(h.live_id(A), "FAILED", "1:0")   # ran 4.5 minutes between two passes
+        h.slurm.jobs[h.live_id(A)].update(start=h.clock() + 30, end=h.clock() + 300)
         h.cycle(advance=300)
         h.cycle(advance=1)
     assert h.job(A).status == "active" and len(h.job(A).attempts) == 3
@@ -496,3 +496,24 @@ def test_an_attempt_requeued_during_its_restart_backoff_is_followed_not_doubled(
     h.cycle()
     h.cycle()
     assert h.job(A).status == "finalized" and h.slurm.count("sbatch") == 1
+
+
+def test_a_rebuild_follows_a_job_that_ended_long_before_it(tmp_path):
+    h = Harness(tmp_path, config(), names=[A])
+    jid = h.live_id(A)
+    h.log(A, "TRAINING FINISHED\n", job_id=jid)
+    h.slurm.set(jid, "COMPLETED")
+    h.slurm.purge(jid)                                  # long gone from squeue
+    h.clock.now += 3 * 3600                             # the state file is lost meanwhile
+    os.rename(h.session.path, h.session.path + ".lost")
+    s = autoexp.new_session(h.store, h.plan, h.clock())
+    s.plan = h.plan
+    autoexp.register_untracked(h.ctl, s, h.clock())     # what --monitor-all does
+    for _ in range(3):
+        h.clock.now += 600
+        h.ctl.cycle([s])
+    (att,) = s.job(A).attempts
+    assert att.job_id == jid and att.origin == "external" and att.outcome == "success"
+    assert not att.live and att.last_slurm_state == "COMPLETED" and s.job(A).job_id is None  # sacct told
+    assert s.job(A).status == "finalized"
+    assert [c[1] for c in h.slurm.calls if c[0] == "sbatch"].count(h.plan.by_name[A].script_path) == 1

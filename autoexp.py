@@ -2987,8 +2987,12 @@ def make_slurm(sessions=(), timeout=None):
 
 
 def new_session(store, plan, now):
-    return Session(store.session_path(plan.plan_id), plan.plan_id, plan.project, plan.manifest_path,
-                   now, json.loads(json.dumps(plan.config), object_pairs_hook=OrderedDict))
+    s = Session(store.session_path(plan.plan_id), plan.plan_id, plan.project, plan.manifest_path,
+                now, json.loads(json.dumps(plan.config), object_pairs_hook=OrderedDict))
+    # A session rebuilt after its state file was lost continues its journal's numbering:
+    # events numbered from 1 again would be taken for ones already written, and dropped.
+    s.event_seq = _last_journal_seq(store.events_path(s))
+    return s
 
 
 def open_plan(args, ref):

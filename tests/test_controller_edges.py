@@ -517,3 +517,8 @@ def test_a_rebuild_follows_a_job_that_ended_long_before_it(tmp_path):
     assert not att.live and att.last_slurm_state == "COMPLETED" and s.job(A).job_id is None  # sacct told
     assert s.job(A).status == "finalized"
     assert [c[1] for c in h.slurm.calls if c[0] == "sbatch"].count(h.plan.by_name[A].script_path) == 1
+    # the rebuilt session's events continue the journal: none dropped, none numbered twice
+    events = read_events(h.state_dir, "p1")
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    rebuilt = [e["event"] for e in events if e["job"] == A and e["event"] not in ("state", "log:success")]
+    assert rebuilt[-3:] == ["adopted", "outcome", "finalized"], rebuilt

@@ -1705,6 +1705,22 @@ def _from_json_value(key, value):
     return value
 
 
+_STR, _INT, _OPT_STR = (str,), (int,), (str, type(None))
+
+
+def _require(d, fields, where):
+    """A state file edited or damaged into valid JSON must still be refused: check the
+    fields a reader relies on (ValueError names the first one that is wrong)."""
+    if not isinstance(d, dict):
+        raise ValueError("%s is not an object" % where)
+    for key, types in fields:
+        if key not in d:
+            raise ValueError("%s has no %r" % (where, key))
+        value = d[key]
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            raise ValueError("%s: %r is %s" % (where, key, _type_name(value)))
+
+
 class Attempt(object):
     """One SLURM submission of a logical job (or a SLURM job adopted for it)."""
 
@@ -1730,8 +1746,12 @@ class Attempt(object):
         d["actions"] = [OrderedDict((k, _to_json_value(k, v)) for k, v in a.items()) for a in self.actions]
         return d
 
+    REQUIRED = (("attempt", _INT), ("job_id", _OPT_STR), ("live", (bool,)), ("log_offset", _INT),
+                ("outcome", _OPT_STR), ("submit_state", _OPT_STR), ("actions", (list,)))
+
     @classmethod
     def from_dict(cls, d):
+        _require(d, cls.REQUIRED, "an attempt")
         fields = dict((k, _from_json_value(k, d.get(k, cls.DEFAULTS.get(k)))) for k in cls.__slots__)
         fields["actions"] = [dict((k, _from_json_value(k, v)) for k, v in a.items()) for a in d.get("actions", ())]
         return cls(**fields)
@@ -1799,8 +1819,13 @@ class Job(object):
         d["job_id"] = self.job_id
         return d
 
+    REQUIRED = (("name", _STR), ("index", _INT), ("status", _STR), ("attempts", (list,)))
+
     @classmethod
     def from_dict(cls, d):
+        _require(d, cls.REQUIRED, "a job")
+        if d["status"] not in (ACTIVE, FINALIZED, STOPPED, CANCELLED):
+            raise ValueError("job %s has status %r" % (d["name"], d["status"]))
         fields = dict((k, _from_json_value(k, d.get(k, cls.DEFAULTS.get(k)))) for k in cls.__slots__[2:])
         fields["attempts"] = [Attempt.from_dict(a) for a in d.get("attempts", ())]
         return cls(d["name"], d["index"], **fields)
@@ -1909,8 +1934,12 @@ class Session(object):
             ("outbox", [OrderedDict((k, _to_json_value(k, v)) for k, v in e.items()) for e in self.outbox]),
             ("jobs", [j.to_dict() for j in self.jobs])])
 
+    REQUIRED = (("session_id", _STR), ("project", _STR), ("manifest_path", _STR), ("created_at", _STR),
+                ("config", (dict,)), ("event_seq", _INT), ("jobs", (list,)))
+
     @classmethod
     def from_dict(cls, d, path):
+        _require(d, cls.REQUIRED, "the session")
         outbox = [OrderedDict((k, _from_json_value(k, v)) for k, v in e.items()) for e in d.get("outbox", ())]
         return cls(path, d["session_id"], d["project"], d["manifest_path"], parse_iso(d["created_at"]),
                    d["config"], d.get("monitor_overrides", ()), d.get("event_seq", 0),
@@ -2040,7 +2069,8 @@ class StateStore(object):
                              % (path, version, __version__, STATE_SCHEMA_VERSION))
         try:
             session = Session.from_dict(data, path)
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            session.matcher, session.policies  # the config it acts by must be whole too
+        except (KeyError, TypeError, ValueError, AttributeError, re.error, ConfigError) as e:
             raise StateError("session file %s is incomplete (%s: %s); %s" % (path, type(e).__name__, e, hint))
         # A copy of a session file (p1-backup.json, or p1.json in another folder) would be a
         # second writer of the same jobs, under another lock: refused.

@@ -148,6 +148,13 @@ def drop_jobs(doc):
     del doc["jobs"]
 
 
+def damaged(change):
+    """A state file edited or damaged into other valid JSON."""
+    def mutate(doc):
+        change(doc, doc["jobs"][0], doc["jobs"][0]["attempts"][0])
+    return state_file(mutate)
+
+
 CASES = [
     # config files
     ("malformed JSON", raw_config('{"project": "bad",\n  "job": }'), ["c.json", "not valid JSON", "line 2"]),
@@ -233,6 +240,15 @@ CASES = [
     ("non-JSON state file", state_file(b"\x00\x01garbage"), ["s1.json", "not valid JSON"]),
     ("future schema version", state_file(future), ["s1.json", "schema version 99", "newer"]),
     ("state file without jobs", state_file(drop_jobs), ["s1.json", "incomplete"]),
+    ("attempt without job_id and live", damaged(lambda d, j, a: (a.pop("job_id"), a.pop("live"))),
+     ["s1.json", "incomplete", "'job_id'"]),
+    ("job without attempts", damaged(lambda d, j, a: j.pop("attempts")), ["s1.json", "incomplete", "'attempts'"]),
+    ("an empty attempt", damaged(lambda d, j, a: j["attempts"].__setitem__(0, {})), ["s1.json", "incomplete"]),
+    ("unknown job status", damaged(lambda d, j, a: j.update(status="paused")), ["s1.json", "'paused'"]),
+    ("job without status", damaged(lambda d, j, a: j.pop("status")), ["s1.json", "'status'"]),
+    ("log offset not a number", damaged(lambda d, j, a: a.update(log_offset="12")), ["s1.json", "'log_offset'"]),
+    ("config without monitoring", damaged(lambda d, j, a: d["config"].pop("monitoring")),
+     ["s1.json", "incomplete", "monitoring"]),
     ("read-only state dir", args("--state-dir", "/proc/autoexp-state", "plan", "c.json"), ["/proc/autoexp-state"]),
     ("bad monitor override", args("monitor", "--session", "s1", "-o", "interval_seconds=-5"),
      ["monitoring.interval_seconds", "greater than 0"]),

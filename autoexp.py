@@ -471,6 +471,9 @@ class LogEvent(NamedTuple):
     mode: str
 
 
+ACCOUNTING_GRACE = 30.0  # how long a job squeue shows ended waits for sacct's record of it
+
+
 class Monitoring(NamedTuple):
     interval_seconds: float
     termination_string: Optional[str]
@@ -490,6 +493,13 @@ class Monitoring(NamedTuple):
         if self.lost_after_seconds is not None:
             return self.lost_after_seconds
         return max(3 * self.interval_seconds, 300.0)
+
+    @property
+    def unqueued_after(self):
+        """How long after an sbatch error a lookup by tag must stay empty before autoexp
+        believes nothing was queued: a job that ran at once and left squeue (a short
+        MinJobAge) reaches sacct only after accounting's lag."""
+        return min(ACCOUNTING_GRACE, self.lost_after)
 
 
 def validate_monitoring(mon, c, key="monitoring"):
@@ -2234,9 +2244,6 @@ class Todo(object):
             self.cancel.append((job, att))
 
 
-ACCOUNTING_GRACE = 30.0  # how long a job squeue shows ended waits for sacct's record of it
-
-
 class Controller(object):
     """Observe, classify, act, persist. The clock, sleep and SLURM client are injected."""
 
@@ -2552,9 +2559,11 @@ class Controller(object):
             for row in running_copies:
                 self._cancel_copy(s, job, row, now, todo)
         if job.unresolved_intent() and look.named_ok:
-            # squeue and sacct both answered and hold no job of this failed submission
+            # squeue and sacct both answered, for long enough, and hold no job of this
+            # failed submission
             for a in job.attempts:
-                if a.job_id is None and a.submit_state == "intent":
+                if (a.job_id is None and a.submit_state == "intent"
+                        and now - (a.ended_at or a.intent_at or now) >= s.monitoring.unqueued_after):
                     a.submit_state = "abandoned"
         if att is not None and att.live and att.job_id:
             self._watch(s, job, att, self._observe(att, snap, look, now), now, todo)
@@ -2919,7 +2928,7 @@ class Controller(object):
                     self._event(s, job, att, "stopped", now, mode="submit_failed", detail=job.reason)
                     s.add_action(job, att, "stop", "submit_failed", job.reason, now)
                 else:
-                    delay = mon.submit_backoff_seconds * (2 ** (job.submit_failures - 1))
+                    delay = max(mon.submit_backoff_seconds * (2 ** (job.submit_failures - 1)), mon.unqueued_after)
                     job.next_submit_at = now + delay
                     self._event(s, job, att, "submit_error", now,
                                 detail="%s; looking it up by tag, then retrying in %ds" % (res.message, delay))

@@ -283,8 +283,10 @@ def test_an_end_seen_in_squeue_waits_a_little_for_sacct_to_catch_up(tmp_path):
 # --- found by a second review ---------------------------------------------------------
 
 def run_main(h, argv, monkeypatch, capsys):
-    """The CLI in-process, against the harness's scripted SLURM and state folder."""
+    """The CLI in-process, against the harness's scripted SLURM, clock and state folder."""
     monkeypatch.setattr(autoexp, "make_slurm", lambda sessions=(), timeout=None: h.slurm)
+    controller = autoexp.Controller
+    monkeypatch.setattr(autoexp, "Controller", lambda *a, **k: controller(*a, **dict(k, clock=h.clock, sleep=h.clock.sleep)))
     code = autoexp.main(["--state-dir", h.state_dir] + argv)
     return code, capsys.readouterr()
 
@@ -340,8 +342,8 @@ def test_retries_used_up_yet_queued_is_followed(tmp_path, monkeypatch, capsys):
     h = Harness(tmp_path, config(submit_retries=1, submit_backoff_seconds=10), names=[A])
     h.slurm.set(h.live_id(A), "TIMEOUT")
     h.slurm.sbatch_mode = ["error", "queued_error"]
-    h.cycle(advance=20)   # the error: retried after the backoff
-    h.cycle(advance=20)   # queued, yet reported failed: retries used up, the job stopped...
+    h.cycle(advance=20)   # the error: retried after the backoff (at least 30 s: sacct's lag)
+    h.cycle(advance=40)   # queued, yet reported failed: retries used up, the job stopped...
     assert h.job(A).status == "stopped" and h.session.active()  # ...but its last try is in doubt
     h.cycle(advance=20)   # found by its tag: followed
     job = h.job(A)
@@ -522,3 +524,24 @@ def test_a_rebuild_follows_a_job_that_ended_long_before_it(tmp_path):
     assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
     rebuilt = [e["event"] for e in events if e["job"] == A and e["event"] not in ("state", "log:success")]
     assert rebuilt[-3:] == ["adopted", "outcome", "finalized"], rebuilt
+
+
+def test_a_queued_job_that_sbatch_called_failed_is_not_resubmitted_while_accounting_lags(tmp_path):
+    h = Harness(tmp_path, config(submit_backoff_seconds=1), names=[A])
+    h.slurm.set(h.live_id(A), "TIMEOUT")
+    h.slurm.sbatch_mode = ["queued_error"]
+    h.cycle()                                       # the restart: queued, yet reported failed
+    (queued,) = [j for j in h.slurm.by_name(A) if j != h.job(A).attempts[0].job_id]
+    h.log(A, "TRAINING FINISHED\n", job_id=queued)
+    h.slurm.set(queued, "COMPLETED")                # it ran at once...
+    h.slurm.purge(queued)                           # ...left squeue (a short MinJobAge)...
+    h.slurm.jobs[queued]["in_sacct"] = False        # ...and accounting has not caught up
+    for _ in range(3):
+        h.cycle(advance=5)
+    assert h.slurm.count("sbatch") == 2, "resubmitted while sacct lagged"
+    h.slurm.jobs[queued]["in_sacct"] = True
+    h.cycle(advance=5)
+    h.cycle(advance=5)
+    job = h.job(A)
+    assert job.current.job_id == queued and job.current.origin == "recovered"
+    assert job.status == "finalized" and h.slurm.count("sbatch") == 2

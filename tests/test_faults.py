@@ -110,7 +110,8 @@ def test_sbatch_timeout_that_queued_the_job_is_adopted_not_resubmitted(project, 
 
 
 def test_sbatch_failure_that_queued_nothing_is_retried_with_backoff(project, fake):
-    project.ok("plan", project.config(cfg(seeds=(1,))), "--plan-id", "retry")
+    # a short lost grace: the retries' floor (sacct's lag) is min(30 s, lost_after_seconds)
+    project.ok("plan", project.config(cfg(seeds=(1,), lost_after_seconds=0.3)), "--plan-id", "retry")
     fake.fail_next("sbatch", count=2, stderr="sbatch: error: Slurm temporarily unable to accept job, sleeping and retrying\n")
     project.cli("submit", "retry")
     project.ok("monitor", "--session", "retry")

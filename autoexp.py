@@ -2249,7 +2249,7 @@ class Controller(object):
 
     __slots__ = ("store", "slurm", "report", "clock", "sleep", "dry_run", "stop_requested",
                  "unknown_since", "unknown_failures", "sacct_down_since", "sacct_failed", "changes",
-                 "json_changes")
+                 "json_changes", "name_sessions")
 
     def __init__(self, store, slurm, report, clock=time.time, sleep=time.sleep, dry_run=False):
         self.store = store
@@ -2265,6 +2265,7 @@ class Controller(object):
         self.sacct_failed = False  # in the last cycle: what depended on it waits
         self.changes = 0
         self.json_changes = None  # a list when `--json` wants every change as a document
+        self.name_sessions = False  # event lines say SESSION/JOB when several sessions are watched
 
     # -- the loop ----------------------------------------------------------------------
 
@@ -2298,6 +2299,7 @@ class Controller(object):
     def cycle(self, sessions):
         """One observe-classify-act-persist pass over the sessions; False if SLURM was UNKNOWN."""
         now = self.clock()
+        self.name_sessions = len(sessions) > 1
         try:
             rows = self.slurm.squeue()
         except SlurmUnavailable as e:
@@ -2952,7 +2954,8 @@ class Controller(object):
         rec = s.add_event(job, att, kind, now, mode, detail)
         self.changes += 1
         what = kind + (" " + mode if mode and mode not in kind and mode not in (detail or "") else "")
-        line = "%s %s #%d%s %s%s" % (short_time(now), job.name, att.attempt,
+        who = "%s/%s" % (s.session_id, job.name) if self.name_sessions else job.name
+        line = "%s %s #%d%s %s%s" % (short_time(now), who, att.attempt,
                                       " (%s)" % att.job_id if att.job_id else "", what,
                                       ": " + detail if detail else "")
         if self.json_changes is not None:

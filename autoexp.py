@@ -292,9 +292,11 @@ DEFAULT_POLICIES = OrderedDict([
     ("incomplete", {"action": "restart", "max_attempts": 3}),
     ("crash", {"action": "stop"}),
     ("timeout", {"action": "restart", "max_attempts": 3}),
-    ("node_fail", {"action": "restart", "max_attempts": 3}),
+    # a minute's backoff: SLURM itself requeues such jobs (JobRequeue, PreemptMode=REQUEUE),
+    # and autoexp follows a requeue it sees during the backoff instead of adding a copy
+    ("node_fail", {"action": "restart", "max_attempts": 3, "backoff_seconds": 60}),
     ("oom", {"action": "stop"}),
-    ("preempted", {"action": "restart", "max_attempts": 10}),
+    ("preempted", {"action": "restart", "max_attempts": 10, "backoff_seconds": 60, "backoff_max_seconds": 60}),
     ("cancelled", {"action": "stop"}),
     ("stall", {"action": "restart", "max_attempts": 2}),
     ("lost", {"action": "restart", "max_attempts": 3}),

@@ -447,7 +447,7 @@ def ended(*modes):
     ("node_fail", ["node_fail", "node_fail"], ("restart", 200)),
     ("node_fail", ["timeout", "node_fail", "timeout", "node_fail"], ("restart", 200)),
     ("cancelled", ["cancelled"], ("stop", 0)),            # default policy
-    ("preempted", ["preempted"] * 9, ("restart", 0)),      # default: 10
+    ("preempted", ["preempted"] * 9, ("restart", 60)),     # default: 10, a minute apart
     ("preempted", ["preempted"] * 10, ("stop", 0)),
     ("stall", ["stall"], ("stop", 0)),                     # ignore on an ended attempt stops
     ("made_up", ["made_up"], ("stop", 0)),

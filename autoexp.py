@@ -3530,7 +3530,7 @@ def build_parser():
     common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="say only results and warnings")
     common.add_argument("--version", action="version", version="autoexp %s" % __version__)
     parser = ArgumentParser(prog="autoexp", description=__doc__, parents=[common],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 

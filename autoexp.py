@@ -1,25 +1,35 @@
 #!/usr/bin/env python3
 """autoexp: take a sweep of SLURM experiments from a config to finished runs, unattended.
 
-autoexp plans a sweep (a grid or a list of parameter sets) into SBATCH scripts and a
-manifest, submits them as single jobs or one job array, and then watches them: one
-batched squeue per cycle (sacct only for jobs squeue no longer lists) plus incremental
-log tails, turned into events (success, crash, timeout, node failure, OOM, preemption,
-stall, lost, ...). Restart policies act on those events (resubmit with bounded attempts
-and backoff, cancel a stalled job, finalize, stop), and every job's attempt history is
-kept in an atomic, versioned JSON state file, so that a killed monitor, or a `reconcile`
-run from cron, carries on exactly where reality is.
+This docstring is the maintainers' map; `autoexp --help` speaks to users (USAGE below).
 
-Sections, in dependency order:
-  1. Errors and utilities          error classes, clock and ISO times, atomic files, crash points
-  2. Config and plan               load, override and validate the config; expand the sweep;
-                                   render SBATCH scripts and the manifest
-  3. SLURM client and parsers      the subprocess runner, squeue/sacct/sbatch/scancel, parsing
-  4. Log tail                      offset-persisted, line-exact reads of job logs
-  5. Classification and policies   the pure core: observation + log facts -> mode -> action
-  6. State store                   session file, single-writer lock, event journal, action payloads
-  7. Controller                    observe, classify, act, persist; submit, resume, reconcile
-  8. CLI                           argparse commands; errors become "Error: ..." and an exit code here
+The module is one file so that a login node needs nothing but `python3 autoexp.pyz`. Its
+sections come in dependency order (a section uses only the ones above it):
+
+   1. Vocabulary        every word autoexp writes or compares (statuses, modes, actions,
+                        submit states, origins, event kinds, SLURM states), exit codes and
+                        named time constants: one home per fact, SPEC.md's tables are
+                        checked against them (tests/test_spec.py)
+   2. Errors, utilities AutoexpError and its subclasses (the exit code is the type's), time
+                        formats, atomic_write, crash points (the crash harness's hook),
+                        Reporter
+   3. Config and plan   MONITORING_SCHEMA and the other key tables, validation, the sweep,
+                        placeholders and quoting, build_plan (config -> manifest + scripts)
+   4. SLURM             SlurmClient (the only place SLURM commands run) and the parsers of
+                        squeue, sacct and sbatch output: where SLURM is parsed
+   5. Log tail          read_log (offsets, truncation, rotation) and LogMatcher
+   6. Records           Observation, Facts, Attempt, Job, Session: what autoexp knows of a
+                        job, and how it reads and writes as JSON (no I/O)
+   7. Decisions         the functional core: what happens to a job is decided here, by
+                        pure functions over records (observe, classify, decide, the
+                        adopt/replace/submit moves, sbatch failures, cancel resends),
+                        each tested from a table (tests/test_decisions.py)
+   8. State store       where state is written: the session file, its lock, the event
+                        journal, action payloads, cancel requests
+   9. Controller        the imperative shell: gathers observations, applies decisions,
+                        performs the I/O (sbatch, scancel, log reads, saves) and reports
+  10. CLI               argparse commands; main() turns errors into "Error: ..." and an
+                        exit code, by type; SLURM, the clock and sleep are injected here
 
 Stable (see SPEC.md): the command line, the config keys, the state file schema
 (schema_version), the action payloads and the exit codes. Everything else is internal.
@@ -47,35 +57,141 @@ import signal
 import socket
 import subprocess
 import time
-from collections import OrderedDict
+from collections import OrderedDict, namedtuple
 from typing import NamedTuple, Optional
 
 __version__ = "0.1.0"
 
+USAGE = """\
+autoexp takes a sweep of SLURM experiments from a JSON config to finished runs, unattended:
+it plans the sweep into SBATCH scripts, submits them, watches them (one squeue per cycle,
+incremental log tails) and restarts, cancels, finalizes or stops each job by policy. A
+killed monitor, or a `reconcile` run from cron, carries on exactly where SLURM is.
+
+typical use:
+  autoexp plan sweep.json                 write the scripts; prints the plan id
+  autoexp submit PLAN_ID [--dry-run]      submit them (or --array)
+  autoexp monitor --session PLAN_ID       watch until every job is done (Ctrl-C resumes later)
+  autoexp run sweep.json                  all three at once
+  autoexp status | history | cancel       look, and stop jobs
+  */5 * * * * python3 autoexp.pyz --state-dir DIR reconcile      (crontab: no monitor needed)
+
+SPEC.md (next to autoexp.py) lists every config key, file and exit code."""
+
+
+# ============================================================================
+# 1. Vocabulary
+# ============================================================================
+
+# Exit codes: the meaning of each, as SPEC section 1 states it.
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_LOCKED = 75  # EX_TEMPFAIL: another live process holds the session
-EXIT_INTERRUPTED = 130
 EXIT_CRASH_POINT = 86  # only ever produced by the AUTOEXP_CRASH_AT test hook
+EXIT_INTERRUPTED = 130
+EXIT_CODES = (EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_LOCKED, EXIT_CRASH_POINT, EXIT_INTERRUPTED)
 
 STATE_SCHEMA_VERSION = 1
 MANIFEST_SCHEMA_VERSION = 1
+SESSION_KIND = "autoexp-session"
+MANIFEST_KIND = "autoexp-manifest"
+
+# A job's status: only an active job is decided about.
+ACTIVE, FINALIZED, STOPPED, CANCELLED = "active", "finalized", "stopped", "cancelled"
+STATUSES = (ACTIVE, FINALIZED, STOPPED, CANCELLED)
+
+# Modes: how an attempt ended (or must end). log_events may add their own.
+MODES = ("success", "incomplete", "crash", "timeout", "node_fail", "oom", "preempted",
+         "cancelled", "stall", "lost")
+MODE_SUCCESS, MODE_INCOMPLETE, MODE_CANCELLED, MODE_STALL, MODE_LOST = (
+    "success", "incomplete", "cancelled", "stall", "lost")
+# Outcomes of an attempt that are not modes: no policy decides them.
+OUTCOME_REPLACED, OUTCOME_SUBMIT_FAILED = "replaced", "submit_failed"
+
+# What a policy does with a mode; payloads also carry the user's "cancel".
+RESTART, FINALIZE, STOP, IGNORE = "restart", "finalize", "stop", "ignore"
+ACTIONS = (RESTART, FINALIZE, STOP, IGNORE)
+ACTION_CANCEL = "cancel"
+
+# An attempt's submission: decided (intent), done, refused, or given up after a lookup.
+INTENT, SUBMITTED, SUBMIT_FAILED_STATE, ABANDONED = "intent", "submitted", "failed", "abandoned"
+SUBMIT_STATES = (INTENT, SUBMITTED, SUBMIT_FAILED_STATE, ABANDONED)
+
+# Where an attempt's SLURM job came from.
+ORIGIN_SUBMITTED, ORIGIN_RECOVERED, ORIGIN_EXTERNAL = "submitted", "recovered", "external"
+ORIGINS = (ORIGIN_SUBMITTED, ORIGIN_RECOVERED, ORIGIN_EXTERNAL)
+
+# Where an observation of a SLURM job came from. MISSING: squeue and sacct both answered
+# and neither knows it; UNKNOWN: a query that could have told did not answer.
+SRC_SQUEUE, SRC_SACCT, SRC_MISSING, SRC_UNKNOWN = "squeue", "sacct", "missing", "unknown"
+ANSWERED = (SRC_SQUEUE, SRC_SACCT)
+
+# What `status` shows as MONITOR besides SLURM's own (lower-cased) state and the modes.
+MON_UNKNOWN, MON_MISSING, MON_RUNNING = "unknown", "missing", "running"
+MON_SUBMITTING, MON_SUBMITTED, MON_RESTARTING = "submitting", "submitted", "restarting"
+
+# What sbatch's answer means for the submission.
+SB_OK, SB_UNCERTAIN, SB_THROTTLED, SB_PERMANENT = "ok", "uncertain", "throttled", "permanent"
+
+# Event kinds of the journal (SPEC 5.3); "log:<name>" adds one per log_events name.
+EV_INTENT, EV_SUBMITTED, EV_SUBMIT_ERROR = "intent", "submitted", "submit_error"
+EV_STATE, EV_REQUEUED, EV_MISSING = "state", "requeued", "missing"
+EV_LOG_PREFIX, EV_LOG_RESTARTED = "log:", "log_restarted"
+EV_OUTCOME, EV_RESTART_SCHEDULED, EV_FINALIZED, EV_STOPPED = "outcome", "restart_scheduled", "finalized", "stopped"
+EV_CANCEL_REQUESTED, EV_SCANCEL, EV_SCANCEL_FAILED, EV_USER_CANCEL = (
+    "cancel_requested", "scancel", "scancel_failed", "user_cancel")
+EV_ADOPTED, EV_REACTIVATED = "adopted", "reactivated"
+EVENT_KINDS = (EV_INTENT, EV_SUBMITTED, EV_SUBMIT_ERROR, EV_STATE, EV_REQUEUED, EV_MISSING,
+               EV_LOG_PREFIX + "<name>", EV_LOG_RESTARTED, EV_OUTCOME, EV_RESTART_SCHEDULED,
+               EV_FINALIZED, EV_STOPPED, EV_CANCEL_REQUESTED, EV_SCANCEL, EV_SCANCEL_FAILED,
+               EV_USER_CANCEL, EV_ADOPTED, EV_REACTIVATED)
+
+# SLURM job states, from squeue(1) and sacct(1). Anything still able to run is active.
+ACTIVE_STATES = frozenset((
+    "PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "REQUEUE_FED",
+    "REQUEUE_HOLD", "RESIZING", "RESV_DEL_HOLD", "SIGNALING", "STAGE_OUT", "STOPPED",
+    "POWER_UP_NODE", "UPDATE_DB"))
+# States a job returns to when SLURM requeues it under the same id.
+REQUEUE_STATES = frozenset(("PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED"))
+TERMINAL_MODE = OrderedDict([
+    ("COMPLETED", "success"), ("FAILED", "crash"), ("SPECIAL_EXIT", "crash"), ("LAUNCH_FAILED", "crash"),
+    ("TIMEOUT", "timeout"), ("DEADLINE", "timeout"), ("NODE_FAIL", "node_fail"), ("BOOT_FAIL", "node_fail"),
+    ("OUT_OF_MEMORY", "oom"), ("PREEMPTED", "preempted"), ("CANCELLED", "cancelled"), ("REVOKED", "cancelled")])
+
+# Named times, in seconds.
+ACCOUNTING_GRACE = 30.0      # how long a job squeue shows ended waits for sacct's record of it
+FAST_FAILURE_SECONDS = 60.0  # a failure this soon after the start, twice alike: deterministic
+LOST_AFTER_MIN = 300.0       # SLURM's default MinJobAge: the least default grace before "lost"
+SACCT_WINDOW_SLACK = 3600.0  # sacct -S starts this long before the earliest intent asked about
+THROTTLE_BACKOFF_MAX = 600.0  # cap of the wait after an sbatch refused for a queue limit
+CANCEL_RESEND_MIN = 60.0     # a cancel SLURM took is sent again only if the job outlives this
+SETTLE_MIN = 30.0            # least time a finalized job still RUNNING is watched for its end
+SAVE_EVERY = 1.0             # while submitting or cancelling, results are saved this often
+UNKNOWN_BACKOFF_DOUBLINGS = 20  # the wait between UNKNOWN cycles doubles at most this often
+PAUSE_STEP = 0.5             # the monitor's sleep granularity: how soon a signal is honoured
+
+# Sizes.
+MAX_LOG_READ = 4 << 20       # per attempt and cycle: a runaway log cannot exhaust memory
+LOG_HEAD_BYTES = 256         # a log's first bytes, hashed to see it truncated and rewritten
+MAX_ARRAY_EXPANSION = 100000  # array tasks one parsed id may expand to
+JOURNAL_TAIL_BYTES = 65536   # how much of the journal's end is read to find its last seq
+
+# Crash points of the test hook (SPEC 11), in the order a cycle reaches them.
+CRASH_POINTS = ("state_before_rename", "state_after_rename", "before_intent_write", "after_intent_write",
+                "before_sbatch", "after_sbatch", "after_action_payload", "between_jobs",
+                "before_scancel", "after_scancel")
 
 
 # ============================================================================
-# 1. Errors and utilities
+# 2. Errors and utilities
 # ============================================================================
 
 class AutoexpError(Exception):
-    """Base of every error autoexp reports; main() turns it into "Error: ..." and exit_code."""
+    """Base of every error autoexp reports; main() prints "Error: ..." and exits with the
+    exit code of the error's type."""
 
     exit_code = EXIT_FAILURE
-
-    def __init__(self, message, exit_code=None):
-        Exception.__init__(self, message)
-        if exit_code is not None:
-            self.exit_code = exit_code
 
 
 class ConfigError(AutoexpError):
@@ -88,6 +204,12 @@ class SlurmError(AutoexpError):
     """A SLURM command failed in a way autoexp cannot work around."""
 
 
+class SlurmMissing(SlurmError):
+    """The SLURM commands are not on PATH: autoexp runs on the wrong machine."""
+
+    exit_code = EXIT_USAGE
+
+
 class SlurmUnavailable(SlurmError):
     """A query failed, timed out or printed something unparsable: the answer is UNKNOWN."""
 
@@ -96,6 +218,12 @@ class StateError(AutoexpError):
     """The state folder or a session/manifest file is missing, unreadable or corrupt."""
 
     exit_code = EXIT_USAGE
+
+
+class StateWriteError(StateError):
+    """A state file or folder could not be written or locked (a full disk, a lost mount)."""
+
+    exit_code = EXIT_FAILURE
 
 
 class LockedError(StateError):
@@ -231,7 +359,7 @@ class Reporter(object):
         self.err = err or sys.stderr
 
     @staticmethod
-    def _write(stream, text):
+    def write(stream, text):
         try:
             stream.write(text + "\n")
         except UnicodeEncodeError:
@@ -239,19 +367,26 @@ class Reporter(object):
             stream.write(text.encode(enc, "backslashreplace").decode(enc) + "\n")
         stream.flush()
 
+    def quieter(self, level=0):
+        """A reporter on the same streams that says less (submit's cycle inside `run`)."""
+        return Reporter(min(self.level, level), self.out, self.err)
+
     def result(self, text):
-        self._write(self.out, text)
+        self.write(self.out, text)
 
     def info(self, text):
         if self.level >= 1:
-            self._write(self.out, text)
+            self.write(self.out, text)
 
     def detail(self, text):
         if self.level >= 2:
-            self._write(self.out, text)
+            self.write(self.out, text)
 
     def warn(self, text):
-        self._write(self.err, "warning: " + text)
+        self.write(self.err, "warning: " + text)
+
+    def error(self, text):
+        self.write(self.err, "Error: " + text)
 
 
 SAFE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
@@ -280,47 +415,76 @@ def sbatch_quote(value):
 
 
 # ============================================================================
-# 2. Config and plan
+# 3. Config and plan
 # ============================================================================
 
-MODES = ("success", "incomplete", "crash", "timeout", "node_fail", "oom", "preempted",
-         "cancelled", "stall", "lost")
-ACTIONS = ("restart", "finalize", "stop", "ignore")
-
-DEFAULT_POLICIES = OrderedDict([
-    ("success", {"action": "finalize"}),
-    ("incomplete", {"action": "restart", "max_attempts": 3}),
-    ("crash", {"action": "stop"}),
-    ("timeout", {"action": "restart", "max_attempts": 3}),
-    # a minute's backoff: SLURM itself requeues such jobs (JobRequeue, PreemptMode=REQUEUE),
-    # and autoexp follows a requeue it sees during the backoff instead of adding a copy
-    ("node_fail", {"action": "restart", "max_attempts": 3, "backoff_seconds": 60}),
-    ("oom", {"action": "stop"}),
-    ("preempted", {"action": "restart", "max_attempts": 10, "backoff_seconds": 60, "backoff_max_seconds": 60}),
-    ("cancelled", {"action": "stop"}),
-    ("stall", {"action": "restart", "max_attempts": 2}),
-    ("lost", {"action": "restart", "max_attempts": 3}),
-])
-
-DEFAULT_MONITORING = OrderedDict([
-    ("interval_seconds", 60),
-    ("termination_string", None),
-    ("inactivity_threshold_seconds", None),
-    ("log_events", []),
-    ("lost_after_seconds", None),  # None: max(3 cycles, 300 s), see Monitoring.lost_after
-    ("slurm_timeout_seconds", 60),
-    ("unknown_backoff_max_seconds", 600),
-    ("submit_retries", 5),
-    ("submit_backoff_seconds", 60),
-    ("debug_sync", False),
-])
-
+# One table per config section: validation, defaults, --help and SPEC section 2 all come
+# from these (tests/test_spec.py holds SPEC's tables against them).
 TOP_KEYS = ("project", "state_dir", "sweep", "job", "monitoring", "restart", "description")
 JOB_KEYS = ("name", "command", "template", "log", "sbatch", "env", "workdir", "array_log",
             "array_max_running")
-POLICY_KEYS = ("action", "max_attempts", "backoff_seconds", "backoff_max_seconds")
 LOG_EVENT_KEYS = ("name", "pattern", "mode")
 RESERVED_PARAMS = ("project", "name", "index", "plan_id")
+
+
+class Key(NamedTuple):
+    """One monitoring key: its type, default and bounds, and what it means."""
+    name: str
+    kind: str  # "number", "integer", "string", "bool" or "log_events"
+    default: object
+    minimum: Optional[float] = None  # numbers: the least value allowed
+    exclusive: bool = False  # numbers: the minimum itself is not allowed (> rather than >=)
+    nullable: bool = False  # null is allowed (and means "off" or "derived")
+    help: str = ""
+
+
+MONITORING_SCHEMA = (
+    Key("interval_seconds", "number", 60, 0, True, help="time between cycles"),
+    Key("termination_string", "string", None, nullable=True, help="a log line containing it means success"),
+    Key("inactivity_threshold_seconds", "number", None, 0, True, nullable=True,
+        help="a RUNNING job whose log has not grown for this long is a stall"),
+    Key("log_events", "log_events", [], help="{name, pattern, mode}: a matching log line puts the attempt in mode"),
+    Key("lost_after_seconds", "number", None, 0, nullable=True,
+        help="grace before a job neither squeue nor sacct knows is lost (null: max(3 x interval, 300))"),
+    Key("slurm_timeout_seconds", "number", 60, 0, True, help="timeout of each SLURM command"),
+    Key("unknown_backoff_max_seconds", "number", 600, 0, True,
+        help="cap of the wait between cycles while SLURM does not answer"),
+    Key("submit_retries", "integer", 5, 0, help="retries of an sbatch that failed without a clear refusal"),
+    Key("submit_backoff_seconds", "number", 60, 0, help="first wait before such a retry; doubles each time"),
+    Key("debug_sync", "bool", False, help="print every job's status and states after each cycle"),
+)
+
+
+class Policy(NamedTuple):
+    """What to do when an attempt ends in a mode; the field defaults are the key defaults."""
+    action: str
+    max_attempts: int = 3
+    backoff_seconds: float = 0.0
+    backoff_max_seconds: float = 3600.0
+
+
+POLICY_KEYS = Policy._fields
+UNLISTED_POLICY = Policy(STOP)  # a mode with no policy (a log_events mode, a hand-edited config)
+DEFAULT_POLICIES = OrderedDict([
+    ("success", {"action": FINALIZE}),
+    ("incomplete", {"action": RESTART, "max_attempts": 3}),
+    ("crash", {"action": STOP}),
+    ("timeout", {"action": RESTART, "max_attempts": 3}),
+    # a minute's backoff: SLURM itself requeues such jobs (JobRequeue, PreemptMode=REQUEUE),
+    # and autoexp follows a requeue it sees during the backoff instead of adding a copy
+    ("node_fail", {"action": RESTART, "max_attempts": 3, "backoff_seconds": 60}),
+    ("oom", {"action": STOP}),
+    ("preempted", {"action": RESTART, "max_attempts": 10, "backoff_seconds": 60, "backoff_max_seconds": 60}),
+    ("cancelled", {"action": STOP}),
+    ("stall", {"action": RESTART, "max_attempts": 2}),
+    ("lost", {"action": RESTART, "max_attempts": 3}),
+])
+
+
+def policy_for(policies, mode):
+    return policies.get(mode) or UNLISTED_POLICY
+
+
 # autoexp owns these directives: the job must stay findable (name, tag) and readable (log).
 OWNED_SBATCH = OrderedDict([
     ("job-name", "job.name"), ("output", "job.log"), ("comment", "nothing: autoexp tags its jobs with it"),
@@ -328,6 +492,8 @@ OWNED_SBATCH = OrderedDict([
     ("wrap", "job.command"), ("clusters", "nothing: autoexp watches the default cluster"),
     ("wait", "nothing: autoexp waits for jobs itself")])
 OWNED_SHORT = {"J": "job-name", "o": "output", "D": "chdir", "a": "array", "M": "clusters", "W": "wait"}
+SBATCH_KEY_RE = re.compile(r"^[A-Za-z][A-Za-z0-9-]+$")  # long option names: two characters at least
+LOG_PATTERN_RE = re.compile(r"%(\d*)(.)")
 
 
 def owned_sbatch_option(option):
@@ -342,8 +508,6 @@ def owned_sbatch_option(option):
     if option.startswith("-") and len(option) > 1:
         return OWNED_SHORT.get(option[1])
     return None
-SBATCH_KEY_RE = re.compile(r"^[A-Za-z][A-Za-z0-9-]+$")  # long option names: two characters at least
-LOG_PATTERN_RE = re.compile(r"%(\d*)(.)")
 
 
 def _type_name(value):
@@ -387,6 +551,18 @@ class _Checker(object):
         if minimum is not None and value < minimum:
             self.fail(key, "must be at least %s, not %s" % (minimum, value))
         return value
+
+    def key(self, spec, value, key):
+        """Check one value against its schema entry."""
+        if value is None and spec.nullable:
+            return
+        if spec.kind in ("number", "integer"):
+            self.number(value, key, minimum=None if spec.exclusive else spec.minimum,
+                        positive=spec.exclusive, integer=spec.kind == "integer")
+        elif spec.kind == "string":
+            self.string(value, key)
+        elif spec.kind == "bool" and not isinstance(value, bool):
+            self.fail(key, "must be true or false")
 
 
 def _json_loads_strict(text, source):
@@ -460,33 +636,16 @@ def apply_overrides(config, overrides):
     return config
 
 
-class Policy(NamedTuple):
-    action: str
-    max_attempts: int = 3
-    backoff_seconds: float = 0.0
-    backoff_max_seconds: float = 3600.0
-
-
 class LogEvent(NamedTuple):
     name: str
     pattern: str
     mode: str
 
 
-ACCOUNTING_GRACE = 30.0  # how long a job squeue shows ended waits for sacct's record of it
+class Monitoring(namedtuple("_Monitoring", [k.name for k in MONITORING_SCHEMA])):
+    """The session's monitoring config, typed (one field per MONITORING_SCHEMA key)."""
 
-
-class Monitoring(NamedTuple):
-    interval_seconds: float
-    termination_string: Optional[str]
-    inactivity_threshold_seconds: Optional[float]
-    log_events: tuple
-    lost_after_seconds: Optional[float]
-    slurm_timeout_seconds: float
-    unknown_backoff_max_seconds: float
-    submit_retries: int
-    submit_backoff_seconds: float
-    debug_sync: bool
+    __slots__ = ()
 
     @property
     def lost_after(self):
@@ -494,7 +653,7 @@ class Monitoring(NamedTuple):
         least SLURM's default MinJobAge (300 s), so sacct's lag can never cause it."""
         if self.lost_after_seconds is not None:
             return self.lost_after_seconds
-        return max(3 * self.interval_seconds, 300.0)
+        return max(3 * self.interval_seconds, LOST_AFTER_MIN)
 
     @property
     def unqueued_after(self):
@@ -506,29 +665,21 @@ class Monitoring(NamedTuple):
 
 def validate_monitoring(mon, c, key="monitoring"):
     """Fill defaults into a monitoring dict and check it; returns a plain dict."""
-    c.obj(mon, key, list(DEFAULT_MONITORING))
+    c.obj(mon, key, [k.name for k in MONITORING_SCHEMA])
     out = OrderedDict()
-    for k, default in DEFAULT_MONITORING.items():
-        out[k] = mon.get(k, default)
-    c.number(out["interval_seconds"], key + ".interval_seconds", positive=True)
-    if out["termination_string"] is not None:
-        c.string(out["termination_string"], key + ".termination_string")
-    if out["inactivity_threshold_seconds"] is not None:
-        c.number(out["inactivity_threshold_seconds"], key + ".inactivity_threshold_seconds", positive=True)
-    if out["lost_after_seconds"] is not None:
-        c.number(out["lost_after_seconds"], key + ".lost_after_seconds", minimum=0)
-    c.number(out["slurm_timeout_seconds"], key + ".slurm_timeout_seconds", positive=True)
-    c.number(out["unknown_backoff_max_seconds"], key + ".unknown_backoff_max_seconds", positive=True)
-    c.number(out["submit_retries"], key + ".submit_retries", minimum=0, integer=True)
-    c.number(out["submit_backoff_seconds"], key + ".submit_backoff_seconds", minimum=0)
-    if not isinstance(out["debug_sync"], bool):
-        c.fail(key + ".debug_sync", "must be true or false")
-    events = out["log_events"]
+    for spec in MONITORING_SCHEMA:
+        out[spec.name] = mon.get(spec.name, spec.default)
+        c.key(spec, out[spec.name], key + "." + spec.name)
+    _validate_log_events(out["log_events"], c, key + ".log_events")
+    return out
+
+
+def _validate_log_events(events, c, key):
     if not isinstance(events, list):
-        c.fail(key + ".log_events", "must be a list of {name, pattern, mode}")
+        c.fail(key, "must be a list of {name, pattern, mode}")
     seen = set()
     for i, ev in enumerate(events):
-        k = "%s.log_events[%d]" % (key, i)
+        k = "%s[%d]" % (key, i)
         c.obj(ev, k, LOG_EVENT_KEYS)
         for field in LOG_EVENT_KEYS:
             if field not in ev:
@@ -538,7 +689,7 @@ def validate_monitoring(mon, c, key="monitoring"):
             c.fail(k + ".name", "%r must be an identifier (letters, digits, _)" % name)
         if name in seen:
             c.fail(k + ".name", "%r is used twice" % name)
-        if name == "success":
+        if name == MODE_SUCCESS:
             c.fail(k + ".name", "'success' is the termination string's event; choose another name")
         seen.add(name)
         try:
@@ -548,7 +699,6 @@ def validate_monitoring(mon, c, key="monitoring"):
         mode = c.string(ev["mode"], k + ".mode")
         if not IDENT_RE.match(mode):
             c.fail(k + ".mode", "%r must be an identifier" % mode)
-    return out
 
 
 def validate_restart(restart, monitoring, c):
@@ -565,41 +715,43 @@ def validate_restart(restart, monitoring, c):
             c.fail(k, "unknown mode (built-in modes: %s; a log_events entry may add its own)" % ", ".join(MODES))
         c.obj(pol, k, POLICY_KEYS)
         if "action" not in pol:  # {"max_attempts": 5} refines the mode's default policy
-            pol = dict(out.get(mode, {"action": "stop"}), **pol)
+            pol = dict(out.get(mode, {"action": UNLISTED_POLICY.action}), **pol)
         action = pol.get("action")
         if action not in ACTIONS:
             c.fail(k + ".action", "must be one of %s, not %r" % ("/".join(ACTIONS), action))
         if "max_attempts" in pol:
             c.number(pol["max_attempts"], k + ".max_attempts", positive=True, integer=True)
-        elif action == "restart":
-            pol = dict(pol, max_attempts=3)
+        elif action == RESTART:
+            pol = dict(pol, max_attempts=Policy(RESTART).max_attempts)
         for field in ("backoff_seconds", "backoff_max_seconds"):
             if field in pol:
                 c.number(pol[field], k + "." + field, minimum=0)
         out[mode] = OrderedDict((f, pol[f]) for f in POLICY_KEYS if f in pol)
     for mode in custom:
-        out.setdefault(mode, {"action": "stop"})
+        out.setdefault(mode, {"action": UNLISTED_POLICY.action})
     return out
 
 
 def make_monitoring(d):
-    return Monitoring(
-        interval_seconds=float(d["interval_seconds"]),
-        termination_string=d["termination_string"],
-        inactivity_threshold_seconds=d["inactivity_threshold_seconds"],
-        log_events=tuple(LogEvent(e["name"], e["pattern"], e["mode"]) for e in d["log_events"]),
-        lost_after_seconds=d["lost_after_seconds"],
-        slurm_timeout_seconds=float(d["slurm_timeout_seconds"]),
-        unknown_backoff_max_seconds=float(d["unknown_backoff_max_seconds"]),
-        submit_retries=int(d["submit_retries"]),
-        submit_backoff_seconds=float(d["submit_backoff_seconds"]),
-        debug_sync=bool(d["debug_sync"]))
+    """The typed Monitoring of a validated monitoring dict."""
+    values = []
+    for spec in MONITORING_SCHEMA:
+        v = d[spec.name]
+        if spec.kind == "log_events":
+            v = tuple(LogEvent(e["name"], e["pattern"], e["mode"]) for e in v)
+        elif v is not None and spec.kind == "number":
+            v = float(v)
+        elif v is not None and spec.kind == "integer":
+            v = int(v)
+        elif spec.kind == "bool":
+            v = bool(v)
+        values.append(v)
+    return Monitoring(*values)
 
 
 def make_policies(d):
-    return dict((mode, Policy(p["action"], int(p.get("max_attempts", 1)),
-                              float(p.get("backoff_seconds", 0)),
-                              float(p.get("backoff_max_seconds", 3600))))
+    types = {"max_attempts": int, "backoff_seconds": float, "backoff_max_seconds": float}
+    return dict((mode, Policy(**dict((k, types.get(k, str)(v)) for k, v in p.items() if k in POLICY_KEYS)))
                 for mode, p in d.items())
 
 
@@ -644,7 +796,7 @@ def check_shell_placeholders(text, where):
     """Values go into shell code as single quoted words, so a placeholder must stand where a
     word can: inside quotes the quoting would be taken literally, and in a here-document's
     body the shell would expand the value after all."""
-    quote, i, arith, line_start = None, 0, 0, 0
+    quote, i, arith = None, 0, 0
     heredocs = []  # delimiters of here-documents whose bodies start at the next line
     while i < len(text):
         m = _TEMPLATE_RE.match(text, i)
@@ -765,6 +917,7 @@ def render_sbatch_line(key, value):
     return "#SBATCH --%s=%s" % (key, sbatch_quote(value))
 
 
+# The manifest's records: these fields are what manifest.json holds per job and for the array.
 class PlanJob(NamedTuple):
     name: str
     index: int
@@ -784,6 +937,10 @@ class ArraySpec(NamedTuple):
     sbatch_args: list
 
 
+MANIFEST_FIELDS = ("schema_version", "kind", "plan_id", "project", "created_at", "config_path",
+                   "state_dir", "workdir", "config", "jobs", "array", "array_error")
+
+
 class Plan(object):
     """A planned sweep as read back from its manifest: what a session submits and watches."""
 
@@ -798,12 +955,10 @@ class Plan(object):
         self.workdir = data["workdir"]
         self.config = data["config"]
         self.created_at = data["created_at"]
-        self.jobs = [PlanJob(j["name"], j["index"], j["params"], j["script_path"], j["log_template"], j["tag"],
-                             j["sbatch_args"]) for j in data["jobs"]]
+        self.jobs = [PlanJob(**j) for j in data["jobs"]]
         self.by_name = dict((j.name, j) for j in self.jobs)
         a = data.get("array")
-        self.array = ArraySpec(a["name"], a["script_path"], a["log_template"], a["tag"],
-                               a.get("max_running"), a["sbatch_args"]) if a else None
+        self.array = ArraySpec(**dict(a, max_running=a.get("max_running"))) if a else None
         self.array_error = data.get("array_error")
 
 
@@ -827,7 +982,15 @@ def resolve_config(raw, source, overrides):
         c.string(config["state_dir"], "state_dir")
     if "description" in config:
         c.string(config["description"], "description", allow_empty=True)
-    job = config.get("job")
+    _validate_job(config.get("job"), source, c)
+    mon = validate_monitoring(config.get("monitoring", OrderedDict()), c)
+    config["monitoring"] = mon
+    config["restart"] = validate_restart(config.get("restart", OrderedDict()), mon, c)
+    expand_sweep(config.get("sweep"), c)  # fail early on a bad sweep
+    return config
+
+
+def _validate_job(job, source, c):
     if job is None:
         c.fail("job", "is required (job.name, job.command or job.template, job.log, job.sbatch)")
     c.obj(job, "job", JOB_KEYS)
@@ -867,136 +1030,150 @@ def resolve_config(raw, source, overrides):
             c.fail("job.env." + k, "must be a string or a number")
         if "\x00" in str(v):
             c.fail("job.env." + k, "contains a NUL character")
-    mon = validate_monitoring(config.get("monitoring", OrderedDict()), c)
-    config["monitoring"] = mon
-    config["restart"] = validate_restart(config.get("restart", OrderedDict()), mon, c)
-    expand_sweep(config.get("sweep"), c)  # fail early on a bad sweep
-    return config
 
 
 def build_plan(config, source, plan_id, state_dir, workdir, created_at):
     """Expand the sweep and render everything a manifest holds (no file is written here).
 
-    Returns (manifest dict, {script path: script text}).
+    Returns (manifest dict, {script path: script text}). The steps: read the template (if
+    any), then per sweep point its values, name, log path, sbatch options and script; last
+    the array script, offered only when every job shares the same sbatch options.
     """
     c = _Checker(source)
     job = config["job"]
-    project = config["project"]
     points = expand_sweep(config.get("sweep"), c)
     workdir = os.path.abspath(os.path.join(workdir, job.get("workdir", ".")))
     plan_dir = os.path.join(state_dir, "plans", plan_id)
     name_tpl = job.get("name", "{project}-{index}" if len(points) > 1 else "{project}")
     log_tpl = job.get("log", "logs/{name}-%j.log")
-    template_text = None
-    if "template" in job:
-        tpath = os.path.join(os.path.dirname(os.path.abspath(source)), job["template"])
-        try:
-            with open(tpath, "rb") as f:
-                template_text = f.read().decode("utf-8")
-        except (IOError, OSError, UnicodeDecodeError) as e:
-            c.fail("job.template", "cannot read %s: %s" % (tpath, getattr(e, "strerror", None) or e))
-        _check_template_directives(template_text, tpath, c)
-        check_shell_placeholders("\n".join("" if l.startswith("#SBATCH") else l
-                                           for l in template_text.splitlines()), "%s: job.template" % source)
-    jobs, scripts, seen = [], OrderedDict(), {}
-    sbatch_sets = []
+    template_text = _read_template(job, source, c)
+    jobs, scripts, seen, sbatch_sets = [], OrderedDict(), {}, []
     for index, params in enumerate(points):
         values = OrderedDict((k, format_value(v)) for k, v in params.items())
-        values["project"] = project
-        values["index"] = str(index)
-        values["plan_id"] = plan_id
-        name = render_template(name_tpl, values, "%s: job.name" % source)
-        if not SAFE_NAME_RE.match(name):
-            c.fail("job.name", "renders to %r for sweep point %d, which is not a safe name "
-                   "(1-128 characters from A-Z a-z 0-9 . _ + -, starting with a letter or digit)" % (name, index))
-        if name in seen:
-            c.fail("job.name", "renders to %r for sweep points %d and %d; names must be unique, "
-                   "so use more parameters in job.name" % (name, seen[name], index))
-        seen[name] = index
+        values.update(project=config["project"], index=str(index), plan_id=plan_id)
+        name = _render_job_name(name_tpl, values, index, seen, source, c)
         values["name"] = name
         # SLURM expands %-patterns in --output, so a literal % from a value must be doubled.
         log_values = OrderedDict((k, v.replace("%", "%%")) for k, v in values.items())
         log = render_template(log_tpl, log_values, "%s: job.log" % source)
         log = check_log_template(os.path.normpath(os.path.join(workdir, log)), "job.log", c)
-        sbatch = OrderedDict()
-        for k, v in job.get("sbatch", {}).items():
-            if v is False or v is None or k.startswith("_"):
-                continue
-            if v is not True:
-                v = render_template(format_value(v), values, "%s: job.sbatch.%s" % (source, k))
-                check_directive_value(v, "job.sbatch." + k, c)
-            sbatch[k] = v
+        sbatch = _render_sbatch_options(job, values, source, c)
         sbatch_sets.append(sbatch)
         tag = session_tag(plan_id, name)
-        header = ["#SBATCH --job-name=%s" % name,
-                  render_sbatch_line("output", log)]
-        if "error" not in sbatch:
-            header.append(render_sbatch_line("error", log))
-        header += ["#SBATCH --comment=%s" % tag, render_sbatch_line("chdir", workdir)]
-        header += [render_sbatch_line(k, v) for k, v in sbatch.items()]
-        exports = ["export AUTOEXP_PLAN=%s AUTOEXP_JOB=%s" % (plan_id, name)]
-        for k, v in job.get("env", {}).items():
-            if k.startswith("_"):
-                continue
-            v = render_template(format_value(v), values, "%s: job.env.%s" % (source, k))
-            exports.append("export %s=%s" % (k, shlex.quote(v)))
-        note = "# Generated by autoexp %s: plan %s, job %s (index %d). Re-plan rather than edit." % (
-            __version__, plan_id, name, index)
-        if template_text is None:
-            body = render_template(job["command"], values, "%s: job.command" % source, quote=shlex.quote)
-            text = "\n".join(["#!/bin/bash", note] + header + [""] + exports + ["", body.rstrip("\n"), ""])
-        else:
-            text = _render_template_script(template_text, values, header + [note], exports, source)
         script_path = os.path.join(plan_dir, "jobs", name + ".sbatch")
-        scripts[script_path] = text
-        jobs.append(OrderedDict([("name", name), ("index", index), ("params", params),
-                                 ("script_path", script_path), ("log_template", log), ("tag", tag),
-                                 ("sbatch_args", owned_args(name, log, "error" not in sbatch, tag, workdir))]))
+        scripts[script_path] = _render_job_script(job, template_text, values, index, log, tag, workdir,
+                                                  sbatch, source)
+        jobs.append(PlanJob(name, index, params, script_path, log, tag,
+                            owned_args(name, log, "error" not in sbatch, tag, workdir))._asdict())
     manifest = OrderedDict([
-        ("schema_version", MANIFEST_SCHEMA_VERSION), ("kind", "autoexp-manifest"),
-        ("plan_id", plan_id), ("project", project), ("created_at", iso_time(created_at)),
+        ("schema_version", MANIFEST_SCHEMA_VERSION), ("kind", MANIFEST_KIND),
+        ("plan_id", plan_id), ("project", config["project"]), ("created_at", iso_time(created_at)),
         ("config_path", os.path.abspath(source)), ("state_dir", state_dir), ("workdir", workdir),
         ("config", config), ("jobs", jobs), ("array", None), ("array_error", None)])
-    # An array shares one set of directives: offer it only when every job agrees.
     differing = [j["name"] for j, sb in zip(jobs, sbatch_sets) if sb != sbatch_sets[0]]
     if differing:
         manifest["array_error"] = ("jobs differ in their sbatch options (first: %s), so they cannot "
                                    "share one job array; submit them as single jobs" % differing[0])
     else:
-        array_tpl = job.get("array_log", os.path.join(os.path.dirname(log_tpl) or ".", "{project}-%A_%a.log"))
-        try:
-            array_log = render_template(array_tpl, {"project": project, "plan_id": plan_id}, "%s: job.array_log" % source)
-            array_log = check_log_template(os.path.normpath(os.path.join(workdir, array_log)), "job.array_log", c)
-        except ConfigError as e:
-            if "array_log" in job:  # the user asked for this array log: a mistake, not a limit
-                raise
-            manifest["array_error"] = "%s (set job.array_log to a path using only {project}, {plan_id} and %%A/%%a)" % e
-        else:
-            tag = session_tag(plan_id, ARRAY_TAG_NAME)
-            indexes = ",".join(str(j["index"]) for j in jobs)
-            if job.get("array_max_running"):
-                indexes += "%%%d" % job["array_max_running"]
-            lines = ["#!/bin/bash",
-                     "# Generated by autoexp %s: the job array of plan %s. Task N runs job index N." % (__version__, plan_id),
-                     "#SBATCH --job-name=%s" % plan_id,
-                     render_sbatch_line("output", array_log)]
-            if "error" not in sbatch_sets[0]:
-                lines.append(render_sbatch_line("error", array_log))
-            lines += ["#SBATCH --comment=%s" % tag, render_sbatch_line("chdir", workdir),
-                      "#SBATCH --array=%s" % indexes]
-            lines += [render_sbatch_line(k, v) for k, v in sbatch_sets[0].items()]
-            lines += ["", 'case "${SLURM_ARRAY_TASK_ID:-}" in']
-            lines += ["  %d) exec %s ;;" % (j["index"], shlex.quote(j["script_path"])) for j in jobs]
-            lines += ['  *) echo "autoexp: no job for array task ${SLURM_ARRAY_TASK_ID:-unset}" >&2; exit 2 ;;',
-                      "esac", ""]
-            script = os.path.join(plan_dir, "array.sbatch")
-            scripts[script] = "\n".join(lines)
-            manifest["array"] = OrderedDict([("name", plan_id), ("script_path", script),
-                                             ("log_template", array_log), ("tag", tag),
-                                             ("max_running", job.get("array_max_running")),
-                                             ("sbatch_args", owned_args(plan_id, array_log, "error" not in sbatch_sets[0],
-                                                                        tag, workdir))])
+        _plan_array(manifest, scripts, job, log_tpl, sbatch_sets[0], plan_dir, source, c)
     return manifest, scripts
+
+
+def _read_template(job, source, c):
+    """A user template's text (checked), or None for job.command."""
+    if "template" not in job:
+        return None
+    tpath = os.path.join(os.path.dirname(os.path.abspath(source)), job["template"])
+    try:
+        with open(tpath, "rb") as f:
+            text = f.read().decode("utf-8")
+    except (IOError, OSError, UnicodeDecodeError) as e:
+        c.fail("job.template", "cannot read %s: %s" % (tpath, getattr(e, "strerror", None) or e))
+    _check_template_directives(text, tpath, c)
+    check_shell_placeholders("\n".join("" if l.startswith("#SBATCH") else l for l in text.splitlines()),
+                             "%s: job.template" % source)
+    return text
+
+
+def _render_job_name(name_tpl, values, index, seen, source, c):
+    name = render_template(name_tpl, values, "%s: job.name" % source)
+    if not SAFE_NAME_RE.match(name):
+        c.fail("job.name", "renders to %r for sweep point %d, which is not a safe name "
+               "(1-128 characters from A-Z a-z 0-9 . _ + -, starting with a letter or digit)" % (name, index))
+    if name in seen:
+        c.fail("job.name", "renders to %r for sweep points %d and %d; names must be unique, "
+               "so use more parameters in job.name" % (name, seen[name], index))
+    seen[name] = index
+    return name
+
+
+def _render_sbatch_options(job, values, source, c):
+    sbatch = OrderedDict()
+    for k, v in job.get("sbatch", {}).items():
+        if v is False or v is None or k.startswith("_"):
+            continue
+        if v is not True:
+            v = render_template(format_value(v), values, "%s: job.sbatch.%s" % (source, k))
+            check_directive_value(v, "job.sbatch." + k, c)
+        sbatch[k] = v
+    return sbatch
+
+
+def _render_job_script(job, template_text, values, index, log, tag, workdir, sbatch, source):
+    name, plan_id = values["name"], values["plan_id"]
+    header = ["#SBATCH --job-name=%s" % name, render_sbatch_line("output", log)]
+    if "error" not in sbatch:
+        header.append(render_sbatch_line("error", log))
+    header += ["#SBATCH --comment=%s" % tag, render_sbatch_line("chdir", workdir)]
+    header += [render_sbatch_line(k, v) for k, v in sbatch.items()]
+    exports = ["export AUTOEXP_PLAN=%s AUTOEXP_JOB=%s" % (plan_id, name)]
+    for k, v in job.get("env", {}).items():
+        if k.startswith("_"):
+            continue
+        v = render_template(format_value(v), values, "%s: job.env.%s" % (source, k))
+        exports.append("export %s=%s" % (k, shlex.quote(v)))
+    note = "# Generated by autoexp %s: plan %s, job %s (index %d). Re-plan rather than edit." % (
+        __version__, plan_id, name, index)
+    if template_text is None:
+        body = render_template(job["command"], values, "%s: job.command" % source, quote=shlex.quote)
+        return "\n".join(["#!/bin/bash", note] + header + [""] + exports + ["", body.rstrip("\n"), ""])
+    return _render_template_script(template_text, values, header + [note], exports, source)
+
+
+def _plan_array(manifest, scripts, job, log_tpl, sbatch, plan_dir, source, c):
+    """Add the array script to the plan, or say in array_error why there is none."""
+    plan_id, project, workdir, jobs = (manifest["plan_id"], manifest["project"], manifest["workdir"],
+                                       manifest["jobs"])
+    array_tpl = job.get("array_log", os.path.join(os.path.dirname(log_tpl) or ".", "{project}-%A_%a.log"))
+    try:
+        array_log = render_template(array_tpl, {"project": project, "plan_id": plan_id}, "%s: job.array_log" % source)
+        array_log = check_log_template(os.path.normpath(os.path.join(workdir, array_log)), "job.array_log", c)
+    except ConfigError as e:
+        if "array_log" in job:  # the user asked for this array log: a mistake, not a limit
+            raise
+        manifest["array_error"] = "%s (set job.array_log to a path using only {project}, {plan_id} and %%A/%%a)" % e
+        return
+    tag = session_tag(plan_id, ARRAY_TAG_NAME)
+    indexes = ",".join(str(j["index"]) for j in jobs)
+    if job.get("array_max_running"):
+        indexes += "%%%d" % job["array_max_running"]
+    lines = ["#!/bin/bash",
+             "# Generated by autoexp %s: the job array of plan %s. Task N runs job index N." % (__version__, plan_id),
+             "#SBATCH --job-name=%s" % plan_id,
+             render_sbatch_line("output", array_log)]
+    if "error" not in sbatch:
+        lines.append(render_sbatch_line("error", array_log))
+    lines += ["#SBATCH --comment=%s" % tag, render_sbatch_line("chdir", workdir),
+              "#SBATCH --array=%s" % indexes]
+    lines += [render_sbatch_line(k, v) for k, v in sbatch.items()]
+    lines += ["", 'case "${SLURM_ARRAY_TASK_ID:-}" in']
+    lines += ["  %d) exec %s ;;" % (j["index"], shlex.quote(j["script_path"])) for j in jobs]
+    lines += ['  *) echo "autoexp: no job for array task ${SLURM_ARRAY_TASK_ID:-unset}" >&2; exit 2 ;;',
+              "esac", ""]
+    script = os.path.join(plan_dir, "array.sbatch")
+    scripts[script] = "\n".join(lines)
+    manifest["array"] = ArraySpec(plan_id, script, array_log, tag, job.get("array_max_running"),
+                                  owned_args(plan_id, array_log, "error" not in sbatch, tag, workdir))._asdict()
 
 
 def owned_args(name, log, with_error, tag, workdir):
@@ -1044,6 +1221,19 @@ def _render_template_script(text, values, header, exports, source):
     return "\n".join(out) + "\n"
 
 
+def sbatch_command(plan, tasks):
+    """(script, args) of one submission: a single job (tasks is [(name, None)]) or the array
+    tasks given as [(name, index), ...], resubmitted with --array=<their indexes>."""
+    if tasks[0][1] is None:
+        pj = plan.by_name[tasks[0][0]]
+        return pj.script_path, list(pj.sbatch_args)
+    array = plan.array
+    spec = ",".join(str(task) for _, task in tasks)
+    if array.max_running:
+        spec += "%%%d" % array.max_running
+    return array.script_path, list(array.sbatch_args) + ["--array=" + spec]
+
+
 def default_plan_id(project, t):
     return "%s-%s" % (project, time.strftime("%Y%m%d-%H%M%S", time.localtime(t)))
 
@@ -1083,16 +1273,15 @@ def load_manifest(path):
         raise  # the path cannot be said in this locale: main() explains, the file is fine
     except ValueError as e:
         raise StateError("manifest %s is not valid JSON (%s); plan again with `autoexp plan CONFIG`" % (path, e))
-    if not isinstance(data, dict) or data.get("kind") != "autoexp-manifest":
+    if not isinstance(data, dict) or data.get("kind") != MANIFEST_KIND:
         raise StateError("%s is not an autoexp manifest" % path)
     if data.get("schema_version", 0) > MANIFEST_SCHEMA_VERSION:
         raise StateError("manifest %s has schema version %s, newer than this autoexp understands (%d); "
                          "use a newer autoexp" % (path, data.get("schema_version"), MANIFEST_SCHEMA_VERSION))
     return Plan(data, os.path.abspath(path))
 
-
 # ============================================================================
-# 3. SLURM client and parsers
+# 4. SLURM client and parsers
 # ============================================================================
 
 class Completed(NamedTuple):
@@ -1115,8 +1304,8 @@ def run_command(argv, timeout, env=None):
                                 start_new_session=True)
     except OSError as e:
         if e.errno in (errno.ENOENT, errno.EACCES):
-            raise SlurmError("SLURM command %r was not found on PATH; run autoexp on a login node "
-                             "where sbatch, squeue and sacct work" % argv[0], exit_code=EXIT_USAGE)
+            raise SlurmMissing("SLURM command %r was not found on PATH; run autoexp on a login node "
+                               "where sbatch, squeue and sacct work" % argv[0])
         # fork failing for lack of processes or memory is passing: the answer is UNKNOWN
         raise SlurmUnavailable("cannot run %s: %s" % (argv[0], e.strerror or e))
     timed_out = False
@@ -1146,19 +1335,8 @@ def slurm_environment(base=None):
     return env
 
 
-# Job states, from squeue(1) and sacct(1). Anything still able to run is ACTIVE.
-ACTIVE_STATES = frozenset((
-    "PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "REQUEUE_FED",
-    "REQUEUE_HOLD", "RESIZING", "RESV_DEL_HOLD", "SIGNALING", "STAGE_OUT", "STOPPED",
-    "POWER_UP_NODE", "UPDATE_DB"))
-TERMINAL_MODE = {
-    "COMPLETED": "success", "FAILED": "crash", "OUT_OF_MEMORY": "oom", "TIMEOUT": "timeout",
-    "DEADLINE": "timeout", "NODE_FAIL": "node_fail", "BOOT_FAIL": "node_fail",
-    "PREEMPTED": "preempted", "CANCELLED": "cancelled", "REVOKED": "cancelled",
-    "SPECIAL_EXIT": "crash", "LAUNCH_FAILED": "crash"}
 STATE_WORD_RE = re.compile(r"^[A-Z][A-Z_]*$")
 JOB_ID_RE = re.compile(r"^(\d+)(?:_(\d+|\[[0-9,\-:%]+\])|\+(\d+))?$")
-MAX_ARRAY_EXPANSION = 100000
 
 
 def normalize_state(text):
@@ -1340,7 +1518,7 @@ THROTTLED_SBATCH_ERRORS = ("job violates accounting/qos policy", "maxsubmitjob",
 
 
 class SubmitResult(NamedTuple):
-    outcome: str  # "ok", "uncertain" (the job may or may not be queued), "throttled" or "permanent"
+    outcome: str  # SB_OK, SB_UNCERTAIN (the job may or may not be queued), SB_THROTTLED or SB_PERMANENT
     job_id: Optional[str]
     message: str
 
@@ -1349,19 +1527,19 @@ def classify_sbatch(res):
     """Turn an sbatch run into a SubmitResult. Only a clear refusal counts as permanent;
     every other failure may have queued the job, so it is looked up before any retry."""
     if res.timed_out:
-        return SubmitResult("uncertain", None, "sbatch did not answer in time")
+        return SubmitResult(SB_UNCERTAIN, None, "sbatch did not answer in time")
     message = " ".join(res.err.split())[:500]
     if res.rc == 0:
         try:
-            return SubmitResult("ok", parse_sbatch_output(res.out), message)
+            return SubmitResult(SB_OK, parse_sbatch_output(res.out), message)
         except ValueError as e:
-            return SubmitResult("uncertain", None, "sbatch printed no job id (%s)" % e)
+            return SubmitResult(SB_UNCERTAIN, None, "sbatch printed no job id (%s)" % e)
     low = message.lower()
     if any(p in low for p in PERMANENT_SBATCH_ERRORS):
-        return SubmitResult("permanent", None, message or "sbatch exit %d" % res.rc)
+        return SubmitResult(SB_PERMANENT, None, message or "sbatch exit %d" % res.rc)
     if any(p in low for p in THROTTLED_SBATCH_ERRORS):
-        return SubmitResult("throttled", None, message)
-    return SubmitResult("uncertain", None, message or "sbatch exit %d with no message" % res.rc)
+        return SubmitResult(SB_THROTTLED, None, message)
+    return SubmitResult(SB_UNCERTAIN, None, message or "sbatch exit %d with no message" % res.rc)
 
 
 def first_line(text):
@@ -1425,7 +1603,7 @@ class SlurmClient(object):
         try:
             return classify_sbatch(self._run(["sbatch", "--parsable"] + list(args) + [script]))
         except SlurmUnavailable as e:
-            return SubmitResult("uncertain", None, str(e))
+            return SubmitResult(SB_UNCERTAIN, None, str(e))
 
     def scancel(self, job_id):
         """scancel exits 0 for unknown and finished ids too; non-zero means it could not ask."""
@@ -1449,11 +1627,8 @@ def current_user():
 
 
 # ============================================================================
-# 4. Log tail
+# 5. Log tail
 # ============================================================================
-
-MAX_LOG_READ = 4 << 20  # per attempt and cycle: a runaway log cannot exhaust memory
-
 
 class LogRead(NamedTuple):
     lines: list
@@ -1463,9 +1638,6 @@ class LogRead(NamedTuple):
     restarted: bool
     ok: bool = True    # False: the file exists but could not be read (an NFS hiccup)
     eof: bool = True   # False: more than max_bytes were waiting; read again
-
-
-LOG_HEAD_BYTES = 256
 
 
 def log_head(f, size):
@@ -1565,13 +1737,15 @@ def resolve_log_path(template, job_id, raw_id, job_name, user):
     return None if missing else path
 
 
+
+
 # ============================================================================
-# 5. Classification and policies (the pure core: no I/O, no clock)
+# 6. Records: what autoexp knows of a job (no I/O)
 # ============================================================================
 
 class Observation(NamedTuple):
     """What SLURM said about one job id this cycle."""
-    source: str  # "squeue", "sacct", "missing" (both answered, neither knows it) or "unknown"
+    source: str  # SRC_SQUEUE, SRC_SACCT, SRC_MISSING (both answered, neither knows it) or SRC_UNKNOWN
     state: str = ""
     reason: str = ""
     exit_code: str = ""
@@ -1590,63 +1764,6 @@ class Facts(NamedTuple):
     missing_since: Optional[float] = None
 
 
-class Verdict(NamedTuple):
-    monitor_state: str
-    mode: Optional[str]  # None: nothing to decide this cycle
-    reason: str
-    live: Optional[bool]  # can the SLURM job still run? None: cannot tell
-
-
-def observation_live(obs):
-    if obs.source in ("squeue", "sacct"):
-        return obs.state in ACTIVE_STATES
-    return None
-
-
-def classify(obs, facts, now, mon):
-    """Derive an attempt's mode from this cycle's observation and its accumulated facts.
-
-    Level-triggered: the same inputs give the same verdict, whatever happened before.
-    Precedence: UNKNOWN decides nothing; then the termination string (the run is done
-    whatever SLURM says about the exit), a log_events mode, SLURM's terminal state,
-    inactivity while RUNNING (stall) and, after a grace period, lost.
-    """
-    if obs.source == "unknown":
-        return Verdict("unknown", None, obs.reason or "SLURM did not answer", None)
-    live = observation_live(obs)
-    state = obs.state.lower() if obs.state else "missing"
-    if facts.success_seen:
-        return Verdict(state, "success", "termination string found in the log", live)
-    if facts.log_mode:
-        return Verdict(state, facts.log_mode, facts.log_reason, live)
-    if obs.source in ("squeue", "sacct") and obs.state in TERMINAL_MODE:
-        mode = TERMINAL_MODE[obs.state]
-        reason = "SLURM state %s" % obs.state
-        if obs.exit_code and obs.exit_code != "0:0":
-            reason += " (exit code %s)" % obs.exit_code
-        if mode == "success" and mon.termination_string:
-            mode, reason = "incomplete", "COMPLETED without the termination string in the log"
-        return Verdict(state, mode, reason, False)
-    if obs.source == "missing":
-        waited = now - facts.missing_since if facts.missing_since is not None else 0.0
-        if obs.state:  # sacct still calls it live: accounting lags, the job is not lost
-            return Verdict("missing", None, "not in squeue; sacct still says %s" % obs.state, None)
-        if waited >= mon.lost_after:
-            return Verdict("lost", "lost", "neither squeue nor sacct has known the job for %ds" % waited, None)
-        return Verdict("missing", None, "not in squeue or sacct (for %ds)" % waited, None)
-    if obs.state == "RUNNING" and mon.inactivity_threshold_seconds:
-        quiet = now - (facts.last_activity or facts.running_since or now)
-        if quiet >= mon.inactivity_threshold_seconds:
-            return Verdict("running", "stall", "log silent for %ds while RUNNING" % quiet, True)
-    return Verdict(state, None, "", live if live is not None else True)
-
-
-class Decision(NamedTuple):
-    action: str  # restart / finalize / stop
-    delay: float
-    reason: str
-
-
 class Ended(NamedTuple):
     """How one attempt ended, as far as deciding the next one goes."""
     mode: str
@@ -1654,53 +1771,15 @@ class Ended(NamedTuple):
     runtime: Optional[float]  # seconds SLURM ran it (None: unknown)
 
 
-FAST_FAILURE_SECONDS = 60.0
-# Modes that say something about the cluster or the clock, not about the job itself.
-CIRCUMSTANTIAL_MODES = frozenset(("success", "incomplete", "timeout", "node_fail", "preempted",
-                                  "cancelled", "stall", "lost"))
+class Field(NamedTuple):
+    """One field of a state-file record: its default, and the types a reader insists on
+    (None: optional). A file edited or damaged into other valid JSON is still refused."""
+    name: str
+    default: object = None
+    required: Optional[tuple] = None
 
 
-def repeats_deterministically(history):
-    """The last two attempts failed the same way (mode, exit code, log line), each within a
-    minute of starting: a broken command or config, not bad luck. Another restart would
-    only fail again, after waiting in the queue."""
-    if len(history) < 2:
-        return False
-    a, b = history[-2], history[-1]
-    return (a.mode == b.mode and b.mode not in CIRCUMSTANTIAL_MODES and a.signature == b.signature
-            and a.runtime is not None and b.runtime is not None
-            and a.runtime < FAST_FAILURE_SECONDS and b.runtime < FAST_FAILURE_SECONDS)
-
-
-def decide(mode, policies, history):
-    """The policy's answer to an attempt that ended (or must end) in mode.
-
-    history: how each of the job's attempts ended (Ended), this one last. A restart policy
-    allows max_attempts attempts to end in its mode; the last one stops the job, and so
-    does a failure that repeats deterministically. The backoff doubles with each failure
-    in the mode, up to backoff_max_seconds.
-    """
-    policy = policies.get(mode) or Policy("stop")
-    if policy.action == "finalize":
-        return Decision("finalize", 0.0, "policy for %s: finalize" % mode)
-    if policy.action in ("stop", "ignore"):
-        return Decision("stop", 0.0, "policy for %s: stop" % mode)
-    used = sum(1 for h in history if h.mode == mode)
-    if used >= policy.max_attempts:
-        return Decision("stop", 0.0, "%s %d of %d: stop" % (mode, used, policy.max_attempts))
-    if repeats_deterministically(history):
-        return Decision("stop", 0.0, "%s repeated identically within %ds of starting: deterministic, stop"
-                        % (mode, FAST_FAILURE_SECONDS))
-    delay = min(policy.backoff_seconds * (2 ** (used - 1)), policy.backoff_max_seconds) if policy.backoff_seconds else 0.0
-    return Decision("restart", delay, "%s %d of %d: restart%s" % (
-        mode, used, policy.max_attempts, " in %ds" % delay if delay else ""))
-
-
-# ============================================================================
-# 6. State store
-# ============================================================================
-
-ACTIVE, FINALIZED, STOPPED, CANCELLED = "active", "finalized", "stopped", "cancelled"
+_STR, _INT, _OPT_STR = (str,), (int,), (str, type(None))
 TIME_FIELDS = frozenset(("intent_at", "submitted_at", "ended_at", "running_since", "missing_since",
                          "slurm_start", "slurm_end", "acct_wait_since",
                          "last_log_growth_at", "cancel_requested_at", "next_submit_at",
@@ -1717,56 +1796,85 @@ def _from_json_value(key, value):
     return value
 
 
-_STR, _INT, _OPT_STR = (str,), (int,), (str, type(None))
+def _times_to_json(d):
+    return OrderedDict((k, _to_json_value(k, v)) for k, v in d.items())
+
+
+def _times_from_json(d):
+    return OrderedDict((k, _from_json_value(k, v)) for k, v in d.items())
 
 
 def _require(d, fields, where):
-    """A state file edited or damaged into valid JSON must still be refused: check the
-    fields a reader relies on (ValueError names the first one that is wrong)."""
+    """Check the fields a reader relies on (ValueError names the first one that is wrong)."""
     if not isinstance(d, dict):
         raise ValueError("%s is not an object" % where)
-    for key, types in fields:
-        if key not in d:
-            raise ValueError("%s has no %r" % (where, key))
-        value = d[key]
-        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
-            raise ValueError("%s: %r is %s" % (where, key, _type_name(value)))
+    for f in fields:
+        if f.required is None:
+            continue
+        if f.name not in d:
+            raise ValueError("%s has no %r" % (where, f.name))
+        value = d[f.name]
+        if not isinstance(value, f.required) or (isinstance(value, bool) and bool not in f.required):
+            raise ValueError("%s: %r is %s" % (where, f.name, _type_name(value)))
 
 
-class Attempt(object):
-    """One SLURM submission of a logical job (or a SLURM job adopted for it)."""
+class Record(object):
+    """A state-file record whose FIELDS table is its one list of fields: slots, defaults,
+    the JSON form and what a reader requires all follow from it."""
 
-    __slots__ = (
-        "attempt", "job_id", "raw_id", "array_task", "origin", "submit_state", "submit_error",
-        "intent_at", "submitted_at", "resolved_log_path", "log_offset", "log_inode", "log_head",
-        "last_log_growth_at", "running_since", "missing_since", "acct_wait_since", "slurm_start", "slurm_end",
-        "requeues", "last_slurm_state",
-        "last_monitor_state", "exit_code", "live", "success_seen", "log_mode", "log_reason",
-        "outcome", "reason", "ended_at", "cancel_requested_at", "cancel_result", "log_matches", "actions")
-    DEFAULTS = {"log_offset": 0, "requeues": 0, "live": False, "success_seen": False,
-                "log_matches": (), "actions": ()}
+    __slots__ = ()
+    FIELDS = ()
 
     def __init__(self, **fields):
-        for name in self.__slots__:
-            value = fields.pop(name, self.DEFAULTS.get(name))
-            setattr(self, name, list(value) if isinstance(value, tuple) else value)
+        for f in self.FIELDS:
+            value = fields.pop(f.name, f.default)
+            setattr(self, f.name, list(value) if isinstance(value, tuple) else value)
         if fields:
-            raise TypeError("unknown attempt fields: %s" % ", ".join(fields))
+            raise TypeError("unknown %s fields: %s" % (type(self).__name__.lower(), ", ".join(fields)))
 
     def to_dict(self):
-        d = OrderedDict((k, _to_json_value(k, getattr(self, k))) for k in self.__slots__)
-        d["actions"] = [OrderedDict((k, _to_json_value(k, v)) for k, v in a.items()) for a in self.actions]
-        return d
+        return OrderedDict((f.name, _to_json_value(f.name, getattr(self, f.name))) for f in self.FIELDS)
 
-    REQUIRED = (("attempt", _INT), ("job_id", _OPT_STR), ("live", (bool,)), ("log_offset", _INT),
-                ("outcome", _OPT_STR), ("submit_state", _OPT_STR), ("actions", (list,)))
+    @classmethod
+    def fields_from(cls, d, where):
+        _require(d, cls.FIELDS, where)
+        return dict((f.name, _from_json_value(f.name, d.get(f.name, f.default))) for f in cls.FIELDS)
+
+
+ATTEMPT_FIELDS = (
+    Field("attempt", None, _INT), Field("job_id", None, _OPT_STR), Field("raw_id"), Field("array_task"),
+    Field("origin"), Field("submit_state", None, _OPT_STR), Field("submit_error"), Field("intent_at"),
+    Field("submitted_at"), Field("resolved_log_path"), Field("log_offset", 0, _INT), Field("log_inode"),
+    Field("log_head"), Field("last_log_growth_at"), Field("running_since"), Field("missing_since"),
+    Field("acct_wait_since"), Field("slurm_start"), Field("slurm_end"), Field("requeues", 0),
+    Field("last_slurm_state"), Field("last_monitor_state"), Field("exit_code"), Field("live", False, (bool,)),
+    Field("success_seen", False), Field("log_mode"), Field("log_reason"), Field("outcome", None, _OPT_STR),
+    Field("reason"), Field("ended_at"), Field("cancel_requested_at"), Field("cancel_result"),
+    Field("log_matches", ()), Field("actions", (), (list,)))
+
+
+class Attempt(Record):
+    """One SLURM submission of a logical job (or a SLURM job adopted for it)."""
+
+    FIELDS = ATTEMPT_FIELDS
+    __slots__ = tuple(f.name for f in ATTEMPT_FIELDS)
+
+    def to_dict(self):
+        d = Record.to_dict(self)
+        d["actions"] = [_times_to_json(a) for a in self.actions]
+        return d
 
     @classmethod
     def from_dict(cls, d):
-        _require(d, cls.REQUIRED, "an attempt")
-        fields = dict((k, _from_json_value(k, d.get(k, cls.DEFAULTS.get(k)))) for k in cls.__slots__)
-        fields["actions"] = [dict((k, _from_json_value(k, v)) for k, v in a.items()) for a in d.get("actions", ())]
+        fields = cls.fields_from(d, "an attempt")
+        fields["actions"] = [_times_from_json(a) for a in d.get("actions", ())]
         return cls(**fields)
+
+    @property
+    def in_doubt(self):
+        """Its submission was decided, but no SLURM id was ever recorded for it: a crash
+        around sbatch, or an sbatch error that may have queued it all the same."""
+        return self.job_id is None and self.submit_state == INTENT
 
     def ended(self, mode, end):
         """SLURM's own start and end times when sacct gave them; else what this monitor saw."""
@@ -1786,25 +1894,18 @@ class Attempt(object):
                      max(activity) if activity else None, self.missing_since)
 
 
-class Job(object):
+JOB_FIELDS = (
+    Field("name", None, _STR), Field("index", None, _INT), Field("status", ACTIVE, _STR),
+    Field("attempts", (), (list,)), Field("array", False), Field("last_monitor_state"),
+    Field("last_slurm_state"), Field("last_event"), Field("last_updated"), Field("next_submit_at"),
+    Field("reason"), Field("submit_failures", 0), Field("duplicate_warned", False), Field("seen_copies", ()))
+
+
+class Job(Record):
     """A logical job of the plan, keyed by name, with its whole attempt history."""
 
-    __slots__ = ("name", "index", "status", "attempts", "array", "last_monitor_state", "last_slurm_state",
-                 "last_event", "last_updated", "next_submit_at", "reason", "submit_failures",
-                 "duplicate_warned", "seen_copies")
-    DEFAULTS = {"status": ACTIVE, "array": False, "submit_failures": 0, "duplicate_warned": False,
-                "seen_copies": ()}
-
-    def __init__(self, name, index, **fields):
-        self.name = name
-        self.index = index
-        for key in self.__slots__[2:]:
-            setattr(self, key, fields.pop(key, self.DEFAULTS.get(key)))
-        if self.attempts is None:
-            self.attempts = []
-        self.seen_copies = list(self.seen_copies)
-        if fields:
-            raise TypeError("unknown job fields: %s" % ", ".join(fields))
+    FIELDS = JOB_FIELDS
+    __slots__ = tuple(f.name for f in JOB_FIELDS)
 
     @property
     def current(self):
@@ -1822,50 +1923,45 @@ class Job(object):
     def unresolved_intent(self):
         """A job no longer active whose submission sbatch answered with an error: until a
         lookup by tag comes back empty, that submission may have queued it after all."""
-        return self.status != ACTIVE and any(a.job_id is None and a.submit_state == "intent"
-                                             for a in self.attempts)
+        return self.status != ACTIVE and any(a.in_doubt for a in self.attempts)
 
     def to_dict(self):
-        d = OrderedDict((k, _to_json_value(k, getattr(self, k))) for k in self.__slots__)
+        d = Record.to_dict(self)
         d["attempts"] = [a.to_dict() for a in self.attempts]
-        d["job_id"] = self.job_id
+        d["job_id"] = self.job_id  # derived: what a reader of the file wants first
         return d
-
-    REQUIRED = (("name", _STR), ("index", _INT), ("status", _STR), ("attempts", (list,)))
 
     @classmethod
     def from_dict(cls, d):
-        _require(d, cls.REQUIRED, "a job")
-        if d["status"] not in (ACTIVE, FINALIZED, STOPPED, CANCELLED):
+        fields = cls.fields_from(d, "a job")
+        if d["status"] not in STATUSES:
             raise ValueError("job %s has status %r" % (d["name"], d["status"]))
-        fields = dict((k, _from_json_value(k, d.get(k, cls.DEFAULTS.get(k)))) for k in cls.__slots__[2:])
         fields["attempts"] = [Attempt.from_dict(a) for a in d.get("attempts", ())]
-        return cls(d["name"], d["index"], **fields)
+        return cls(**fields)
 
 
-class Session(object):
+SESSION_FIELDS = (
+    Field("schema_version"), Field("kind"), Field("session_id", None, _STR), Field("project", None, _STR),
+    Field("manifest_path", None, _STR), Field("created_at", None, _STR), Field("updated_at"),
+    Field("config", None, (dict,)), Field("monitor_overrides", ()), Field("event_seq", 0, _INT),
+    Field("outbox", ()), Field("jobs", (), (list,)))
+
+
+class Session(Record):
     """A submitted plan: the state file's content, plus the manifest it points to."""
 
-    __slots__ = ("path", "session_id", "project", "manifest_path", "created_at", "updated_at",
-                 "config", "monitor_overrides", "event_seq", "outbox", "jobs", "plan", "_monitoring",
-                 "_policies", "_matcher", "journal_seq")
+    FIELDS = SESSION_FIELDS
+    __slots__ = tuple(f.name for f in SESSION_FIELDS) + (
+        "path", "plan", "journal_seq", "_monitoring", "_policies", "_matcher", "_by_name")
 
-    def __init__(self, path, session_id, project, manifest_path, created_at, config,
-                 monitor_overrides=(), event_seq=0, jobs=(), updated_at=None, outbox=()):
+    def __init__(self, path, **fields):
+        Record.__init__(self, **fields)
+        self.schema_version, self.kind = STATE_SCHEMA_VERSION, SESSION_KIND
+        self.updated_at = self.updated_at or self.created_at
         self.path = path
-        self.session_id = session_id
-        self.project = project
-        self.manifest_path = manifest_path
-        self.created_at = created_at
-        self.updated_at = updated_at or created_at
-        self.config = config
-        self.monitor_overrides = list(monitor_overrides)
-        self.event_seq = event_seq
-        self.outbox = list(outbox)  # events recorded but not yet appended to the journal
-        self.jobs = list(jobs)
         self.plan = None
-        self._monitoring = self._policies = self._matcher = None
         self.journal_seq = None  # what the journal file already holds; read on first sync
+        self._monitoring = self._policies = self._matcher = self._by_name = None
 
     @property
     def monitoring(self):
@@ -1902,10 +1998,14 @@ class Session(object):
         self._monitoring = self._policies = self._matcher = None
 
     def job(self, name):
-        for j in self.jobs:
-            if j.name == name:
-                return j
-        return None
+        if self._by_name is None or len(self._by_name) != len(self.jobs):
+            self._by_name = dict((j.name, j) for j in self.jobs)
+        return self._by_name.get(name)
+
+    def add_jobs(self, jobs):
+        self.jobs.extend(jobs)
+        self.jobs.sort(key=lambda j: j.index)
+        self._by_name = None
 
     def active(self):
         """Work is left: a job still active, a cancel SLURM has not yet carried out, or a
@@ -1924,7 +2024,7 @@ class Session(object):
         if detail:
             rec["detail"] = detail
         self.outbox.append(rec)
-        if event != "state":  # status shows the SLURM state beside it; keep what autoexp saw or did
+        if event != EV_STATE:  # status shows the SLURM state beside it; keep what autoexp saw or did
             job.last_event = event
         job.last_updated = now
         return rec
@@ -1937,26 +2037,450 @@ class Session(object):
         return rec
 
     def to_dict(self):
-        return OrderedDict([
-            ("schema_version", STATE_SCHEMA_VERSION), ("kind", "autoexp-session"),
-            ("session_id", self.session_id), ("project", self.project),
-            ("manifest_path", self.manifest_path), ("created_at", iso_time(self.created_at)),
-            ("updated_at", iso_time(self.updated_at)), ("config", self.config),
-            ("monitor_overrides", self.monitor_overrides), ("event_seq", self.event_seq),
-            ("outbox", [OrderedDict((k, _to_json_value(k, v)) for k, v in e.items()) for e in self.outbox]),
-            ("jobs", [j.to_dict() for j in self.jobs])])
-
-    REQUIRED = (("session_id", _STR), ("project", _STR), ("manifest_path", _STR), ("created_at", _STR),
-                ("config", (dict,)), ("event_seq", _INT), ("jobs", (list,)))
+        d = Record.to_dict(self)
+        d["outbox"] = [_times_to_json(e) for e in self.outbox]
+        d["jobs"] = [j.to_dict() for j in self.jobs]
+        return d
 
     @classmethod
     def from_dict(cls, d, path):
-        _require(d, cls.REQUIRED, "the session")
-        outbox = [OrderedDict((k, _from_json_value(k, v)) for k, v in e.items()) for e in d.get("outbox", ())]
-        return cls(path, d["session_id"], d["project"], d["manifest_path"], parse_iso(d["created_at"]),
-                   d["config"], d.get("monitor_overrides", ()), d.get("event_seq", 0),
-                   [Job.from_dict(j) for j in d["jobs"]], parse_iso(d.get("updated_at")), outbox)
+        fields = cls.fields_from(d, "the session")
+        fields["outbox"] = [_times_from_json(e) for e in d.get("outbox", ())]
+        fields["jobs"] = [Job.from_dict(j) for j in d["jobs"]]
+        return cls(path, **fields)
 
+    @classmethod
+    def new(cls, path, plan, now, event_seq=0):
+        """A session for a plan, with no job yet; the config is the plan's, copied."""
+        return cls(path, session_id=plan.plan_id, project=plan.project, manifest_path=plan.manifest_path,
+                   created_at=now, config=json.loads(json.dumps(plan.config), object_pairs_hook=OrderedDict),
+                   event_seq=event_seq)
+
+
+def count_by_status(s):
+    counts = OrderedDict()
+    for job in s.jobs:
+        counts[job.status] = counts.get(job.status, 0) + 1
+    return counts
+
+
+def count_summary(s):
+    return ", ".join("%d %s" % (n, k) for k, n in count_by_status(s).items()) or "no jobs"
+
+
+# ============================================================================
+# 7. Decisions: the functional core (no I/O, no clock: `now` is an argument)
+# ============================================================================
+#
+# What happens to a job is decided here, by pure functions over records; the Controller
+# (section 9) gathers their inputs and carries out their answers. Each is tested from a
+# table in tests/test_decisions.py and driven by the simulator (tests/sim.py).
+
+def backoff(base, n, cap):
+    """The wait before the n-th retry (n >= 1): base x 2^(n-1), at most cap. The exponent is
+    capped before it is used, so no count of failures can overflow a float."""
+    if not base or n < 1:
+        return 0.0
+    return min(float(base) * 2.0 ** min(n - 1, 64), cap)
+
+
+class Verdict(NamedTuple):
+    monitor_state: str
+    mode: Optional[str]  # None: nothing to decide this cycle
+    reason: str
+    live: Optional[bool]  # can the SLURM job still run? None: cannot tell
+
+
+def observation_live(obs):
+    if obs.source in ANSWERED:
+        return obs.state in ACTIVE_STATES
+    return None
+
+
+def classify(obs, facts, now, mon):
+    """Derive an attempt's mode from this cycle's observation and its accumulated facts.
+
+    Level-triggered: the same inputs give the same verdict, whatever happened before.
+    Precedence: UNKNOWN decides nothing; then the termination string (the run is done
+    whatever SLURM says about the exit), a log_events mode, SLURM's terminal state,
+    inactivity while RUNNING (stall) and, after a grace period, lost.
+    """
+    if obs.source == SRC_UNKNOWN:
+        return Verdict(MON_UNKNOWN, None, obs.reason or "SLURM did not answer", None)
+    live = observation_live(obs)
+    state = obs.state.lower() if obs.state else MON_MISSING
+    if facts.success_seen:
+        return Verdict(state, MODE_SUCCESS, "termination string found in the log", live)
+    if facts.log_mode:
+        return Verdict(state, facts.log_mode, facts.log_reason, live)
+    if obs.source in ANSWERED and obs.state in TERMINAL_MODE:
+        mode = TERMINAL_MODE[obs.state]
+        reason = "SLURM state %s" % obs.state
+        if obs.exit_code and obs.exit_code != "0:0":
+            reason += " (exit code %s)" % obs.exit_code
+        if mode == MODE_SUCCESS and mon.termination_string:
+            mode, reason = MODE_INCOMPLETE, "COMPLETED without the termination string in the log"
+        return Verdict(state, mode, reason, False)
+    if obs.source == SRC_MISSING:
+        waited = now - facts.missing_since if facts.missing_since is not None else 0.0
+        if obs.state:  # sacct still calls it live: accounting lags, the job is not lost
+            return Verdict(MON_MISSING, None, "not in squeue; sacct still says %s" % obs.state, None)
+        if waited >= mon.lost_after:
+            return Verdict(MODE_LOST, MODE_LOST, "neither squeue nor sacct has known the job for %ds" % waited, None)
+        return Verdict(MON_MISSING, None, "not in squeue or sacct (for %ds)" % waited, None)
+    if obs.state == "RUNNING" and mon.inactivity_threshold_seconds:
+        quiet = now - (facts.last_activity or facts.running_since or now)
+        if quiet >= mon.inactivity_threshold_seconds:
+            return Verdict(MON_RUNNING, MODE_STALL, "log silent for %ds while RUNNING" % quiet, True)
+    return Verdict(state, None, "", live if live is not None else True)
+
+
+class Decision(NamedTuple):
+    action: str  # RESTART, FINALIZE or STOP
+    delay: float
+    reason: str
+
+
+# Modes that say something about the cluster or the clock, not about the job itself.
+CIRCUMSTANTIAL_MODES = frozenset(("success", "incomplete", "timeout", "node_fail", "preempted",
+                                  "cancelled", "stall", "lost"))
+
+
+def repeats_deterministically(history):
+    """The last two attempts failed the same way (mode, exit code, log line), each within a
+    minute of starting: a broken command or config, not bad luck. Another restart would
+    only fail again, after waiting in the queue."""
+    if len(history) < 2:
+        return False
+    a, b = history[-2], history[-1]
+    return (a.mode == b.mode and b.mode not in CIRCUMSTANTIAL_MODES and a.signature == b.signature
+            and a.runtime is not None and b.runtime is not None
+            and a.runtime < FAST_FAILURE_SECONDS and b.runtime < FAST_FAILURE_SECONDS)
+
+
+def decide(mode, policies, history):
+    """The policy's answer to an attempt that ended (or must end) in mode.
+
+    history: how each of the job's attempts ended (Ended), this one last. A restart policy
+    allows max_attempts attempts to end in its mode; the last one stops the job, and so
+    does a failure that repeats deterministically. The backoff doubles with each failure
+    in the mode, up to backoff_max_seconds.
+    """
+    policy = policy_for(policies, mode)
+    if policy.action == FINALIZE:
+        return Decision(FINALIZE, 0.0, "policy for %s: finalize" % mode)
+    if policy.action in (STOP, IGNORE):
+        return Decision(STOP, 0.0, "policy for %s: stop" % mode)
+    used = sum(1 for h in history if h.mode == mode)
+    if used >= policy.max_attempts:
+        return Decision(STOP, 0.0, "%s %d of %d: stop" % (mode, used, policy.max_attempts))
+    if repeats_deterministically(history):
+        return Decision(STOP, 0.0, "%s repeated identically within %ds of starting: deterministic, stop"
+                        % (mode, FAST_FAILURE_SECONDS))
+    delay = backoff(policy.backoff_seconds, used, policy.backoff_max_seconds)
+    return Decision(RESTART, delay, "%s %d of %d: restart%s" % (
+        mode, used, policy.max_attempts, " in %ds" % delay if delay else ""))
+
+
+# -- what SLURM shows of a job ---------------------------------------------------------
+
+class Snapshot(object):
+    """This cycle's squeue answer, indexed by job id and by autoexp tag."""
+
+    __slots__ = ("by_id", "by_tag")
+
+    def __init__(self, rows):
+        self.by_id = {}
+        self.by_tag = {}
+        for row in rows:
+            self.by_id[row.job_id] = row
+            if row.comment.startswith("autoexp:"):
+                self.by_tag.setdefault(row.comment, []).append(row)
+
+
+class Lookup(object):
+    """What one session learned from sacct this cycle, beyond squeue: by id (acct) and by
+    name (named), and whether each query answered."""
+
+    __slots__ = ("acct", "acct_ok", "acct_error", "named", "named_by_id", "named_ok", "named_error")
+
+    def __init__(self):
+        self.acct, self.acct_ok, self.acct_error = {}, True, ""
+        self.named, self.named_by_id, self.named_ok, self.named_error = [], {}, True, ""
+
+    def set_named(self, rows):
+        self.named = rows
+        self.named_by_id = dict((r.job_id, r) for r in rows)
+
+
+def acct_targets(jobs, snap):
+    """The live attempts sacct is asked about by id: squeue no longer lists them, or lists
+    them ended (squeue knows no exit codes)."""
+    watched = [a for j in jobs for a in j.attempts if a.live and a.job_id]
+    return [a for a in watched if a.job_id not in snap.by_id or snap.by_id[a.job_id].state not in ACTIVE_STATES]
+
+
+def sacct_since(earliest):
+    """sacct's -S for jobs whose earliest possible submission is `earliest`."""
+    return earliest - SACCT_WINDOW_SLACK
+
+
+def seeks_by_name(job, snap, look):
+    """Does the job need sacct's lookup by name? True for a live attempt neither squeue nor
+    sacct by id knows (a successor squeue can no longer show); None (only if squeue shows
+    no job with its tag) for a submission in doubt, or none yet; False otherwise."""
+    att = job.current
+    if job.status != ACTIVE and not job.unresolved_intent():
+        return False
+    if att is None or att.in_doubt:
+        return None
+    return att.live and look.acct_ok and att.job_id not in snap.by_id and att.job_id not in look.acct
+
+
+def attempt_since(job, plan_created):
+    """The earliest a SLURM job of this job's current attempt can have been submitted; for a
+    job with no attempt yet, when its plan was made."""
+    att = job.current
+    if att is not None and att.intent_at:
+        return att.intent_at
+    return plan_created
+
+
+def tagged_candidates(job, tag, array, snap, named):
+    """SLURM jobs that carry this job's tag but are not in its history: a submission whose
+    id was never recorded, or a resubmission made outside autoexp. Newest first.
+
+    The tag must be seen: squeue always shows it; sacct only once the job has ended
+    (with AccountingStoreFlags=job_comment). A name alone is never enough, since two
+    plans of one project share their job names."""
+    found = {}
+    for row in snap.by_tag.get(tag, ()):
+        found[row.job_id] = row
+    if array is not None:
+        for row in snap.by_tag.get(array.tag, ()):
+            if split_job_id(row.job_id)[1] == job.index:
+                found[row.job_id] = row
+    for row in named:
+        if row.job_id in snap.by_id:
+            continue  # squeue shows its current tag, which wins over sacct's
+        task = split_job_id(row.job_id)[1]
+        if ((task is None and row.name == job.name and row.comment == tag) or
+                (array is not None and task == job.index and row.name == array.name and row.comment == array.tag)):
+            found[row.job_id] = row
+    for job_id in job.known_ids():
+        found.pop(job_id, None)
+    return sorted(found.values(), key=lambda r: job_id_sort_key(r.job_id), reverse=True)
+
+
+def revived_rows(job, snap):
+    """Attempts autoexp saw end that SLURM runs again (a finished job requeued by hand or
+    by SLURM, a job that reappeared after it was called lost), the latest one too: during
+    its restart backoff it must be followed, not submitted again. An id that a live
+    attempt already follows is no copy."""
+    followed = set(a.job_id for a in job.attempts if a.live)
+    rows = []
+    for a in job.attempts:
+        row = snap.by_id.get(a.job_id) if a.job_id else None
+        if (row is not None and not a.live and a.job_id not in followed
+                and row.state in ACTIVE_STATES and row not in rows):
+            rows.append(row)
+    return rows
+
+
+def newer_than_history(job, rows):
+    """The rows that can be the result of the job's latest submission: newer than every id
+    in its history (SLURM hands out ids in increasing order), and not a copy already seen
+    beside an earlier attempt (one started by hand, say)."""
+    known = [job_id_sort_key(a.job_id) for a in job.attempts if a.job_id]
+    floor = max(known) if known else None
+    return [r for r in rows if (floor is None or job_id_sort_key(r.job_id) > floor)
+            and r.job_id not in job.seen_copies]
+
+
+def observe(row, arow, look, wait_since, now):
+    """One attempt's observation from its squeue row and sacct row (either may be None);
+    returns (Observation, acct_wait_since). UNKNOWN whenever a query that could have told
+    failed, or SLURM names a state autoexp does not know.
+
+    A job squeue shows ended is decided only once sacct has its record (exit code, run
+    time): accounting lags seconds behind, so it waits ACCOUNTING_GRACE from when it was
+    first seen so (wait_since), never through an sacct outage."""
+    if row is not None:
+        if row.state in TERMINAL_MODE:
+            if not look.acct_ok:
+                return Observation(SRC_UNKNOWN, reason="sacct failed: %s" % look.acct_error), wait_since
+            if arow is None or arow.state not in TERMINAL_MODE:
+                if wait_since is None:
+                    wait_since = now
+                if now - wait_since < ACCOUNTING_GRACE:
+                    return Observation(SRC_UNKNOWN, reason="ended; waiting for sacct's record of it"), wait_since
+        obs = Observation(SRC_SQUEUE, row.state, row.reason, arow.exit_code if arow else "", row.raw_id,
+                          arow.start if arow else None, arow.end if arow else None)
+    elif arow is None:
+        if not (look.acct_ok and look.named_ok):
+            return Observation(SRC_UNKNOWN, reason="sacct failed: %s" % (look.acct_error or look.named_error)), \
+                wait_since
+        return Observation(SRC_MISSING), wait_since
+    elif arow.state in ACTIVE_STATES:
+        # squeue lists every job the controller holds; an active sacct row for a job it
+        # does not list is accounting lagging behind: not lost, not ended either.
+        return Observation(SRC_MISSING, arow.state, "sacct still says %s" % arow.state, arow.exit_code,
+                           arow.raw_id, arow.start, arow.end), wait_since
+    else:
+        obs = Observation(SRC_SACCT, arow.state, "", arow.exit_code, arow.raw_id, arow.start, arow.end)
+    if obs.state not in ACTIVE_STATES and obs.state not in TERMINAL_MODE:
+        return Observation(SRC_UNKNOWN, reason="SLURM reports state %s, which autoexp does not know"
+                           % obs.state), wait_since
+    return obs, wait_since
+
+
+# -- moves: what a job does next ---------------------------------------------------
+
+class Sight(NamedTuple):
+    """What this cycle's answers show of one job beyond the attempts it follows."""
+    candidates: list  # SLURM jobs with its tag, not in its history, newest first
+    running: list  # those able to run, then its own ended attempts SLURM runs again
+    named_ok: bool  # sacct's lookup by name answered (or was not needed)
+    named_error: str = ""
+
+
+ADOPT, RECOVER, SUBMIT, WAIT, HOLD, REACTIVATE, CANCEL_COPY, ABANDON = (
+    "adopt", "recover", "submit", "wait", "hold", "reactivate", "cancel_copy", "abandon")
+
+
+class Move(NamedTuple):
+    """One step for a job: adopt a SLURM job as a new attempt, recover an attempt's lost
+    id, submit, wait for an answer (WAIT) or for a time (HOLD), reactivate an inactive
+    job with a running copy, cancel a copy, abandon a failed submission."""
+    kind: str
+    row: object = None  # the SLURM row it concerns
+    origin: Optional[str] = None  # for ADOPT/REACTIVATE: how the job came to be
+    attempt: Optional[int] = None  # for ABANDON: which attempt
+    note: str = ""
+
+
+def first_move(sight):
+    """A job registered but never submitted: adopt a SLURM job with its tag (a running one
+    first), else submit it, unless sacct could not be asked."""
+    if sight.candidates:
+        return Move(ADOPT, sight.running[0] if sight.running else sight.candidates[0], ORIGIN_EXTERNAL)
+    return Move(SUBMIT) if sight.named_ok else Move(WAIT)
+
+
+def intent_move(job, sight, now):
+    """The current attempt's submission is in doubt: a newer job with its tag is that
+    submission (recover); else submit again once sacct could be asked and any backoff is over."""
+    newer = newer_than_history(job, sight.candidates)
+    if newer:
+        return Move(RECOVER, newer[0], ORIGIN_RECOVERED)
+    if not sight.named_ok:
+        return Move(WAIT, note="cannot tell whether its submission reached SLURM (%s); waiting"
+                    % sight.named_error)
+    if job.next_submit_at is None or now >= job.next_submit_at:
+        return Move(SUBMIT)
+    return Move(HOLD)
+
+
+def replacement(att, obs, sight):
+    """The SLURM job that replaces a live attempt cancelled (or vanished) and resubmitted
+    outside autoexp under its tag, or None."""
+    c = sight.candidates
+    if (att.outcome is None and c and observation_live(obs) is not True
+            and (obs.source == SRC_MISSING or obs.state == "CANCELLED")
+            and job_id_sort_key(c[0].job_id) > job_id_sort_key(att.job_id)):
+        return c[0]
+    return None
+
+
+def restart_move(job, sight, now):
+    """The current attempt ended and the policy restarts it: a job with its tag already
+    running again is followed (resubmitted by hand, or the ended attempt requeued); else
+    submit once the backoff is over."""
+    if sight.running:
+        return Move(ADOPT, sight.running[0], ORIGIN_EXTERNAL)
+    if job.next_submit_at is not None and now >= job.next_submit_at:
+        return Move(SUBMIT)
+    return Move(HOLD)
+
+
+def inactive_moves(job, sight, now, unqueued_after):
+    """A finalized, stopped or cancelled job: a copy running under its tag reactivates a
+    stopped or finalized job (its in-doubt submission recovered, if that is what it is);
+    for a job the user cancelled, every such copy is cancelled; a failed submission is
+    abandoned once squeue and sacct have answered without it for unqueued_after."""
+    att = job.current
+    if sight.running and job.status in (STOPPED, FINALIZED):
+        row = sight.running[0]
+        if att is not None and att.in_doubt and newer_than_history(job, [row]):
+            return [Move(REACTIVATE, row, ORIGIN_RECOVERED)]
+        return [Move(REACTIVATE, row, ORIGIN_EXTERNAL)]
+    moves = []
+    if job.status == CANCELLED:
+        moves += [Move(CANCEL_COPY, row) for row in sight.running
+                  if not any(a.job_id == row.job_id and a.cancel_requested_at for a in job.attempts)]
+    if job.unresolved_intent() and sight.named_ok:
+        moves += [Move(ABANDON, attempt=a.attempt) for a in job.attempts
+                  if a.in_doubt and now - (a.ended_at or a.intent_at or now) >= unqueued_after]
+    return moves
+
+
+class SubmitVerdict(NamedTuple):
+    """What an sbatch that did not give an id means for the job."""
+    action: str  # STOP or RESTART (retry)
+    delay: float
+    failures: int  # consecutive failed sbatch calls, this one included
+    reason: str  # the job's (and the attempt's) reason when it stops
+    detail: str  # the event's detail
+
+
+def after_sbatch_failure(res, failures, mon):
+    """A clear refusal stops the job; a queue limit retries for as long as it takes (its
+    backoff capped); any other failure may have queued the job: retried (after a lookup by
+    tag, and never before accounting could show it) up to submit_retries, then stopped."""
+    if res.outcome == SB_PERMANENT:
+        reason = "sbatch refused the job: %s" % res.message
+        return SubmitVerdict(STOP, 0.0, failures, reason, "no retry: sbatch refused it")
+    failures += 1
+    if res.outcome == SB_THROTTLED:
+        delay = backoff(mon.submit_backoff_seconds, failures, THROTTLE_BACKOFF_MAX)
+        return SubmitVerdict(RESTART, delay, failures, "",
+                             "%s; over a queue limit, retrying in %ds" % (res.message, delay))
+    if failures > mon.submit_retries:
+        reason = "sbatch failed %d times: %s" % (failures, res.message)
+        return SubmitVerdict(STOP, 0.0, failures, reason, reason)
+    delay = max(backoff(mon.submit_backoff_seconds, failures, float("inf")), mon.unqueued_after)
+    return SubmitVerdict(RESTART, delay, failures, "",
+                         "%s; looking it up by tag, then retrying in %ds" % (res.message, delay))
+
+
+def cancel_resend_due(result, now, interval):
+    """A cancel with no recorded result (its process died before scancel returned) or a
+    failed one is sent again at once; one SLURM took, only if the job outlives KillWait."""
+    return (result is None or not result["ok"]
+            or now - parse_iso(result["time"]) >= max(CANCEL_RESEND_MIN, 2 * interval))
+
+
+def settling(s, now):
+    """A job finalized on its termination string may still be RUNNING: keep watching it (no
+    decisions) for a short while, so that its history ends with SLURM's final state."""
+    window = max(3 * s.monitoring.interval_seconds, SETTLE_MIN)
+    return any(j.status == FINALIZED and j.current is not None and j.current.live and j.current.job_id
+               and now - (j.last_updated or 0) < window for j in s.jobs)
+
+
+def next_wait(live_sessions, ok, unknown_failures, interval=None):
+    """Seconds until the next cycle: the shortest interval of the sessions with work left;
+    while SLURM does not answer, doubling per failed cycle up to unknown_backoff_max_seconds."""
+    wait = interval or min(s.monitoring.interval_seconds for s in live_sessions)
+    if ok:
+        return wait
+    cap = max(wait, min(s.monitoring.unknown_backoff_max_seconds for s in live_sessions))
+    return backoff(wait, min(unknown_failures, UNKNOWN_BACKOFF_DOUBLINGS) + 1, cap)
+
+
+# ============================================================================
+# 8. State store: where state is written
+# ============================================================================
 
 class SessionLock(object):
     """One writer per session: a POSIX (fcntl) lock, which NFS and Lustre propagate between
@@ -1970,17 +2494,17 @@ class SessionLock(object):
         self.path = path
         self.fd = None
 
-    def acquire(self, command="autoexp"):
+    def acquire(self, command="autoexp", now=None):
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except (IOError, OSError) as e:
             os.close(fd)
             if e.errno not in (errno.EACCES, errno.EAGAIN):
-                raise StateError("cannot lock %s: %s" % (self.path, e.strerror or e), exit_code=EXIT_FAILURE)
+                raise StateWriteError("cannot lock %s: %s" % (self.path, e.strerror or e))
             raise LockedError("session is busy: %s" % self.describe_holder())
         info = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "command": command,
-                           "since": iso_time(time.time())}).encode("utf-8")
+                           "since": iso_time(time.time() if now is None else now)}).encode("utf-8")
         os.ftruncate(fd, 0)
         os.pwrite(fd, info + b"\n", 0)
         self.fd = fd
@@ -2070,7 +2594,7 @@ class StateStore(object):
             data = json.loads(raw.decode("utf-8"), object_pairs_hook=OrderedDict)
         except (ValueError, UnicodeDecodeError) as e:
             raise StateError("session file %s is not valid JSON (%s); %s" % (path, e, hint))
-        if not isinstance(data, dict) or data.get("kind") != "autoexp-session":
+        if not isinstance(data, dict) or data.get("kind") != SESSION_KIND:
             raise StateError("%s is not an autoexp session file; %s" % (path, hint))
         version = data.get("schema_version")
         if not isinstance(version, int):
@@ -2103,12 +2627,91 @@ class StateStore(object):
         try:
             atomic_write(session.path, dump_json(session.to_dict()), crash_prefix="state")
         except (IOError, OSError) as e:
-            raise StateError("cannot write %s: %s" % (session.path, e.strerror or e), exit_code=EXIT_FAILURE)
+            raise StateWriteError("cannot write %s: %s" % (session.path, e.strerror or e))
 
-    def lock(self, session_id, command):
-        lock = SessionLock(os.path.join(self.root, session_id + ".lock")).acquire(command)
+    def lock(self, session_id, command, now=None):
+        lock = SessionLock(os.path.join(self.root, session_id + ".lock")).acquire(command, now)
         self._remove_leftovers(session_id)
         return lock
+
+    def open_for_write(self, path, command, now):
+        """Lock a session and read it afresh (the previous holder may have written since it
+        was read), then bring its journal and payloads up to date: returns (session, lock)."""
+        session_id = os.path.basename(path)[:-len(".json")]
+        lock = self.lock(session_id, command, now)
+        try:
+            s = self.load(path)
+            self.save_and_sync(s, now, changed=False)
+        except BaseException:
+            lock.release()
+            raise
+        return s, lock
+
+    def open_or_create(self, plan, command, now):
+        """Lock the plan's session and open it for writing, or create it (not yet written)
+        if it does not exist: returns (session, lock, created)."""
+        lock = self.lock(plan.plan_id, command, now)
+        try:
+            path = self.session_path(plan.plan_id)
+            try:
+                os.stat(path)
+            except OSError as e:
+                if e.errno != errno.ENOENT:
+                    raise StateError("cannot read session %s: %s" % (path, e.strerror))
+                return self.create_session(plan, now), lock, True
+            s = self.load(path)
+            self.save_and_sync(s, now, changed=False)
+            return s, lock, False
+        except BaseException:
+            lock.release()
+            raise
+
+    def create_session(self, plan, now):
+        """A new session for a plan, not yet written. One rebuilt after its state file was
+        lost continues its journal's numbering: events numbered from 1 again would be taken
+        for ones already written, and dropped."""
+        s = Session.new(self.session_path(plan.plan_id), plan, now)
+        s.event_seq = last_journal_seq(self.events_path(s))
+        s.plan = plan
+        return s
+
+    # Cancel requests: `autoexp cancel` queues one when a monitor holds the session; the
+    # holder carries it out, and removes it once the cancels it asked for are on disk.
+
+    def queue_cancel(self, session_id, names, now):
+        folder = self.requests_dir(session_id)
+        make_private_dir(folder)
+        path = os.path.join(folder, "%d-%d.json" % (int(now * 1000), os.getpid()))
+        atomic_write(path, dump_json({"action": ACTION_CANCEL, "jobs": list(names), "created_at": iso_time(now)}))
+        return path
+
+    def cancel_requests(self, session_id):
+        """[(path, job names)] of the queued requests, oldest first; an unreadable one is left."""
+        folder = self.requests_dir(session_id)
+        try:
+            names = sorted(os.listdir(folder))
+        except OSError:
+            return []
+        out = []
+        for name in names:
+            if name.startswith("."):
+                continue  # a request still being written (atomic_write's temporary file)
+            path = os.path.join(folder, name)
+            try:
+                with open(path, "rb") as f:
+                    req = json.loads(f.read().decode("utf-8"))
+            except (IOError, OSError, ValueError):
+                continue
+            out.append((path, req.get("jobs") or []))
+        return out
+
+    @staticmethod
+    def remove_requests(paths):
+        for path in paths:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
 
     def _remove_leftovers(self, session_id):
         """Temporary files of a writer of this session that died between creating and
@@ -2144,7 +2747,7 @@ class StateStore(object):
         """Append the outbox to the journal, write missing payloads; True if any payload was."""
         path = self.events_path(session)
         if session.journal_seq is None:
-            session.journal_seq = _last_journal_seq(path)
+            session.journal_seq = last_journal_seq(path)
         events = [e for e in session.outbox if e["seq"] > session.journal_seq]
         actions = [(job, att, act) for job in session.jobs for att in job.attempts
                    for act in att.actions if not act.get("written")]
@@ -2184,13 +2787,13 @@ class StateStore(object):
         return True
 
 
-def _last_journal_seq(path):
+def last_journal_seq(path):
     """The seq of the journal's last complete line (0 when there is none)."""
     try:
         with open(path, "rb") as f:
             f.seek(0, os.SEEK_END)
             size = f.tell()
-            f.seek(max(0, size - 65536))
+            f.seek(max(0, size - JOURNAL_TAIL_BYTES))
             tail = f.read()
     except (IOError, OSError):
         return 0
@@ -2202,33 +2805,11 @@ def _last_journal_seq(path):
     return 0
 
 
+
+
 # ============================================================================
-# 7. Controller
+# 9. Controller: the imperative shell
 # ============================================================================
-
-class Snapshot(object):
-    """This cycle's squeue answer, indexed by job id and by autoexp tag."""
-
-    __slots__ = ("by_id", "by_tag")
-
-    def __init__(self, rows):
-        self.by_id = {}
-        self.by_tag = {}
-        for row in rows:
-            self.by_id[row.job_id] = row
-            if row.comment.startswith("autoexp:"):
-                self.by_tag.setdefault(row.comment, []).append(row)
-
-
-class Lookup(object):
-    """What one session learned from sacct this cycle, beyond squeue."""
-
-    __slots__ = ("acct", "acct_ok", "acct_error", "named", "named_by_id", "named_ok", "named_error")
-
-    def __init__(self):
-        self.acct, self.acct_ok, self.acct_error = {}, True, ""
-        self.named, self.named_by_id, self.named_ok, self.named_error = [], {}, True, ""
-
 
 class Todo(object):
     """Side effects decided in a cycle; they run only after the state that announces them
@@ -2246,8 +2827,14 @@ class Todo(object):
             self.cancel.append((job, att))
 
 
+def fingerprint(s):
+    """The session's content, cheaply serialized: a cycle that changed nothing writes nothing."""
+    return json.dumps(s.to_dict(), separators=(",", ":"))
+
+
 class Controller(object):
-    """Observe, classify, act, persist. The clock, sleep and SLURM client are injected."""
+    """Observe, decide (section 7), act, persist. The clock, sleep and SLURM client are
+    injected; every decision is a call into the pure core, every side effect is here."""
 
     __slots__ = ("store", "slurm", "report", "clock", "sleep", "dry_run", "stop_requested",
                  "unknown_since", "unknown_failures", "sacct_down_since", "sacct_failed", "changes",
@@ -2282,11 +2869,7 @@ class Controller(object):
                 return EXIT_OK
             if once:  # as reconcile: the pass failed if squeue or sacct did not answer
                 return EXIT_OK if ok and not self.sacct_failed else EXIT_FAILURE
-            wait = interval or min(s.monitoring.interval_seconds for s in live)
-            if not ok:
-                cap = max(wait, min(s.monitoring.unknown_backoff_max_seconds for s in live))
-                wait = min(wait * (2 ** min(self.unknown_failures, 20)), cap)
-            if self._pause(wait):
+            if self._pause(next_wait(live, ok, self.unknown_failures, interval)):
                 return EXIT_INTERRUPTED
 
     def _pause(self, seconds):
@@ -2295,11 +2878,11 @@ class Controller(object):
             left = end - self.clock()
             if left <= 0:
                 return False
-            self.sleep(min(left, 0.5))
+            self.sleep(min(left, PAUSE_STEP))
         return True
 
     def cycle(self, sessions):
-        """One observe-classify-act-persist pass over the sessions; False if SLURM was UNKNOWN."""
+        """One observe-decide-act-persist pass over the sessions; False if SLURM was UNKNOWN."""
         now = self.clock()
         self.name_sessions = len(sessions) > 1
         try:
@@ -2334,7 +2917,9 @@ class Controller(object):
     def session_cycle(self, s, snap, now):
         before = fingerprint(s)
         todo = Todo()
-        self._take_requests(s, now, todo)
+        for path, names in self.store.cancel_requests(s.session_id):
+            self.cancel_jobs(s, names, now, todo)
+            todo.requests_done.append(path)
         look = self._lookups(s, snap, now)
         for job in s.jobs:
             self._step(s, job, snap, look, now, todo)
@@ -2352,11 +2937,9 @@ class Controller(object):
         """At most one sacct by id (for tracked jobs squeue no longer lists) and one by name
         (for intents and vanished jobs that may have a successor squeue cannot show)."""
         look = Lookup()
-        watched = [a for j in s.jobs for a in j.attempts if a.live and a.job_id]
-        # squeue knows no exit codes: a job it shows ended is asked about too, in the same call
-        gone = [a for a in watched if a.job_id not in snap.by_id or snap.by_id[a.job_id].state not in ACTIVE_STATES]
+        gone = acct_targets(s.jobs, snap)
         if gone:
-            since = min(a.intent_at or a.submitted_at or now for a in gone) - 3600
+            since = sacct_since(min(a.intent_at or a.submitted_at or now for a in gone))
             try:
                 look.acct = self.slurm.sacct(sorted(a.job_id for a in gone), since)
             except SlurmUnavailable as e:
@@ -2364,13 +2947,10 @@ class Controller(object):
                 self._sacct_down(look.acct_error)
         seekers = []
         for job in s.jobs:
-            att = job.current
-            if job.status != ACTIVE and not job.unresolved_intent():
-                continue
-            if att is None or (att.job_id is None and att.submit_state == "intent"):
-                if not self._candidates(s, job, snap, look):
-                    seekers.append(job)
-            elif att.live and look.acct_ok and att.job_id not in snap.by_id and att.job_id not in look.acct:
+            need = seeks_by_name(job, snap, look)
+            if need is None:
+                need = not self._candidates(s, job, snap, look)
+            if need:
                 seekers.append(job)
         if seekers:
             names = set()
@@ -2378,243 +2958,143 @@ class Controller(object):
                 names.add(job.name)
                 if s.plan.array is not None:
                     names.add(s.plan.array.name)
-            since = min(self._since(s, j) for j in seekers) - 3600
+            since = sacct_since(min(self._since(s, j) for j in seekers))
             try:
-                look.named = self.slurm.sacct_by_name(sorted(names), since)
+                look.set_named(self.slurm.sacct_by_name(sorted(names), since))
             except SlurmUnavailable as e:
                 look.named_ok, look.named_error = False, str(e)
                 self._sacct_down(look.named_error)
-            look.named_by_id = dict((r.job_id, r) for r in look.named)
         return look
 
-    def _candidates(self, s, job, snap, look):
-        """SLURM jobs that carry this job's tag but are not in its history: a submission whose
-        id was never recorded, or a resubmission made outside autoexp. Newest first.
-
-        The tag must be seen: squeue always shows it; sacct only once the job has ended
-        (with AccountingStoreFlags=job_comment). A name alone is never enough, since two
-        plans of one project share their job names."""
-        known = job.known_ids()
-        tag = session_tag(s.session_id, job.name)
-        array = s.plan.array
-        found = {}
-        for row in snap.by_tag.get(tag, ()):
-            found[row.job_id] = row
-        if array is not None:
-            for row in snap.by_tag.get(array.tag, ()):
-                if split_job_id(row.job_id)[1] == job.index:
-                    found[row.job_id] = row
-        for row in look.named:
-            if row.job_id in snap.by_id:
-                continue  # squeue shows its current tag, which wins over sacct's
-            task = split_job_id(row.job_id)[1]
-            if ((task is None and row.name == job.name and row.comment == tag) or
-                    (array is not None and task == job.index and row.name == array.name and row.comment == array.tag)):
-                found[row.job_id] = row
-        for job_id in known:
-            found.pop(job_id, None)
-        return sorted(found.values(), key=lambda r: job_id_sort_key(r.job_id), reverse=True)
-
     @staticmethod
-    def _revived(job, snap):
-        """Attempts autoexp saw end that SLURM runs again (a finished job requeued by hand
-        or by SLURM, a job that reappeared after it was called lost), the latest one too:
-        during its restart backoff it must be followed, not submitted again. An id that a
-        live attempt already follows is no copy."""
-        followed = set(a.job_id for a in job.attempts if a.live)
-        rows = []
-        for a in job.attempts:
-            row = snap.by_id.get(a.job_id) if a.job_id else None
-            if (row is not None and not a.live and a.job_id not in followed
-                    and row.state in ACTIVE_STATES and row not in rows):
-                rows.append(row)
-        return rows
+    def _candidates(s, job, snap, look):
+        return tagged_candidates(job, session_tag(s.session_id, job.name), s.plan.array, snap, look.named)
 
     @staticmethod
     def _since(s, job):
-        """The earliest a SLURM job of this job's current attempt can have been submitted;
-        for a job with no attempt yet, when its plan was made."""
-        att = job.current
-        if att is not None and att.intent_at:
-            return att.intent_at
-        return parse_iso(s.plan.created_at) if s.plan is not None else s.created_at
+        return attempt_since(job, parse_iso(s.plan.created_at) if s.plan is not None else s.created_at)
 
-    def _observe(self, att, snap, look, now):
-        """squeue first; sacct for what it no longer lists. UNKNOWN whenever a query that
-        could have told failed, or SLURM names a state autoexp does not know."""
-        row = snap.by_id.get(att.job_id)
-        arow = look.acct.get(att.job_id) or look.named_by_id.get(att.job_id)
-        if row is not None:
-            if row.state in TERMINAL_MODE:
-                # squeue says that it ended, only sacct how (exit code, run time), and
-                # accounting lags seconds behind: wait for it a little, never through an outage
-                if not look.acct_ok:
-                    return Observation("unknown", reason="sacct failed: %s" % look.acct_error)
-                if arow is None or arow.state not in TERMINAL_MODE:
-                    if att.acct_wait_since is None:
-                        att.acct_wait_since = now
-                    if now - att.acct_wait_since < ACCOUNTING_GRACE:
-                        return Observation("unknown", reason="ended; waiting for sacct's record of it")
-            obs = Observation("squeue", row.state, row.reason, arow.exit_code if arow else "", row.raw_id,
-                              arow.start if arow else None, arow.end if arow else None)
-        elif arow is None:
-            if not (look.acct_ok and look.named_ok):
-                return Observation("unknown", reason="sacct failed: %s" % (look.acct_error or look.named_error))
-            return Observation("missing")
-        elif arow.state in ACTIVE_STATES:
-            # squeue lists every job the controller holds; an active sacct row for a job it
-            # does not list is accounting lagging behind: not lost, not ended either.
-            return Observation("missing", arow.state, "sacct still says %s" % arow.state, arow.exit_code,
-                               arow.raw_id, arow.start, arow.end)
-        else:
-            obs = Observation("sacct", arow.state, "", arow.exit_code, arow.raw_id, arow.start, arow.end)
-        if obs.state not in ACTIVE_STATES and obs.state not in TERMINAL_MODE:
-            return Observation("unknown", reason="SLURM reports state %s, which autoexp does not know" % obs.state)
+    def _sight(self, s, job, snap, look):
+        cands = self._candidates(s, job, snap, look)
+        if not (job.current is not None and job.current.in_doubt):
+            # while no submission of its own is in doubt, any other job with its tag is a copy
+            # that a later intent must never take for its own
+            job.seen_copies.extend(c.job_id for c in cands if c.job_id not in job.seen_copies)
+        running = [r for r in cands if r.state in ACTIVE_STATES] + revived_rows(job, snap)
+        return Sight(cands, running, look.named_ok, look.named_error)
+
+    @staticmethod
+    def _observe(att, snap, look, now):
+        obs, att.acct_wait_since = observe(snap.by_id.get(att.job_id),
+                                           look.acct.get(att.job_id) or look.named_by_id.get(att.job_id),
+                                           look, att.acct_wait_since, now)
         return obs
 
-    # -- deciding --------------------------------------------------------------------
+    # -- applying decisions ------------------------------------------------------------
 
     def _step(self, s, job, snap, look, now, todo):
-        self._step_current(s, job, snap, look, now, todo)
+        sight = self._sight(s, job, snap, look)
+        if job.status == ACTIVE:
+            self._step_active(s, job, sight, snap, look, now, todo)
+        else:
+            self._step_inactive(s, job, sight, snap, look, now, todo)
         for att in job.attempts[:-1]:  # an earlier attempt whose cancel SLURM has not carried out
             if att.live and att.job_id and att.cancel_requested_at:
                 self._watch(s, job, att, self._observe(att, snap, look, now), now, todo)
 
-    def _step_current(self, s, job, snap, look, now, todo):
-        cands = self._candidates(s, job, snap, look)
+    def _step_active(self, s, job, sight, snap, look, now, todo):
         att = job.current
-        if not (att is not None and att.job_id is None and att.submit_state == "intent"):
-            # while no submission of its own is in doubt, any other job with its tag is a copy
-            # that a later intent must never take for its own
-            job.seen_copies.extend(c.job_id for c in cands if c.job_id not in job.seen_copies)
-        revived = self._revived(job, snap)
-        running_copies = [r for r in cands if r.state in ACTIVE_STATES] + revived
-        att = job.current
-        if job.status != ACTIVE:
-            self._step_inactive(s, job, att, running_copies, snap, look, now, todo)
-            return
         if att is None:  # registered, never submitted: adopt it from SLURM, else submit it
-            if cands:
-                self._adopt(s, job, running_copies[0] if running_copies else cands[0], "external", now)
-            elif look.named_ok:
+            move = first_move(sight)
+            if move.kind == ADOPT:
+                self._adopt(s, job, move.row, move.origin, now)
+            elif move.kind == SUBMIT:
                 self._new_intent(s, job, now, todo, array=job.array)
             return
         if att.job_id is None:
-            if att.submit_state != "intent":
+            if not att.in_doubt:
                 return
-            newer = newer_than_history(job, cands)
-            if newer:
-                self._adopt(s, job, newer[0], "recovered", now, att=att)
-                cands = cands[1:]  # in the history now: not a stranger to replace it with
-                running_copies = [r for r in cands if r.state in ACTIVE_STATES] + revived
-            elif not look.named_ok:
-                self.report.detail("%s: cannot tell whether its submission reached SLURM (%s); waiting"
-                                   % (job.name, look.named_error))
-                return
-            elif job.next_submit_at is None or now >= job.next_submit_at:
+            move = intent_move(job, sight, now)
+            if move.kind == WAIT:
+                self.report.detail("%s: %s" % (job.name, move.note))
+            if move.kind == SUBMIT:
                 todo.submit.append(job)
+            if move.kind != RECOVER:
                 return
-            else:
-                return
+            self._adopt(s, job, move.row, move.origin, now, att=att)
+            # in the history now: not a stranger to replace it with, nor a copy beside it
+            cands = [c for c in sight.candidates if c.job_id != move.row.job_id]
+            sight = sight._replace(candidates=cands, running=[r for r in sight.running if r.job_id != move.row.job_id])
         if att.live:
             obs = self._observe(att, snap, look, now)
-            if (att.outcome is None and cands and observation_live(obs) is not True
-                    and (obs.source == "missing" or obs.state == "CANCELLED")
-                    and job_id_sort_key(cands[0].job_id) > job_id_sort_key(att.job_id)):
+            row = replacement(att, obs, sight)
+            if row is not None:
                 # cancelled (or vanished) and resubmitted outside autoexp: follow the new job
                 self._note(s, job, att, obs, now)
                 att.live = False
-                self._finish(s, job, att, now, "replaced", "replaced by SLURM job %s, submitted outside autoexp"
-                             % cands[0].job_id)
-                att = self._adopt(s, job, cands[0], "external", now)
+                self._finish(s, job, att, now, OUTCOME_REPLACED, "replaced by SLURM job %s, submitted outside "
+                             "autoexp" % row.job_id)
+                att = self._adopt(s, job, row, ORIGIN_EXTERNAL, now)
                 obs = self._observe(att, snap, look, now)
-                running_copies = [r for r in running_copies if r.job_id != att.job_id]
-            elif running_copies and observation_live(obs) and not job.duplicate_warned:
+                sight = sight._replace(running=[r for r in sight.running if r.job_id != att.job_id])
+            elif sight.running and observation_live(obs) and not job.duplicate_warned:
                 job.duplicate_warned = True
                 self.report.warn("%s: SLURM job %s also carries its tag while %s runs; autoexp keeps "
-                                 "watching %s only" % (job.name, running_copies[0].job_id, att.job_id, att.job_id))
+                                 "watching %s only" % (job.name, sight.running[0].job_id, att.job_id, att.job_id))
             self._watch(s, job, att, obs, now, todo)
         if job.status == ACTIVE and att.outcome is not None and not att.live:
-            if running_copies:
-                # it already runs again (resubmitted by hand during the backoff, or an ended
-                # attempt requeued): follow that job rather than submit a second one
-                self._adopt(s, job, running_copies[0], "external", now)
-            elif job.next_submit_at is not None and now >= job.next_submit_at:
+            move = restart_move(job, sight, now)
+            if move.kind == ADOPT:
+                self._adopt(s, job, move.row, move.origin, now)
+            elif move.kind == SUBMIT:
                 self._new_intent(s, job, now, todo, array=att.array_task is not None)
 
-    def _step_inactive(self, s, job, att, running_copies, snap, look, now, todo):
+    def _step_inactive(self, s, job, sight, snap, look, now, todo):
         """Finalized, stopped or cancelled: no decisions, but a pending cancel is seen through,
         and a copy started under its tag is either followed or cancelled."""
-        if running_copies and job.status in (STOPPED, FINALIZED):
-            row = running_copies[0]
-            if (att is not None and att.job_id is None and att.submit_state == "intent"
-                    and newer_than_history(job, [row])):
-                # sbatch failed until autoexp gave up, yet one of the tries queued it
-                att.outcome = att.reason = None
-                att = self._adopt(s, job, row, "recovered", now, att=att)
-            else:
-                att = self._adopt(s, job, row, "external", now)
-            job.status, job.reason = ACTIVE, None
-            self._event(s, job, att, "reactivated", now, detail="SLURM job %s carries its tag" % row.job_id)
-            return
-        if job.status == CANCELLED:
-            # the user cancelled this job: a straggler of an uncertain submission, or a copy
-            # started by hand, must not run either
-            for row in running_copies:
-                self._cancel_copy(s, job, row, now, todo)
-        if job.unresolved_intent() and look.named_ok:
-            # squeue and sacct both answered, for long enough, and hold no job of this
-            # failed submission
-            for a in job.attempts:
-                if (a.job_id is None and a.submit_state == "intent"
-                        and now - (a.ended_at or a.intent_at or now) >= s.monitoring.unqueued_after):
-                    a.submit_state = "abandoned"
+        att = job.current
+        for move in inactive_moves(job, sight, now, s.monitoring.unqueued_after):
+            if move.kind == REACTIVATE:
+                if move.origin == ORIGIN_RECOVERED:
+                    # sbatch failed until autoexp gave up, yet one of the tries queued it
+                    att.outcome = att.reason = None
+                    att = self._adopt(s, job, move.row, move.origin, now, att=att)
+                else:
+                    att = self._adopt(s, job, move.row, move.origin, now)
+                job.status, job.reason = ACTIVE, None
+                self._event(s, job, att, EV_REACTIVATED, now, detail="SLURM job %s carries its tag" % move.row.job_id)
+                return
+            if move.kind == CANCEL_COPY:
+                self._cancel_copy(s, job, move.row, now, todo)
+            elif move.kind == ABANDON:
+                job.attempts[move.attempt - 1].submit_state = ABANDONED
         if att is not None and att.live and att.job_id:
             self._watch(s, job, att, self._observe(att, snap, look, now), now, todo)
-
-    def _cancel_copy(self, s, job, row, now, todo):
-        """A live SLURM job under the tag of a job the user cancelled: recorded as an
-        attempt of its own, and cancelled like the others."""
-        if any(a.job_id == row.job_id and a.cancel_requested_at for a in job.attempts):
-            return
-        att = Attempt(attempt=len(job.attempts) + 1, job_id=row.job_id, origin="external",
-                      submit_state="submitted", intent_at=self._since(s, job), submitted_at=now, live=True,
-                      array_task=split_job_id(row.job_id)[1])
-        job.attempts.append(att)
-        self._finish(s, job, att, now, "cancelled", "SLURM job %s carries the tag of a job cancelled with "
-                     "autoexp" % row.job_id)
-        self._request_cancel(s, job, att, now, todo, "the job was cancelled with autoexp")
 
     def _watch(self, s, job, att, obs, now, todo):
         """Bring an attempt up to date with its observation; while its job is active and it
         is undecided, read its log and decide; see a requested cancel through in any case."""
-        mon = s.monitoring
         deciding = job.status == ACTIVE and att.outcome is None
         self._note(s, job, att, obs, now)
         log_ok = self._read_log(s, job, att, obs, now) if deciding else True
         facts = att.facts()
         if not log_ok:
             facts = facts._replace(last_activity=now)  # an unreadable log is no evidence of a stall
-        verdict = classify(obs, facts, now, mon)
-        if (verdict.live is False or verdict.mode == "lost") and att.live:
+        verdict = classify(obs, facts, now, s.monitoring)
+        if (verdict.live is False or verdict.mode == MODE_LOST) and att.live:
             att.live = False
             att.ended_at = now
         if deciding:
             att.last_monitor_state = job.last_monitor_state = verdict.monitor_state
             if verdict.mode:
                 self._conclude(s, job, att, verdict, now, todo)
-        elif att.live and att.cancel_requested_at and observation_live(obs):
-            # No result: the process that decided the cancel died before scancel returned;
-            # a failed scancel: SLURM did not take it. Both are asked again at once. A
-            # cancel SLURM took is repeated only if the job outlives SLURM's KillWait.
-            result = att.cancel_result
-            if (result is None or not result["ok"]
-                    or now - parse_iso(result["time"]) >= max(60.0, 2 * mon.interval_seconds)):
-                todo.add_cancel(job, att)
+        elif (att.live and att.cancel_requested_at and observation_live(obs)
+              and cancel_resend_due(att.cancel_result, now, s.monitoring.interval_seconds)):
+            todo.add_cancel(job, att)
 
     def _note(self, s, job, att, obs, now):
         """Record what SLURM said about the attempt: ids, times, state changes, requeues."""
-        if obs.source in ("squeue", "sacct"):
+        if obs.source in ANSWERED:
             if obs.raw_id and obs.state != "PENDING":
                 att.raw_id = obs.raw_id
             if obs.start:
@@ -2623,22 +3103,24 @@ class Controller(object):
                 att.slurm_end = obs.end
             if obs.state == "RUNNING" and att.running_since is None:
                 att.running_since = now
-            elif obs.state in ("PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED") and att.running_since is not None:
+            elif obs.state in REQUEUE_STATES and att.running_since is not None:
                 # Requeued by SLURM under the same id: the same attempt, not a failure.
                 att.requeues += 1
                 att.running_since = None
-                self._event(s, job, att, "requeued", now, detail="back to %s under the same id" % obs.state)
+                self._event(s, job, att, EV_REQUEUED, now, detail="back to %s under the same id" % obs.state)
             if obs.state != att.last_slurm_state:
-                self._event(s, job, att, "state", now, detail="%s -> %s" % (att.last_slurm_state or "new", obs.state))
+                self._event(s, job, att, EV_STATE, now, detail="%s -> %s" % (att.last_slurm_state or "new", obs.state))
                 att.last_slurm_state = obs.state
                 if att is job.current:
                     job.last_slurm_state = obs.state
             if obs.exit_code:
                 att.exit_code = obs.exit_code
             att.missing_since = None
-        elif obs.source == "missing" and att.missing_since is None:
+        elif obs.source == SRC_MISSING and att.missing_since is None:
             att.missing_since = now
-            self._event(s, job, att, "missing", now, detail=obs.reason or "not in squeue or sacct")
+            self._event(s, job, att, EV_MISSING, now, detail=obs.reason or "not in squeue or sacct")
+
+    # -- logs --------------------------------------------------------------------------
 
     def _log_template(self, s, job, job_id=None, array_task=None):
         """The --output pattern an attempt writes to: its array's, or its own script's."""
@@ -2658,7 +3140,7 @@ class Controller(object):
         path = resolve_log_path(template, "0", "0", name, self.slurm.user)
         att.resolved_log_path = path
         earlier = [a for a in job.attempts if a is not att and a.resolved_log_path == path]
-        if att.origin == "submitted":
+        if att.origin == ORIGIN_SUBMITTED:
             try:
                 with open(path, "rb") as f:
                     st = os.fstat(f.fileno())
@@ -2678,13 +3160,14 @@ class Controller(object):
             att.resolved_log_path = resolve_log_path(template, att.job_id, att.raw_id, name, self.slurm.user)
             if att.resolved_log_path is None:
                 return True
-        final = obs.source in ("squeue", "sacct") and obs.state not in ACTIVE_STATES
+        final = obs.source in ANSWERED and obs.state not in ACTIVE_STATES
         while True:
             read = read_log(att.resolved_log_path, att.log_offset, att.log_inode, att.log_head, final)
             if not read.ok:
                 return False
             if read.restarted and att.last_log_growth_at is not None:
-                self._event(s, job, att, "log_restarted", now, detail="log truncated or replaced; reading it from its start")
+                self._event(s, job, att, EV_LOG_RESTARTED, now,
+                            detail="log truncated or replaced; reading it from its start")
             if read.offset != att.log_offset or read.restarted:
                 att.last_log_growth_at = now
             att.log_offset, att.log_inode, att.log_head = read.offset, read.inode, read.head
@@ -2697,12 +3180,14 @@ class Controller(object):
             if hit.event in att.log_matches:
                 continue
             att.log_matches.append(hit.event)
-            self._event(s, job, att, "log:" + hit.event, now, mode=hit.mode, detail=hit.line.strip()[:300])
-            if hit.mode == "success":
+            self._event(s, job, att, EV_LOG_PREFIX + hit.event, now, mode=hit.mode, detail=hit.line.strip()[:300])
+            if hit.mode == MODE_SUCCESS:
                 att.success_seen = True
-            elif att.log_mode is None and s.policies.get(hit.mode, Policy("stop")).action != "ignore":
+            elif att.log_mode is None and policy_for(s.policies, hit.mode).action != IGNORE:
                 att.log_mode = hit.mode
                 att.log_reason = "log matched %s: %s" % (hit.event, hit.line.strip()[:200])
+
+    # -- recording what was decided ------------------------------------------------------
 
     def _conclude(self, s, job, att, verdict, now, todo):
         """The attempt reached a mode: record its outcome and apply the policy for it."""
@@ -2711,23 +3196,21 @@ class Controller(object):
         decision = decide(mode, s.policies, history + [att.ended(mode, now)])
         self._finish(s, job, att, now, mode, verdict.reason)
         s.add_action(job, att, decision.action, mode, decision.reason, now)
-        if decision.action == "restart":
+        if decision.action == RESTART:
             job.next_submit_at = now + decision.delay
-            job.last_monitor_state = "restarting"
-            self._event(s, job, att, "restart_scheduled", now, mode=mode, detail=decision.reason)
-            if att.live or mode == "lost":
+            job.last_monitor_state = MON_RESTARTING
+            self._event(s, job, att, EV_RESTART_SCHEDULED, now, mode=mode, detail=decision.reason)
+            if att.live or mode == MODE_LOST:
                 # a lost job may yet exist where SLURM could not show it: scancel is harmless
                 # when it is gone, and it never runs beside its restart
                 self._request_cancel(s, job, att, now, todo, "%s: cancelled before the restart" % mode)
-        elif decision.action == "finalize":
+        elif decision.action == FINALIZE:
             job.status, job.reason = FINALIZED, verdict.reason
-            job.last_monitor_state = "finalized"
-            self._event(s, job, att, "finalized", now, mode=mode, detail=decision.reason)
+            job.last_monitor_state = FINALIZED
+            self._event(s, job, att, EV_FINALIZED, now, mode=mode, detail=decision.reason)
         else:
-            job.status, job.reason = STOPPED, "%s (%s)" % (decision.reason, verdict.reason)
-            job.last_monitor_state = "stopped"
-            self._event(s, job, att, "stopped", now, mode=mode, detail=decision.reason)
-            if att.live and mode != "success":
+            self._stop(s, job, att, now, mode, "%s (%s)" % (decision.reason, verdict.reason), decision.reason)
+            if att.live and mode != MODE_SUCCESS:
                 self._request_cancel(s, job, att, now, todo, "%s: the job is stopped" % mode)
 
     def _finish(self, s, job, att, now, outcome, reason):
@@ -2735,11 +3218,17 @@ class Controller(object):
         if not att.live and att.ended_at is None:
             att.ended_at = now
         att.last_monitor_state = outcome
-        self._event(s, job, att, "outcome", now, mode=outcome, detail=reason)
+        self._event(s, job, att, EV_OUTCOME, now, mode=outcome, detail=reason)
+
+    def _stop(self, s, job, att, now, mode, reason, detail):
+        """The job stops: it keeps its record and is never restarted."""
+        job.status, job.reason = STOPPED, reason
+        job.last_monitor_state = STOPPED
+        self._event(s, job, att, EV_STOPPED, now, mode=mode, detail=detail)
 
     def _request_cancel(self, s, job, att, now, todo, why):
         att.cancel_requested_at = now
-        self._event(s, job, att, "cancel_requested", now, detail=why)
+        self._event(s, job, att, EV_CANCEL_REQUESTED, now, detail=why)
         todo.add_cancel(job, att)
 
     def _adopt(self, s, job, row, origin, now, att=None):
@@ -2753,42 +3242,34 @@ class Controller(object):
         att.raw_id = row.raw_id if row.state != "PENDING" else None
         att.array_task = split_job_id(row.job_id)[1]
         att.origin = origin
-        att.submit_state = "submitted"
+        att.submit_state = SUBMITTED
         att.submitted_at = now
         att.live = True
         job.next_submit_at, job.submit_failures = None, 0
         self._log_baseline(s, job, att)
-        self._event(s, job, att, "adopted", now, detail="SLURM job %s (%s, found by its tag)" % (row.job_id, row.state))
+        self._event(s, job, att, EV_ADOPTED, now, detail="SLURM job %s (%s, found by its tag)" % (row.job_id, row.state))
         return att
 
     def _new_intent(self, s, job, now, todo, array):
-        att = Attempt(attempt=len(job.attempts) + 1, origin="submitted", submit_state="intent", intent_at=now,
+        att = Attempt(attempt=len(job.attempts) + 1, origin=ORIGIN_SUBMITTED, submit_state=INTENT, intent_at=now,
                       array_task=job.index if array and s.plan.array is not None else None)
         job.attempts.append(att)
         self._log_baseline(s, job, att)
         job.next_submit_at = None
-        job.last_monitor_state = "submitting"
-        self._event(s, job, att, "intent", now, detail="submission %d decided" % att.attempt)
+        job.last_monitor_state = MON_SUBMITTING
+        self._event(s, job, att, EV_INTENT, now, detail="submission %d decided" % att.attempt)
         todo.submit.append(job)
 
-    def _take_requests(self, s, now, todo):
-        """Cancel requests queued by `autoexp cancel` while this process held the lock."""
-        folder = self.store.requests_dir(s.session_id)
-        try:
-            names = sorted(os.listdir(folder))
-        except OSError:
-            return
-        for name in names:
-            if name.startswith("."):
-                continue  # a request still being written (atomic_write's temporary file)
-            path = os.path.join(folder, name)
-            try:
-                with open(path, "rb") as f:
-                    req = json.loads(f.read().decode("utf-8"))
-            except (IOError, OSError, ValueError):
-                continue
-            self.cancel_jobs(s, req.get("jobs") or [], now, todo)
-            todo.requests_done.append(path)
+    def _cancel_copy(self, s, job, row, now, todo):
+        """A live SLURM job under the tag of a job the user cancelled: recorded as an
+        attempt of its own, and cancelled like the others."""
+        att = Attempt(attempt=len(job.attempts) + 1, job_id=row.job_id, origin=ORIGIN_EXTERNAL,
+                      submit_state=SUBMITTED, intent_at=self._since(s, job), submitted_at=now, live=True,
+                      array_task=split_job_id(row.job_id)[1])
+        job.attempts.append(att)
+        self._finish(s, job, att, now, MODE_CANCELLED, "SLURM job %s carries the tag of a job cancelled with "
+                     "autoexp" % row.job_id)
+        self._request_cancel(s, job, att, now, todo, "the job was cancelled with autoexp")
 
     def cancel_jobs(self, s, names, now, todo):
         """Mark jobs cancelled by the user and queue scancel for their live attempts."""
@@ -2799,13 +3280,13 @@ class Controller(object):
                 continue
             att = job.current
             job.status, job.reason = CANCELLED, "cancelled by the user"
-            job.last_monitor_state = "cancelled"
+            job.last_monitor_state = CANCELLED
             if att is None:
                 continue
-            self._event(s, job, att, "user_cancel", now, detail="autoexp cancel")
+            self._event(s, job, att, EV_USER_CANCEL, now, detail="autoexp cancel")
             if att.outcome is None:
-                self._finish(s, job, att, now, "cancelled", "cancelled by the user (autoexp cancel)")
-            s.add_action(job, att, "cancel", "cancelled", "cancelled by the user", now)
+                self._finish(s, job, att, now, MODE_CANCELLED, "cancelled by the user (autoexp cancel)")
+            s.add_action(job, att, ACTION_CANCEL, MODE_CANCELLED, "cancelled by the user", now)
             if att.live and att.job_id:
                 self._request_cancel(s, job, att, now, todo, "cancelled by the user")
 
@@ -2817,8 +3298,8 @@ class Controller(object):
         if self.dry_run:
             for job, att in todo.cancel:
                 self.report.result("would run: scancel %s   # %s" % (att.job_id, job.name))
-            for group in self._submit_groups(todo.submit):
-                self.report.result("would submit: %s" % self._describe_submit(s, group))
+            for group in submit_groups(todo.submit):
+                self.report.result("would submit: %s" % describe_submit(s.plan, group))
             return
         if changed:
             intents = bool(todo.submit or todo.cancel)
@@ -2828,122 +3309,75 @@ class Controller(object):
             if intents:
                 crash_point("after_intent_write")
         self.store.save_and_sync(s, now, changed=False)
-        for path in todo.requests_done:  # the cancels they asked for are on disk now
-            try:
-                os.unlink(path)
-            except OSError:
-                pass
+        self.store.remove_requests(todo.requests_done)  # the cancels they asked for are on disk now
         if todo.cancel:
-            saved = self.clock()
-            for job, att in todo.cancel:
-                self._cancel(s, job, att)
-                if self.clock() - saved >= 1.0:
-                    saved = self.clock()
-                    self._save(s, saved)
-            self._save(s, self.clock())
+            self._each_saved(s, todo.cancel, lambda item: self._cancel(s, *item))
         if todo.submit:
             self.submit_now(s, todo.submit)
 
-    def _save(self, s, now):
-        self.store.save_and_sync(s, now)
+    def _each_saved(self, s, items, act):
+        """act on each item; results are saved every SAVE_EVERY seconds and at the end, not
+        after each (a sweep of thousands would rewrite the state thousands of times): a
+        crash in between loses results the next cycle finds again (by tag, or by sending a
+        cancel again, which is harmless)."""
+        saved = self.clock()
+        for item in items:
+            act(item)
+            if self.clock() - saved >= SAVE_EVERY:
+                saved = self.clock()
+                self.store.save_and_sync(s, saved)
+        self.store.save_and_sync(s, self.clock())
 
     def _cancel(self, s, job, att):
-        """scancel; the result is saved with the next state write (a result lost to a crash
-        only means the cancel is sent again: scancel is harmless twice)."""
         crash_point("before_scancel")
         ok, message = self.slurm.scancel(att.job_id)
         crash_point("after_scancel")
         now = self.clock()
         att.cancel_result = OrderedDict([("time", iso_time(now)), ("ok", ok), ("message", message)])
-        self._event(s, job, att, "scancel" if ok else "scancel_failed", now,
+        self._event(s, job, att, EV_SCANCEL if ok else EV_SCANCEL_FAILED, now,
                     detail="scancel %s%s" % (att.job_id, ": " + message if message else ""))
 
-    def _describe_submit(self, s, jobs):
-        script, args = self._sbatch_args(s, jobs)
-        return " ".join(shlex.quote(a) for a in ["sbatch", "--parsable"] + args + [script])
-
-    def _sbatch_args(self, s, jobs):
-        if jobs[0].current.array_task is None:
-            pj = s.plan.by_name[jobs[0].name]
-            return pj.script_path, list(pj.sbatch_args)
-        array = s.plan.array
-        spec = ",".join(str(j.current.array_task) for j in jobs)
-        if array.max_running:
-            spec += "%%%d" % array.max_running
-        return array.script_path, list(array.sbatch_args) + ["--array=" + spec]
-
-    @staticmethod
-    def _submit_groups(jobs):
-        """One sbatch per single job, and one for all the array tasks."""
-        singles = [j for j in jobs if j.current.array_task is None]
-        tasks = sorted((j for j in jobs if j.current.array_task is not None), key=lambda j: j.index)
-        return [[j] for j in singles] + ([tasks] if tasks else [])
-
     def submit_now(self, s, jobs):
-        """sbatch every job whose intent is on disk. Results are saved every second and at
-        the end, not after each sbatch (a sweep of thousands would rewrite the state
-        thousands of times): a crash in between loses ids the next cycle finds by tag."""
-        saved = self.clock()
-        for group in self._submit_groups(jobs):
-            self._sbatch(s, group)
-            if self.clock() - saved >= 1.0:
-                saved = self.clock()
-                self._save(s, saved)
-        self._save(s, self.clock())
+        """sbatch every job whose intent is on disk: one call per single job, one for all the
+        array tasks."""
+        self._each_saved(s, submit_groups(jobs), lambda group: self._sbatch(s, group))
 
     def _sbatch(self, s, jobs):
-        mon = s.monitoring
-        script, args = self._sbatch_args(s, jobs)
+        script, args = sbatch_command(s.plan, [(j.name, j.current.array_task) for j in jobs])
         crash_point("before_sbatch")
         res = self.slurm.sbatch(script, args)
         crash_point("after_sbatch")
         now = self.clock()
         for job in jobs:
             att = job.current
-            if res.outcome == "ok":
+            if res.outcome == SB_OK:
                 att.job_id = res.job_id if att.array_task is None else "%s_%d" % (res.job_id, att.array_task)
-                att.submit_state, att.submitted_at, att.live, att.submit_error = "submitted", now, True, None
+                att.submit_state, att.submitted_at, att.live, att.submit_error = SUBMITTED, now, True, None
                 job.submit_failures, job.next_submit_at = 0, None
-                job.last_monitor_state = "submitted"
-                self._event(s, job, att, "submitted", now, detail="SLURM job %s" % att.job_id)
-            elif res.outcome == "permanent":
-                att.submit_state, att.submit_error = "failed", res.message
-                self._finish(s, job, att, now, "submit_failed", "sbatch refused the job: %s" % res.message)
-                job.status, job.reason = STOPPED, "sbatch refused the job: %s" % res.message
-                job.last_monitor_state = "stopped"
-                s.add_action(job, att, "stop", "submit_failed", job.reason, now)
-                self._event(s, job, att, "stopped", now, mode="submit_failed", detail="no retry: sbatch refused it")
+                job.last_monitor_state = MON_SUBMITTED
+                self._event(s, job, att, EV_SUBMITTED, now, detail="SLURM job %s" % att.job_id)
+                continue
+            verdict = after_sbatch_failure(res, job.submit_failures, s.monitoring)
+            job.submit_failures = verdict.failures
+            att.submit_error = res.message
+            if verdict.action == STOP:
+                # an uncertain failure keeps its intent: if one of the tries did queue the
+                # job, a later cycle finds it by tag and follows it
+                if res.outcome == SB_PERMANENT:
+                    att.submit_state = SUBMIT_FAILED_STATE
+                self._finish(s, job, att, now, OUTCOME_SUBMIT_FAILED, verdict.reason)
+                s.add_action(job, att, STOP, OUTCOME_SUBMIT_FAILED, verdict.reason, now)
+                self._stop(s, job, att, now, OUTCOME_SUBMIT_FAILED, verdict.reason, verdict.detail)
             else:
-                job.submit_failures += 1
-                att.submit_error = res.message
-                if res.outcome == "throttled":
-                    # a queue limit: the sweep waits its turn, whatever submit_retries says
-                    delay = min(mon.submit_backoff_seconds * (2 ** (job.submit_failures - 1)), 600.0)
-                    job.next_submit_at = now + delay
-                    self._event(s, job, att, "submit_error", now, detail="%s; over a queue limit, retrying in %ds"
-                                % (res.message, delay))
-                elif job.submit_failures > mon.submit_retries:
-                    # the intent stays: if one of these did queue the job, a later cycle
-                    # finds it by tag and follows it
-                    job.status = STOPPED
-                    job.reason = "sbatch failed %d times: %s" % (job.submit_failures, res.message)
-                    self._finish(s, job, att, now, "submit_failed", job.reason)
-                    job.last_monitor_state = "stopped"
-                    self._event(s, job, att, "stopped", now, mode="submit_failed", detail=job.reason)
-                    s.add_action(job, att, "stop", "submit_failed", job.reason, now)
-                else:
-                    delay = max(mon.submit_backoff_seconds * (2 ** (job.submit_failures - 1)), mon.unqueued_after)
-                    job.next_submit_at = now + delay
-                    self._event(s, job, att, "submit_error", now,
-                                detail="%s; looking it up by tag, then retrying in %ds" % (res.message, delay))
+                job.next_submit_at = now + verdict.delay
+                self._event(s, job, att, EV_SUBMIT_ERROR, now, detail=verdict.detail)
 
     def register(self, s, plan_jobs, array):
         """Add plan jobs to a session. They have no attempt yet: the next cycle looks for
         each in SLURM by its tag (a state file moved aside, a second `submit`) and submits
         only what SLURM does not have."""
-        for pj in plan_jobs:
-            s.jobs.append(Job(pj.name, pj.index, array=bool(array and s.plan.array is not None)))
-        s.jobs.sort(key=lambda j: j.index)
+        s.add_jobs([Job(name=pj.name, index=pj.index, array=bool(array and s.plan.array is not None))
+                    for pj in plan_jobs])
 
     def preview(self, s, jobs, now):
         """The sbatch lines a first submission of these jobs would run (dry run)."""
@@ -2961,53 +3395,52 @@ class Controller(object):
                                       " (%s)" % att.job_id if att.job_id else "", what,
                                       ": " + detail if detail else "")
         if self.json_changes is not None:
-            self.json_changes.append(OrderedDict((k, iso_time(v) if k == "time" else v) for k, v in rec.items()))
-        elif kind == "state":
+            self.json_changes.append(_times_to_json(rec))
+        elif kind == EV_STATE:
             self.report.detail(line)
         else:
             self.report.info(line)
 
 
-def fingerprint(s):
-    """The session's content, cheaply serialized: a cycle that changed nothing writes nothing."""
-    return json.dumps(s.to_dict(), separators=(",", ":"))
+def submit_groups(jobs):
+    """One sbatch per single job, and one for all the array tasks."""
+    singles = [j for j in jobs if j.current.array_task is None]
+    tasks = sorted((j for j in jobs if j.current.array_task is not None), key=lambda j: j.index)
+    return [[j] for j in singles] + ([tasks] if tasks else [])
 
 
-def newer_than_history(job, rows):
-    """The rows that can be the result of the job's latest submission: newer than every id
-    in its history (SLURM hands out ids in increasing order), and not a copy already seen
-    beside an earlier attempt (one started by hand, say)."""
-    known = [job_id_sort_key(a.job_id) for a in job.attempts if a.job_id]
-    floor = max(known) if known else None
-    return [r for r in rows if (floor is None or job_id_sort_key(r.job_id) > floor)
-            and r.job_id not in job.seen_copies]
-
-
-def settling(s, now):
-    """A job finalized on its termination string may still be RUNNING: keep watching it (no
-    decisions) for a short while, so that its history ends with SLURM's final state."""
-    window = max(3 * s.monitoring.interval_seconds, 30.0)
-    return any(j.status == FINALIZED and j.current is not None and j.current.live and j.current.job_id
-               and now - (j.last_updated or 0) < window for j in s.jobs)
-
-
-def count_by_status(s):
-    counts = OrderedDict()
-    for job in s.jobs:
-        counts[job.status] = counts.get(job.status, 0) + 1
-    return counts
-
-
-def count_summary(s):
-    return ", ".join("%d %s" % (n, k) for k, n in count_by_status(s).items()) or "no jobs"
+def describe_submit(plan, jobs):
+    script, args = sbatch_command(plan, [(j.name, j.current.array_task) for j in jobs])
+    return " ".join(shlex.quote(a) for a in ["sbatch", "--parsable"] + args + [script])
 
 
 # ============================================================================
-# 8. CLI
+# 10. CLI
 # ============================================================================
 
-def _explicit_state_dir(args):
-    return getattr(args, "state_dir", None) or os.environ.get("AUTOEXP_STATE_DIR") or None
+class Runtime(object):
+    """What the commands act through: the reporter, the clock, sleep and SLURM. main()
+    builds the real ones; tests inject theirs (main(argv, slurm=..., clock=..., sleep=...))."""
+
+    __slots__ = ("report", "clock", "sleep", "slurm")
+
+    def __init__(self, report, clock=None, sleep=None, slurm=None):
+        self.report = report
+        self.clock = clock or time.time
+        self.sleep = sleep or time.sleep
+        self.slurm = slurm
+
+    def slurm_for(self, sessions=()):
+        """The SLURM client, its timeout the longest of the sessions'."""
+        if self.slurm is not None:
+            return self.slurm
+        timeouts = [s.monitoring.slurm_timeout_seconds for s in sessions]
+        default = dict((k.name, k.default) for k in MONITORING_SCHEMA)["slurm_timeout_seconds"]
+        return SlurmClient(timeout=max(timeouts) if timeouts else float(default))
+
+    def controller(self, store, sessions=(), report=None, dry_run=False):
+        return Controller(store, self.slurm_for(sessions), report or self.report, clock=self.clock,
+                          sleep=self.sleep, dry_run=dry_run)
 
 
 def store_for(args, ref=None, config=None):
@@ -3017,26 +3450,12 @@ def store_for(args, ref=None, config=None):
         if not ref.endswith(".json"):
             raise StateError("%r is neither a session id nor a session file (<id>.json)" % ref)
         return StateStore(os.path.dirname(os.path.abspath(ref)))
-    explicit = _explicit_state_dir(args)
+    explicit = getattr(args, "state_dir", None) or os.environ.get("AUTOEXP_STATE_DIR") or None
     if explicit:
         return StateStore(explicit)
     if config and config.get("state_dir"):
         return StateStore(config["state_dir"])
     return StateStore("autoexp-state")
-
-
-def make_slurm(sessions=(), timeout=None):
-    timeouts = [s.monitoring.slurm_timeout_seconds for s in sessions]
-    return SlurmClient(timeout=timeout or (max(timeouts) if timeouts else 60.0))
-
-
-def new_session(store, plan, now):
-    s = Session(store.session_path(plan.plan_id), plan.plan_id, plan.project, plan.manifest_path,
-                now, json.loads(json.dumps(plan.config), object_pairs_hook=OrderedDict))
-    # A session rebuilt after its state file was lost continues its journal's numbering:
-    # events numbered from 1 again would be taken for ones already written, and dropped.
-    s.event_seq = _last_journal_seq(store.events_path(s))
-    return s
 
 
 def open_plan(args, ref):
@@ -3062,24 +3481,25 @@ class SessionSet(object):
     Sweeping a whole state folder, a locked session is skipped, and so is a broken one (with
     its error said), so that one bad file does not stop the work on all the others."""
 
-    __slots__ = ("store", "sessions", "locks", "skipped", "broken")
+    __slots__ = ("store", "report", "sessions", "locks", "skipped", "broken")
 
-    def __init__(self, store):
-        self.store, self.sessions, self.locks, self.skipped, self.broken = store, [], [], [], []
+    def __init__(self, store, report):
+        self.store, self.report = store, report
+        self.sessions, self.locks, self.skipped, self.broken = [], [], [], []
 
-    def candidates(self, report, wanted):
+    def candidates(self, wanted):
         """The session files of the folder for which wanted(session) is true; broken ones said."""
         for path in self.store.list_sessions():
             try:
                 s = self.store.load(path, with_plan=False)
             except StateError as e:
                 self.broken.append(path)
-                Reporter._write(report.err, "Error: %s" % e)
+                self.report.error(str(e))
                 continue
             if wanted(s):
                 yield path
 
-    def open(self, path, command, lock=True, quiet_skip=False, report=None):
+    def open(self, path, command, now, lock=True, quiet_skip=False):
         """quiet_skip (a sweep): a locked session is skipped, a broken one said and skipped."""
         try:
             s = self.store.load(path)
@@ -3087,20 +3507,24 @@ class SessionSet(object):
             if not quiet_skip:
                 raise
             self.broken.append(path)
-            Reporter._write(report.err if report else sys.stderr, "Error: %s" % e)
+            self.report.error(str(e))
             return None
         if lock:
             try:
-                self.locks.append(self.store.lock(s.session_id, command))
+                s, held = self.store.open_for_write(path, command, now)
             except LockedError as e:
                 if not quiet_skip:
                     raise
                 self.skipped.append((s.session_id, str(e)))
                 return None
-            s = self.store.load(path)  # re-read: the previous holder may have written since
-            self.store.save_and_sync(s, time.time(), changed=False)
+            self.locks.append(held)
         self.sessions.append(s)
         return s
+
+    def adopt(self, s, lock):
+        """A session opened and locked elsewhere (run's submission), kept to the end."""
+        self.sessions.append(s)
+        self.locks.append(lock)
 
     def close(self):
         for lock in self.locks:
@@ -3129,37 +3553,28 @@ def resume_hint(sessions, store, all_sessions=False):
 def register_untracked(controller, s, now):
     """--monitor-all: every manifest job the session does not track yet is adopted from SLURM
     (by tag) or submitted; the cycle that follows does both, lookup first."""
-    added = [Job(pj.name, pj.index) for pj in s.plan.jobs if s.job(pj.name) is None]
+    added = [Job(name=pj.name, index=pj.index) for pj in s.plan.jobs if s.job(pj.name) is None]
     if added:
-        s.jobs.extend(added)
-        s.jobs.sort(key=lambda j: j.index)
+        s.add_jobs(added)
         controller.report.info("registering %d untracked job(s) of %s: %s" % (
             len(added), s.session_id, ", ".join(j.name for j in added)))
     return added
 
 
-def cmd_plan(args, report):
-    plan_id, _ = do_plan(args)
-    report.result(plan_id)
+# -- plan, submit, run -------------------------------------------------------------
+
+def cmd_plan(args, rt):
+    plan_id, _ = do_plan(args, rt)
+    rt.report.result(plan_id)
     return EXIT_OK
 
 
-def do_plan(args):
+def do_plan(args, rt):
     raw = load_config_file(args.config)
     config = resolve_config(raw, args.config, args.override)
     store = store_for(args, config=config)
-    now = time.time()
-    if args.plan_id:
-        plan_id = check_safe_name(args.plan_id, "plan id")
-        if os.path.exists(store.plan_manifest(plan_id)) or os.path.exists(store.session_path(plan_id)):
-            raise ConfigError("plan %r already exists in %s; choose another --plan-id" % (plan_id, store.root))
-    else:
-        base = default_plan_id(config["project"], now)
-        plan_id = base
-        for n in itertools.count(2):
-            if not os.path.exists(store.plan_manifest(plan_id)) and not os.path.exists(store.session_path(plan_id)):
-                break
-            plan_id = "%s-%d" % (base, n)
+    now = rt.clock()
+    plan_id = _choose_plan_id(args, store, config, now)
     manifest, scripts = build_plan(config, args.config, plan_id, store.root, os.getcwd(), now)
     path = store.plan_manifest(plan_id)
     if not getattr(args, "dry_run", False):
@@ -3168,12 +3583,60 @@ def do_plan(args):
     return plan_id, Plan(manifest, path)
 
 
-def cmd_submit(args, report):
+def _choose_plan_id(args, store, config, now):
+    def taken(plan_id):
+        return os.path.exists(store.plan_manifest(plan_id)) or os.path.exists(store.session_path(plan_id))
+    if args.plan_id:
+        plan_id = check_safe_name(args.plan_id, "plan id")
+        if taken(plan_id):
+            raise ConfigError("plan %r already exists in %s; choose another --plan-id" % (plan_id, store.root))
+        return plan_id
+    base = default_plan_id(config["project"], now)
+    plan_id = base
+    for n in itertools.count(2):
+        if not taken(plan_id):
+            return plan_id
+        plan_id = "%s-%d" % (base, n)
+
+
+def cmd_submit(args, rt):
     store, plan = open_plan(args, args.plan)
-    return do_submit(args, report, store, plan)
+    code, _ = submit_plan(args, rt, store, plan)
+    return code
 
 
-def do_submit(args, report, store, plan, keep_lock=None):
+def submit_plan(args, rt, store, plan, keep_lock=False):
+    """Register the plan's jobs in its session and run one cycle: each is looked up by its
+    tag, and what SLURM does not have is submitted. Returns (exit code, held), held being
+    (session, lock) when keep_lock asks to go on watching under the same lock (`run`)."""
+    names = _jobs_to_submit(args, plan)
+    if args.dry_run:
+        return preview_submit(args, rt, store, plan, names), None
+    if shutil.which("sbatch", path=slurm_environment().get("PATH")) is None:
+        # before the session exists: a submission that cannot start leaves nothing behind
+        raise SlurmMissing("SLURM command 'sbatch' was not found on PATH; run autoexp on a login node "
+                           "where sbatch, squeue and sacct work")
+    store.ensure()
+    s, lock, created = store.open_or_create(plan, "submit", rt.clock())
+    try:
+        if not created:
+            names = _untracked(args, s, names)
+        if not names:
+            rt.report.info("every job of %s is already submitted; watch them with `autoexp monitor "
+                           "--session %s`" % (plan.plan_id, plan.plan_id))
+            code = EXIT_OK
+        else:
+            code = _submit_and_say(rt, store, s, plan, names, args.array)
+        if keep_lock:
+            held, lock = (s, lock), None
+            return code, held
+        return code, None
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _jobs_to_submit(args, plan):
     names = _flatten(args.only) or [j.name for j in plan.jobs]
     unknown = [n for n in names if n not in plan.by_name]
     if unknown:
@@ -3182,122 +3645,98 @@ def do_submit(args, report, store, plan, keep_lock=None):
             (", ..." if len(plan.jobs) > 10 else "")))
     if args.array and plan.array is None:
         raise ConfigError("cannot submit plan %s as an array: %s" % (plan.plan_id, plan.array_error))
-    if args.dry_run:
-        path = store.session_path(plan.plan_id)
-        if os.path.exists(path):
-            tracked = store.load(path, with_plan=False)
-            already = [n for n in names if tracked.job(n) is not None]
-            if already and _flatten(args.only):
-                raise ConfigError("already submitted in session %s: %s" % (plan.plan_id, ", ".join(already)))
-            names = [n for n in names if tracked.job(n) is None]
-        s = new_session(store, plan, time.time())
-        s.plan = plan
-        controller = Controller(store, make_slurm(), Reporter(0, report.out, report.err), dry_run=True)
-        controller.register(s, [plan.by_name[n] for n in names], args.array)
-        controller.preview(s, s.jobs, time.time())
-        return EXIT_OK
-    if shutil.which("sbatch", path=slurm_environment().get("PATH")) is None:
-        # before the session exists: a submission that cannot start leaves nothing behind
-        raise SlurmError("SLURM command 'sbatch' was not found on PATH; run autoexp on a login node "
-                         "where sbatch, squeue and sacct work", exit_code=EXIT_USAGE)
-    store.ensure()
-    lock = store.lock(plan.plan_id, "submit")
-    try:
-        now = time.time()
-        path = store.session_path(plan.plan_id)
-        try:
-            os.stat(path)
-        except OSError as e:
-            if e.errno != errno.ENOENT:
-                raise StateError("cannot read session %s: %s" % (path, e.strerror))
-            s = new_session(store, plan, now)
-            s.plan = plan
+    return names
+
+
+def _untracked(args, s, names):
+    """The names the session does not track yet; naming a tracked one with --only is an error."""
+    tracked = [n for n in names if s.job(n) is not None]
+    if tracked and _flatten(args.only):
+        raise ConfigError("already submitted in session %s: %s; `autoexp monitor --session %s` "
+                          "watches them" % (s.session_id, ", ".join(tracked), s.session_id))
+    return [n for n in names if s.job(n) is None]
+
+
+def preview_submit(args, rt, store, plan, names):
+    """--dry-run: the sbatch lines a submission would run; nothing is written."""
+    path = store.session_path(plan.plan_id)
+    if os.path.exists(path):
+        tracked = store.load(path, with_plan=False)
+        already = [n for n in names if tracked.job(n) is not None]
+        if already and _flatten(args.only):
+            raise ConfigError("already submitted in session %s: %s" % (plan.plan_id, ", ".join(already)))
+        names = [n for n in names if tracked.job(n) is None]
+    s = Session.new(path, plan, rt.clock())
+    s.plan = plan
+    controller = rt.controller(store, report=rt.report.quieter(), dry_run=True)
+    controller.register(s, [plan.by_name[n] for n in names], args.array)
+    controller.preview(s, s.jobs, rt.clock())
+    return EXIT_OK
+
+
+def _submit_and_say(rt, store, s, plan, names, array):
+    controller = rt.controller(store, [s], report=rt.report.quieter())
+    controller.register(s, [plan.by_name[n] for n in names], array)
+    store.save(s, rt.clock())  # registered: a monitor or reconcile submits them if this stops here
+    answered = controller.cycle([s])
+    failed = 0
+    width = max(len(n) for n in names)
+    for n in names:
+        job = s.job(n)
+        att = job.current
+        if att is not None and att.job_id:
+            found = "" if att.origin == ORIGIN_SUBMITTED else "   (already in SLURM: %s)" % att.origin
+            rt.report.result("%-*s %s%s" % (width, n, att.job_id, found))
         else:
-            s = store.load(path)
-            store.save_and_sync(s, now, changed=False)
-            tracked = [n for n in names if s.job(n) is not None]
-            if tracked and _flatten(args.only):
-                raise ConfigError("already submitted in session %s: %s; `autoexp monitor --session %s` "
-                                  "watches them" % (s.session_id, ", ".join(tracked), s.session_id))
-            names = [n for n in names if s.job(n) is None]
-            if not names:
-                report.info("every job of %s is already submitted; watch them with `autoexp monitor "
-                            "--session %s`" % (plan.plan_id, plan.plan_id))
-                if keep_lock is None:
-                    return EXIT_OK
-                keep_lock.append(lock)
-                lock = None
-                return s
-        controller = Controller(store, make_slurm([s]), Reporter(min(report.level, 0), report.out, report.err))
-        controller.register(s, [plan.by_name[n] for n in names], args.array)
-        store.save(s, now)  # registered: a monitor or reconcile submits them if this stops here
-        answered = controller.cycle([s])
-        failed = 0
-        width = max(len(n) for n in names)
-        for n in names:
-            job = s.job(n)
-            att = job.current
-            if att is not None and att.job_id:
-                found = "" if att.origin == "submitted" else "   (already in SLURM: %s)" % att.origin
-                report.result("%-*s %s%s" % (width, n, att.job_id, found))
-            else:
-                failed += 1
-                why = (job.reason or (att.submit_error if att else None) or
-                       ("SLURM did not answer" if not answered else "SLURM could not say whether it has it yet"))
-                report.result("%-*s not submitted: %s" % (width, n, why))
-        if failed:
-            report.warn("%d of %d job(s) not submitted; `autoexp monitor --session %s` (or reconcile) submits "
-                        "them, after looking each up by its tag" % (failed, len(names), s.session_id))
-        if keep_lock is not None:
-            keep_lock.append(lock)
-            lock = None
-            return s
-        return EXIT_FAILURE if failed == len(names) else EXIT_OK
-    finally:
-        if lock is not None:
-            lock.release()
+            failed += 1
+            why = (job.reason or (att.submit_error if att else None) or
+                   ("SLURM did not answer" if not answered else "SLURM could not say whether it has it yet"))
+            rt.report.result("%-*s not submitted: %s" % (width, n, why))
+    if failed:
+        rt.report.warn("%d of %d job(s) not submitted; `autoexp monitor --session %s` (or reconcile) submits "
+                       "them, after looking each up by its tag" % (failed, len(names), s.session_id))
+    return EXIT_FAILURE if failed == len(names) else EXIT_OK
 
 
-def cmd_run(args, report):
-    plan_id, plan = do_plan(args)
-    report.info("%s %s" % ("would plan" if args.dry_run else "planned", plan_id))
+def cmd_run(args, rt):
+    plan_id, plan = do_plan(args, rt)
+    rt.report.info("%s %s" % ("would plan" if args.dry_run else "planned", plan_id))
     store = StateStore(plan.state_dir)
-    held = []
-    s = do_submit(args, report, store, plan, keep_lock=held)
-    if not isinstance(s, Session):
-        return s
-    sessions = SessionSet(store)
-    sessions.locks = held
-    sessions.sessions = [s]
+    code, held = submit_plan(args, rt, store, plan, keep_lock=True)
+    if held is None:
+        return code
+    sessions = SessionSet(store, rt.report)
+    sessions.adopt(*held)
     try:
-        return monitor_sessions(args, report, sessions)
+        return monitor_sessions(args, rt, sessions)
     finally:
         sessions.close()
 
 
-def cmd_monitor(args, report):
+# -- monitor, reconcile --------------------------------------------------------------
+
+def cmd_monitor(args, rt):
     if bool(args.session) == bool(args.all):
         raise ConfigError("give --session ID (or the session file's path) or --all")
     store = store_for(args, args.session)
-    sessions = SessionSet(store)
+    sessions = SessionSet(store, rt.report)
     try:
         if args.session:
-            sessions.open(resolve_or_recreate(store, args, "monitor"), "monitor")
+            sessions.open(resolve_or_recreate(store, args, "monitor", rt), "monitor", rt.clock())
         else:
-            for path in sessions.candidates(report, lambda s: s.active() or args.include_completed
-                                            or args.monitor_all):
-                sessions.open(path, "monitor --all", quiet_skip=True, report=report)
+            for path in sessions.candidates(lambda s: s.active() or args.include_completed or args.monitor_all):
+                sessions.open(path, "monitor --all", rt.clock(), quiet_skip=True)
             for sid, why in sessions.skipped:
-                report.warn("skipping session %s: %s" % (sid, why))
+                rt.report.warn("skipping session %s: %s" % (sid, why))
             if not sessions.sessions:
-                report.info("no session to monitor in %s" % store.root)
+                rt.report.info("no session to monitor in %s" % store.root)
                 return EXIT_LOCKED if sessions.skipped else EXIT_OK
-        return monitor_sessions(args, report, sessions)
+        return monitor_sessions(args, rt, sessions)
     finally:
         sessions.close()
 
 
-def resolve_or_recreate(store, args, command):
+def resolve_or_recreate(store, args, command, rt):
     """The session file of --session; with --monitor-all, a session whose file is gone (moved
     aside after corruption) but whose plan exists is started afresh from the manifest: every
     job is then adopted from SLURM by its tag, or submitted."""
@@ -3308,20 +3747,18 @@ def resolve_or_recreate(store, args, command):
     if getattr(args, "dry_run", False):
         raise StateError("session %s has no state file; run without --dry-run to start it afresh from "
                          "its plan" % ref)
-    lock = store.lock(ref, command)
+    s, lock, created = store.open_or_create(load_manifest(store.plan_manifest(ref)), command, rt.clock())
     try:
-        if not os.path.exists(store.session_path(ref)):
-            plan = load_manifest(store.plan_manifest(ref))
-            s = new_session(store, plan, time.time())
+        if created:
             store.save(s, s.created_at)
     finally:
         lock.release()
     return store.session_path(ref)
 
 
-def monitor_sessions(args, report, sessions):
-    now = time.time()
-    controller = Controller(sessions.store, make_slurm(sessions.sessions), report)
+def monitor_sessions(args, rt, sessions):
+    now = rt.clock()
+    controller = rt.controller(sessions.store, sessions.sessions)
     overrides = getattr(args, "monitor_override", None)  # `run`'s -o went into its plan
     for s in sessions.sessions:
         if overrides:
@@ -3332,28 +3769,29 @@ def monitor_sessions(args, report, sessions):
     install_stop_handlers(controller)
     code = controller.run(sessions.sessions, once=args.once, interval=args.interval)
     if code == EXIT_INTERRUPTED:
-        report.result("stopped; the state is saved. " + resume_hint(
+        rt.report.result("stopped; the state is saved. " + resume_hint(
             sessions.sessions, sessions.store, getattr(args, "all", False)))
     return code
 
 
-def cmd_reconcile(args, report):
+def cmd_reconcile(args, rt):
     if args.session and args.all:
         raise ConfigError("give --session ID or --all, not both")
+    report = rt.report
     store = store_for(args, args.session)
-    sessions = SessionSet(store)
+    sessions = SessionSet(store, report)
     try:
         if args.session:
-            paths = [resolve_or_recreate(store, args, "reconcile")]
+            paths = [resolve_or_recreate(store, args, "reconcile", rt)]
         else:
-            paths = list(sessions.candidates(report, lambda s: s.active() or args.monitor_all))
+            paths = list(sessions.candidates(lambda s: s.active() or args.monitor_all))
         for path in paths:
-            sessions.open(path, "reconcile", lock=not args.dry_run, quiet_skip=not args.session, report=report)
+            sessions.open(path, "reconcile", rt.clock(), lock=not args.dry_run, quiet_skip=not args.session)
         for sid, why in sessions.skipped:
             # asked about this session: say who holds it; sweeping them all from cron: exit
             # 75 says it, quietly (cron mails every line printed)
             (report.warn if args.session else report.detail)("skipped %s: %s" % (sid, why))
-        controller = Controller(store, make_slurm(sessions.sessions), report, dry_run=args.dry_run)
+        controller = rt.controller(store, sessions.sessions, dry_run=args.dry_run)
         if args.json:
             controller.json_changes = []
         now = controller.clock()
@@ -3374,6 +3812,8 @@ def cmd_reconcile(args, report):
     finally:
         sessions.close()
 
+
+# -- status, history, cancel ---------------------------------------------------------
 
 def _status_doc(s):
     jobs = []
@@ -3400,14 +3840,15 @@ def read_sessions(args, ref, report):
     store = store_for(args, ref)
     if ref:
         return [store.load(store.resolve(ref), with_plan=False)], 0
-    found = SessionSet(store)
-    sessions = [store.load(p, with_plan=False) for p in found.candidates(report, lambda s: True)]
+    found = SessionSet(store, report)
+    sessions = [store.load(p, with_plan=False) for p in found.candidates(lambda s: True)]
     if not sessions and not found.broken:
         raise StateError("no sessions in %s; pass --state-dir, or submit a plan first" % store.root)
     return sessions, len(found.broken)
 
 
-def cmd_status(args, report):
+def cmd_status(args, rt):
+    report = rt.report
     sessions, broken = read_sessions(args, args.session, report)
     code = EXIT_USAGE if broken else EXIT_OK
     if args.json:
@@ -3449,15 +3890,15 @@ def _history_doc(s, name):
     return OrderedDict([("session_id", s.session_id), ("jobs", jobs)])
 
 
-def cmd_history(args, report):
-    s = read_sessions(args, args.session, report)[0][0]
+def cmd_history(args, rt):
+    s = read_sessions(args, args.session, rt.report)[0][0]
     doc = _history_doc(s, args.name)
     if args.json:
-        report.result(json.dumps(doc, indent=2, sort_keys=True))
+        rt.report.result(json.dumps(doc, indent=2, sort_keys=True))
         return EXIT_OK
     for job in doc["jobs"]:
-        report.result("%s: %s, %d attempt(s)%s" % (job["name"], job["status"], len(job["attempts"]),
-                                                   ", live: %s" % job["job_id"] if job["job_id"] else ""))
+        rt.report.result("%s: %s, %d attempt(s)%s" % (job["name"], job["status"], len(job["attempts"]),
+                                                      ", live: %s" % job["job_id"] if job["job_id"] else ""))
         rows = [("*" if a["live"] else " ", a["attempt"], a["job_id"] or "-",
                  "-" if a["array_task"] is None else a["array_task"], a["origin"] or "-",
                  short_time(parse_iso(a["submitted_at"])), short_time(parse_iso(a["ended_at"])),
@@ -3465,11 +3906,11 @@ def cmd_history(args, report):
                 for a in job["attempts"]]
         for line in _table(rows, (" ", "ATT", "SLURM_ID", "TASK", "ORIGIN", "SUBMITTED", "ENDED",
                                   "SLURM_STATE", "OUTCOME", "REASON", "LOG")):
-            report.result("  " + line)
+            rt.report.result("  " + line)
     return EXIT_OK
 
 
-def cmd_cancel(args, report):
+def cmd_cancel(args, rt):
     store = store_for(args, args.session)
     path = store.resolve(args.session)
     s = store.load(path)
@@ -3477,33 +3918,30 @@ def cmd_cancel(args, report):
     if unknown:
         raise ConfigError("no job %s in session %s" % (", ".join(unknown), s.session_id))
     try:
-        lock = store.lock(s.session_id, "cancel")
+        s, lock = store.open_for_write(path, "cancel", rt.clock())
     except LockedError as e:
-        folder = store.requests_dir(s.session_id)
-        make_private_dir(folder)
-        req = os.path.join(folder, "%d-%d.json" % (int(time.time() * 1000), os.getpid()))
-        atomic_write(req, dump_json({"action": "cancel", "jobs": args.names, "created_at": iso_time(time.time())}))
-        report.result("the session is busy (%s); the cancel request is queued and the monitor "
-                      "carries it out within one cycle" % e)
+        store.queue_cancel(s.session_id, args.names, rt.clock())
+        rt.report.result("the session is busy (%s); the cancel request is queued and the monitor "
+                         "carries it out within one cycle" % e)
         return EXIT_OK
     try:
-        s = store.load(path)
-        store.save_and_sync(s, time.time(), changed=False)
-        controller = Controller(store, make_slurm([s]), report)
+        controller = rt.controller(store, [s])
         todo = Todo()
         now = controller.clock()
         done = [j.name for j in s.jobs if j.status == ACTIVE and (not args.names or j.name in args.names)]
         controller.cancel_jobs(s, args.names, now, todo)
         controller.commit(s, now, todo, True)
         left = [n for n in args.names if n not in done]
-        report.result("cancelled: %s" % (", ".join(done) or "nothing"))
+        rt.report.result("cancelled: %s" % (", ".join(done) or "nothing"))
         if left:
-            report.info("not active, left as they are: %s" % ", ".join(
+            rt.report.info("not active, left as they are: %s" % ", ".join(
                 "%s (%s)" % (n, s.job(n).status) for n in left))
         return EXIT_OK
     finally:
         lock.release()
 
+
+# -- the parser and main -----------------------------------------------------------
 
 def positive_seconds(text):
     try:
@@ -3529,7 +3967,7 @@ def build_parser():
     common.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, help="say more")
     common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="say only results and warnings")
     common.add_argument("--version", action="version", version="autoexp %s" % __version__)
-    parser = ArgumentParser(prog="autoexp", description=__doc__, parents=[common],
+    parser = ArgumentParser(prog="autoexp", description=USAGE, parents=[common],
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
@@ -3557,7 +3995,8 @@ def build_parser():
         if overrides:
             p.add_argument("-o", "--override", "--monitor-override", dest="monitor_override", action="append",
                            default=[], metavar="KEY=VALUE",
-                           help="override a monitoring key, e.g. -o interval_seconds=10 (repeatable)")
+                           help="override a monitoring key, e.g. -o interval_seconds=10 (repeatable; keys: %s)"
+                           % ", ".join(k.name for k in MONITORING_SCHEMA))
 
     p = add("plan", cmd_plan, "expand a config into SBATCH scripts and a manifest; prints the plan id")
     plan_options(p)
@@ -3593,31 +4032,35 @@ def build_parser():
     return parser
 
 
-def main(argv=None):
-    """The command line; returns the exit code (0 ok, 1 failure, 2 usage, 75 locked, 130 stopped)."""
+def main(argv=None, slurm=None, clock=None, sleep=None, out=None, err=None):
+    """The command line; returns the exit code (0 ok, 1 failure, 2 usage, 75 locked, 130 stopped).
+
+    slurm, clock, sleep and the output streams are injectable: a test runs any command
+    in-process against a scripted SLURM and a fake clock."""
+    err = err or sys.stderr
     try:
         args = build_parser().parse_args(argv)
         level = 0 if getattr(args, "quiet", False) else 1 + (getattr(args, "verbose", 0) or 0)
-        return args.func(args, Reporter(level))
+        return args.func(args, Runtime(Reporter(level, out, err), clock, sleep, slurm))
     except SystemExit as e:  # only argparse exits, after printing --help or --version
         return e.code if isinstance(e.code, int) else EXIT_USAGE
     except AutoexpError as e:
-        Reporter._write(sys.stderr, "Error: %s" % e)
+        Reporter.write(err, "Error: %s" % e)
         return e.exit_code
     except KeyboardInterrupt:
-        Reporter._write(sys.stderr, "Error: interrupted")
+        Reporter.write(err, "Error: interrupted")
         return EXIT_INTERRUPTED
     except UnicodeError as e:  # raised by the OS layer, before any file is touched
-        Reporter._write(sys.stderr, "Error: a path or value is not ASCII, but Python runs with an ASCII "
-                        "locale here (encoding %s: LANG and LC_ALL unset or C, as in cron; %s): set "
-                        "LANG=C.UTF-8 (or another UTF-8 locale), e.g. at the top of the crontab"
-                        % (sys.getfilesystemencoding(), e.reason))
+        Reporter.write(err, "Error: a path or value is not ASCII, but Python runs with an ASCII "
+                       "locale here (encoding %s: LANG and LC_ALL unset or C, as in cron; %s): set "
+                       "LANG=C.UTF-8 (or another UTF-8 locale), e.g. at the top of the crontab"
+                       % (sys.getfilesystemencoding(), e.reason))
         return EXIT_USAGE
     except BrokenPipeError:
         return EXIT_OK
     except EnvironmentError as e:
         where = " (%s)" % e.filename if getattr(e, "filename", None) else ""
-        Reporter._write(sys.stderr, "Error: %s%s" % (e.strerror or e, where))
+        Reporter.write(err, "Error: %s%s" % (e.strerror or e, where))
         return EXIT_FAILURE
 
 

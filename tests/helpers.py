@@ -262,8 +262,7 @@ class Harness(object):
         self.store = autoexp.StateStore(self.state_dir)
         self.store.ensure()
         self.plan = autoexp.load_manifest(autoexp.write_plan(manifest, scripts))
-        self.session = autoexp.new_session(self.store, self.plan, self.clock())
-        self.session.plan = self.plan
+        self.session = self.store.create_session(self.plan, self.clock())
         self.out = []
         report = autoexp.Reporter(2, _Sink(self.out), _Sink(self.out))
         self.ctl = autoexp.Controller(self.store, self.slurm, report, clock=self.clock, sleep=self.clock.sleep)

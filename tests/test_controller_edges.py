@@ -288,10 +288,7 @@ def test_an_end_seen_in_squeue_waits_a_little_for_sacct_to_catch_up(tmp_path):
 
 def run_main(h, argv, monkeypatch, capsys):
     """The CLI in-process, against the harness's scripted SLURM, clock and state folder."""
-    monkeypatch.setattr(autoexp, "make_slurm", lambda sessions=(), timeout=None: h.slurm)
-    controller = autoexp.Controller
-    monkeypatch.setattr(autoexp, "Controller", lambda *a, **k: controller(*a, **dict(k, clock=h.clock, sleep=h.clock.sleep)))
-    code = autoexp.main(["--state-dir", h.state_dir] + argv)
+    code = autoexp.main(["--state-dir", h.state_dir] + argv, slurm=h.slurm, clock=h.clock, sleep=h.clock.sleep)
     return code, capsys.readouterr()
 
 
@@ -494,7 +491,7 @@ def test_a_rebuild_follows_a_job_that_ended_long_before_it(tmp_path):
     h.slurm.purge(jid)                                  # long gone from squeue
     h.clock.now += 3 * 3600                             # the state file is lost meanwhile
     os.rename(h.session.path, h.session.path + ".lost")
-    s = autoexp.new_session(h.store, h.plan, h.clock())
+    s = h.store.create_session(h.plan, h.clock())
     s.plan = h.plan
     autoexp.register_untracked(h.ctl, s, h.clock())     # what --monitor-all does
     for _ in range(3):

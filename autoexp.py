@@ -1739,6 +1739,34 @@ def resolve_log_path(template, job_id, raw_id, job_name, user):
 
 
 
+def log_template_of(plan, job_name, job_id=None, array_task=None):
+    """The --output pattern an attempt writes to, and the job name its %x stands for: the
+    array's for an array task, else the job's own script's."""
+    in_array = (split_job_id(job_id)[1] if job_id else array_task) is not None
+    if in_array and plan.array is not None:
+        return plan.array.log_template, plan.array.name
+    return plan.by_name[job_name].log_template, job_name
+
+
+def shared_log_path(template, job_name, user):
+    """The one path of a log template without %j/%A/%a (every attempt writes the same
+    file), or None when each attempt has its own."""
+    if re.search(r"%\d*[jAa]", template.replace("%%", "")):
+        return None
+    return resolve_log_path(template, "0", "0", job_name, user)
+
+
+def log_end(path):
+    """(size, inode, head) of a log as it is now, or None if it cannot be opened: where a new
+    attempt writing to a shared log starts reading."""
+    try:
+        with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
+            return st.st_size, st.st_ino, log_head(f, st.st_size)
+    except (IOError, OSError):
+        return None
+
+
 # ============================================================================
 # 6. Records: what autoexp knows of a job (no I/O)
 # ============================================================================
@@ -1886,6 +1914,62 @@ class Attempt(Record):
             runtime = None
         return Ended(mode, "%s|%s" % (self.exit_code or "", self.log_reason or ""), runtime)
 
+    def note(self, obs, now):
+        """Record what SLURM said of this attempt (ids, times, states, requeues); returns the
+        events it makes, [(kind, detail)]."""
+        events = []
+        if obs.source in ANSWERED:
+            if obs.raw_id and obs.state != "PENDING":
+                self.raw_id = obs.raw_id
+            if obs.start:
+                self.slurm_start = obs.start
+            if obs.end:
+                self.slurm_end = obs.end
+            if obs.state == "RUNNING" and self.running_since is None:
+                self.running_since = now
+            elif obs.state in REQUEUE_STATES and self.running_since is not None:
+                # Requeued by SLURM under the same id: the same attempt, not a failure.
+                self.requeues += 1
+                self.running_since = None
+                events.append((EV_REQUEUED, "back to %s under the same id" % obs.state))
+            if obs.state != self.last_slurm_state:
+                events.append((EV_STATE, "%s -> %s" % (self.last_slurm_state or "new", obs.state)))
+                self.last_slurm_state = obs.state
+            if obs.exit_code:
+                self.exit_code = obs.exit_code
+            self.missing_since = None
+        elif obs.source == SRC_MISSING and self.missing_since is None:
+            self.missing_since = now
+            events.append((EV_MISSING, obs.reason or "not in squeue or sacct"))
+        return events
+
+    def absorb(self, hits, policies):
+        """Record log matches: each name once per attempt; the termination string is
+        success, the first other match whose policy is not `ignore` decides the mode.
+        Returns the hits seen for the first time."""
+        new = []
+        for hit in hits:
+            if hit.event in self.log_matches:
+                continue
+            self.log_matches.append(hit.event)
+            new.append(hit)
+            if hit.mode == MODE_SUCCESS:
+                self.success_seen = True
+            elif self.log_mode is None and policy_for(policies, hit.mode).action != IGNORE:
+                self.log_mode = hit.mode
+                self.log_reason = "log matched %s: %s" % (hit.event, hit.line.strip()[:200])
+        return new
+
+    def take(self, row, origin, now):
+        """This attempt is the SLURM job of row (found by its tag)."""
+        self.job_id = row.job_id
+        self.raw_id = row.raw_id if row.state != "PENDING" else None
+        self.array_task = split_job_id(row.job_id)[1]
+        self.origin = origin
+        self.submit_state = SUBMITTED
+        self.submitted_at = now
+        self.live = True
+
     def facts(self):
         # Activity is what this monitor saw grow, on its own clock: a shared filesystem's
         # mtimes come from another host's clock.
@@ -1920,6 +2004,11 @@ class Job(Record):
     def known_ids(self):
         return set(a.job_id for a in self.attempts if a.job_id)
 
+    def new_attempt(self, **fields):
+        att = Attempt(attempt=len(self.attempts) + 1, **fields)
+        self.attempts.append(att)
+        return att
+
     def unresolved_intent(self):
         """A job no longer active whose submission sbatch answered with an error: until a
         lookup by tag comes back empty, that submission may have queued it after all."""
@@ -1941,7 +2030,7 @@ class Job(Record):
 
 
 SESSION_FIELDS = (
-    Field("schema_version"), Field("kind"), Field("session_id", None, _STR), Field("project", None, _STR),
+    Field("schema_version", None, _INT), Field("kind", None, _STR), Field("session_id", None, _STR), Field("project", None, _STR),
     Field("manifest_path", None, _STR), Field("created_at", None, _STR), Field("updated_at"),
     Field("config", None, (dict,)), Field("monitor_overrides", ()), Field("event_seq", 0, _INT),
     Field("outbox", ()), Field("jobs", (), (list,)))
@@ -2055,6 +2144,16 @@ class Session(Record):
         return cls(path, session_id=plan.plan_id, project=plan.project, manifest_path=plan.manifest_path,
                    created_at=now, config=json.loads(json.dumps(plan.config), object_pairs_hook=OrderedDict),
                    event_seq=event_seq)
+
+
+def event_line(rec, who):
+    """`YYYY-mm-dd HH:MM:SS <who> #<attempt> (<job id>) <event> <mode>: <detail>` (SPEC 5.3):
+    the mode is left out when the event's name or detail already says it."""
+    kind, mode, detail = rec["event"], rec.get("mode"), rec.get("detail")
+    what = kind + (" " + mode if mode and mode not in kind and mode not in (detail or "") else "")
+    return "%s %s #%d%s %s%s" % (short_time(rec["time"]), who, rec["attempt"],
+                                 " (%s)" % rec["job_id"] if rec["job_id"] else "", what,
+                                 ": " + detail if detail else "")
 
 
 def count_by_status(s):
@@ -3093,61 +3192,28 @@ class Controller(object):
             todo.add_cancel(job, att)
 
     def _note(self, s, job, att, obs, now):
-        """Record what SLURM said about the attempt: ids, times, state changes, requeues."""
-        if obs.source in ANSWERED:
-            if obs.raw_id and obs.state != "PENDING":
-                att.raw_id = obs.raw_id
-            if obs.start:
-                att.slurm_start = obs.start
-            if obs.end:
-                att.slurm_end = obs.end
-            if obs.state == "RUNNING" and att.running_since is None:
-                att.running_since = now
-            elif obs.state in REQUEUE_STATES and att.running_since is not None:
-                # Requeued by SLURM under the same id: the same attempt, not a failure.
-                att.requeues += 1
-                att.running_since = None
-                self._event(s, job, att, EV_REQUEUED, now, detail="back to %s under the same id" % obs.state)
-            if obs.state != att.last_slurm_state:
-                self._event(s, job, att, EV_STATE, now, detail="%s -> %s" % (att.last_slurm_state or "new", obs.state))
-                att.last_slurm_state = obs.state
-                if att is job.current:
-                    job.last_slurm_state = obs.state
-            if obs.exit_code:
-                att.exit_code = obs.exit_code
-            att.missing_since = None
-        elif obs.source == SRC_MISSING and att.missing_since is None:
-            att.missing_since = now
-            self._event(s, job, att, EV_MISSING, now, detail=obs.reason or "not in squeue or sacct")
+        for kind, detail in att.note(obs, now):
+            self._event(s, job, att, kind, now, detail=detail)
+        if att is job.current and att.last_slurm_state:
+            job.last_slurm_state = att.last_slurm_state
 
     # -- logs --------------------------------------------------------------------------
 
-    def _log_template(self, s, job, job_id=None, array_task=None):
-        """The --output pattern an attempt writes to: its array's, or its own script's."""
-        in_array = (split_job_id(job_id)[1] if job_id else array_task) is not None
-        if in_array and s.plan.array is not None:
-            return s.plan.array.log_template, s.plan.array.name
-        return s.plan.by_name[job.name].log_template, job.name
-
     def _log_baseline(self, s, job, att):
-        """Where a new attempt's log reading starts. A log path without %j/%A/%a is shared
-        by all attempts: the new one must not read the lines of the ones before it. (SLURM
-        truncates the file when the job starts, unless --open-mode=append: a file that
-        shrinks is then read from its start.)"""
-        template, name = self._log_template(s, job, att.job_id, att.array_task)
-        if re.search(r"%\d*[jAa]", template.replace("%%", "")):
+        """Where a new attempt's log reading starts. A log shared by all attempts: the new
+        one must not read the lines of the ones before it. (SLURM truncates the file when
+        the job starts, unless --open-mode=append: a file that shrinks is then read from
+        its start.)"""
+        template, name = log_template_of(s.plan, job.name, att.job_id, att.array_task)
+        path = shared_log_path(template, name, self.slurm.user)
+        if path is None:
             return
-        path = resolve_log_path(template, "0", "0", name, self.slurm.user)
         att.resolved_log_path = path
         earlier = [a for a in job.attempts if a is not att and a.resolved_log_path == path]
         if att.origin == ORIGIN_SUBMITTED:
-            try:
-                with open(path, "rb") as f:
-                    st = os.fstat(f.fileno())
-                    att.log_head = log_head(f, st.st_size)
-            except (IOError, OSError):
-                return
-            att.log_offset, att.log_inode = st.st_size, st.st_ino
+            end = log_end(path)
+            if end is not None:
+                att.log_offset, att.log_inode, att.log_head = end
         elif earlier:  # adopted: it may have written already; start where the last one stopped
             last = earlier[-1]
             att.log_offset, att.log_inode, att.log_head = last.log_offset, last.log_inode, last.log_head
@@ -3156,7 +3222,7 @@ class Controller(object):
         """Read the attempt's new log lines and record what they say; False if the log exists
         but could not be read."""
         if att.resolved_log_path is None:
-            template, name = self._log_template(s, job, att.job_id)
+            template, name = log_template_of(s.plan, job.name, att.job_id)
             att.resolved_log_path = resolve_log_path(template, att.job_id, att.raw_id, name, self.slurm.user)
             if att.resolved_log_path is None:
                 return True
@@ -3176,16 +3242,8 @@ class Controller(object):
                 return True  # an ended job is read to its end before it is decided
 
     def _match_lines(self, s, job, att, lines, now):
-        for hit in s.matcher.scan(lines):
-            if hit.event in att.log_matches:
-                continue
-            att.log_matches.append(hit.event)
+        for hit in att.absorb(s.matcher.scan(lines), s.policies):
             self._event(s, job, att, EV_LOG_PREFIX + hit.event, now, mode=hit.mode, detail=hit.line.strip()[:300])
-            if hit.mode == MODE_SUCCESS:
-                att.success_seen = True
-            elif att.log_mode is None and policy_for(s.policies, hit.mode).action != IGNORE:
-                att.log_mode = hit.mode
-                att.log_reason = "log matched %s: %s" % (hit.event, hit.line.strip()[:200])
 
     # -- recording what was decided ------------------------------------------------------
 
@@ -3236,24 +3294,16 @@ class Controller(object):
         if att is None:
             # not ours to date: it can be as old as the attempt before it (or the plan), and
             # sacct's -S window starts from here
-            att = Attempt(attempt=len(job.attempts) + 1, intent_at=self._since(s, job))
-            job.attempts.append(att)
-        att.job_id = row.job_id
-        att.raw_id = row.raw_id if row.state != "PENDING" else None
-        att.array_task = split_job_id(row.job_id)[1]
-        att.origin = origin
-        att.submit_state = SUBMITTED
-        att.submitted_at = now
-        att.live = True
+            att = job.new_attempt(intent_at=self._since(s, job))
+        att.take(row, origin, now)
         job.next_submit_at, job.submit_failures = None, 0
         self._log_baseline(s, job, att)
         self._event(s, job, att, EV_ADOPTED, now, detail="SLURM job %s (%s, found by its tag)" % (row.job_id, row.state))
         return att
 
     def _new_intent(self, s, job, now, todo, array):
-        att = Attempt(attempt=len(job.attempts) + 1, origin=ORIGIN_SUBMITTED, submit_state=INTENT, intent_at=now,
-                      array_task=job.index if array and s.plan.array is not None else None)
-        job.attempts.append(att)
+        att = job.new_attempt(origin=ORIGIN_SUBMITTED, submit_state=INTENT, intent_at=now,
+                              array_task=job.index if array and s.plan.array is not None else None)
         self._log_baseline(s, job, att)
         job.next_submit_at = None
         job.last_monitor_state = MON_SUBMITTING
@@ -3263,10 +3313,8 @@ class Controller(object):
     def _cancel_copy(self, s, job, row, now, todo):
         """A live SLURM job under the tag of a job the user cancelled: recorded as an
         attempt of its own, and cancelled like the others."""
-        att = Attempt(attempt=len(job.attempts) + 1, job_id=row.job_id, origin=ORIGIN_EXTERNAL,
-                      submit_state=SUBMITTED, intent_at=self._since(s, job), submitted_at=now, live=True,
-                      array_task=split_job_id(row.job_id)[1])
-        job.attempts.append(att)
+        att = job.new_attempt(intent_at=self._since(s, job))
+        att.take(row, ORIGIN_EXTERNAL, now)
         self._finish(s, job, att, now, MODE_CANCELLED, "SLURM job %s carries the tag of a job cancelled with "
                      "autoexp" % row.job_id)
         self._request_cancel(s, job, att, now, todo, "the job was cancelled with autoexp")
@@ -3389,17 +3437,11 @@ class Controller(object):
     def _event(self, s, job, att, kind, now, mode=None, detail=None):
         rec = s.add_event(job, att, kind, now, mode, detail)
         self.changes += 1
-        what = kind + (" " + mode if mode and mode not in kind and mode not in (detail or "") else "")
-        who = "%s/%s" % (s.session_id, job.name) if self.name_sessions else job.name
-        line = "%s %s #%d%s %s%s" % (short_time(now), who, att.attempt,
-                                      " (%s)" % att.job_id if att.job_id else "", what,
-                                      ": " + detail if detail else "")
         if self.json_changes is not None:
             self.json_changes.append(_times_to_json(rec))
-        elif kind == EV_STATE:
-            self.report.detail(line)
         else:
-            self.report.info(line)
+            line = event_line(rec, "%s/%s" % (s.session_id, job.name) if self.name_sessions else job.name)
+            (self.report.detail if kind == EV_STATE else self.report.info)(line)
 
 
 def submit_groups(jobs):

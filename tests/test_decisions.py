@@ -1,0 +1,311 @@
+"""The functional core from tables: every per-job decision of a cycle is a pure function of
+records (section 7 of autoexp.py), so each row here is one situation and its answer."""
+
+import pytest
+
+from helpers import autoexp
+
+A = autoexp
+NOW = 1700000000.0
+
+
+def row(job_id, state="RUNNING", comment="autoexp:p1:j", name="j"):
+    return A.QueueRow(job_id, job_id.split("_")[0], state, "None", name, comment)
+
+
+def attempt(n=1, job_id=None, **kw):
+    kw.setdefault("submit_state", A.SUBMITTED if job_id else A.INTENT)
+    return A.Attempt(attempt=n, job_id=job_id, **kw)
+
+
+def job(*attempts, **kw):
+    return A.Job(name="j", index=0, attempts=list(attempts), **kw)
+
+
+def sight(cands=(), revived=(), named_ok=True, named_error=""):
+    cands = list(cands)
+    return A.Sight(cands, [r for r in cands if r.state in A.ACTIVE_STATES] + list(revived), named_ok, named_error)
+
+
+def mon(**kw):
+    d = A.validate_monitoring(kw, A._Checker("test"))
+    return A.make_monitoring(d)
+
+
+# -- backoff -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("base, n, cap, expected", [
+    (0, 5, 100, 0.0),            # no backoff configured
+    (10, 1, 100, 10.0),
+    (10, 2, 100, 20.0),
+    (10, 4, 100, 80.0),
+    (10, 5, 100, 100.0),         # capped
+    (60, 1025, 600, 600.0),      # 2**1024 would overflow a float: the exponent is capped first
+    (1e-9, 10 ** 6, float("inf"), 1e-9 * 2.0 ** 64),
+    (10, 0, 100, 0.0),
+])
+def test_backoff(base, n, cap, expected):
+    assert A.backoff(base, n, cap) == expected
+
+
+# -- observe: squeue first, sacct for what it no longer lists -------------------------
+
+def look(acct_ok=True, named_ok=True):
+    lk = A.Lookup()
+    lk.acct_ok, lk.acct_error = acct_ok, "" if acct_ok else "sacct down"
+    lk.named_ok, lk.named_error = named_ok, "" if named_ok else "sacct down"
+    return lk
+
+
+def arow(state, exit_code="0:0"):
+    return A.AcctRow("7", "7", "j", state, exit_code, NOW - 100, NOW - 10, "")
+
+
+@pytest.mark.parametrize("sq, ac, lk, wait_since, source, state, waits_since", [
+    # running in squeue: squeue's word
+    (row("7"), None, look(), None, A.SRC_SQUEUE, "RUNNING", None),
+    # squeue shows it ended, sacct has the record: decided on squeue's row with sacct's exit
+    (row("7", "FAILED"), arow("FAILED", "1:0"), look(), None, A.SRC_SQUEUE, "FAILED", None),
+    # ended in squeue, no sacct record yet: UNKNOWN, and the wait starts now
+    (row("7", "FAILED"), None, look(), None, A.SRC_UNKNOWN, "", NOW),
+    # ... still within the grace
+    (row("7", "FAILED"), None, look(), NOW - 29, A.SRC_UNKNOWN, "", NOW - 29),
+    # ... grace over: decided without sacct
+    (row("7", "FAILED"), None, look(), NOW - 30, A.SRC_SQUEUE, "FAILED", NOW - 30),
+    # ended in squeue while sacct fails: never decided through an outage
+    (row("7", "FAILED"), None, look(acct_ok=False), NOW - 3600, A.SRC_UNKNOWN, "", NOW - 3600),
+    # gone from squeue, sacct has it ended
+    (None, arow("COMPLETED"), look(), None, A.SRC_SACCT, "COMPLETED", None),
+    # gone from squeue, sacct still calls it live: accounting lags
+    (None, arow("RUNNING"), look(), None, A.SRC_MISSING, "RUNNING", None),
+    # neither knows it, both answered
+    (None, None, look(), None, A.SRC_MISSING, "", None),
+    # neither knows it, a lookup failed
+    (None, None, look(named_ok=False), None, A.SRC_UNKNOWN, "", None),
+    # a state word autoexp does not know
+    (row("7", "WARPED"), None, look(), None, A.SRC_UNKNOWN, "", None),
+])
+def test_observe(sq, ac, lk, wait_since, source, state, waits_since):
+    obs, since = A.observe(sq, ac, lk, wait_since, NOW)
+    assert (obs.source, obs.state, since) == (source, state, waits_since)
+
+
+# -- moves -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("sg, kind, row_id", [
+    (sight(), A.SUBMIT, None),                                            # nothing in SLURM: submit
+    (sight(named_ok=False), A.WAIT, None),                                # sacct by name failed: wait
+    (sight([row("9", "COMPLETED")]), A.ADOPT, "9"),                       # an ended job with its tag
+    (sight([row("9", "COMPLETED"), row("8")]), A.ADOPT, "8"),             # a running one first
+])
+def test_first_move(sg, kind, row_id):
+    move = A.first_move(sg)
+    assert (move.kind, move.row.job_id if move.row else None) == (kind, row_id)
+    if kind == A.ADOPT:
+        assert move.origin == A.ORIGIN_EXTERNAL
+
+
+@pytest.mark.parametrize("history, copies, sg, next_at, kind, row_id", [
+    # the submission in doubt is found newer than its history: recovered
+    ([attempt(1, "5", outcome="timeout"), attempt(2)], [], sight([row("9")]), None, A.RECOVER, "9"),
+    # only an older job carries the tag: not this submission's
+    ([attempt(1, "5", outcome="timeout"), attempt(2)], [], sight([row("4")]), None, A.SUBMIT, None),
+    # a copy seen before (started by hand beside an earlier attempt) is never taken for it
+    ([attempt(1, "5", outcome="timeout"), attempt(2)], ["9"], sight([row("9")]), None, A.SUBMIT, None),
+    # sacct could not be asked: wait
+    ([attempt(1)], [], sight(named_ok=False, named_error="boom"), None, A.WAIT, None),
+    # the retry's backoff is not over
+    ([attempt(1)], [], sight(), NOW + 5, A.HOLD, None),
+    ([attempt(1)], [], sight(), NOW, A.SUBMIT, None),
+])
+def test_intent_move(history, copies, sg, next_at, kind, row_id):
+    j = job(*history, seen_copies=copies, next_submit_at=next_at)
+    move = A.intent_move(j, sg, NOW)
+    assert (move.kind, move.row.job_id if move.row else None) == (kind, row_id)
+    if kind == A.WAIT:
+        assert "boom" in move.note
+
+
+def obs(source, state=""):
+    return A.Observation(source, state)
+
+
+@pytest.mark.parametrize("att, ob, sg, replaced_by", [
+    # cancelled by hand and resubmitted with its tag: the newer job replaces it
+    (attempt(1, "5"), obs(A.SRC_SQUEUE, "CANCELLED"), sight([row("9")]), "9"),
+    # vanished and resubmitted
+    (attempt(1, "5"), obs(A.SRC_MISSING), sight([row("9")]), "9"),
+    # the tagged job is older: not a replacement
+    (attempt(1, "5"), obs(A.SRC_MISSING), sight([row("4")]), None),
+    # still running: a copy beside it, not a replacement
+    (attempt(1, "5"), obs(A.SRC_SQUEUE, "RUNNING"), sight([row("9")]), None),
+    # it failed on its own: its own policy decides
+    (attempt(1, "5"), obs(A.SRC_SACCT, "FAILED"), sight([row("9")]), None),
+    # already decided
+    (attempt(1, "5", outcome="timeout"), obs(A.SRC_MISSING), sight([row("9")]), None),
+    # UNKNOWN never replaces
+    (attempt(1, "5"), obs(A.SRC_UNKNOWN), sight([row("9")]), None),
+])
+def test_replacement(att, ob, sg, replaced_by):
+    r = A.replacement(att, ob, sg)
+    assert (r.job_id if r else None) == replaced_by
+
+
+@pytest.mark.parametrize("sg, next_at, kind, row_id", [
+    (sight(), NOW - 1, A.SUBMIT, None),                          # backoff over
+    (sight(), NOW + 1, A.HOLD, None),                            # backoff running
+    (sight(), None, A.HOLD, None),                               # nothing scheduled
+    (sight([row("9")]), NOW + 60, A.ADOPT, "9"),                 # resubmitted by hand during the backoff
+    (sight(revived=[row("5", "PENDING")]), NOW + 60, A.ADOPT, "5"),  # the ended attempt requeued
+    (sight([row("9", "COMPLETED")]), NOW - 1, A.SUBMIT, None),   # an ended copy is no reason to wait
+])
+def test_restart_move(sg, next_at, kind, row_id):
+    j = job(attempt(1, "5", outcome="timeout"), next_submit_at=next_at)
+    move = A.restart_move(j, sg, NOW)
+    assert (move.kind, move.row.job_id if move.row else None) == (kind, row_id)
+
+
+@pytest.mark.parametrize("status, history, sg, expected", [
+    # a stopped job with a copy running under its tag runs again
+    (A.STOPPED, [attempt(1, "5", outcome="crash")], sight([row("9")]), [(A.REACTIVATE, "9", A.ORIGIN_EXTERNAL)]),
+    # ... a finalized one too
+    (A.FINALIZED, [attempt(1, "5", outcome="success")], sight([row("9")]), [(A.REACTIVATE, "9", A.ORIGIN_EXTERNAL)]),
+    # sbatch failed until autoexp gave up, yet one of the tries queued it: that submission recovered
+    (A.STOPPED, [attempt(1, outcome="submit_failed")], sight([row("9")]), [(A.REACTIVATE, "9", A.ORIGIN_RECOVERED)]),
+    # a cancelled job's copies are cancelled, each
+    (A.CANCELLED, [attempt(1, "5", outcome="cancelled")], sight([row("9"), row("8")]),
+     [(A.CANCEL_COPY, "9", None), (A.CANCEL_COPY, "8", None)]),
+    # ... but not one whose cancel was already asked for
+    (A.CANCELLED, [attempt(1, "5", outcome="cancelled"), attempt(2, "9", cancel_requested_at=NOW - 5)],
+     sight(revived=[row("9")]), []),
+    # nothing runs: nothing to do
+    (A.STOPPED, [attempt(1, "5", outcome="crash")], sight(), []),
+    # an ended copy does not reactivate
+    (A.STOPPED, [attempt(1, "5", outcome="crash")], sight([row("9", "COMPLETED")]), []),
+])
+def test_inactive_moves(status, history, sg, expected):
+    j = job(*history, status=status)
+    moves = A.inactive_moves(j, sg, NOW, 30.0)
+    assert [(m.kind, m.row.job_id, m.origin) for m in moves] == expected
+
+
+@pytest.mark.parametrize("ended_ago, named_ok, abandoned", [
+    (31, True, True),      # squeue and sacct answered without it for long enough
+    (29, True, False),     # accounting may still be catching up
+    (3600, False, False),  # sacct could not be asked: never abandoned on no answer
+])
+def test_a_failed_submission_is_abandoned_only_after_answers(ended_ago, named_ok, abandoned):
+    j = job(attempt(1, outcome="submit_failed", ended_at=NOW - ended_ago), status=A.STOPPED)
+    moves = A.inactive_moves(j, sight(named_ok=named_ok), NOW, 30.0)
+    assert [(m.kind, m.attempt) for m in moves] == ([(A.ABANDON, 1)] if abandoned else [])
+
+
+# -- sbatch failures -------------------------------------------------------------------
+
+def sb(outcome, message="boom"):
+    return A.SubmitResult(outcome, None, message)
+
+
+@pytest.mark.parametrize("res, failures, action, delay, new_failures, text", [
+    # a clear refusal: stop at once, the failures count untouched
+    (sb(A.SB_PERMANENT, "Invalid partition"), 0, A.STOP, 0.0, 0, "sbatch refused the job: Invalid partition"),
+    # a queue limit: retry with backoff (60, 120, ... capped at 600), for as long as it takes
+    (sb(A.SB_THROTTLED), 0, A.RESTART, 60.0, 1, "over a queue limit, retrying in 60s"),
+    (sb(A.SB_THROTTLED), 3, A.RESTART, 480.0, 4, "retrying in 480s"),
+    (sb(A.SB_THROTTLED), 50, A.RESTART, 600.0, 51, "retrying in 600s"),
+    (sb(A.SB_THROTTLED), 5000, A.RESTART, 600.0, 5001, "retrying in 600s"),
+    # uncertain: looked up by tag, retried after the backoff (never before accounting's grace)
+    (sb(A.SB_UNCERTAIN), 0, A.RESTART, 60.0, 1, "looking it up by tag, then retrying in 60s"),
+    (sb(A.SB_UNCERTAIN), 4, A.RESTART, 960.0, 5, "retrying in 960s"),
+    # ... up to submit_retries (5) retries, then stop
+    (sb(A.SB_UNCERTAIN), 5, A.STOP, 0.0, 6, "sbatch failed 6 times: boom"),
+])
+def test_after_sbatch_failure(res, failures, action, delay, new_failures, text):
+    v = A.after_sbatch_failure(res, failures, mon())
+    assert (v.action, v.delay, v.failures) == (action, delay, new_failures)
+    assert text in (v.reason if action == A.STOP else v.detail)
+
+
+def test_an_uncertain_retry_waits_at_least_for_accounting():
+    v = A.after_sbatch_failure(sb(A.SB_UNCERTAIN), 0, mon(submit_backoff_seconds=0))
+    assert v.delay == A.ACCOUNTING_GRACE
+
+
+# -- cancels, lookups, waits -----------------------------------------------------------
+
+@pytest.mark.parametrize("result, ago, interval, due", [
+    (None, 0, 10, True),                       # decided, never sent (a crash before scancel returned)
+    ({"ok": False}, 0, 10, True),              # scancel could not reach SLURM
+    ({"ok": True}, 59, 10, False),             # SLURM took it: give KillWait its time
+    ({"ok": True}, 60, 10, True),
+    ({"ok": True}, 100, 60, False),            # with a long interval, two cycles
+    ({"ok": True}, 120, 60, True),
+])
+def test_cancel_resend_due(result, ago, interval, due):
+    if result is not None:
+        result = dict(result, time=A.iso_time(NOW - ago))
+    assert A.cancel_resend_due(result, NOW, interval) is due
+
+
+def test_acct_targets_are_the_live_jobs_squeue_no_longer_shows_running():
+    running, ended, gone, dead = (attempt(1, "1", live=True), attempt(1, "2", live=True),
+                                  attempt(1, "3", live=True), attempt(1, "4", live=False))
+    jobs = [job(running), job(ended), job(gone), job(dead)]
+    snap = A.Snapshot([row("1"), row("2", "TIMEOUT"), row("4", "COMPLETED")])
+    assert [a.job_id for a in A.acct_targets(jobs, snap)] == ["2", "3"]
+
+
+@pytest.mark.parametrize("j, in_squeue, in_acct, expected", [
+    (job(), False, False, None),                                   # never submitted: if squeue shows no tag
+    (job(attempt(1)), False, False, None),                         # a submission in doubt: the same
+    (job(attempt(1, "5", live=True)), True, False, False),         # squeue has it
+    (job(attempt(1, "5", live=True)), False, True, False),         # sacct by id has it
+    (job(attempt(1, "5", live=True)), False, False, True),         # vanished: a successor?
+    (job(attempt(1, "5", outcome="crash"), status=A.STOPPED), False, False, False),
+    (job(attempt(1, outcome="submit_failed"), status=A.STOPPED), False, False, None),  # unresolved
+])
+def test_seeks_by_name(j, in_squeue, in_acct, expected):
+    snap = A.Snapshot([row("5")] if in_squeue else [])
+    lk = look()
+    if in_acct:
+        lk.acct = {"5": arow("RUNNING")}
+    assert A.seeks_by_name(j, snap, lk) is expected
+
+
+def test_tagged_candidates_newest_first_by_tag_and_array_task_never_by_name_alone():
+    array = A.ArraySpec("p1", "/x", "/l", "autoexp:p1:@array", None, [])
+    snap = A.Snapshot([row("10", comment="autoexp:p1:j"), row("12_0", comment="autoexp:p1:@array"),
+                       row("12_1", comment="autoexp:p1:@array"), row("13", comment="autoexp:p2:j"),
+                       row("14", comment="")])
+    named = [A.AcctRow("11", "11", "j", "COMPLETED", "0:0", None, None, "autoexp:p1:j"),
+             A.AcctRow("15", "15", "j", "COMPLETED", "0:0", None, None, "")]
+    j = job(attempt(1, "10", live=True))
+    cands = A.tagged_candidates(j, "autoexp:p1:j", array, snap, named)
+    assert [c.job_id for c in cands] == ["12_0", "11"]
+
+
+def test_revived_rows_are_ended_attempts_slurm_runs_again():
+    j = job(attempt(1, "5", outcome="timeout"), attempt(2, "6", live=True))
+    snap = A.Snapshot([row("5", "PENDING"), row("6")])
+    assert [r.job_id for r in A.revived_rows(j, snap)] == ["5"]
+    snap = A.Snapshot([row("5", "COMPLETED")])
+    assert A.revived_rows(j, snap) == []
+
+
+class _S(object):
+    def __init__(self, interval, cap):
+        self.monitoring = mon(interval_seconds=interval, unknown_backoff_max_seconds=cap)
+
+
+@pytest.mark.parametrize("sessions, ok, failures, interval, wait", [
+    ([_S(60, 600)], True, 0, None, 60),
+    ([_S(60, 600), _S(10, 600)], True, 0, None, 10),     # the shortest interval
+    ([_S(60, 600)], True, 0, 5, 5),                       # --interval wins
+    ([_S(60, 600)], False, 1, None, 120),                 # UNKNOWN: doubling
+    ([_S(60, 600)], False, 3, None, 480),
+    ([_S(60, 600)], False, 4, None, 600),                 # capped
+    ([_S(60, 600)], False, 10 ** 6, None, 600),           # never overflows
+    ([_S(60, 30)], False, 5, None, 60),                   # a cap below the interval: the interval
+])
+def test_next_wait(sessions, ok, failures, interval, wait):
+    assert A.next_wait(sessions, ok, failures, interval) == wait

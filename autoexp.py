@@ -45,6 +45,7 @@ import argparse
 import calendar
 import errno
 import fcntl
+import functools
 import hashlib
 import itertools
 import json
@@ -55,6 +56,7 @@ import shlex
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import time
 from collections import OrderedDict, namedtuple
@@ -137,13 +139,13 @@ SB_OK, SB_UNCERTAIN, SB_THROTTLED, SB_PERMANENT = "ok", "uncertain", "throttled"
 # Event kinds of the journal (SPEC 5.3); "log:<name>" adds one per log_events name.
 EV_INTENT, EV_SUBMITTED, EV_SUBMIT_ERROR = "intent", "submitted", "submit_error"
 EV_STATE, EV_REQUEUED, EV_MISSING = "state", "requeued", "missing"
-EV_LOG_PREFIX, EV_LOG_RESTARTED = "log:", "log_restarted"
+EV_LOG_PREFIX, EV_LOG_RESTARTED, EV_LOG_UNREADABLE = "log:", "log_restarted", "log_unreadable"
 EV_OUTCOME, EV_RESTART_SCHEDULED, EV_FINALIZED, EV_STOPPED = "outcome", "restart_scheduled", "finalized", "stopped"
 EV_CANCEL_REQUESTED, EV_SCANCEL, EV_SCANCEL_FAILED, EV_USER_CANCEL = (
     "cancel_requested", "scancel", "scancel_failed", "user_cancel")
 EV_ADOPTED, EV_REACTIVATED = "adopted", "reactivated"
 EVENT_KINDS = (EV_INTENT, EV_SUBMITTED, EV_SUBMIT_ERROR, EV_STATE, EV_REQUEUED, EV_MISSING,
-               EV_LOG_PREFIX + "<name>", EV_LOG_RESTARTED, EV_OUTCOME, EV_RESTART_SCHEDULED,
+               EV_LOG_PREFIX + "<name>", EV_LOG_RESTARTED, EV_LOG_UNREADABLE, EV_OUTCOME, EV_RESTART_SCHEDULED,
                EV_FINALIZED, EV_STOPPED, EV_CANCEL_REQUESTED, EV_SCANCEL, EV_SCANCEL_FAILED,
                EV_USER_CANCEL, EV_ADOPTED, EV_REACTIVATED)
 
@@ -173,11 +175,20 @@ PAUSE_STEP = 0.5             # the monitor's sleep granularity: how soon a signa
 
 # Sizes.
 MAX_LOG_READ = 4 << 20       # per attempt and cycle: a runaway log cannot exhaust memory
+MAX_MATCH_CHARS = 4096       # of each log line, what a log_events pattern is matched against
 LOG_HEAD_BYTES = 256         # a log's first bytes, hashed to see it truncated and rewritten
 MAX_ARRAY_EXPANSION = 100000  # array tasks one parsed id may expand to
+MAX_SWEEP_JOBS = 100000      # jobs one plan may hold: the grid's size is checked before it is expanded
+MAX_CONFIG_BYTES = 16 << 20  # a config larger than this is refused before it is parsed
+MAX_VALUE_CHARS = 4096       # a sweep value, a termination string, a log_events pattern
+MAX_LOG_EVENTS = 100         # log_events entries
+MAX_ATTEMPTS = 1000          # a policy's max_attempts
+MAX_SECONDS = 30 * 86400.0   # any duration a user gives: backoffs, thresholds, grace periods
 JOURNAL_TAIL_BYTES = 65536   # how much of the journal's end is read to find its last seq
 
 # Crash points of the test hook (SPEC 11), in the order a cycle reaches them.
+LOCK_TRIES = 5               # times a lock file deleted under our open is opened again
+
 CRASH_POINTS = ("state_before_rename", "state_after_rename", "before_intent_write", "after_intent_write",
                 "before_sbatch", "after_sbatch", "after_action_payload", "between_jobs",
                 "before_scancel", "after_scancel")
@@ -232,6 +243,10 @@ class LockedError(StateError):
     exit_code = EXIT_LOCKED
 
 
+class LockLostError(LockedError):
+    """The lock file was deleted or replaced while this process held it."""
+
+
 def iso_time(t):
     """Render an epoch time as UTC ISO-8601 with milliseconds (the state file's time format)."""
     if t is None:
@@ -275,28 +290,73 @@ def fsync_dir(path):
         os.close(fd)
 
 
+def write_all(fd, data):
+    """os.write until every byte landed: a short write (a quota, a file-size limit, a full
+    disk) is continued, and a write that lands nothing is an error, never a silent loss."""
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        if n <= 0:
+            raise OSError(errno.EIO, "the write landed no bytes")
+        view = view[n:]
+
+
 def atomic_write(path, data, mode=0o600, crash_prefix=None):
     """Write bytes to path so that readers see the old or the new file, never a mix.
 
     temp file in the same folder, fsync, os.replace, fsync of the folder (the rename is
-    only durable once the directory entry is on disk).
+    only durable once the directory entry is on disk). Any failure is a StateWriteError
+    that names the file; the temporary file is removed.
     """
     folder = os.path.dirname(os.path.abspath(path))
     tmp = os.path.join(folder, ".%s.%d.tmp" % (os.path.basename(path), os.getpid()))
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        try:
+            write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise StateWriteError("cannot write %s: %s" % (path, e.strerror or e))
     if crash_prefix:
         crash_point(crash_prefix + "_before_rename")
-    os.replace(tmp, path)
+    try:
+        os.replace(tmp, path)
+    except OSError as e:
+        raise StateWriteError("cannot write %s: %s" % (path, e.strerror or e))
     if crash_prefix:
         crash_point(crash_prefix + "_after_rename")
-    fsync_dir(folder)
+    try:
+        fsync_dir(folder)
+    except OSError as e:
+        raise StateWriteError("cannot sync folder %s: %s" % (folder, e.strerror or e))
+
+
+def _no_constant(name):
+    raise ValueError("%s is not a number JSON allows here; write a finite number" % name)
+
+
+def _finite_float(text):
+    value = float(text)
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError("%s is too large to be a number here" % text)
+    return value
+
+
+def loads_json(text, object_pairs_hook=OrderedDict):
+    """json.loads for every file autoexp reads: NaN, Infinity and numbers that overflow a
+    float (1e999) are refused, and nesting too deep for the parser is a ValueError like
+    any other bad JSON, not a RecursionError."""
+    try:
+        return json.loads(text, object_pairs_hook=object_pairs_hook, parse_constant=_no_constant,
+                          parse_float=_finite_float)
+    except RecursionError:
+        raise ValueError("nested too deeply")
 
 
 def dump_json(obj):
@@ -389,7 +449,8 @@ class Reporter(object):
         self.write(self.err, "Error: " + text)
 
 
-SAFE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
+MAX_NAME_CHARS = 128
+SAFE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,%d}$" % (MAX_NAME_CHARS - 1))
 IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -433,24 +494,29 @@ class Key(NamedTuple):
     kind: str  # "number", "integer", "string", "bool" or "log_events"
     default: object
     minimum: Optional[float] = None  # numbers: the least value allowed
-    exclusive: bool = False  # numbers: the minimum itself is not allowed (> rather than >=)
+    exclusive: bool = False  # numbers: 0 itself is not allowed (> 0), whatever the minimum
+    maximum: Optional[float] = None  # numbers: the largest value allowed; strings: the longest
     nullable: bool = False  # null is allowed (and means "off" or "derived")
     help: str = ""
 
 
 MONITORING_SCHEMA = (
-    Key("interval_seconds", "number", 60, 0, True, help="time between cycles"),
-    Key("termination_string", "string", None, nullable=True, help="a log line containing it means success"),
-    Key("inactivity_threshold_seconds", "number", None, 0, True, nullable=True,
+    Key("interval_seconds", "number", 60, 0.1, True, 86400, help="time between cycles"),
+    Key("termination_string", "string", None, maximum=MAX_VALUE_CHARS, nullable=True,
+        help="a log line containing it means success"),
+    Key("inactivity_threshold_seconds", "number", None, 0, True, MAX_SECONDS, nullable=True,
         help="a RUNNING job whose log has not grown for this long is a stall"),
-    Key("log_events", "log_events", [], help="{name, pattern, mode}: a matching log line puts the attempt in mode"),
-    Key("lost_after_seconds", "number", None, 0, nullable=True,
+    Key("log_events", "log_events", [], maximum=MAX_LOG_EVENTS,
+        help="{name, pattern, mode}: a matching log line puts the attempt in mode"),
+    Key("lost_after_seconds", "number", None, 0, False, MAX_SECONDS, nullable=True,
         help="grace before a job neither squeue nor sacct knows is lost (null: max(3 x interval, 300))"),
-    Key("slurm_timeout_seconds", "number", 60, 0, True, help="timeout of each SLURM command"),
-    Key("unknown_backoff_max_seconds", "number", 600, 0, True,
+    Key("slurm_timeout_seconds", "number", 60, 0, True, 3600, help="timeout of each SLURM command"),
+    Key("unknown_backoff_max_seconds", "number", 600, 0, True, 86400,
         help="cap of the wait between cycles while SLURM does not answer"),
-    Key("submit_retries", "integer", 5, 0, help="retries of an sbatch that failed without a clear refusal"),
-    Key("submit_backoff_seconds", "number", 60, 0, help="first wait before such a retry; doubles each time"),
+    Key("submit_retries", "integer", 5, 0, False, 1000,
+        help="retries of an sbatch that failed without a clear refusal"),
+    Key("submit_backoff_seconds", "number", 60, 0, False, 86400,
+        help="first wait before such a retry; doubles each time"),
     Key("debug_sync", "bool", False, help="print every job's status and states after each cycle"),
 )
 
@@ -492,21 +558,29 @@ OWNED_SBATCH = OrderedDict([
     ("wrap", "job.command"), ("clusters", "nothing: autoexp watches the default cluster"),
     ("wait", "nothing: autoexp waits for jobs itself")])
 OWNED_SHORT = {"J": "job-name", "o": "output", "D": "chdir", "a": "array", "M": "clusters", "W": "wait"}
+# sbatch's short options that take an argument (the rest of a cluster like -Qa0-2 is it);
+# -k takes an optional one, only attached. From sbatch(1) of SLURM 22.05 and 24.11.
+SHORT_WITH_ARG = frozenset("ABCDFGJLMNSabcdeimnopqtwxk")
 SBATCH_KEY_RE = re.compile(r"^[A-Za-z][A-Za-z0-9-]+$")  # long option names: two characters at least
 LOG_PATTERN_RE = re.compile(r"%(\d*)(.)")
 
 
-def owned_sbatch_option(option):
+def owned_sbatch_option(option, short=OWNED_SHORT):
     """The option autoexp sets itself that `option` would set: sbatch takes any unambiguous
-    prefix of a long option (--out is --output) and the short forms (-J, -ofile)."""
+    prefix of a long option (--out is --output), the short forms (-J, -ofile) and clusters
+    of short options as getopt reads them (-Qa0-2 is --quiet --array=0-2)."""
     if option.startswith("--"):
         name = option[2:].split("=", 1)[0]
         for owned in OWNED_SBATCH:
             if name and owned.startswith(name):
                 return owned
         return None
-    if option.startswith("-") and len(option) > 1:
-        return OWNED_SHORT.get(option[1])
+    if option.startswith("-"):
+        for ch in option[1:]:
+            if ch in short:
+                return short[ch]
+            if ch in SHORT_WITH_ARG:
+                return None  # the rest of the cluster is this option's argument
     return None
 
 
@@ -543,13 +617,17 @@ class _Checker(object):
             self.fail(key, "must not be empty")
         return value
 
-    def number(self, value, key, minimum=None, positive=False, integer=False):
+    def number(self, value, key, minimum=None, positive=False, integer=False, maximum=None):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)):
             self.fail(key, "must be %s, not %s" % ("an integer" if integer else "a number", _type_name(value)))
+        if value != value or value in (float("inf"), float("-inf")):
+            self.fail(key, "must be a finite number, not %s" % value)
         if positive and value <= 0:
             self.fail(key, "must be greater than 0, not %s" % value)
         if minimum is not None and value < minimum:
             self.fail(key, "must be at least %s, not %s" % (minimum, value))
+        if maximum is not None and value > maximum:
+            self.fail(key, "must be at most %s, not %s" % (maximum, _short_number(value)))
         return value
 
     def key(self, spec, value, key):
@@ -557,12 +635,19 @@ class _Checker(object):
         if value is None and spec.nullable:
             return
         if spec.kind in ("number", "integer"):
-            self.number(value, key, minimum=None if spec.exclusive else spec.minimum,
-                        positive=spec.exclusive, integer=spec.kind == "integer")
+            self.number(value, key, minimum=spec.minimum, positive=spec.exclusive,
+                        integer=spec.kind == "integer", maximum=spec.maximum)
         elif spec.kind == "string":
             self.string(value, key)
+            if spec.maximum is not None and len(value) > spec.maximum:
+                self.fail(key, "is longer than %d characters" % spec.maximum)
         elif spec.kind == "bool" and not isinstance(value, bool):
             self.fail(key, "must be true or false")
+
+
+def _short_number(value):
+    text = str(value)
+    return text if len(text) <= 24 else text[:20] + "..."
 
 
 def _json_loads_strict(text, source):
@@ -574,7 +659,7 @@ def _json_loads_strict(text, source):
             obj[k] = v
         return obj
     try:
-        return json.loads(text, object_pairs_hook=no_duplicates)
+        return loads_json(text, object_pairs_hook=no_duplicates)
     except ValueError as e:
         if isinstance(e, ConfigError):
             raise
@@ -587,9 +672,12 @@ def load_config_file(path):
     path.encode("utf-8")
     try:
         with open(path, "rb") as f:
-            raw = f.read()
+            raw = f.read(MAX_CONFIG_BYTES + 1)
     except (IOError, OSError) as e:
         raise ConfigError("cannot read config %s: %s" % (path, e.strerror or e))
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError("%s: larger than %d MiB; a config is a few KB (list a large sweep's values "
+                          "as a grid)" % (path, MAX_CONFIG_BYTES >> 20))
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -670,13 +758,60 @@ def validate_monitoring(mon, c, key="monitoring"):
     for spec in MONITORING_SCHEMA:
         out[spec.name] = mon.get(spec.name, spec.default)
         c.key(spec, out[spec.name], key + "." + spec.name)
+    term = out["termination_string"]
+    if term is not None and ("\n" in term or "\r" in term):
+        c.fail(key + ".termination_string", "contains a line break, so no log line can ever contain it")
     _validate_log_events(out["log_events"], c, key + ".log_events")
     return out
+
+
+try:  # the regular expression parser: re._parser since 3.11, sre_parse before
+    from re import _parser as _sre_parse
+except ImportError:  # pragma: no cover - Python < 3.11
+    import sre_parse as _sre_parse
+
+
+def risky_regex(pattern):
+    """Why a log_events pattern could take exponential time on a hostile line (a repetition
+    inside a repetition, or an alternation under one: `(a+)+$`, `(a|a)*$`), or None. Python's
+    re has no timeout, and a monitor stuck in one search holds its lock for good."""
+    def walk(items, in_repeat):
+        for op, av in items:
+            name = str(op)
+            if name in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"):
+                lo, hi, sub = av
+                repeats = hi is _sre_parse.MAXREPEAT or hi > 1
+                if in_repeat and hi is _sre_parse.MAXREPEAT:
+                    return "a repetition inside a repetition"
+                why = walk(sub, in_repeat or repeats)
+                if why:
+                    return why
+            elif name == "BRANCH":
+                if in_repeat:
+                    return "an alternation inside a repetition"
+                for sub in av[1]:
+                    why = walk(sub, in_repeat)
+                    if why:
+                        return why
+            elif name in ("SUBPATTERN", "ATOMIC_GROUP", "ASSERT", "ASSERT_NOT"):
+                why = walk(av[-1], in_repeat)
+                if why:
+                    return why
+            elif name == "GROUPREF_EXISTS":
+                for sub in av[1:]:
+                    if sub is not None:
+                        why = walk(sub, in_repeat)
+                        if why:
+                            return why
+        return None
+    return walk(_sre_parse.parse(pattern), False)
 
 
 def _validate_log_events(events, c, key):
     if not isinstance(events, list):
         c.fail(key, "must be a list of {name, pattern, mode}")
+    if len(events) > MAX_LOG_EVENTS:
+        c.fail(key, "has %d entries; at most %d are allowed" % (len(events), MAX_LOG_EVENTS))
     seen = set()
     for i, ev in enumerate(events):
         k = "%s[%d]" % (key, i)
@@ -692,10 +827,17 @@ def _validate_log_events(events, c, key):
         if name == MODE_SUCCESS:
             c.fail(k + ".name", "'success' is the termination string's event; choose another name")
         seen.add(name)
+        pattern = c.string(ev["pattern"], k + ".pattern")
+        if len(pattern) > MAX_VALUE_CHARS:
+            c.fail(k + ".pattern", "is longer than %d characters" % MAX_VALUE_CHARS)
         try:
-            re.compile(c.string(ev["pattern"], k + ".pattern"))
-        except re.error as e:
-            c.fail(k + ".pattern", "invalid regular expression %r: %s" % (ev["pattern"], e))
+            re.compile(pattern)
+            why = risky_regex(pattern)
+        except (re.error, RecursionError, OverflowError) as e:
+            c.fail(k + ".pattern", "invalid regular expression %r: %s" % (pattern, e))
+        if why:
+            c.fail(k + ".pattern", "%r has %s, which can take exponential time on some lines; write it "
+                   "without nesting (e.g. 'a+' rather than '(a+)+')" % (pattern, why))
         mode = c.string(ev["mode"], k + ".mode")
         if not IDENT_RE.match(mode):
             c.fail(k + ".mode", "%r must be an identifier" % mode)
@@ -720,12 +862,12 @@ def validate_restart(restart, monitoring, c):
         if action not in ACTIONS:
             c.fail(k + ".action", "must be one of %s, not %r" % ("/".join(ACTIONS), action))
         if "max_attempts" in pol:
-            c.number(pol["max_attempts"], k + ".max_attempts", positive=True, integer=True)
+            c.number(pol["max_attempts"], k + ".max_attempts", positive=True, integer=True, maximum=MAX_ATTEMPTS)
         elif action == RESTART:
             pol = dict(pol, max_attempts=Policy(RESTART).max_attempts)
         for field in ("backoff_seconds", "backoff_max_seconds"):
             if field in pol:
-                c.number(pol[field], k + "." + field, minimum=0)
+                c.number(pol[field], k + "." + field, minimum=0, maximum=MAX_SECONDS)
         out[mode] = OrderedDict((f, pol[f]) for f in POLICY_KEYS if f in pol)
     for mode in custom:
         out.setdefault(mode, {"action": UNLISTED_POLICY.action})
@@ -861,10 +1003,19 @@ def expand_sweep(sweep, c):
             for i, v in enumerate(vals):
                 _check_param_value(v, "sweep.%s[%d]" % (k, i), c)
             axes.append(vals)
+        size = 1
+        for vals in axes:
+            size *= len(vals)
+            if size > MAX_SWEEP_JOBS:
+                c.fail("sweep", "the grid has more than %d points; split the sweep into several plans"
+                       % MAX_SWEEP_JOBS)
         return [OrderedDict(zip(keys, combo)) for combo in itertools.product(*axes)]
     if isinstance(sweep, list):
         if not sweep:
             c.fail("sweep", "is an empty list; give at least one parameter set")
+        if len(sweep) > MAX_SWEEP_JOBS:
+            c.fail("sweep", "lists %d parameter sets; at most %d fit one plan: split the sweep"
+                   % (len(sweep), MAX_SWEEP_JOBS))
         points = []
         for i, point in enumerate(sweep):
             k = "sweep[%d]" % i
@@ -891,6 +1042,16 @@ def _check_param_value(value, key, c):
         c.fail(key, "sweep values must be strings, numbers or true/false, not %s" % _type_name(value))
     if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
         c.fail(key, "%r is not a number a command can take; write it as a string" % value)
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 2 ** 63:
+        c.fail(key, "%s is larger than a 64-bit integer; write it as a string" % _short_number(value))
+    if isinstance(value, str):
+        if len(value) > MAX_VALUE_CHARS:
+            c.fail(key, "is longer than %d characters" % MAX_VALUE_CHARS)
+        if "[" in value and ("$(" in value or "`" in value):
+            # bash evaluates array subscripts in arithmetic (`(( x ))`, `[[ $x -gt 1 ]]`, `let`,
+            # `${a:x}`, even through a variable): `a[$(cmd)]` would run cmd, however quoted
+            c.fail(key, "%r holds a command substitution inside [...], which bash arithmetic would run "
+                   "as code; sweep values may not combine '[' with '$(' or a backquote" % value)
 
 
 def check_directive_value(value, key, c):
@@ -1002,7 +1163,8 @@ def _validate_job(job, source, c):
     if "command" in job:
         check_shell_placeholders(job["command"], "%s: job.command" % source)
     if "array_max_running" in job:
-        c.number(job["array_max_running"], "job.array_max_running", positive=True, integer=True)
+        c.number(job["array_max_running"], "job.array_max_running", positive=True, integer=True,
+                 maximum=MAX_ARRAY_EXPANSION)
     sb = job.get("sbatch", {})
     c.obj(sb, "job.sbatch", list(sb))
     for k, v in sb.items():
@@ -1191,7 +1353,8 @@ def _check_template_directives(text, path, c):
         if not line.startswith("#SBATCH"):
             continue
         for option in line[len("#SBATCH"):].split():
-            owned = owned_sbatch_option(option) or ("error" if option.startswith(("-e", "--er")) else None)
+            owned = (owned_sbatch_option(option, dict(OWNED_SHORT, e="error"))
+                     or ("error" if option.startswith("--er") else None))
             if owned:
                 c.fail("job.template", "%s line %d sets --%s (%s), which autoexp sets itself; remove it "
                        "(use job.name, job.log and job.workdir)" % (path, lineno, owned, option))
@@ -1234,8 +1397,11 @@ def sbatch_command(plan, tasks):
     return array.script_path, list(array.sbatch_args) + ["--array=" + spec]
 
 
-def default_plan_id(project, t):
-    return "%s-%s" % (project, time.strftime("%Y%m%d-%H%M%S", time.localtime(t)))
+def default_plan_id(project, t, n=1):
+    """PROJECT-YYYYmmdd-HHMMSS, or with -N for the n-th plan of that second; the project is
+    cut short so that the id is a safe name (at most 128 characters) however long it is."""
+    tail = "-" + time.strftime("%Y%m%d-%H%M%S", time.localtime(t)) + ("-%d" % n if n > 1 else "")
+    return project[:MAX_NAME_CHARS - len(tail)] + tail
 
 
 def write_plan(manifest, scripts):
@@ -1243,12 +1409,6 @@ def write_plan(manifest, scripts):
     # Encoded before anything is written: a path the locale could not decode fails here,
     # leaving no half-written plan behind.
     encoded = [(path, text.encode("utf-8")) for path, text in scripts.items()]
-    state_dir = manifest["state_dir"]
-    make_private_dir(state_dir)
-    root = os.path.join(state_dir, "plans", manifest["plan_id"])
-    make_private_dir(os.path.join(root, "jobs"))
-    for path, data in encoded:
-        atomic_write(path, data, mode=0o700)
     # SLURM refuses to start a job whose --output folder is missing (JobLaunchFailure).
     for j in manifest["jobs"] + ([manifest["array"]] if manifest["array"] else []):
         folder = os.path.dirname(j["log_template"])
@@ -1258,6 +1418,15 @@ def write_plan(manifest, scripts):
             except OSError as e:
                 if e.errno != errno.EEXIST:
                     raise ConfigError("cannot create the log folder %s: %s" % (folder, e.strerror))
+            if not os.path.isdir(folder):
+                raise ConfigError("the log folder %s is not a folder (a file has its name); change job.log "
+                                  "or move the file" % folder)
+    state_dir = manifest["state_dir"]
+    make_private_dir(state_dir)
+    root = os.path.join(state_dir, "plans", manifest["plan_id"])
+    make_private_dir(os.path.join(root, "jobs"))
+    for path, data in encoded:
+        atomic_write(path, data, mode=0o700)
     path = os.path.join(root, "manifest.json")
     atomic_write(path, dump_json(manifest))
     return path
@@ -1266,7 +1435,7 @@ def write_plan(manifest, scripts):
 def load_manifest(path):
     try:
         with open(path, "rb") as f:
-            data = json.loads(f.read().decode("utf-8"), object_pairs_hook=OrderedDict)
+            data = loads_json(f.read().decode("utf-8"))
     except (IOError, OSError) as e:
         raise StateError("cannot read manifest %s: %s; run `autoexp plan CONFIG` first" % (path, e.strerror or e))
     except UnicodeEncodeError:
@@ -1396,6 +1565,7 @@ class QueueRow(NamedTuple):
     reason: str
     name: str
     comment: str
+    submit: Optional[str] = None  # SLURM's submit time, 'YYYY-MM-DDTHH:MM:SS' (compares as text)
 
 
 class AcctRow(NamedTuple):
@@ -1407,24 +1577,16 @@ class AcctRow(NamedTuple):
     start: Optional[float]
     end: Optional[float]
     comment: str
+    submit: Optional[str] = None
 
 
-SQUEUE_FORMAT = "%i|%A|%T|%r|%j|%k"
-SACCT_FIELDS = "JobID,JobIDRaw,JobName,State,ExitCode,Start,End,Comment"
-_TAG_TAIL_RE = re.compile(r"\|(autoexp:[^|]*)$")
-
-
-def _split_free_fields(parts):
-    """The last two fields (name, comment) are free text and may hold '|'. autoexp's own
-    tags never do, so a tag at the very end is the comment and the rest is the name; a
-    foreign job whose fields hold '|' keeps its text as name and is ignored."""
-    if len(parts) == 2:
-        return parts[0], parts[1]
-    joined = "|".join(parts)
-    m = _TAG_TAIL_RE.search(joined)
-    if m:
-        return joined[:m.start()], m.group(1)
-    return joined, ""
+# What autoexp asks squeue and sacct for. squeue's name and comment are free text (they
+# may hold '|'), so they come last; sacct is only asked about autoexp's own jobs, whose
+# names are safe, and its comment comes last.
+SQUEUE_FORMAT = "%i|%A|%T|%r|%V|%j|%k"
+SACCT_FIELDS = "JobID,JobIDRaw,JobName,State,ExitCode,Submit,Start,End,Comment"
+TAG_RE = re.compile(r"^autoexp:[A-Za-z0-9][A-Za-z0-9._+-]*:(?:[A-Za-z0-9][A-Za-z0-9._+-]*|@array)$")
+UNSET_TIMES = ("", "Unknown", "None", "N/A")
 
 
 def _check_complete(text):
@@ -1432,74 +1594,112 @@ def _check_complete(text):
         raise ValueError("output ends in the middle of a line (truncated)")
 
 
-def parse_squeue(text):
-    """Parse `squeue -h -o SQUEUE_FORMAT` output; any malformed line raises ValueError,
-    because a partial answer must not be mistaken for "these jobs are gone"."""
+def _split_free_fields(parts, line):
+    """(name, comment) of the free-text fields at a line's end. autoexp's tags hold no
+    '|', so a tag at the very end is the comment and the rest is the name; a line with a
+    tag anywhere else has fields autoexp did not ask for (a changed squeue), which is an
+    error; any other line belongs to a foreign job and keeps its text as its name."""
+    if len(parts) == 2:
+        return parts[0], parts[1]
+    if TAG_RE.match(parts[-1]):
+        return "|".join(parts[:-1]), parts[-1]
+    if any(TAG_RE.match(p) for p in parts[:-1]):
+        raise ValueError("line %r has a job tag followed by %d more field(s); squeue printed fields "
+                         "autoexp did not ask for" % (line[:120], len(parts) - 1 - max(
+                             i for i, p in enumerate(parts) if TAG_RE.match(p))))
+    return "|".join(parts), ""
+
+
+def parse_squeue(text, fmt=SQUEUE_FORMAT, skipped=None):
+    """Parse `squeue -h -o FMT` output (FMT: fixed fields, then %j and %k last).
+
+    A malformed line that carries autoexp's tag, or output cut short, raises ValueError:
+    a partial answer must never be mistaken for "these jobs are gone". A malformed line
+    without a tag is another job of the user's (a newline in its name splits it in two):
+    it is skipped, and why is appended to `skipped` when given."""
     _check_complete(text)
+    codes = re.findall(r"%(\w)", fmt)
+    fixed = codes.index("j")
+    at = dict((c, i) for i, c in enumerate(codes[:fixed]))
     rows = []
     for line in text.splitlines():
         if not line.strip():
             continue
-        parts = line.split("|")
-        if len(parts) < 6:
-            raise ValueError("line %r has %d fields, expected 6" % (line[:80], len(parts)))
-        state = normalize_state(parts[2])
-        name, comment = _split_free_fields(parts[4:])
+        if line.startswith("CLUSTER: "):
+            raise ValueError("squeue printed cluster headers (%r): it answered for several clusters" % line[:80])
+        try:
+            parts = line.split("|")
+            if len(parts) < fixed + 2:
+                raise ValueError("line %r has %d fields, expected %d" % (line[:120], len(parts), fixed + 2))
+            name, comment = _split_free_fields(parts[fixed:], line)
+            state = normalize_state(parts[at["T"]])
+            ids = expand_job_id(parts[at["i"]])
+            raw = parts[at["A"]].strip()
+            if raw and not raw.isdigit():
+                raise ValueError("bad raw job id %r" % raw)
+        except ValueError as e:
+            if "autoexp:" in line or skipped is None:
+                raise
+            skipped.append(str(e))
+            continue
         if comment == "(null)":
             comment = ""
-        ids = expand_job_id(parts[0])
-        raw = parts[1].strip()
-        if raw and not raw.isdigit():
-            raise ValueError("bad raw job id %r" % raw)
+        submit = parts[at["V"]].strip() if "V" in at else None
+        submit = None if submit in UNSET_TIMES else submit
+        reason = parts[at["r"]] if "r" in at else ""
         for job_id in ids:
-            rows.append(QueueRow(job_id, raw if len(ids) == 1 else "", state, parts[3], name, comment))
+            rows.append(QueueRow(job_id, raw if len(ids) == 1 else "", state, reason, name, comment, submit))
     return rows
 
 
 def parse_slurm_time(text):
     """sacct's local 'YYYY-MM-DDTHH:MM:SS' (SLURM_TIME_FORMAT=standard) -> epoch; unset -> None."""
     text = text.strip()
-    if text in ("", "Unknown", "None", "N/A"):
+    if text in UNSET_TIMES:
         return None
     return time.mktime(time.strptime(text, "%Y-%m-%dT%H:%M:%S"))
 
 
-def parse_sacct(text):
-    """Parse `sacct -X -P -n -o SACCT_FIELDS`; step rows (12.batch) are skipped, pending
-    array ranges expanded, and a malformed line raises ValueError. sacct is only ever asked
-    about autoexp's own jobs (by id or by name), whose names hold no '|'; the comment is
-    last, so whatever it holds stays in it."""
+def parse_sacct(text, fields=SACCT_FIELDS):
+    """Parse `sacct -X -P -n -o FIELDS` (Comment last); step rows (12.batch) are skipped,
+    pending array ranges expanded, and a malformed line raises ValueError. sacct is only
+    ever asked about autoexp's own jobs (by id or by name), whose names hold no '|'; the
+    comment is last, so whatever it holds stays in it."""
     _check_complete(text)
+    names = fields.split(",")
+    at = dict((n, i) for i, n in enumerate(names))
     rows = []
     for line in text.splitlines():
         if not line.strip():
             continue
-        parts = line.split("|", 7)
-        if len(parts) < 8:
-            raise ValueError("line %r has %d fields, expected 8" % (line[:80], len(parts)))
+        parts = line.split("|", len(names) - 1)
+        if len(parts) < len(names):
+            raise ValueError("line %r has %d fields, expected %d" % (line[:80], len(parts), len(names)))
         if "." in parts[0]:
             continue
-        state = normalize_state(parts[3])
-        ids = expand_job_id(parts[0])
-        raw = parts[1].strip()
+        state = normalize_state(parts[at["State"]])
+        ids = expand_job_id(parts[at["JobID"]])
+        raw = parts[at["JobIDRaw"]].strip()
         if not raw.isdigit():
             raise ValueError("bad raw job id %r" % raw)
-        start, end = parse_slurm_time(parts[5]), parse_slurm_time(parts[6])
+        start, end = parse_slurm_time(parts[at["Start"]]), parse_slurm_time(parts[at["End"]])
+        submit = parts[at["Submit"]].strip() if "Submit" in at else None
+        submit = None if submit in UNSET_TIMES else submit
         for job_id in ids:
-            rows.append(AcctRow(job_id, raw if len(ids) == 1 else "", parts[2], state, parts[4],
-                                start, end, parts[7]))
+            rows.append(AcctRow(job_id, raw if len(ids) == 1 else "", parts[at["JobName"]], state,
+                                parts[at["ExitCode"]], start, end, parts[at["Comment"]], submit))
     return rows
 
 
 def parse_sbatch_output(text):
-    """`sbatch --parsable` prints 'ID' or 'ID;CLUSTER'."""
-    lines = [l for l in text.strip().splitlines() if l.strip()]
-    if len(lines) != 1:
-        raise ValueError("expected one line, got %r" % text[:200])
-    m = re.match(r"^(\d+)(?:;\S+)?$", lines[0].strip())
-    if not m:
-        raise ValueError("%r is not a job id" % lines[0][:200])
-    return m.group(1)
+    """`sbatch --parsable` prints 'ID' or 'ID;CLUSTER'; a site's sbatch wrapper may print
+    notices around it. The one line that is an id is the answer; none, or several, is no
+    answer (the job may still have been queued: it is looked up by tag)."""
+    lines = [l.strip() for l in text.strip().splitlines() if l.strip()]
+    ids = [m.group(1) for m in (re.match(r"^(\d+)(?:;\S+)?$", l) for l in lines) if m]
+    if len(ids) != 1:
+        raise ValueError("expected one job id line, got %r" % text[:200])
+    return ids[0]
 
 
 # sbatch errors that no retry can fix: the job is stopped with this text in its history.
@@ -1553,9 +1753,12 @@ class SlurmClient(object):
     """The only place that runs SLURM commands. Queries raise SlurmUnavailable when the
     answer is not trustworthy; runner(argv, timeout, env) is injectable for tests."""
 
-    __slots__ = ("runner", "env", "timeout", "user")
+    __slots__ = ("runner", "env", "timeout", "user", "skipped", "squeue_format", "sacct_fields")
 
-    def __init__(self, runner=None, env=None, timeout=60.0, user=None):
+    def __init__(self, runner=None, env=None, timeout=60.0, user=None, squeue_format=SQUEUE_FORMAT,
+                 sacct_fields=SACCT_FIELDS):
+        self.skipped = []
+        self.squeue_format, self.sacct_fields = squeue_format, sacct_fields
         self.runner = runner or run_command
         self.env = slurm_environment(env)
         self.timeout = timeout
@@ -1577,14 +1780,18 @@ class SlurmClient(object):
             raise SlurmUnavailable("%s printed output autoexp cannot parse: %s" % (what, e))
 
     def squeue(self):
-        """Every job of the user that the controller still holds, finished ones included."""
-        return self._query(["squeue", "-h", "-r", "-t", "all", "-u", self.user, "-o", SQUEUE_FORMAT],
-                           parse_squeue)
+        """Every job of the user that the controller still holds, finished ones included.
+        Lines of other jobs that cannot be read are skipped; `skipped` says why."""
+        skipped = []
+        rows = self._query(["squeue", "-h", "-r", "-t", "all", "-u", self.user, "-o", self.squeue_format],
+                           lambda text: parse_squeue(text, self.squeue_format, skipped))
+        self.skipped = skipped
+        return rows
 
     def _sacct(self, selector, since):
-        argv = ["sacct", "-X", "-P", "-n", "-o", SACCT_FIELDS, "-S", local_time(since)] + selector
+        argv = ["sacct", "-X", "-P", "-n", "-o", self.sacct_fields, "-S", local_time(since)] + selector
         try:
-            return self._query(argv, parse_sacct)
+            return self._query(argv, lambda text: parse_sacct(text, self.sacct_fields))
         except SlurmUnavailable as e:
             # Accounting switched off is an answer ("no records"), not an outage.
             if "accounting storage is disabled" in str(e).lower():
@@ -1635,9 +1842,29 @@ class LogRead(NamedTuple):
     offset: int
     inode: Optional[int]
     head: Optional[str]
-    restarted: bool
-    ok: bool = True    # False: the file exists but could not be read (an NFS hiccup)
+    restarted: str  # "" or why the file is read from its start: RESTART_REPLACED, RESTART_TRUNCATED
+    ok: bool = True    # False: the file exists but could not be read (error says why)
     eof: bool = True   # False: more than max_bytes were waiting; read again
+    size: int = 0      # the file's size: activity is its growth, whatever the lines
+    error: str = ""
+
+
+RESTART_REPLACED, RESTART_TRUNCATED = "replaced", "truncated"
+
+
+def open_log(path):
+    """Open a log for reading without ever blocking: a FIFO or a device at the log's path
+    would block a plain open() until a writer comes. Returns (file, stat); raises OSError,
+    or ValueError for a file that is not a regular file."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError("%s is not a regular file; autoexp reads only regular files as logs" % path)
+        return os.fdopen(fd, "rb"), st
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def log_head(f, size):
@@ -1648,44 +1875,75 @@ def log_head(f, size):
     return "%d:%s" % (len(data), hashlib.sha1(data).hexdigest()) if data else None
 
 
-def read_log(path, offset, inode, head=None, final=False, max_bytes=MAX_LOG_READ):
+def read_log(path, offset, inode, head=None, final=False, max_bytes=MAX_LOG_READ, overlap=0):
     """Read the complete lines added to a log since offset, at most max_bytes at a time.
 
+    A line ends at a newline or a carriage return (a progress bar redraws itself with \r).
     A partial last line is left for the next read (so it is matched once, whole) unless
     final is set (the job has ended and nothing more will come) and the end of the file is
-    reached. A file that shrank, has another inode or another beginning was truncated or
-    replaced: it is read again from its start, once. A missing file is simply empty.
+    reached. A line longer than max_bytes is taken in pieces, each next one starting
+    `overlap` bytes before the last one ended, so a string of overlap + 1 bytes is found
+    even across a cut. A file that shrank, has another inode or another beginning was
+    truncated or replaced: it is read again from its start, once. A missing file is
+    simply empty; the size returned is what activity is measured by.
     """
     try:
-        st = os.stat(path)
+        f, st = open_log(path)
+    except ValueError as e:
+        return LogRead([], offset, inode, head, "", ok=False, size=0, error=str(e))
     except OSError as e:
-        return LogRead([], offset, inode, head, False, ok=e.errno == errno.ENOENT)
+        return LogRead([], offset, inode, head, "", ok=e.errno == errno.ENOENT, error=e.strerror or str(e))
     try:
-        with open(path, "rb") as f:
-            restarted = (inode is not None and st.st_ino != inode) or st.st_size < offset
-            if not restarted and head and offset:
+        with f:
+            restarted = ""
+            if inode is not None and st.st_ino != inode:
+                restarted = RESTART_REPLACED
+            elif st.st_size < offset:
+                restarted = RESTART_TRUNCATED
+            elif head and offset:
                 n = int(head.split(":", 1)[0])
-                restarted = st.st_size < n or log_head(f, n) != head
+                if st.st_size < n or log_head(f, n) != head:
+                    restarted = RESTART_TRUNCATED
             if restarted:
                 offset = 0
             if not head or restarted or int(head.split(":", 1)[0]) < LOG_HEAD_BYTES:
                 head = log_head(f, st.st_size) or head
             if st.st_size == offset:
-                return LogRead([], offset, st.st_ino, head, restarted)
+                return LogRead([], offset, st.st_ino, head, restarted, size=st.st_size)
             f.seek(offset)
             data = f.read(min(st.st_size - offset, max_bytes))
-    except (IOError, OSError):
-        return LogRead([], offset, inode, head, False, ok=False)
+    except (IOError, OSError) as e:
+        return LogRead([], offset, inode, head, "", ok=False, error=e.strerror or str(e))
     eof = offset + len(data) >= st.st_size
-    end = data.rfind(b"\n") + 1
+    end = max(data.rfind(b"\n"), data.rfind(b"\r")) + 1
     if final and eof:
         end = len(data)
     elif end == 0:
         if len(data) < max_bytes:
-            return LogRead([], offset, st.st_ino, head, restarted)
-        end = len(data)  # one line longer than max_bytes: taken in pieces, never buffered whole
+            return LogRead([], offset, st.st_ino, head, restarted, size=st.st_size)
+        # one line longer than max_bytes: taken in pieces, never buffered whole
+        lines = [data.decode("utf-8", "replace")]
+        end = len(data) - min(overlap, len(data) // 2)
+        return LogRead(lines, offset + end, st.st_ino, head, restarted, eof=False, size=st.st_size)
     lines = data[:end].decode("utf-8", "replace").splitlines()
-    return LogRead(lines, offset + end, st.st_ino, head, restarted, eof=offset + end >= st.st_size)
+    return LogRead(lines, offset + end, st.st_ino, head, restarted, eof=offset + end >= st.st_size,
+                   size=st.st_size)
+
+
+def find_by_inode(folder, inode):
+    """The path of the file with this inode in folder, or None: a log rotated away
+    (renamed next to its successor) whose last lines are still to be read."""
+    try:
+        with os.scandir(folder) as it:
+            for entry in it:
+                try:
+                    if entry.inode() == inode and entry.is_file(follow_symlinks=False):
+                        return entry.path
+                except OSError:
+                    continue
+    except OSError:
+        return None
+    return None
 
 
 class LogHit(NamedTuple):
@@ -1695,7 +1953,9 @@ class LogHit(NamedTuple):
 
 
 class LogMatcher(object):
-    """The termination string and the log_events patterns, compiled once."""
+    """The termination string and the log_events patterns, compiled once. The termination
+    string is looked for in whole lines; a pattern, in the first MAX_MATCH_CHARS characters
+    of each line, so that no line costs more than a bounded time whatever it holds."""
 
     __slots__ = ("termination", "patterns")
 
@@ -1703,13 +1963,19 @@ class LogMatcher(object):
         self.termination = monitoring.termination_string
         self.patterns = [(e.name, re.compile(e.pattern), e.mode) for e in monitoring.log_events]
 
+    @property
+    def overlap(self):
+        """Bytes a long line's next piece re-reads, so the termination string is found across a cut."""
+        return max(len(self.termination.encode("utf-8")) - 1, 0) if self.termination else 0
+
     def scan(self, lines):
         hits = []
         for line in lines:
             if self.termination and self.termination in line:
-                hits.append(LogHit("success", "success", line))
+                hits.append(LogHit(MODE_SUCCESS, MODE_SUCCESS, line))
+            head = line[:MAX_MATCH_CHARS]
             for name, rx, mode in self.patterns:
-                if rx.search(line):
+                if rx.search(head):
                     hits.append(LogHit(name, mode, line))
         return hits
 
@@ -1760,10 +2026,10 @@ def log_end(path):
     """(size, inode, head) of a log as it is now, or None if it cannot be opened: where a new
     attempt writing to a shared log starts reading."""
     try:
-        with open(path, "rb") as f:
-            st = os.fstat(f.fileno())
+        f, st = open_log(path)
+        with f:
             return st.st_size, st.st_ino, log_head(f, st.st_size)
-    except (IOError, OSError):
+    except (IOError, OSError, ValueError):
         return None
 
 
@@ -1780,6 +2046,7 @@ class Observation(NamedTuple):
     raw_id: str = ""
     start: Optional[float] = None  # from sacct: when SLURM started and ended the job
     end: Optional[float] = None
+    submit: Optional[str] = None  # SLURM's submit time (QueueRow.submit)
 
 
 class Facts(NamedTuple):
@@ -1873,8 +2140,8 @@ ATTEMPT_FIELDS = (
     Field("attempt", None, _INT), Field("job_id", None, _OPT_STR), Field("raw_id"), Field("array_task"),
     Field("origin"), Field("submit_state", None, _OPT_STR), Field("submit_error"), Field("intent_at"),
     Field("submitted_at"), Field("resolved_log_path"), Field("log_offset", 0, _INT), Field("log_inode"),
-    Field("log_head"), Field("last_log_growth_at"), Field("running_since"), Field("missing_since"),
-    Field("acct_wait_since"), Field("slurm_start"), Field("slurm_end"), Field("requeues", 0),
+    Field("log_head"), Field("log_size", 0), Field("log_error"), Field("last_log_growth_at"), Field("running_since"), Field("missing_since"),
+    Field("acct_wait_since"), Field("slurm_submit"), Field("slurm_start"), Field("slurm_end"), Field("requeues", 0),
     Field("last_slurm_state"), Field("last_monitor_state"), Field("exit_code"), Field("live", False, (bool,)),
     Field("success_seen", False), Field("log_mode"), Field("log_reason"), Field("outcome", None, _OPT_STR),
     Field("reason"), Field("ended_at"), Field("cancel_requested_at"), Field("cancel_result"),
@@ -1921,6 +2188,8 @@ class Attempt(Record):
         if obs.source in ANSWERED:
             if obs.raw_id and obs.state != "PENDING":
                 self.raw_id = obs.raw_id
+            if obs.submit:
+                self.slurm_submit = obs.submit
             if obs.start:
                 self.slurm_start = obs.start
             if obs.end:
@@ -1965,6 +2234,7 @@ class Attempt(Record):
         self.job_id = row.job_id
         self.raw_id = row.raw_id if row.state != "PENDING" else None
         self.array_task = split_job_id(row.job_id)[1]
+        self.slurm_submit = row.submit
         self.origin = origin
         self.submit_state = SUBMITTED
         self.submitted_at = now
@@ -2368,7 +2638,7 @@ def tagged_candidates(job, tag, array, snap, named):
             found[row.job_id] = row
     for job_id in job.known_ids():
         found.pop(job_id, None)
-    return sorted(found.values(), key=lambda r: job_id_sort_key(r.job_id), reverse=True)
+    return sorted(found.values(), key=functools.cmp_to_key(_newest_first))
 
 
 def revived_rows(job, snap):
@@ -2386,14 +2656,25 @@ def revived_rows(job, snap):
     return rows
 
 
+def submitted_after(a_submit, a_id, b_submit, b_id):
+    """Job a was submitted after job b: by SLURM's own submit times when both are known
+    (job ids start again from 1 after MaxJobId), else by id."""
+    if a_submit and b_submit and a_submit != b_submit:
+        return a_submit > b_submit  # the same fixed format: text order is time order
+    return job_id_sort_key(a_id) > job_id_sort_key(b_id)
+
+
+def _newest_first(a, b):
+    return -1 if submitted_after(a.submit, a.job_id, b.submit, b.job_id) else 1
+
+
 def newer_than_history(job, rows):
-    """The rows that can be the result of the job's latest submission: newer than every id
-    in its history (SLURM hands out ids in increasing order), and not a copy already seen
-    beside an earlier attempt (one started by hand, say)."""
-    known = [job_id_sort_key(a.job_id) for a in job.attempts if a.job_id]
-    floor = max(known) if known else None
-    return [r for r in rows if (floor is None or job_id_sort_key(r.job_id) > floor)
-            and r.job_id not in job.seen_copies]
+    """The rows that can be the result of the job's latest submission: submitted after
+    every job in its history, and not a copy already seen beside an earlier attempt (one
+    started by hand, say)."""
+    known = [(a.slurm_submit, a.job_id) for a in job.attempts if a.job_id]
+    return [r for r in rows if r.job_id not in job.seen_copies
+            and all(submitted_after(r.submit, r.job_id, sub, jid) for sub, jid in known)]
 
 
 def observe(row, arow, look, wait_since, now):
@@ -2414,7 +2695,7 @@ def observe(row, arow, look, wait_since, now):
                 if now - wait_since < ACCOUNTING_GRACE:
                     return Observation(SRC_UNKNOWN, reason="ended; waiting for sacct's record of it"), wait_since
         obs = Observation(SRC_SQUEUE, row.state, row.reason, arow.exit_code if arow else "", row.raw_id,
-                          arow.start if arow else None, arow.end if arow else None)
+                          arow.start if arow else None, arow.end if arow else None, row.submit)
     elif arow is None:
         if not (look.acct_ok and look.named_ok):
             return Observation(SRC_UNKNOWN, reason="sacct failed: %s" % (look.acct_error or look.named_error)), \
@@ -2424,9 +2705,10 @@ def observe(row, arow, look, wait_since, now):
         # squeue lists every job the controller holds; an active sacct row for a job it
         # does not list is accounting lagging behind: not lost, not ended either.
         return Observation(SRC_MISSING, arow.state, "sacct still says %s" % arow.state, arow.exit_code,
-                           arow.raw_id, arow.start, arow.end), wait_since
+                           arow.raw_id, arow.start, arow.end, arow.submit), wait_since
     else:
-        obs = Observation(SRC_SACCT, arow.state, "", arow.exit_code, arow.raw_id, arow.start, arow.end)
+        obs = Observation(SRC_SACCT, arow.state, "", arow.exit_code, arow.raw_id, arow.start, arow.end,
+                          arow.submit)
     if obs.state not in ACTIVE_STATES and obs.state not in TERMINAL_MODE:
         return Observation(SRC_UNKNOWN, reason="SLURM reports state %s, which autoexp does not know"
                            % obs.state), wait_since
@@ -2486,7 +2768,7 @@ def replacement(att, obs, sight):
     c = sight.candidates
     if (att.outcome is None and c and observation_live(obs) is not True
             and (obs.source == SRC_MISSING or obs.state == "CANCELLED")
-            and job_id_sort_key(c[0].job_id) > job_id_sort_key(att.job_id)):
+            and submitted_after(c[0].submit, c[0].job_id, att.slurm_submit, att.job_id)):
         return c[0]
     return None
 
@@ -2594,25 +2876,56 @@ class SessionLock(object):
         self.fd = None
 
     def acquire(self, command="autoexp", now=None):
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except (IOError, OSError) as e:
+        for _ in range(LOCK_TRIES):
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            except OSError as e:
+                raise StateWriteError("cannot open the lock file %s: %s" % (self.path, e.strerror or e))
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except (IOError, OSError) as e:
+                os.close(fd)
+                if e.errno not in (errno.EACCES, errno.EAGAIN):
+                    raise StateWriteError("cannot lock %s: %s" % (self.path, e.strerror or e))
+                raise LockedError("session is busy: %s" % self.describe_holder())
+            self.fd = fd
+            if self.intact():
+                break
+            # the file was deleted (or replaced) between our open and our lock: a lock on it
+            # locks nothing another process can see; take the one now at the path
+            self.fd = None
             os.close(fd)
-            if e.errno not in (errno.EACCES, errno.EAGAIN):
-                raise StateWriteError("cannot lock %s: %s" % (self.path, e.strerror or e))
-            raise LockedError("session is busy: %s" % self.describe_holder())
+        else:
+            raise StateWriteError("cannot lock %s: the file keeps being deleted or replaced" % self.path)
+        self.label(command, now)
+        return self
+
+    def label(self, command, now=None):
+        """Say who holds the lock (the loser prints it)."""
         info = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "command": command,
                            "since": iso_time(time.time() if now is None else now)}).encode("utf-8")
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, info + b"\n", 0)
-        self.fd = fd
-        return self
+        try:
+            os.ftruncate(self.fd, 0)
+            if os.pwrite(self.fd, info + b"\n", 0) != len(info) + 1:
+                raise OSError(errno.EIO, "short write")
+        except OSError:
+            pass  # the label is for people; the lock itself holds
+
+    def intact(self):
+        """The file this process locked is still the one at the path. People delete "stale"
+        lock files; after that, a second process would lock a new file and write too."""
+        if self.fd is None:
+            return False
+        try:
+            mine, there = os.fstat(self.fd), os.stat(self.path)
+        except OSError:
+            return False
+        return (mine.st_dev, mine.st_ino) == (there.st_dev, there.st_ino)
 
     def describe_holder(self):
         try:
             with open(self.path, "rb") as f:
-                info = json.loads(f.read().decode("utf-8") or "{}")
+                info = loads_json(f.read().decode("utf-8") or "{}")
             return "held by %s (pid %s on %s since %s); wait for it or stop it" % (
                 info.get("command", "?"), info.get("pid", "?"), info.get("host", "?"), info.get("since", "?"))
         except (IOError, OSError, ValueError):
@@ -2631,10 +2944,11 @@ class StateStore(object):
     """The state folder: <id>.json sessions, <id>.lock, <id>.events.jsonl, actions/<id>/,
     requests/<id>/ and plans/<id>/."""
 
-    __slots__ = ("root",)
+    __slots__ = ("root", "held")
 
     def __init__(self, root):
         self.root = os.path.abspath(root)
+        self.held = {}  # session id -> the SessionLock this process took for it
 
     def session_path(self, session_id):
         return os.path.join(self.root, session_id + ".json")
@@ -2648,8 +2962,22 @@ class StateStore(object):
     def requests_dir(self, session_id):
         return os.path.join(self.root, "requests", session_id)
 
+    def plan_dir(self, plan_id):
+        return os.path.join(self.root, "plans", plan_id)
+
     def plan_manifest(self, plan_id):
-        return os.path.join(self.root, "plans", plan_id, "manifest.json")
+        return os.path.join(self.plan_dir(plan_id), "manifest.json")
+
+    def claim_plan(self, plan_id):
+        """Create the plan's folder, exclusively: False if another plan has it already."""
+        make_private_dir(os.path.join(self.root, "plans"))
+        try:
+            os.mkdir(self.plan_dir(plan_id), 0o700)
+        except OSError as e:
+            if e.errno == errno.EEXIST:
+                return False
+            raise StateWriteError("cannot create folder %s: %s" % (self.plan_dir(plan_id), e.strerror or e))
+        return True
 
     def ensure(self):
         make_private_dir(self.root)
@@ -2690,7 +3018,7 @@ class StateStore(object):
         if not raw.strip():
             raise StateError("session file %s is empty; %s" % (path, hint))
         try:
-            data = json.loads(raw.decode("utf-8"), object_pairs_hook=OrderedDict)
+            data = loads_json(raw.decode("utf-8"))
         except (ValueError, UnicodeDecodeError) as e:
             raise StateError("session file %s is not valid JSON (%s); %s" % (path, e, hint))
         if not isinstance(data, dict) or data.get("kind") != SESSION_KIND:
@@ -2722,16 +3050,25 @@ class StateStore(object):
         return session
 
     def save(self, session, now):
+        self.check_lock(session)
         session.updated_at = now
-        try:
-            atomic_write(session.path, dump_json(session.to_dict()), crash_prefix="state")
-        except (IOError, OSError) as e:
-            raise StateWriteError("cannot write %s: %s" % (session.path, e.strerror or e))
+        atomic_write(session.path, dump_json(session.to_dict()), crash_prefix="state")
 
     def lock(self, session_id, command, now=None):
         lock = SessionLock(os.path.join(self.root, session_id + ".lock")).acquire(command, now)
+        self.held[session_id] = lock
         self._remove_leftovers(session_id)
         return lock
+
+    def check_lock(self, session):
+        """Before a write or an sbatch: the lock this process took for the session must still
+        be the lock file at its path, or a second writer may be at work: stop at once."""
+        lock = self.held.get(session.session_id)
+        if lock is not None and lock.fd is not None and not lock.intact():
+            raise LockLostError("lost the lock of session %s: %s was deleted or replaced while this process "
+                                "held it, so another autoexp may be writing the session now; this one stops "
+                                "without writing. Never delete a .lock file: the lock of a dead process is "
+                                "released by the kernel, the file itself is harmless" % (session.session_id, lock.path))
 
     def open_for_write(self, path, command, now):
         """Lock a session and read it afresh (the previous holder may have written since it
@@ -2798,7 +3135,7 @@ class StateStore(object):
             path = os.path.join(folder, name)
             try:
                 with open(path, "rb") as f:
-                    req = json.loads(f.read().decode("utf-8"))
+                    req = loads_json(f.read().decode("utf-8"))
             except (IOError, OSError, ValueError):
                 continue
             out.append((path, req.get("jobs") or []))
@@ -2854,15 +3191,7 @@ class StateStore(object):
             lines = [json.dumps(OrderedDict((k, iso_time(v) if k == "time" else v) for k, v in e.items()),
                                 sort_keys=True) for e in events]
             data = ("\n".join(lines) + "\n").encode("utf-8")
-            fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
-            try:
-                size = os.fstat(fd).st_size
-                if size and os.pread(fd, 1, size - 1) != b"\n":
-                    data = b"\n" + data  # a crash cut the last line short: keep ours whole
-                os.write(fd, data)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            append_journal(path, data)
             session.journal_seq = events[-1]["seq"]
         session.outbox = []  # all in the journal now; the next save drops them from the state
         if not actions:
@@ -2886,6 +3215,31 @@ class StateStore(object):
         return True
 
 
+def append_journal(path, data):
+    """Append whole lines to the journal, or nothing: a write cut short (a quota, a file
+    size limit) is undone and raised, so the events stay in the outbox for the next try."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+    except OSError as e:
+        raise StateWriteError("cannot open the event journal %s: %s" % (path, e.strerror or e))
+    try:
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            data = b"\n" + data  # a crash cut the last line short: keep ours whole
+        try:
+            write_all(fd, data)
+            os.fsync(fd)
+        except OSError as e:
+            try:
+                os.ftruncate(fd, size)
+            except OSError:
+                pass
+            raise StateWriteError("cannot append to the event journal %s: %s; its events stay in the "
+                                  "state file's outbox and are appended by the next run" % (path, e.strerror or e))
+    finally:
+        os.close(fd)
+
+
 def last_journal_seq(path):
     """The seq of the journal's last complete line (0 when there is none)."""
     try:
@@ -2898,7 +3252,7 @@ def last_journal_seq(path):
         return 0
     for line in reversed(tail.split(b"\n")):
         try:
-            return int(json.loads(line.decode("utf-8"))["seq"])
+            return int(loads_json(line.decode("utf-8"))["seq"])
         except (ValueError, KeyError, TypeError, UnicodeDecodeError):
             continue
     return 0
@@ -2909,6 +3263,15 @@ def last_journal_seq(path):
 # ============================================================================
 # 9. Controller: the imperative shell
 # ============================================================================
+
+class StopFlag(object):
+    """Set by the first SIGINT or SIGTERM: the current step finishes, the state is saved."""
+
+    __slots__ = ("requested",)
+
+    def __init__(self):
+        self.requested = False
+
 
 class Todo(object):
     """Side effects decided in a cycle; they run only after the state that announces them
@@ -2935,18 +3298,18 @@ class Controller(object):
     """Observe, decide (section 7), act, persist. The clock, sleep and SLURM client are
     injected; every decision is a call into the pure core, every side effect is here."""
 
-    __slots__ = ("store", "slurm", "report", "clock", "sleep", "dry_run", "stop_requested",
+    __slots__ = ("store", "slurm", "report", "clock", "sleep", "dry_run", "stop",
                  "unknown_since", "unknown_failures", "sacct_down_since", "sacct_failed", "changes",
-                 "json_changes", "name_sessions")
+                 "json_changes", "name_sessions", "skipped_said")
 
-    def __init__(self, store, slurm, report, clock=time.time, sleep=time.sleep, dry_run=False):
+    def __init__(self, store, slurm, report, clock=time.time, sleep=time.sleep, dry_run=False, stop=None):
         self.store = store
         self.slurm = slurm
         self.report = report
         self.clock = clock
         self.sleep = sleep
         self.dry_run = dry_run
-        self.stop_requested = False
+        self.stop = stop or StopFlag()
         self.unknown_since = None
         self.unknown_failures = 0
         self.sacct_down_since = None
@@ -2954,6 +3317,15 @@ class Controller(object):
         self.changes = 0
         self.json_changes = None  # a list when `--json` wants every change as a document
         self.name_sessions = False  # event lines say SESSION/JOB when several sessions are watched
+        self.skipped_said = False
+
+    @property
+    def stop_requested(self):
+        return self.stop.requested
+
+    @stop_requested.setter
+    def stop_requested(self, value):
+        self.stop.requested = value
 
     # -- the loop ----------------------------------------------------------------------
 
@@ -2998,6 +3370,14 @@ class Controller(object):
         if self.unknown_since is not None:
             self.report.info("SLURM answers again after %ds" % (now - self.unknown_since))
             self.unknown_since, self.unknown_failures = None, 0
+        skipped = getattr(self.slurm, "skipped", None)
+        if skipped:
+            # other jobs of the user whose lines cannot be read (a newline in a job name):
+            # not autoexp's, so they do not make the whole answer UNKNOWN
+            say = self.report.detail if self.skipped_said else self.report.warn
+            self.skipped_said = True
+            say("squeue listed %d line(s) that are not autoexp's jobs and cannot be read; skipped "
+                "(first: %s)" % (len(skipped), skipped[0]))
         snap = Snapshot(rows)
         self.sacct_failed = False
         for s in sessions:
@@ -3227,19 +3607,41 @@ class Controller(object):
             if att.resolved_log_path is None:
                 return True
         final = obs.source in ANSWERED and obs.state not in ACTIVE_STATES
+        overlap = s.matcher.overlap
         while True:
-            read = read_log(att.resolved_log_path, att.log_offset, att.log_inode, att.log_head, final)
+            read = read_log(att.resolved_log_path, att.log_offset, att.log_inode, att.log_head, final,
+                            overlap=overlap)
             if not read.ok:
+                if read.error and att.log_error != read.error:
+                    att.log_error = read.error
+                    self._event(s, job, att, EV_LOG_UNREADABLE, now, detail=read.error)
                 return False
+            att.log_error = None
+            if read.restarted == RESTART_REPLACED and att.log_inode is not None:
+                self._read_rotated(s, job, att, now, overlap)
             if read.restarted and att.last_log_growth_at is not None:
                 self._event(s, job, att, EV_LOG_RESTARTED, now,
                             detail="log truncated or replaced; reading it from its start")
-            if read.offset != att.log_offset or read.restarted:
-                att.last_log_growth_at = now
-            att.log_offset, att.log_inode, att.log_head = read.offset, read.inode, read.head
+            if read.size != att.log_size or read.offset != att.log_offset or read.restarted:
+                att.last_log_growth_at = now  # growth of the file, whatever its line structure
+            att.log_offset, att.log_inode, att.log_head, att.log_size = read.offset, read.inode, read.head, read.size
             self._match_lines(s, job, att, read.lines, now)
             if read.eof or not final:
                 return True  # an ended job is read to its end before it is decided
+
+    def _read_rotated(self, s, job, att, now, overlap):
+        """The log was replaced: if the old file is still in its folder (renamed by a log
+        rotation), its lines written since the last read are read first, to its end."""
+        old = find_by_inode(os.path.dirname(att.resolved_log_path), att.log_inode)
+        offset = att.log_offset
+        while old is not None:
+            read = read_log(old, offset, att.log_inode, att.log_head, True, overlap=overlap)
+            if not read.ok or read.restarted:
+                return
+            self._match_lines(s, job, att, read.lines, now)
+            offset = read.offset
+            if read.eof:
+                return
 
     def _match_lines(self, s, job, att, lines, now):
         for hit in att.absorb(s.matcher.scan(lines), s.policies):
@@ -3363,13 +3765,15 @@ class Controller(object):
         if todo.submit:
             self.submit_now(s, todo.submit)
 
-    def _each_saved(self, s, items, act):
+    def _each_saved(self, s, items, act, stoppable=False):
         """act on each item; results are saved every SAVE_EVERY seconds and at the end, not
         after each (a sweep of thousands would rewrite the state thousands of times): a
         crash in between loses results the next cycle finds again (by tag, or by sending a
         cancel again, which is harmless)."""
         saved = self.clock()
         for item in items:
+            if stoppable and self.stop.requested:
+                break  # the rest keep their intents: the next run looks them up, then submits
             act(item)
             if self.clock() - saved >= SAVE_EVERY:
                 saved = self.clock()
@@ -3377,6 +3781,7 @@ class Controller(object):
         self.store.save_and_sync(s, self.clock())
 
     def _cancel(self, s, job, att):
+        self.store.check_lock(s)
         crash_point("before_scancel")
         ok, message = self.slurm.scancel(att.job_id)
         crash_point("after_scancel")
@@ -3388,10 +3793,11 @@ class Controller(object):
     def submit_now(self, s, jobs):
         """sbatch every job whose intent is on disk: one call per single job, one for all the
         array tasks."""
-        self._each_saved(s, submit_groups(jobs), lambda group: self._sbatch(s, group))
+        self._each_saved(s, submit_groups(jobs), lambda group: self._sbatch(s, group), stoppable=True)
 
     def _sbatch(self, s, jobs):
         script, args = sbatch_command(s.plan, [(j.name, j.current.array_task) for j in jobs])
+        self.store.check_lock(s)
         crash_point("before_sbatch")
         res = self.slurm.sbatch(script, args)
         crash_point("after_sbatch")
@@ -3464,13 +3870,15 @@ class Runtime(object):
     """What the commands act through: the reporter, the clock, sleep and SLURM. main()
     builds the real ones; tests inject theirs (main(argv, slurm=..., clock=..., sleep=...))."""
 
-    __slots__ = ("report", "clock", "sleep", "slurm")
+    __slots__ = ("report", "clock", "sleep", "slurm", "stop", "hint")
 
     def __init__(self, report, clock=None, sleep=None, slurm=None):
         self.report = report
         self.clock = clock or time.time
         self.sleep = sleep or time.sleep
         self.slurm = slurm
+        self.stop = StopFlag()
+        self.hint = None  # the resume command, once there is a session to resume
 
     def slurm_for(self, sessions=()):
         """The SLURM client, its timeout the longest of the sessions'."""
@@ -3482,7 +3890,7 @@ class Runtime(object):
 
     def controller(self, store, sessions=(), report=None, dry_run=False):
         return Controller(store, self.slurm_for(sessions), report or self.report, clock=self.clock,
-                          sleep=self.sleep, dry_run=dry_run)
+                          sleep=self.sleep, dry_run=dry_run, stop=self.stop)
 
 
 def store_for(args, ref=None, config=None):
@@ -3574,12 +3982,13 @@ class SessionSet(object):
         self.locks = []
 
 
-def install_stop_handlers(controller):
-    """SIGINT/SIGTERM finish the current cycle and save; a second one stops at once."""
+def install_stop_handlers(stop):
+    """SIGINT/SIGTERM finish the current step (a cycle, an sbatch) and save; a second one
+    stops at once (everything written is consistent: section 6.2 of SPEC)."""
     def handler(signum, frame):
-        if controller.stop_requested:
+        if stop.requested:
             raise KeyboardInterrupt
-        controller.stop_requested = True
+        stop.requested = True
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
 
@@ -3612,42 +4021,56 @@ def cmd_plan(args, rt):
 
 
 def do_plan(args, rt):
+    """Validate the config, build the plan under a fresh id and write it. The id is claimed
+    by creating its plan folder (create-exclusive), so two `plan`s of one project in the
+    same second never get the same id; a plan that fails to build claims nothing."""
     raw = load_config_file(args.config)
     config = resolve_config(raw, args.config, args.override)
     store = store_for(args, config=config)
     now = rt.clock()
-    plan_id = _choose_plan_id(args, store, config, now)
-    manifest, scripts = build_plan(config, args.config, plan_id, store.root, os.getcwd(), now)
-    path = store.plan_manifest(plan_id)
-    if not getattr(args, "dry_run", False):
+    dry_run = getattr(args, "dry_run", False)
+    if not dry_run:
         store.ensure()
-        write_plan(manifest, scripts)
-    return plan_id, Plan(manifest, path)
+    for plan_id in _plan_ids(args, store, config, now):
+        manifest, scripts = build_plan(config, args.config, plan_id, store.root, os.getcwd(), now)
+        if dry_run or store.claim_plan(plan_id):
+            break
+        if args.plan_id:
+            raise ConfigError("plan %r already exists in %s; choose another --plan-id" % (plan_id, store.root))
+    if not dry_run:
+        try:
+            write_plan(manifest, scripts)
+        except BaseException:
+            shutil.rmtree(store.plan_dir(plan_id), ignore_errors=True)  # ours: claimed just now
+            raise
+    return plan_id, Plan(manifest, store.plan_manifest(plan_id))
 
 
-def _choose_plan_id(args, store, config, now):
+def _plan_ids(args, store, config, now):
+    """The ids to try, in order: --plan-id, or PROJECT-YYYYmmdd-HHMMSS then -2, -3, ...
+    (the project cut short so that every id fits a safe name), skipping ids in use."""
     def taken(plan_id):
-        return os.path.exists(store.plan_manifest(plan_id)) or os.path.exists(store.session_path(plan_id))
+        return os.path.exists(store.plan_dir(plan_id)) or os.path.exists(store.session_path(plan_id))
     if args.plan_id:
         plan_id = check_safe_name(args.plan_id, "plan id")
         if taken(plan_id):
             raise ConfigError("plan %r already exists in %s; choose another --plan-id" % (plan_id, store.root))
-        return plan_id
-    base = default_plan_id(config["project"], now)
-    plan_id = base
-    for n in itertools.count(2):
+        yield plan_id
+        return
+    for n in itertools.count(1):
+        plan_id = default_plan_id(config["project"], now, n)
         if not taken(plan_id):
-            return plan_id
-        plan_id = "%s-%d" % (base, n)
+            yield plan_id
 
 
 def cmd_submit(args, rt):
+    install_stop_handlers(rt.stop)
     store, plan = open_plan(args, args.plan)
     code, _ = submit_plan(args, rt, store, plan)
     return code
 
 
-def submit_plan(args, rt, store, plan, keep_lock=False):
+def submit_plan(args, rt, store, plan, keep_lock=False, command="submit"):
     """Register the plan's jobs in its session and run one cycle: each is looked up by its
     tag, and what SLURM does not have is submitted. Returns (exit code, held), held being
     (session, lock) when keep_lock asks to go on watching under the same lock (`run`)."""
@@ -3659,8 +4082,9 @@ def submit_plan(args, rt, store, plan, keep_lock=False):
         raise SlurmMissing("SLURM command 'sbatch' was not found on PATH; run autoexp on a login node "
                            "where sbatch, squeue and sacct work")
     store.ensure()
-    s, lock, created = store.open_or_create(plan, "submit", rt.clock())
+    s, lock, created = store.open_or_create(plan, command, rt.clock())
     try:
+        rt.hint = resume_hint([s], store)
         if not created:
             names = _untracked(args, s, names)
         if not names:
@@ -3669,6 +4093,9 @@ def submit_plan(args, rt, store, plan, keep_lock=False):
             code = EXIT_OK
         else:
             code = _submit_and_say(rt, store, s, plan, names, args.array)
+        if rt.stop.requested:
+            rt.report.result("stopped; the state is saved. " + rt.hint)
+            return EXIT_INTERRUPTED, None
         if keep_lock:
             held, lock = (s, lock), None
             return code, held
@@ -3741,10 +4168,11 @@ def _submit_and_say(rt, store, s, plan, names, array):
 
 
 def cmd_run(args, rt):
+    install_stop_handlers(rt.stop)  # from the start: a SIGTERM while submitting still says how to resume
     plan_id, plan = do_plan(args, rt)
     rt.report.info("%s %s" % ("would plan" if args.dry_run else "planned", plan_id))
     store = StateStore(plan.state_dir)
-    code, held = submit_plan(args, rt, store, plan, keep_lock=True)
+    code, held = submit_plan(args, rt, store, plan, keep_lock=True, command="run")
     if held is None:
         return code
     sessions = SessionSet(store, rt.report)
@@ -3808,11 +4236,11 @@ def monitor_sessions(args, rt, sessions):
             sessions.store.save(s, now)
         if getattr(args, "monitor_all", False):
             register_untracked(controller, s, now)
-    install_stop_handlers(controller)
+    install_stop_handlers(rt.stop)
+    rt.hint = resume_hint(sessions.sessions, sessions.store, getattr(args, "all", False))
     code = controller.run(sessions.sessions, once=args.once, interval=args.interval)
     if code == EXIT_INTERRUPTED:
-        rt.report.result("stopped; the state is saved. " + resume_hint(
-            sessions.sessions, sessions.store, getattr(args, "all", False)))
+        rt.report.result("stopped; the state is saved. " + rt.hint)
     return code
 
 
@@ -3992,6 +4420,9 @@ def positive_seconds(text):
         value = 0
     if not value > 0:
         raise argparse.ArgumentTypeError("%r is not a number of seconds greater than 0" % text)
+    spec = [k for k in MONITORING_SCHEMA if k.name == "interval_seconds"][0]
+    if not spec.minimum <= value <= spec.maximum:
+        raise argparse.ArgumentTypeError("%r is not between %s and %s seconds" % (text, spec.minimum, spec.maximum))
     return value
 
 
@@ -4080,17 +4511,20 @@ def main(argv=None, slurm=None, clock=None, sleep=None, out=None, err=None):
     slurm, clock, sleep and the output streams are injectable: a test runs any command
     in-process against a scripted SLURM and a fake clock."""
     err = err or sys.stderr
+    rt = None
     try:
         args = build_parser().parse_args(argv)
         level = 0 if getattr(args, "quiet", False) else 1 + (getattr(args, "verbose", 0) or 0)
-        return args.func(args, Runtime(Reporter(level, out, err), clock, sleep, slurm))
+        rt = Runtime(Reporter(level, out, err), clock, sleep, slurm)
+        return args.func(args, rt)
     except SystemExit as e:  # only argparse exits, after printing --help or --version
         return e.code if isinstance(e.code, int) else EXIT_USAGE
     except AutoexpError as e:
         Reporter.write(err, "Error: %s" % e)
         return e.exit_code
     except KeyboardInterrupt:
-        Reporter.write(err, "Error: interrupted")
+        hint = rt.hint if rt is not None else None
+        Reporter.write(err, "Error: interrupted" + ("; everything written is consistent. " + hint if hint else ""))
         return EXIT_INTERRUPTED
     except UnicodeError as e:  # raised by the OS layer, before any file is touched
         Reporter.write(err, "Error: a path or value is not ASCII, but Python runs with an ASCII "

@@ -4,6 +4,7 @@ tables, and the way to run the CLI against the fake SLURM."""
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -37,6 +38,21 @@ class Capture(object):
 
     def completed(self):
         return autoexp.Completed([], self.rc, self.stdout, self.stderr, False)
+
+    @property
+    def output_format(self):
+        """The -o argument of the captured squeue or sacct command (what its fields are)."""
+        argv = shlex.split(self.command)
+        return argv[argv.index("-o") + 1] if "-o" in argv else None
+
+    def client(self, user="u"):
+        """A SlurmClient answered by this capture, reading it in the format it was taken with."""
+        kw = {}
+        if self.command.startswith("squeue") and self.output_format:
+            kw["squeue_format"] = self.output_format
+        elif self.command.startswith("sacct") and self.output_format:
+            kw["sacct_fields"] = self.output_format
+        return autoexp.SlurmClient(runner=lambda argv, t, env: self.completed(), user=user, **kw)
 
 
 def captures(prefix_re=None, command_re=None):

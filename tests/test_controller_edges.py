@@ -119,7 +119,8 @@ def test_an_unknown_state_word_is_unknown_not_an_end(tmp_path):
 
 
 def test_a_heterogeneous_job_in_the_queue_is_just_another_job():
-    rows = autoexp.parse_squeue("1234+0|1234|RUNNING|None|other|(null)\n1234+1|1235|RUNNING|None|other|(null)\n")
+    rows = autoexp.parse_squeue("1234+0|1234|RUNNING|None|other|(null)\n1234+1|1235|RUNNING|None|other|(null)\n",
+                                "%i|%A|%T|%r|%j|%k")
     assert [r.job_id for r in rows] == ["1234+0", "1234+1"]
 
 

@@ -165,11 +165,13 @@ TERMINAL_MODE = OrderedDict([
 ACCOUNTING_GRACE = 30.0      # how long a job squeue shows ended waits for sacct's record of it
 FAST_FAILURE_SECONDS = 60.0  # a failure this soon after the start, twice alike: deterministic
 LOST_AFTER_MIN = 300.0       # SLURM's default MinJobAge: the least default grace before "lost"
-SACCT_WINDOW_SLACK = 3600.0  # sacct -S starts this long before the earliest intent asked about
+SACCT_WINDOW_SLACK = 86400.0  # sacct -S starts this long before the earliest intent asked about: a day
+                              # of slack for a login node's clock that was wrong when it was recorded
 THROTTLE_BACKOFF_MAX = 600.0  # cap of the wait after an sbatch refused for a queue limit
 CANCEL_RESEND_MIN = 60.0     # a cancel SLURM took is sent again only if the job outlives this
 SETTLE_MIN = 30.0            # least time a finalized job still RUNNING is watched for its end
 SAVE_EVERY = 1.0             # while submitting or cancelling, results are saved this often
+CLOCK_JUMP = 5.0             # wall clock and monotonic clock disagreeing by more: the wall clock jumped
 UNKNOWN_BACKOFF_DOUBLINGS = 20  # the wait between UNKNOWN cycles doubles at most this often
 PAUSE_STEP = 0.5             # the monitor's sleep granularity: how soon a signal is honoured
 
@@ -275,6 +277,17 @@ def local_time(t):
 def short_time(t):
     """Epoch -> compact local time for tables and event lines."""
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else "-"
+
+
+def clock_identity():
+    """Which monotonic clock a reading comes from: this host, since its last boot. Two
+    readings of one identity can be compared; others cannot."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", "rb") as f:
+            boot = f.read().decode("ascii", "replace").strip()
+    except (IOError, OSError):
+        boot = ""
+    return "%s %s" % (socket.gethostname(), boot)
 
 
 def is_path(ref):
@@ -404,6 +417,9 @@ def crash_point(name):
         os._exit(EXIT_CRASH_POINT)
 
 
+TERMINAL_UNSAFE_RE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
 class Reporter(object):
     """Where autoexp talks: results and changes on stdout, warnings on stderr.
 
@@ -420,6 +436,10 @@ class Reporter(object):
 
     @staticmethod
     def write(stream, text):
+        # text from job logs and SLURM reaches the terminal: its escape sequences, NULs and
+        # bidi controls are shown as \xNN, never obeyed (JSON documents escape them already)
+        text = TERMINAL_UNSAFE_RE.sub(lambda m: "\\x%02x" % ord(m.group(0)) if ord(m.group(0)) < 256
+                                      else "\\u%04x" % ord(m.group(0)), text)
         try:
             stream.write(text + "\n")
         except UnicodeEncodeError:
@@ -2148,6 +2168,13 @@ ATTEMPT_FIELDS = (
     Field("log_matches", ()), Field("actions", (), (list,)))
 
 
+# The times durations are measured from (stall, grace periods, backoffs, resends): moved
+# together when the wall clock jumps.
+ATTEMPT_TIMERS = ("intent_at", "running_since", "last_log_growth_at", "missing_since", "acct_wait_since",
+                  "ended_at", "cancel_requested_at")
+JOB_TIMERS = ("next_submit_at", "last_updated")
+
+
 class Attempt(Record):
     """One SLURM submission of a logical job (or a SLURM job adopted for it)."""
 
@@ -2303,7 +2330,7 @@ SESSION_FIELDS = (
     Field("schema_version", None, _INT), Field("kind", None, _STR), Field("session_id", None, _STR), Field("project", None, _STR),
     Field("manifest_path", None, _STR), Field("created_at", None, _STR), Field("updated_at"),
     Field("config", None, (dict,)), Field("monitor_overrides", ()), Field("event_seq", 0, _INT),
-    Field("outbox", ()), Field("jobs", (), (list,)))
+    Field("outbox", ()), Field("jobs", (), (list,)), Field("clock_ref"))
 
 
 class Session(Record):
@@ -2360,6 +2387,20 @@ class Session(Record):
         if self._by_name is None or len(self._by_name) != len(self.jobs):
             self._by_name = dict((j.name, j) for j in self.jobs)
         return self._by_name.get(name)
+
+    def shift_timers(self, seconds):
+        """The wall clock jumped by `seconds`: move every time a duration is measured from
+        by as much, so that no stall, grace or backoff counts the jump."""
+        for job in self.jobs:
+            for f in JOB_TIMERS:
+                if getattr(job, f) is not None:
+                    setattr(job, f, getattr(job, f) + seconds)
+            for att in job.attempts:
+                for f in ATTEMPT_TIMERS:
+                    if getattr(att, f) is not None:
+                        setattr(att, f, getattr(att, f) + seconds)
+                if att.cancel_result and att.cancel_result.get("time"):
+                    att.cancel_result["time"] = iso_time(parse_iso(att.cancel_result["time"]) + seconds)
 
     def add_jobs(self, jobs):
         self.jobs.extend(jobs)
@@ -2571,15 +2612,27 @@ class Lookup(object):
     """What one session learned from sacct this cycle, beyond squeue: by id (acct) and by
     name (named), and whether each query answered."""
 
-    __slots__ = ("acct", "acct_ok", "acct_error", "named", "named_by_id", "named_ok", "named_error")
+    __slots__ = ("acct", "acct_ok", "acct_error", "named", "named_by_id", "named_by_name", "named_ok",
+                 "named_error")
 
     def __init__(self):
         self.acct, self.acct_ok, self.acct_error = {}, True, ""
-        self.named, self.named_by_id, self.named_ok, self.named_error = [], {}, True, ""
+        self.named, self.named_by_id, self.named_by_name, self.named_ok, self.named_error = [], {}, {}, True, ""
 
     def set_named(self, rows):
         self.named = rows
         self.named_by_id = dict((r.job_id, r) for r in rows)
+        self.named_by_name = {}
+        for r in rows:
+            self.named_by_name.setdefault((r.name, split_job_id(r.job_id)[1]), []).append(r)
+
+    def named_for(self, name, array=None, task=None):
+        """The rows sacct's lookup by name gave for a single job of this name, and for the
+        task of this index of an array of that name."""
+        rows = list(self.named_by_name.get((name, None), ()))
+        if array is not None:
+            rows += self.named_by_name.get((array, task), ())
+        return rows
 
 
 def acct_targets(jobs, snap):
@@ -2839,6 +2892,15 @@ def cancel_resend_due(result, now, interval):
     failed one is sent again at once; one SLURM took, only if the job outlives KillWait."""
     return (result is None or not result["ok"]
             or now - parse_iso(result["time"]) >= max(CANCEL_RESEND_MIN, 2 * interval))
+
+
+def clock_skew(before, now, mono):
+    """How far the wall clock jumped since `before` = (wall, monotonic) was read: 0.0 within
+    CLOCK_JUMP (NTP slews, scheduling delays), else the jump (negative: backwards)."""
+    if before is None:
+        return 0.0
+    skew = (now - before[0]) - (mono - before[1])
+    return skew if abs(skew) > CLOCK_JUMP else 0.0
 
 
 def settling(s, now):
@@ -3277,15 +3339,16 @@ class Todo(object):
     """Side effects decided in a cycle; they run only after the state that announces them
     (the intent) is on disk."""
 
-    __slots__ = ("submit", "cancel", "requests_done")
+    __slots__ = ("submit", "cancel", "requests_done", "_cancelling")
 
     def __init__(self):
-        self.submit, self.cancel, self.requests_done = [], [], []
+        self.submit, self.cancel, self.requests_done, self._cancelling = [], [], [], set()
 
     def add_cancel(self, job, att):
         # One attempt can be asked for twice in a cycle (a user's cancel request taken,
         # then the same attempt's unanswered cancel seen): scancel it once.
-        if not any(a is att for _, a in self.cancel):
+        if id(att) not in self._cancelling:
+            self._cancelling.add(id(att))
             self.cancel.append((job, att))
 
 
@@ -3298,15 +3361,21 @@ class Controller(object):
     """Observe, decide (section 7), act, persist. The clock, sleep and SLURM client are
     injected; every decision is a call into the pure core, every side effect is here."""
 
-    __slots__ = ("store", "slurm", "report", "clock", "sleep", "dry_run", "stop",
+    __slots__ = ("store", "slurm", "report", "clock", "mono", "sleep", "dry_run", "stop", "ticks", "cycle_mono",
                  "unknown_since", "unknown_failures", "sacct_down_since", "sacct_failed", "changes",
                  "json_changes", "name_sessions", "skipped_said")
 
-    def __init__(self, store, slurm, report, clock=time.time, sleep=time.sleep, dry_run=False, stop=None):
+    def __init__(self, store, slurm, report, clock=time.time, sleep=time.sleep, dry_run=False, stop=None,
+                 mono=None):
         self.store = store
         self.slurm = slurm
         self.report = report
         self.clock = clock
+        # intervals and timeouts run on a monotonic clock (an injected wall clock serves as
+        # both); the wall clock only dates things, and its jumps are measured against it
+        self.mono = mono or (time.monotonic if clock is time.time else clock)
+        self.ticks = {}  # session id -> (wall, monotonic) when this process last looked
+        self.cycle_mono = None
         self.sleep = sleep
         self.dry_run = dry_run
         self.stop = stop or StopFlag()
@@ -3344,9 +3413,9 @@ class Controller(object):
                 return EXIT_INTERRUPTED
 
     def _pause(self, seconds):
-        end = self.clock() + seconds
+        end = self.mono() + seconds
         while not self.stop_requested:
-            left = end - self.clock()
+            left = end - self.mono()
             if left <= 0:
                 return False
             self.sleep(min(left, PAUSE_STEP))
@@ -3354,7 +3423,7 @@ class Controller(object):
 
     def cycle(self, sessions):
         """One observe-decide-act-persist pass over the sessions; False if SLURM was UNKNOWN."""
-        now = self.clock()
+        now, self.cycle_mono = self.clock(), self.mono()
         self.name_sessions = len(sessions) > 1
         try:
             rows = self.slurm.squeue()
@@ -3395,6 +3464,7 @@ class Controller(object):
 
     def session_cycle(self, s, snap, now):
         before = fingerprint(s)
+        self._mind_the_clock(s, now)
         todo = Todo()
         for path, names in self.store.cancel_requests(s.session_id):
             self.cancel_jobs(s, names, now, todo)
@@ -3408,7 +3478,24 @@ class Controller(object):
                 self.report.result("debug %s %s: status=%s slurm=%s monitor=%s attempts=%d" % (
                     s.session_id, job.name, job.status, job.last_slurm_state, job.last_monitor_state,
                     len(job.attempts)))
-        self.commit(s, now, todo, fingerprint(s) != before)
+        changed = fingerprint(s) != before
+        s.clock_ref = [now, self.cycle_mono, clock_identity()]  # a new reference alone is no change
+        self.commit(s, now, todo, changed)
+
+    def _mind_the_clock(self, s, now):
+        """Measure the wall clock against the monotonic one since this process (or, on this
+        host since its boot, the one that last saved the session) last looked; if it jumped,
+        every timer moves with it."""
+        before = self.ticks.get(s.session_id)
+        ref = s.clock_ref
+        if before is None and ref and len(ref) == 3 and ref[2] == clock_identity():
+            before = (ref[0], ref[1])
+        skew = clock_skew(before, now, self.cycle_mono)
+        if skew:
+            s.shift_timers(skew)
+            self.report.warn("the clock jumped %s by %ds (%s); stall, grace and backoff timers moved with it"
+                             % ("forward" if skew > 0 else "back", abs(skew), s.session_id))
+        self.ticks[s.session_id] = (now, self.cycle_mono)
 
     # -- observing -----------------------------------------------------------------
 
@@ -3447,7 +3534,9 @@ class Controller(object):
 
     @staticmethod
     def _candidates(s, job, snap, look):
-        return tagged_candidates(job, session_tag(s.session_id, job.name), s.plan.array, snap, look.named)
+        array = s.plan.array
+        named = look.named_for(job.name, array.name if array is not None else None, job.index)
+        return tagged_candidates(job, session_tag(s.session_id, job.name), array, snap, named)
 
     @staticmethod
     def _since(s, job):
@@ -3870,10 +3959,11 @@ class Runtime(object):
     """What the commands act through: the reporter, the clock, sleep and SLURM. main()
     builds the real ones; tests inject theirs (main(argv, slurm=..., clock=..., sleep=...))."""
 
-    __slots__ = ("report", "clock", "sleep", "slurm", "stop", "hint")
+    __slots__ = ("report", "clock", "mono", "sleep", "slurm", "stop", "hint")
 
-    def __init__(self, report, clock=None, sleep=None, slurm=None):
+    def __init__(self, report, clock=None, sleep=None, slurm=None, mono=None):
         self.report = report
+        self.mono = mono or (clock if clock else time.monotonic)
         self.clock = clock or time.time
         self.sleep = sleep or time.sleep
         self.slurm = slurm
@@ -3890,7 +3980,7 @@ class Runtime(object):
 
     def controller(self, store, sessions=(), report=None, dry_run=False):
         return Controller(store, self.slurm_for(sessions), report or self.report, clock=self.clock,
-                          sleep=self.sleep, dry_run=dry_run, stop=self.stop)
+                          sleep=self.sleep, dry_run=dry_run, stop=self.stop, mono=self.mono)
 
 
 def store_for(args, ref=None, config=None):
@@ -4505,17 +4595,18 @@ def build_parser():
     return parser
 
 
-def main(argv=None, slurm=None, clock=None, sleep=None, out=None, err=None):
+def main(argv=None, slurm=None, clock=None, sleep=None, out=None, err=None, mono=None):
     """The command line; returns the exit code (0 ok, 1 failure, 2 usage, 75 locked, 130 stopped).
 
-    slurm, clock, sleep and the output streams are injectable: a test runs any command
-    in-process against a scripted SLURM and a fake clock."""
+    slurm, clock (wall), mono (monotonic; defaults to clock when a clock is given), sleep and
+    the output streams are injectable: a test runs any command in-process against a
+    scripted SLURM and a fake clock."""
     err = err or sys.stderr
     rt = None
     try:
         args = build_parser().parse_args(argv)
         level = 0 if getattr(args, "quiet", False) else 1 + (getattr(args, "verbose", 0) or 0)
-        rt = Runtime(Reporter(level, out, err), clock, sleep, slurm)
+        rt = Runtime(Reporter(level, out, err), clock, sleep, slurm, mono)
         return args.func(args, rt)
     except SystemExit as e:  # only argparse exits, after printing --help or --version
         return e.code if isinstance(e.code, int) else EXIT_USAGE

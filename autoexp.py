@@ -4123,6 +4123,8 @@ def do_plan(args, rt):
         store.ensure()
     for plan_id in _plan_ids(args, store, config, now):
         manifest, scripts = build_plan(config, args.config, plan_id, store.root, os.getcwd(), now)
+        for path, text in scripts.items():  # a path the locale cannot say fails here: nothing claimed
+            path.encode("utf-8"), text.encode("utf-8")
         if dry_run or store.claim_plan(plan_id):
             break
         if args.plan_id:

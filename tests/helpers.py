@@ -174,7 +174,8 @@ class ScriptedSlurm(object):
     def add(self, name, comment, state="PENDING", job_id=None):
         job_id = job_id or str(self._new_id())
         self.jobs[job_id] = dict(name=name, comment=comment, state=state, exit_code="0:0",
-                                 in_squeue=True, in_sacct=True, raw_id=job_id.split("_")[0], start=self.clock())
+                                 in_squeue=True, in_sacct=True, raw_id=job_id.split("_")[0], start=self.clock(),
+                                 submit=autoexp.local_time(self.clock()))
         return job_id
 
     def set(self, job_id, state, exit_code="0:0"):
@@ -209,13 +210,14 @@ class ScriptedSlurm(object):
     def squeue(self):
         if self._failing("squeue"):
             raise autoexp.SlurmUnavailable("squeue failed (exit 1): slurm_load_jobs error: Unable to contact slurm controller")
-        return [autoexp.QueueRow(j, d["raw_id"], d["state"], "None", d["name"], d["comment"])
+        return [autoexp.QueueRow(j, d["raw_id"], d["state"], "None", d["name"], d["comment"], d["submit"])
                 for j, d in self.jobs.items() if d["in_squeue"]]
 
     def _acct_row(self, j, d):
         done = d["state"] not in autoexp.ACTIVE_STATES
         return autoexp.AcctRow(j, d["raw_id"], d["name"], d["state"], d["exit_code"], d["start"],
-                               (d.get("end") or self.clock()) if done else None, d["comment"] if done else "")
+                               (d.get("end") or self.clock()) if done else None, d["comment"] if done else "",
+                               d["submit"])
 
     @staticmethod
     def _in_window(d, since):

@@ -177,6 +177,7 @@ PAUSE_STEP = 0.5             # the monitor's sleep granularity: how soon a signa
 
 # Sizes.
 MAX_LOG_READ = 4 << 20       # per attempt and cycle: a runaway log cannot exhaust memory
+MAX_ARG_BYTES = 100000       # one command-line argument (the kernel's limit is 128 KiB)
 MAX_MATCH_CHARS = 4096       # of each log line, what a log_events pattern is matched against
 LOG_HEAD_BYTES = 256         # a log's first bytes, hashed to see it truncated and rewritten
 MAX_ARRAY_EXPANSION = 100000  # array tasks one parsed id may expand to
@@ -1762,6 +1763,21 @@ def classify_sbatch(res):
     return SubmitResult(SB_UNCERTAIN, None, message or "sbatch exit %d with no message" % res.rc)
 
 
+def comma_chunks(items, limit):
+    """Comma-joined lists of items, each at most limit bytes: the kernel refuses a single
+    argument over 128 KiB ("Argument list too long"), and a sweep's names can be many."""
+    chunk, size = [], 0
+    for item in items:
+        n = len(item.encode("utf-8")) + 1
+        if chunk and size + n > limit:
+            yield ",".join(chunk)
+            chunk, size = [], 0
+        chunk.append(item)
+        size += n
+    if chunk:
+        yield ",".join(chunk)
+
+
 def first_line(text):
     for line in text.splitlines():
         if line.strip():
@@ -1820,11 +1836,16 @@ class SlurmClient(object):
 
     def sacct(self, job_ids, since):
         """Final (or latest) records of the given jobs, by id."""
-        rows = self._sacct(["-j", ",".join(job_ids)], since)
+        rows = []
+        for ids in comma_chunks(job_ids, MAX_ARG_BYTES):
+            rows += self._sacct(["-j", ids], since)
         return dict((r.job_id, r) for r in rows)
 
     def sacct_by_name(self, names, since):
-        return self._sacct(["--name=" + ",".join(names)], since)
+        rows = []
+        for chunk in comma_chunks(names, MAX_ARG_BYTES - len("--name=")):
+            rows += self._sacct(["--name=" + chunk], since)
+        return rows
 
     def sbatch(self, script, args=()):
         try:

@@ -728,3 +728,44 @@ def _lock_info(path):
         return json.loads(text) if text.strip() else None
     except (IOError, ValueError):
         return None
+
+
+# Scale: every command line autoexp builds stays within the kernel's limits ------------
+
+def test_sacct_arguments_stay_within_the_kernels_limits_for_100000_long_names():
+    names = ["%s-%06d" % ("n" * 53, i) for i in range(100000)]  # 60 characters each
+    calls = []
+
+    def runner(argv, timeout, env):
+        calls.append(argv)
+        return A.Completed(argv, 0, "", "", False)
+    client = A.SlurmClient(runner=runner, user="u")
+    client.sacct_by_name(names, 0)
+    client.sacct([str(10 ** 9 + i) for i in range(100000)], 0)
+    asked_names, asked_ids = [], []
+    for argv in calls:
+        assert all(len(a.encode()) < 128 * 1024 for a in argv)
+        assert sum(len(a.encode()) + 1 for a in argv) < 2 * 1024 * 1024 // 2
+        if argv[-1].startswith("--name="):
+            asked_names += argv[-1][len("--name="):].split(",")
+        else:
+            asked_ids += argv[argv.index("-j") + 1].split(",")
+    assert asked_names == names and len(asked_ids) == 100000
+    assert len(calls) < 200  # chunks of about 100 KB, not one call per job
+
+
+def test_a_sweep_of_4000_jobs_with_long_names_is_looked_up_by_name(tmp_path):
+    """The defect: with ~3,500 36-character names, one --name= argument was too long and
+    every submission and reconcile of the session failed, for good."""
+    names = ["job-with-a-thirty-six-char-name-%04d" % i for i in range(4000)]
+    with pytest.raises(OSError) as e:  # what the kernel says to one argument of them all
+        subprocess.call(["true", "--name=" + ",".join(names)])
+    assert e.value.errno == errno.E2BIG
+    calls = []
+
+    def runner(argv, timeout, env):
+        subprocess.check_call(["true"] + argv[1:])  # through the kernel, as sacct would be
+        calls.append(argv)
+        return A.Completed(argv, 0, "", "", False)
+    A.SlurmClient(runner=runner, user="u").sacct_by_name(names, 0)
+    assert len(calls) == 2

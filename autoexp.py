@@ -1673,12 +1673,33 @@ def parse_squeue(text, fmt=SQUEUE_FORMAT, skipped=None):
     return rows
 
 
+_HOUR_STARTS = {}
+
+
 def parse_slurm_time(text):
-    """sacct's local 'YYYY-MM-DDTHH:MM:SS' (SLURM_TIME_FORMAT=standard) -> epoch; unset -> None."""
+    """sacct's local 'YYYY-MM-DDTHH:MM:SS' (SLURM_TIME_FORMAT=standard) -> epoch; unset -> None.
+
+    time.mktime of the hour, remembered (a sweep's times share a few hundred hours), plus
+    the minutes and seconds: exact, since daylight saving changes on the hour, and many
+    times faster than strptime and mktime per time."""
     text = text.strip()
     if text in UNSET_TIMES:
         return None
-    return time.mktime(time.strptime(text, "%Y-%m-%dT%H:%M:%S"))
+    if len(text) != 19 or text[4] != "-" or text[7] != "-" or text[10] != "T" or text[13] != ":" or text[16] != ":":
+        raise ValueError("%r is not a time like 2026-12-01T14:49:14" % text)
+    hour = text[:13]
+    start = _HOUR_STARTS.get(hour)
+    if start is None:
+        if len(_HOUR_STARTS) > 100000:
+            _HOUR_STARTS.clear()
+        y, mo, d, h = int(text[:4]), int(text[5:7]), int(text[8:10]), int(text[11:13])
+        if not (1 <= mo <= 12 and 1 <= d <= 31 and h <= 23):
+            raise ValueError("%r is not a time" % text)
+        start = _HOUR_STARTS[hour] = time.mktime((y, mo, d, h, 0, 0, 0, 0, -1))
+    mi, se = int(text[14:16]), int(text[17:19])
+    if mi > 59 or se > 61:
+        raise ValueError("%r is not a time" % text)
+    return start + mi * 60 + se
 
 
 def parse_sacct(text, fields=SACCT_FIELDS):

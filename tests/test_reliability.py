@@ -769,3 +769,23 @@ def test_a_sweep_of_4000_jobs_with_long_names_is_looked_up_by_name(tmp_path):
         return A.Completed(argv, 0, "", "", False)
     A.SlurmClient(runner=runner, user="u").sacct_by_name(names, 0)
     assert len(calls) == 2
+
+
+@pytest.mark.parametrize("tz", ["UTC", "Europe/Berlin", "America/New_York", "Australia/Lord_Howe"])
+def test_fast_slurm_time_parsing_agrees_with_strptime_across_daylight_saving(tz, monkeypatch):
+    monkeypatch.setenv("TZ", tz)
+    time.tzset()
+    A._HOUR_STARTS.clear()
+    try:
+        t = 1774000000.0
+        for _ in range(24 * 60):  # two months, every hour or so
+            text = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(t))
+            assert A.parse_slurm_time(text) == time.mktime(time.strptime(text, "%Y-%m-%dT%H:%M:%S")), text
+            t += 3541
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+        A._HOUR_STARTS.clear()
+    for bad in ["2026-13-01T00:00:00", "2026-12-01 14:49:14", "2026-12-01T14:61:00", "yesterday"]:
+        with pytest.raises(ValueError):
+            A.parse_slurm_time(bad)

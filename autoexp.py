@@ -42,25 +42,21 @@ if sys.version_info < (3, 6):  # the one version check: RHEL 8 / SLES 15 cron ha
     sys.exit(2)
 
 import argparse
-import calendar
 import errno
 import fcntl
 import functools
-import hashlib
 import itertools
 import json
 import os
-import pwd
 import re
 import shlex
-import shutil
 import signal
-import socket
 import stat
-import subprocess
 import time
 from collections import OrderedDict, namedtuple
 from typing import NamedTuple, Optional
+# hashlib, pwd, shutil, socket and subprocess are imported where they are used: a
+# `status` from cron should not pay for what only a monitor needs (SPEC: start-up time).
 
 __version__ = "0.1.0"
 
@@ -261,13 +257,34 @@ def iso_time(t):
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + ".%03dZ" % ms
 
 
+def _days_from_civil(y, m, d):
+    """Days since 1970-01-01 of a proleptic Gregorian date (calendar.timegm's arithmetic,
+    without its import or strptime's: a state file holds many times)."""
+    y -= m <= 2
+    era = (y if y >= 0 else y - 399) // 400
+    yoe = y - era * 400
+    doy = (153 * (m + (-3 if m > 2 else 9)) + 2) // 5 + d - 1
+    return era * 146097 + yoe * 365 + yoe // 4 - yoe // 100 + doy - 719468
+
+
 def parse_iso(text):
-    """Inverse of iso_time(); None stays None."""
+    """Inverse of iso_time(); None stays None; a malformed time is a ValueError."""
     if not text:
         return None
-    base, _, frac = text.rstrip("Z").partition(".")
-    t = calendar.timegm(time.strptime(base, "%Y-%m-%dT%H:%M:%S"))
-    return t + (float("0." + frac) if frac else 0.0)
+    if (len(text) < 19 or text[4] != "-" or text[7] != "-" or text[10] != "T" or text[13] != ":"
+            or text[16] != ":"):
+        raise ValueError("%r is not a time like 2026-11-29T08:24:33.123Z" % text)
+    y, mo, d = int(text[0:4]), int(text[5:7]), int(text[8:10])
+    h, mi, se = int(text[11:13]), int(text[14:16]), int(text[17:19])
+    if not (1 <= mo <= 12 and 1 <= d <= 31 and h <= 23 and mi <= 59 and se <= 61):
+        raise ValueError("%r is not a time" % text)
+    t = _days_from_civil(y, mo, d) * 86400 + h * 3600 + mi * 60 + se
+    frac = text[19:].rstrip("Z")
+    if frac:
+        if frac[0] != "." or not frac[1:].isdigit():
+            raise ValueError("%r is not a time" % text)
+        return t + float("0" + frac)
+    return float(t)
 
 
 def local_time(t):
@@ -288,6 +305,7 @@ def clock_identity():
             boot = f.read().decode("ascii", "replace").strip()
     except (IOError, OSError):
         boot = ""
+    import socket
     return "%s %s" % (socket.gethostname(), boot)
 
 
@@ -1488,6 +1506,7 @@ def run_command(argv, timeout, env=None):
     The child gets its own session so that a timeout kills everything it started and a
     Ctrl-C in the terminal never interrupts an sbatch halfway.
     """
+    import subprocess
     try:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, env=env, close_fds=True,
@@ -1889,6 +1908,7 @@ class SlurmClient(object):
 
 def current_user():
     """The user to ask squeue about: from the uid, since cron sets no USER."""
+    import pwd
     try:
         return pwd.getpwuid(os.getuid()).pw_name
     except KeyError:
@@ -1934,6 +1954,7 @@ def log_head(f, size):
     inode, larger), a file still changes its beginning."""
     f.seek(0)
     data = f.read(min(size, LOG_HEAD_BYTES))
+    import hashlib
     return "%d:%s" % (len(data), hashlib.sha1(data).hexdigest()) if data else None
 
 
@@ -3006,6 +3027,7 @@ class SessionLock(object):
 
     def label(self, command, now=None):
         """Say who holds the lock (the loser prints it)."""
+        import socket
         info = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "command": command,
                            "since": iso_time(time.time() if now is None else now)}).encode("utf-8")
         try:
@@ -4175,6 +4197,7 @@ def do_plan(args, rt):
         try:
             write_plan(manifest, scripts)
         except BaseException:
+            import shutil
             shutil.rmtree(store.plan_dir(plan_id), ignore_errors=True)  # ours: claimed just now
             raise
     return plan_id, Plan(manifest, store.plan_manifest(plan_id))
@@ -4211,6 +4234,7 @@ def submit_plan(args, rt, store, plan, keep_lock=False, command="submit"):
     names = _jobs_to_submit(args, plan)
     if args.dry_run:
         return preview_submit(args, rt, store, plan, names), None
+    import shutil
     if shutil.which("sbatch", path=slurm_environment().get("PATH")) is None:
         # before the session exists: a submission that cannot start leaves nothing behind
         raise SlurmMissing("SLURM command 'sbatch' was not found on PATH; run autoexp on a login node "

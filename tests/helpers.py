@@ -1,5 +1,7 @@
-"""Shared test helpers: real SLURM captures, a fake clock, a scripted SLURM for controller
-tables, and the way to run the CLI against the fake SLURM."""
+"""Shared test helpers, imported by test modules and conftest.py (never the other way round):
+real SLURM captures, a model of sbatch's directive parser, a fake clock, a scripted SLURM and
+the Harness for in-process controller tests (with their config and job names), and the way
+to run the CLI against the fake SLURM (run_cli, Project)."""
 
 import json
 import os
@@ -16,6 +18,9 @@ FAKE_SLURM_BIN = os.path.join(ROOT, "fixtures", "fake_slurm")
 
 sys.path.insert(0, ROOT)
 import autoexp  # noqa: E402
+
+sys.path.insert(0, FAKE_SLURM_BIN)
+import fake_slurm  # noqa: E402,F401 (for the tests: one import of the fake SLURM)
 
 BOOT = "import sys; sys.path.insert(0, %r); import autoexp; sys.exit(autoexp.main())" % ROOT
 
@@ -70,6 +75,50 @@ def captures(prefix_re=None, command_re=None):
     return out
 
 
+def slurm_get_argument(line):
+    """A model of sbatch's own directive-argument scanner (src/sbatch/opt.c _get_argument):
+    whitespace separates, quotes group, a backslash escapes, an unquoted # ends the line."""
+    args, cur, quoted, q, esc, i = [], None, False, None, False, 0
+    while i < len(line):
+        ch = line[i]
+        if cur is None:
+            if ch.isspace():
+                i += 1
+                continue
+            if ch == "#" and not quoted:
+                break
+            cur = ""
+        if esc:
+            cur += ch
+            esc = False
+        elif ch == "\\":
+            esc = True
+        elif quoted:
+            if ch == q:
+                quoted = False
+            else:
+                cur += ch
+        elif ch in "\"'":
+            quoted, q = True, ch
+        elif ch == "#":
+            break
+        elif ch.isspace():
+            args.append(cur)
+            cur = None
+        else:
+            cur += ch
+        i += 1
+    if cur is not None:
+        args.append(cur)
+    return args
+
+
+def monitoring(**kw):
+    """A validated monitoring record from the keys given (the rest: defaults)."""
+    d = autoexp.validate_monitoring(kw, autoexp._Checker("test"))
+    return autoexp.make_monitoring(d)
+
+
 class FakeClock(object):
     """time() and sleep() for the controller: sleeping only moves the clock."""
 
@@ -108,6 +157,45 @@ def run_cli(args, env, cwd, python=None, timeout=120, pyz=None):
     out, err = p.communicate(timeout=timeout)
     return subprocess.CompletedProcess(argv, p.returncode, out.decode("utf-8", "replace"),
                                        err.decode("utf-8", "replace"))
+
+
+class Project(object):
+    """A folder with a config, run through the CLI as a user would, on the fake SLURM."""
+
+    def __init__(self, root, fake, python=None, pyz=None):
+        self.root = str(root)
+        self.fake = fake
+        self.state_dir = os.path.join(self.root, "autoexp-state")
+        self.python = python
+        self.pyz = pyz
+        # The shims' python: a direct interpreter path, not a pyenv shim script (0.1 s a call).
+        self.env = dict(fake.env(), FAKE_SLURM_PYTHON=sys.executable)
+        self.env.pop("PYTHONDONTWRITEBYTECODE", None)  # let the many short processes reuse bytecode
+
+    def config(self, cfg, name="cfg.json"):
+        return write_config(os.path.join(self.root, name), cfg)
+
+    def cli(self, *args, **kw):
+        timeout = kw.pop("timeout", 120)
+        env = dict(self.env, **kw.pop("env", {}))
+        return run_cli(list(args), env, self.root, python=self.python, timeout=timeout, pyz=self.pyz)
+
+    def ok(self, *args, **kw):
+        res = self.cli(*args, **kw)
+        assert res.returncode == 0, "autoexp %s -> %d\nstdout:\n%s\nstderr:\n%s" % (
+            " ".join(args), res.returncode, res.stdout, res.stderr)
+        return res
+
+    def state(self, session):
+        return load_state(self.state_dir, session)
+
+    def status(self, session=None):
+        args = ["status", "--json"] + (["--session", session] if session else [])
+        return json.loads(self.ok(*args).stdout)
+
+    def history(self, session, name=None):
+        args = ["history", "--session", session, "--json"] + ([name] if name else [])
+        return json.loads(self.ok(*args).stdout)
 
 
 def sweep_config(project, command, seeds, monitoring, **overrides):
@@ -313,6 +401,46 @@ class Harness(object):
     def state_bytes(self):
         with open(self.session.path, "rb") as f:
             return f.read()
+
+
+# --- the controller tests' sweep, job names and steps ---------------------------------
+
+def controller_config(**monitoring):
+    """The in-process controller tests' sweep: two seeds, a 10 s cycle, restarts on timeout,
+    crash, node failure (with backoff) and stall. monitoring: keys to add or override."""
+    mon = {"interval_seconds": 10, "termination_string": "TRAINING FINISHED", "lost_after_seconds": 60}
+    mon.update(monitoring)
+    return {
+        "project": "demo",
+        "sweep": {"seed": [1, 2]},
+        "job": {"name": "{project}-s{seed}", "command": "echo {seed}", "log": "logs/{name}-%j.log"},
+        "monitoring": mon,
+        "restart": {"timeout": {"action": "restart", "max_attempts": 3},
+                    "crash": {"action": "restart", "max_attempts": 2},
+                    "node_fail": {"action": "restart", "max_attempts": 3, "backoff_seconds": 100},
+                    "stall": {"action": "restart", "max_attempts": 2}},
+    }
+
+
+A, B = "demo-s1", "demo-s2"   # the job names of controller_config()'s two seeds
+
+
+def finish(h, name, state="COMPLETED", text="TRAINING FINISHED\n"):
+    """The job's live attempt writes text to its log and ends in state."""
+    if text:
+        h.log(name, text)
+    h.slurm.set(h.live_id(name), state)
+
+
+def live(h):
+    """The ids of the scripted SLURM's jobs that are still active, sorted."""
+    return sorted(j for j, d in h.slurm.jobs.items() if d["state"] in autoexp.ACTIVE_STATES)
+
+
+def run_main(h, argv, monkeypatch, capsys):
+    """The CLI in-process, against the harness's scripted SLURM, clock and state folder."""
+    code = autoexp.main(["--state-dir", h.state_dir] + argv, slurm=h.slurm, clock=h.clock, sleep=h.clock.sleep)
+    return code, capsys.readouterr()
 
 
 class _Sink(object):

@@ -10,8 +10,7 @@ import shutil
 
 import pytest
 
-from conftest import Project, fake_slurm
-from helpers import run_cli, write_config
+from helpers import Project, fake_slurm, run_cli, write_config
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -6,33 +6,9 @@ import os
 
 import pytest
 
-from helpers import Harness, autoexp, read_events
+from helpers import A, B, Harness, autoexp, controller_config as config, finish, read_events
 
 pytestmark = pytest.mark.timeout(30)
-
-
-def config(**monitoring):
-    mon = {"interval_seconds": 10, "termination_string": "TRAINING FINISHED", "lost_after_seconds": 60}
-    mon.update(monitoring)
-    return {
-        "project": "demo",
-        "sweep": {"seed": [1, 2]},
-        "job": {"name": "{project}-s{seed}", "command": "echo {seed}", "log": "logs/{name}-%j.log"},
-        "monitoring": mon,
-        "restart": {"timeout": {"action": "restart", "max_attempts": 3},
-                    "crash": {"action": "restart", "max_attempts": 2},
-                    "node_fail": {"action": "restart", "max_attempts": 3, "backoff_seconds": 100},
-                    "stall": {"action": "restart", "max_attempts": 2}},
-    }
-
-
-A, B = "demo-s1", "demo-s2"
-
-
-def finish(h, name, state="COMPLETED", text="TRAINING FINISHED\n"):
-    if text:
-        h.log(name, text)
-    h.slurm.set(h.live_id(name), state)
 
 
 def test_sweep_to_success(tmp_path):

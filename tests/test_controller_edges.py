@@ -7,14 +7,9 @@ import shutil
 
 import pytest
 
-from helpers import Harness, autoexp, read_events
-from test_controller import A, config
+from helpers import A, Harness, autoexp, controller_config as config, live, read_events, run_main
 
 pytestmark = pytest.mark.timeout(30)
-
-
-def live(h):
-    return sorted(j for j, d in h.slurm.jobs.items() if d["state"] in autoexp.ACTIVE_STATES)
 
 
 def stop_on_oom():
@@ -286,12 +281,6 @@ def test_an_end_seen_in_squeue_waits_a_little_for_sacct_to_catch_up(tmp_path):
 
 
 # --- found by a second review ---------------------------------------------------------
-
-def run_main(h, argv, monkeypatch, capsys):
-    """The CLI in-process, against the harness's scripted SLURM, clock and state folder."""
-    code = autoexp.main(["--state-dir", h.state_dir] + argv, slurm=h.slurm, clock=h.clock, sleep=h.clock.sleep)
-    return code, capsys.readouterr()
-
 
 def test_payload_deleted_after_a_finalize_stays_deleted(tmp_path):
     h = Harness(tmp_path, config(), names=[A])

@@ -7,17 +7,12 @@ import shlex
 
 import pytest
 
-from helpers import Capture, autoexp, captures
+from helpers import Capture, autoexp, captures, monitoring, slurm_get_argument
 
 pytestmark = pytest.mark.timeout(30)
 
 Obs = autoexp.Observation
 Facts = autoexp.Facts
-
-
-def monitoring(**kw):
-    d = autoexp.validate_monitoring(kw, autoexp._Checker("test"))
-    return autoexp.make_monitoring(d)
 
 
 # --- parsers ------------------------------------------------------------------------
@@ -261,48 +256,10 @@ def test_an_array_log_the_user_wrote_wrong_is_a_plan_error():
     assert manifest["array"] is None and "job.array_log" in manifest["array_error"]
 
 
-def _slurm_get_argument(line):
-    """A model of sbatch's own directive-argument scanner (src/sbatch/opt.c _get_argument):
-    whitespace separates, quotes group, a backslash escapes, an unquoted # ends the line."""
-    args, cur, quoted, q, esc, i = [], None, False, None, False, 0
-    while i < len(line):
-        ch = line[i]
-        if cur is None:
-            if ch.isspace():
-                i += 1
-                continue
-            if ch == "#" and not quoted:
-                break
-            cur = ""
-        if esc:
-            cur += ch
-            esc = False
-        elif ch == "\\":
-            esc = True
-        elif quoted:
-            if ch == q:
-                quoted = False
-            else:
-                cur += ch
-        elif ch in "\"'":
-            quoted, q = True, ch
-        elif ch == "#":
-            break
-        elif ch.isspace():
-            args.append(cur)
-            cur = None
-        else:
-            cur += ch
-        i += 1
-    if cur is not None:
-        args.append(cur)
-    return args
-
-
 @pytest.mark.parametrize("value", ["gpu", "a b", 'say "hi"', "back\\slash", "x#y", "it's", "", "  lead", "B:USR1@300"])
 def test_sbatch_quote_round_trips_through_sbatch_parser(value):
     line = autoexp.render_sbatch_line("comment", value)[len("#SBATCH "):]
-    assert _slurm_get_argument(line) == ["--comment=" + value]
+    assert slurm_get_argument(line) == ["--comment=" + value]
 
 
 # --- log tail ----------------------------------------------------------------------

@@ -12,8 +12,7 @@ import time
 
 import pytest
 
-from conftest import Project, fake_slurm
-from helpers import ROOT, read_events
+from helpers import ROOT, Project, fake_slurm, read_events
 
 CRASH_POINTS = [
     "state_before_rename", "state_after_rename", "before_intent_write", "after_intent_write",

@@ -8,7 +8,7 @@ import subprocess
 import pytest
 
 import helpers
-from helpers import ROOT, read_events
+from helpers import ROOT, Project, read_events
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -197,7 +197,6 @@ def pyz(tmp_path_factory):
 def test_pyz_runs_the_sweep_on_every_python(tmp_path, fake, python, pyz):
     if python is None:
         pytest.skip("this CPython is not installed under pyenv here")
-    from conftest import Project
     os.makedirs(str(tmp_path / "proj"))
     p = Project(tmp_path / "proj", fake, python=python, pyz=pyz)
     assert p.ok("--version").stdout.strip().startswith("autoexp ")

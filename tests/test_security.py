@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from helpers import autoexp
+from helpers import autoexp, slurm_get_argument
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -16,13 +16,12 @@ EVIL = ["$(touch PWNED)", "`touch PWNED`", "a; touch PWNED", "it's \"quoted\"", 
 
 
 def sbatch_directives(script):
-    """The directive lines as sbatch reads them (the model of test_core)."""
-    from test_core import _slurm_get_argument
+    """The directive lines as sbatch reads them (helpers' model of sbatch's parser)."""
     out = []
     with open(script) as f:
         for line in f:
             if line.startswith("#SBATCH"):
-                out += _slurm_get_argument(line[len("#SBATCH"):])
+                out += slurm_get_argument(line[len("#SBATCH"):])
             elif line.strip() and not line.startswith("#"):
                 break
     return out

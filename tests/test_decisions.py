@@ -1,9 +1,12 @@
 """The functional core from tables: every per-job decision of a cycle is a pure function of
-records (section 7 of autoexp.py), so each row here is one situation and its answer."""
+records (section 7 of autoexp.py), so each row here is one situation and its answer. After
+the cycle's own steps come classify (what an observation and the log's facts mean: monitor
+state, mode, live), decide (the restart policies: actions, per-mode budgets, backoff) and
+the stop of a failure that repeats at startup."""
 
 import pytest
 
-from helpers import autoexp
+from helpers import autoexp, monitoring
 
 A = autoexp
 NOW = 1700000000.0
@@ -309,3 +312,140 @@ class _S(object):
 ])
 def test_next_wait(sessions, ok, failures, interval, wait):
     assert A.next_wait(sessions, ok, failures, interval) == wait
+
+
+# -- classify: what an observation and the log's facts mean --------------------------
+
+Obs = autoexp.Observation
+Facts = autoexp.Facts
+
+MON = monitoring(interval_seconds=10, termination_string=None, inactivity_threshold_seconds=100,
+                 lost_after_seconds=60)
+MON_TERM = MON._replace(termination_string="DONE")
+CLASSIFY_NOW = 1000.0
+
+
+@pytest.mark.parametrize("obs, facts, mon, expected", [
+    # UNKNOWN decides nothing, whatever the log says
+    (Obs("unknown", reason="x"), Facts(success_seen=True), MON, ("unknown", None, None)),
+    (Obs("unknown"), Facts(log_mode="oom"), MON, ("unknown", None, None)),
+    # live states
+    (Obs("squeue", "PENDING"), Facts(), MON, ("pending", None, True)),
+    (Obs("squeue", "CONFIGURING"), Facts(), MON, ("configuring", None, True)),
+    (Obs("squeue", "RUNNING"), Facts(running_since=950), MON, ("running", None, True)),
+    (Obs("squeue", "COMPLETING"), Facts(), MON, ("completing", None, True)),
+    (Obs("squeue", "SUSPENDED"), Facts(), MON, ("suspended", None, True)),
+    (Obs("squeue", "REQUEUED"), Facts(), MON, ("requeued", None, True)),
+    (Obs("squeue", "RESIZING"), Facts(), MON, ("resizing", None, True)),
+    # terminal states
+    (Obs("squeue", "COMPLETED"), Facts(), MON, ("completed", "success", False)),
+    (Obs("sacct", "COMPLETED"), Facts(), MON_TERM, ("completed", "incomplete", False)),
+    (Obs("sacct", "COMPLETED"), Facts(success_seen=True), MON_TERM, ("completed", "success", False)),
+    (Obs("sacct", "FAILED", exit_code="1:0"), Facts(), MON, ("failed", "crash", False)),
+    (Obs("sacct", "TIMEOUT"), Facts(), MON, ("timeout", "timeout", False)),
+    (Obs("sacct", "DEADLINE"), Facts(), MON, ("deadline", "timeout", False)),
+    (Obs("sacct", "CANCELLED"), Facts(), MON, ("cancelled", "cancelled", False)),
+    (Obs("sacct", "NODE_FAIL"), Facts(), MON, ("node_fail", "node_fail", False)),
+    (Obs("sacct", "BOOT_FAIL"), Facts(), MON, ("boot_fail", "node_fail", False)),
+    (Obs("sacct", "OUT_OF_MEMORY"), Facts(), MON, ("out_of_memory", "oom", False)),
+    (Obs("sacct", "PREEMPTED"), Facts(), MON, ("preempted", "preempted", False)),
+    # the log speaks first: a log mode beats SLURM's generic FAILED
+    (Obs("sacct", "FAILED"), Facts(log_mode="oom", log_reason="r"), MON, ("failed", "oom", False)),
+    (Obs("squeue", "RUNNING"), Facts(log_mode="crash"), MON, ("running", "crash", True)),
+    (Obs("sacct", "FAILED"), Facts(success_seen=True), MON_TERM, ("failed", "success", False)),
+    (Obs("squeue", "RUNNING"), Facts(success_seen=True), MON_TERM, ("running", "success", True)),
+    # stall: only while RUNNING, from the last activity
+    (Obs("squeue", "RUNNING"), Facts(running_since=800, last_activity=850), MON, ("running", "stall", True)),
+    (Obs("squeue", "RUNNING"), Facts(running_since=800, last_activity=950), MON, ("running", None, True)),
+    (Obs("squeue", "PENDING"), Facts(running_since=None, last_activity=10), MON, ("pending", None, True)),
+    (Obs("squeue", "RUNNING"), Facts(running_since=800), MON._replace(inactivity_threshold_seconds=None),
+     ("running", None, True)),
+    # missing: lost only after the grace period
+    (Obs("missing"), Facts(missing_since=990), MON, ("missing", None, None)),
+    (Obs("missing"), Facts(missing_since=900), MON, ("lost", "lost", None)),
+    (Obs("missing"), Facts(missing_since=900, success_seen=True), MON_TERM, ("missing", "success", None)),
+    (Obs("missing", "RUNNING"), Facts(missing_since=995), MON, ("missing", None, None)),
+])
+def test_classify_table(obs, facts, mon, expected):
+    v = autoexp.classify(obs, facts, CLASSIFY_NOW, mon)
+    assert (v.monitor_state, v.mode, v.live) == expected
+
+
+def test_lost_default_grace_is_at_least_min_job_age():
+    assert monitoring(interval_seconds=1).lost_after == 300
+    assert monitoring(interval_seconds=600).lost_after == 1800
+    assert monitoring(interval_seconds=1, lost_after_seconds=5).lost_after == 5
+
+
+# -- decide: the restart policies, their budgets and backoff -------------------------
+
+POL = autoexp.make_policies(autoexp.validate_restart({
+    "timeout": {"action": "restart", "max_attempts": 3},
+    "node_fail": {"action": "restart", "max_attempts": 3, "backoff_seconds": 100, "backoff_max_seconds": 250},
+    "oom": {"action": "stop"}, "success": {"action": "finalize"}, "crash": {"action": "restart", "max_attempts": 2},
+    "stall": {"action": "ignore"},
+}, {"log_events": []}, autoexp._Checker("t")))
+
+
+def ended(*modes):
+    """A history of attempts that each ran for an hour: nothing deterministic about them."""
+    return [autoexp.Ended(m, "exit 1", 3600.0) for m in modes]
+
+
+@pytest.mark.parametrize("mode, outcomes, expected", [
+    ("success", ["success"], ("finalize", 0)),
+    ("oom", ["oom"], ("stop", 0)),
+    ("timeout", ["timeout"], ("restart", 0)),
+    ("timeout", ["timeout", "timeout"], ("restart", 0)),
+    ("timeout", ["timeout", "timeout", "timeout"], ("stop", 0)),
+    ("timeout", ["node_fail", "node_fail", "timeout"], ("restart", 0)),  # budgets are per mode
+    ("crash", ["crash", "crash"], ("stop", 0)),
+    ("node_fail", ["node_fail"], ("restart", 100)),
+    ("node_fail", ["node_fail", "node_fail"], ("restart", 200)),
+    ("node_fail", ["timeout", "node_fail", "timeout", "node_fail"], ("restart", 200)),
+    ("cancelled", ["cancelled"], ("stop", 0)),            # default policy
+    ("preempted", ["preempted"] * 9, ("restart", 60)),     # default: 10, a minute apart
+    ("preempted", ["preempted"] * 10, ("stop", 0)),
+    ("stall", ["stall"], ("stop", 0)),                     # ignore on an ended attempt stops
+    ("made_up", ["made_up"], ("stop", 0)),
+])
+def test_decide_table(mode, outcomes, expected):
+    d = autoexp.decide(mode, POL, ended(*outcomes))
+    assert (d.action, d.delay) == expected
+
+
+def test_backoff_is_capped():
+    d = autoexp.decide("node_fail", POL, ended("node_fail", "node_fail"))
+    assert d.delay == 200
+    pol = dict(POL, node_fail=POL["node_fail"]._replace(max_attempts=10))
+    assert autoexp.decide("node_fail", pol, ended(*["node_fail"] * 5)).delay == 250
+
+
+def test_a_policy_without_action_refines_the_default():
+    events = {"log_events": [{"name": "nccl", "pattern": "NCCL", "mode": "nccl"}]}
+    pol = autoexp.validate_restart({
+        "timeout": {"max_attempts": 5}, "node_fail": {"backoff_seconds": 30},
+        "nccl": {"max_attempts": 4}, "crash": {"action": "restart"},
+    }, events, autoexp._Checker("t"))
+    assert pol["timeout"] == {"action": "restart", "max_attempts": 5}
+    assert pol["node_fail"] == {"action": "restart", "max_attempts": 3, "backoff_seconds": 30}
+    assert pol["nccl"] == {"action": "stop", "max_attempts": 4}       # a log_events mode's default
+    assert pol["crash"] == {"action": "restart", "max_attempts": 3}   # replaced, with the default budget
+
+
+E = autoexp.Ended
+CRASHY = dict(POL, crash=POL["crash"]._replace(max_attempts=10), timeout=POL["timeout"]._replace(max_attempts=10))
+
+
+@pytest.mark.parametrize("history, expected", [
+    ([E("crash", "1:0|", 5), E("crash", "1:0|", 3)], "stop"),             # same failure at startup twice
+    ([E("crash", "1:0|", 5)], "restart"),                                # once is not a pattern
+    ([E("crash", "1:0|", 5), E("crash", "2:0|", 3)], "restart"),          # another exit code
+    ([E("crash", "1:0|NCCL", 5), E("crash", "1:0|OOM", 3)], "restart"),   # another log line
+    ([E("crash", "1:0|", 5000), E("crash", "1:0|", 3)], "restart"),       # the first ran for a while
+    ([E("crash", "1:0|", 5), E("crash", "1:0|", 600)], "restart"),        # this one ran for a while
+    ([E("timeout", "0:0|", 5), E("timeout", "0:0|", 5)], "restart"),      # circumstantial modes never
+    ([E("crash", "1:0|", 5), E("timeout", "0:0|", 5), E("crash", "1:0|", 5)], "restart"),  # not consecutive
+])
+def test_deterministic_failures_stop(history, expected):
+    assert autoexp.decide(history[-1].mode, CRASHY, history).action == expected

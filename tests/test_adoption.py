@@ -1,0 +1,179 @@
+"""Which SLURM job belongs to which attempt, in the controller with a fake clock and a
+scripted SLURM: jobs are adopted by their tag (plan and job name in the comment), never by
+name alone nor from another session; a copy started by hand is followed rather than doubled,
+a dead duplicate never replaces the real attempt, a requeue under the same id is no failure
+(also during a restart's backoff, or of an attempt that had ended), and a session rebuilt
+after its state file was lost follows what SLURM still knows."""
+
+import os
+import pytest
+
+from helpers import A, Harness, autoexp, controller_config as config, finish, live, read_events
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def test_external_resubmission_is_adopted_not_restarted(tmp_path):
+    h = Harness(tmp_path, config(), names=[A])
+    old = h.live_id(A)
+    h.slurm.set(old, "CANCELLED")
+    new = h.slurm.add(A, "autoexp:p1:" + A, "PENDING")
+    h.cycle()
+    job = h.job(A)
+    assert [a.job_id for a in job.attempts] == [old, new]
+    assert job.attempts[0].outcome == "replaced" and job.current.origin == "external"
+    assert job.attempts[0].last_slurm_state == "CANCELLED"   # kept for history
+    assert h.slurm.count("sbatch") == 1 and job.status == "active"
+
+
+def test_other_sessions_jobs_are_never_adopted(tmp_path):
+    h = Harness(tmp_path, config(), names=[A])
+    h.slurm.set(h.live_id(A), "CANCELLED")
+    h.slurm.add(A, "autoexp:other-plan:" + A, "RUNNING")
+    h.cycle()
+    job = h.job(A)
+    assert job.status == "stopped" and len(job.attempts) == 1  # default policy for cancelled
+
+
+def test_another_plans_job_without_a_comment_in_sacct_is_not_adopted(tmp_path):
+    h = Harness(tmp_path, config(), names=[A])
+    h.slurm.set(h.live_id(A), "TIMEOUT")
+    h.slurm.sbatch_mode = ["error"]
+    h.cycle()
+    assert h.job(A).current.job_id is None
+    other = h.slurm.add(A, "autoexp:p2:" + A, "COMPLETED")
+    h.slurm.purge(other)
+    orig = h.slurm._acct_row
+    h.slurm._acct_row = lambda j, d: orig(j, d)._replace(comment="")  # no job_comment flag
+    h.log(A, "TRAINING FINISHED\n", job_id=other)
+    h.cycle(advance=100)
+    job = h.job(A)
+    assert other not in [a.job_id for a in job.attempts] and h.slurm.count("sbatch") == 3
+
+
+def test_a_copy_started_by_hand_during_the_backoff_is_followed_not_doubled(tmp_path):
+    h = Harness(tmp_path, config(), names=[A])
+    jid = h.live_id(A)
+    h.slurm.set(jid, "NODE_FAIL")
+    h.cycle()
+    hand = h.slurm.add(A, "autoexp:p1:" + A, "RUNNING")
+    h.cycle(advance=50)
+    h.cycle(advance=60)
+    assert live(h) == [hand] and h.slurm.count("sbatch") == 1
+    assert h.job(A).current.job_id == hand and h.job(A).current.origin == "external"
+
+
+def test_a_dead_duplicate_does_not_replace_the_real_attempt(tmp_path):
+    h = Harness(tmp_path, config(), names=[A])
+    jid = h.live_id(A)
+    h.slurm.set(jid, "RUNNING")
+    h.cycle()
+    dup = h.slurm.add(A, "autoexp:p1:" + A, "PENDING")
+    h.cycle()
+    assert [l for l in h.out if "also carries its tag" in l]
+    h.slurm.set(dup, "CANCELLED")   # the user cancels the duplicate, as the warning suggests
+    h.cycle()
+    h.log(A, "TRAINING FINISHED\n", job_id=jid)
+    h.slurm.set(jid, "COMPLETED")
+    h.cycle()
+    h.cycle()
+    job = h.job(A)
+    assert job.status == "finalized" and [a.job_id for a in job.attempts] == [jid]
+
+
+def test_an_intent_never_recovers_an_older_dead_copy(tmp_path):
+    h = Harness(tmp_path, config(), names=[A])
+    first = h.live_id(A)
+    h.slurm.set(first, "RUNNING")
+    h.cycle()
+    copy = h.slurm.add(A, "autoexp:p1:" + A, "PENDING")   # a copy started by hand
+    h.cycle()
+    h.slurm.set(copy, "CANCELLED")                        # ...removed by the user
+    h.cycle()
+    h.slurm.set(first, "TIMEOUT")
+    h.slurm.sbatch_mode = ["error"]   # the restart's sbatch fails; nothing queued
+    h.cycle()
+    h.cycle(advance=100)
+    h.cycle(advance=100)
+    job = h.job(A)
+    assert copy not in [a.job_id for a in job.attempts]
+    assert job.status == "active" and h.slurm.count("sbatch") == 3 and job.current.job_id
+
+
+def test_requeue_under_same_id_is_not_a_failure(tmp_path):
+    h = Harness(tmp_path, config(), names=[A])
+    jid = h.live_id(A)
+    h.slurm.set(jid, "RUNNING")
+    h.cycle()
+    h.slurm.set(jid, "PENDING")
+    h.cycle()
+    h.slurm.set(jid, "RUNNING")
+    h.cycle()
+    att = h.job(A).current
+    assert att.requeues == 1 and att.outcome is None and len(h.job(A).attempts) == 1
+    assert h.slurm.count("sbatch") == 1
+    finish(h, A)
+    h.cycle()
+    assert h.job(A).status == "finalized"
+
+
+def test_an_ended_attempt_requeued_by_hand_is_noticed(tmp_path):
+    h = Harness(tmp_path, config(), names=[A])
+    first = h.live_id(A)
+    h.slurm.set(first, "TIMEOUT")
+    h.cycle()
+    h.cycle()   # the restart's sacct record, then its own observation
+    h.slurm.set(first, "PENDING")           # scontrol requeue of the ended job
+    h.cycle()
+    assert [l for l in h.out if "also carries its tag" in l and first in l]
+
+
+def test_an_attempt_requeued_during_its_restart_backoff_is_followed_not_doubled(tmp_path):
+    cfg = config()
+    cfg["restart"]["timeout"] = {"action": "restart", "max_attempts": 5, "backoff_seconds": 120}
+    h = Harness(tmp_path, cfg, names=[A])
+    jid = h.live_id(A)
+    h.slurm.set(jid, "RUNNING")
+    h.cycle()
+    h.slurm.set(jid, "TIMEOUT")
+    h.cycle()
+    assert h.job(A).next_submit_at is not None          # the restart waits for its backoff
+    h.slurm.set(jid, "RUNNING")                          # scontrol requeue: the same id runs again
+    h.cycle(advance=60)
+    h.cycle(advance=120)                                 # past the backoff
+    job = h.job(A)
+    assert h.slurm.count("sbatch") == 1, "a second copy was submitted"
+    assert [a.job_id for a in job.attempts] == [jid, jid] and job.current.live
+    assert [a.outcome for a in job.attempts] == ["timeout", None]
+    assert not [l for l in h.out if "also carries its tag" in l]
+    h.log(A, "TRAINING FINISHED\n", job_id=jid)
+    h.slurm.set(jid, "COMPLETED")
+    h.cycle()
+    h.cycle()
+    assert h.job(A).status == "finalized" and h.slurm.count("sbatch") == 1
+
+
+def test_a_rebuild_follows_a_job_that_ended_long_before_it(tmp_path):
+    h = Harness(tmp_path, config(), names=[A])
+    jid = h.live_id(A)
+    h.log(A, "TRAINING FINISHED\n", job_id=jid)
+    h.slurm.set(jid, "COMPLETED")
+    h.slurm.purge(jid)                                  # long gone from squeue
+    h.clock.now += 3 * 3600                             # the state file is lost meanwhile
+    os.rename(h.session.path, h.session.path + ".lost")
+    s = h.store.create_session(h.plan, h.clock())
+    s.plan = h.plan
+    autoexp.register_untracked(h.ctl, s, h.clock())     # what --monitor-all does
+    for _ in range(3):
+        h.clock.now += 600
+        h.ctl.cycle([s])
+    (att,) = s.job(A).attempts
+    assert att.job_id == jid and att.origin == "external" and att.outcome == "success"
+    assert not att.live and att.last_slurm_state == "COMPLETED" and s.job(A).job_id is None  # sacct told
+    assert s.job(A).status == "finalized"
+    assert [c[1] for c in h.slurm.calls if c[0] == "sbatch"].count(h.plan.by_name[A].script_path) == 1
+    # the rebuilt session's events continue the journal: none dropped, none numbered twice
+    events = read_events(h.state_dir, "p1")
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    rebuilt = [e["event"] for e in events if e["job"] == A and e["event"] not in ("state", "log:success")]
+    assert rebuilt[-3:] == ["adopted", "outcome", "finalized"], rebuilt

@@ -1,0 +1,131 @@
+"""Job logs: the tail reader (complete lines only, offsets, a partial last line taken once
+the job ended, truncated or replaced files read again from their start, bounded memory),
+log paths resolved from SLURM's %-patterns, the log-event matcher, and, in the controller
+with a scripted SLURM, logs shared by all attempts, an ended job read to the end of its log,
+and a shared log truncated by the next attempt."""
+
+import os
+
+import pytest
+
+from helpers import A, Harness, autoexp, controller_config as config, monitoring
+
+pytestmark = pytest.mark.timeout(30)
+
+
+# --- the tail reader and log paths ----------------------------------------------------
+
+
+def test_read_log_complete_lines_offsets_and_replacement(tmp_path):
+    p = str(tmp_path / "x.log")
+    assert autoexp.read_log(p, 0, None).lines == []
+    with open(p, "wb") as f:
+        f.write(b"one\ntw")
+    r = autoexp.read_log(p, 0, None)
+    assert r.lines == ["one"] and r.offset == 4
+    with open(p, "ab") as f:
+        f.write(b"o\nthree\n")
+    r2 = autoexp.read_log(p, r.offset, r.inode)
+    assert r2.lines == ["two", "three"] and not r2.restarted
+    # no new bytes: nothing
+    assert autoexp.read_log(p, r2.offset, r2.inode).lines == []
+    # a partial final line is taken when the job has ended
+    with open(p, "ab") as f:
+        f.write(b"TRAINING FINISHED")
+    assert autoexp.read_log(p, r2.offset, r2.inode).lines == []
+    assert autoexp.read_log(p, r2.offset, r2.inode, final=True).lines == ["TRAINING FINISHED"]
+    # truncation: read from the start, once
+    with open(p, "wb") as f:
+        f.write(b"new\n")
+    r3 = autoexp.read_log(p, r2.offset, r2.inode)
+    assert r3.restarted and r3.lines == ["new"] and r3.offset == 4
+    # replaced by another file of the same size or larger: new inode
+    os.rename(p, p + ".old")
+    with open(p, "wb") as f:
+        f.write(b"other file\nmore\n")
+    r4 = autoexp.read_log(p, r3.offset, r3.inode)
+    assert r4.restarted and r4.lines == ["other file", "more"]
+
+
+def test_read_log_bounds_memory(tmp_path):
+    p = str(tmp_path / "big.log")
+    with open(p, "wb") as f:
+        f.write(b"x" * 1000 + b"\n" + b"y" * 10)
+    r = autoexp.read_log(p, 0, None, max_bytes=100)
+    assert r.offset == 100 and len(r.lines) == 1  # an over-long line is cut, never buffered whole
+
+
+def test_resolve_log_path():
+    f = autoexp.resolve_log_path
+    assert f("/l/%x-%j.log", "12", "12", "job", "u") == "/l/job-12.log"
+    assert f("/l/p-%A_%a.log", "3_1", None, "p", "u") == "/l/p-3_1.log"
+    assert f("/l/p-%j.log", "3_1", None, "p", "u") is None  # the task's own id is unknown yet
+    assert f("/l/p-%j.log", "3_1", "5", "p", "u") == "/l/p-5.log"
+    assert f("/l/50%%-%u-%4a.log", "3_1", None, "p", "bob") == "/l/50%-bob-0001.log"
+
+
+def test_log_matcher():
+    mon = monitoring(termination_string="TRAINING FINISHED",
+                     log_events=[{"name": "oom", "pattern": r"CUDA out of memory", "mode": "oom"},
+                                 {"name": "nccl", "pattern": r"NCCL (error|timeout)", "mode": "crash"}])
+    hits = autoexp.LogMatcher(mon).scan(["step 1", "NCCL timeout at x", "RuntimeError: CUDA out of memory",
+                                         "TRAINING FINISHED"])
+    assert [(h.event, h.mode) for h in hits] == [("nccl", "crash"), ("oom", "oom"), ("success", "success")]
+
+
+# --- in the controller ---------------------------------------------------------------
+
+
+def test_a_log_shared_by_all_attempts_is_read_from_where_each_began(tmp_path):
+    cfg = config()
+    cfg["job"]["log"] = "logs/{name}.log"
+    cfg["monitoring"]["log_events"] = [{"name": "nccl", "pattern": "NCCL error", "mode": "nccl"}]
+    cfg["restart"]["nccl"] = {"action": "restart", "max_attempts": 3}
+    h = Harness(tmp_path, cfg, names=[A])
+    first = h.live_id(A)
+    h.slurm.set(first, "RUNNING")
+    h.cycle()
+    h.log(A, "NCCL error: unhandled system error\n")
+    h.cycle()   # attempt 1: nccl -> scancel
+    for _ in range(3):
+        h.cycle()
+    job = h.job(A)
+    assert len(job.attempts) == 2 and job.current.outcome is None and job.status == "active"
+    h.slurm.set(job.current.job_id, "RUNNING")
+    h.log(A, "epoch 1\nTRAINING FINISHED\n")
+    h.slurm.set(job.current.job_id, "COMPLETED")
+    h.cycle()
+    h.cycle()
+    assert h.job(A).status == "finalized" and [a.outcome for a in h.job(A).attempts] == ["nccl", "success"]
+
+
+def test_an_ended_job_is_read_to_the_end_of_its_log(tmp_path):
+    h = Harness(tmp_path, config(), names=[A])
+    jid = h.live_id(A)
+    h.slurm.set(jid, "RUNNING")
+    h.cycle()
+    h.log(A, ("x" * 99 + "\n") * 50000 + "TRAINING FINISHED\n")   # 5 MB, more than one read
+    h.slurm.set(jid, "COMPLETED")
+    h.cycle()
+    h.cycle()
+    assert h.job(A).status == "finalized" and h.slurm.count("sbatch") == 1
+
+
+def test_a_shared_log_truncated_and_outgrown_is_read_from_its_start(tmp_path):
+    cfg = config()
+    cfg["job"]["log"] = "logs/{name}.log"
+    cfg["monitoring"]["log_events"] = [{"name": "cuda_oom", "pattern": "CUDA out of memory", "mode": "oom"}]
+    cfg["restart"]["oom"] = {"action": "stop"}
+    h = Harness(tmp_path, cfg, names=[A])
+    h.slurm.set(h.live_id(A), "RUNNING")
+    h.cycle()
+    path = h.log(A, "step\n" * 20)
+    h.slurm.set(h.live_id(A), "TIMEOUT")
+    h.cycle()
+    h.cycle()
+    assert len(h.job(A).attempts) == 2
+    h.slurm.set(h.live_id(A), "RUNNING")
+    with open(path, "w") as f:   # SLURM opens --output with O_TRUNC: same inode, new beginning
+        f.write("CUDA out of memory\n" + "retrying on cpu....\n" * 10)
+    h.cycle()
+    assert h.job(A).current.log_matches == ["cuda_oom"] and h.job(A).status == "stopped"

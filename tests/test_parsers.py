@@ -1,0 +1,234 @@
+"""What autoexp reads from SLURM, tested on real SLURM output (tests/captures): squeue's and
+sacct's lines parsed into rows (job ids, array ranges, state words, names and comments with
+'|' in them), failed or garbled answers turned into UNKNOWN and never into "no jobs", the
+command line and environment SlurmClient runs them with, and what sbatch's and scancel's
+exit codes and texts mean (submitted, refused for good, or in doubt)."""
+
+import re
+
+import pytest
+
+from helpers import Capture, autoexp, captures
+
+pytestmark = pytest.mark.timeout(30)
+
+
+# --- sacct ------------------------------------------------------------------------
+
+SACCT_CMD = r"sacct -X(?! -D) -n -P -o JobID\\,JobIDRaw\\,JobName\\,State\\,ExitCode\\,(Submit\\,)?Start\\,End\\,Comment"
+OLD_SQUEUE_FORMAT = "%i|%A|%T|%r|%j|%k"  # the format of the hand-written lines below
+
+
+def test_every_sacct_capture_in_autoexp_format_parses_or_is_unknown():
+    caps = captures(command_re=SACCT_CMD)
+    assert len(caps) >= 30
+    for cap in caps:
+        client = cap.client(user="root")
+        ncols = len(cap.output_format.split(","))
+        if cap.rc == 0:
+            rows = client.sacct(["1"], 0)
+            # one row per line, except that a pending array range expands to its tasks
+            lines = [l for l in cap.stdout.splitlines() if l]
+            assert len(rows) >= len(set(l.split("|")[0] for l in lines)), cap.name
+            for line in lines:
+                fields = line.split("|")
+                for job_id in autoexp.expand_job_id(fields[0]):
+                    row = rows[job_id]
+                    assert row.name == fields[2]
+                    assert row.state == fields[3].split()[0]
+                    assert row.exit_code == fields[4]
+                    assert row.comment == line.split("|", ncols - 1)[-1]
+        elif "accounting storage is disabled" in cap.stderr:
+            assert client.sacct(["1"], 0) == {}
+        else:
+            with pytest.raises(autoexp.SlurmUnavailable):
+                client.sacct(["1"], 0)
+
+
+@pytest.mark.parametrize("name, job_id, expected", [
+    ("24_sacct_after_finish.txt", "2", ("2", "single-job", "COMPLETED", "0:0", "my comment with spaces")),
+    ("24_sacct_after_finish.txt", "3_3", ("3", "arr-job", "RUNNING", "0:0", "")),
+    ("24_sacct_after_finish.txt", "3_0", ("4", "arr-job", "COMPLETED", "0:0", "arraycomment")),
+    ("36_sacct_cancelled.txt", "9", ("9", "cancel-job", "CANCELLED", "0:0", "")),
+    ("36_sacct_cancelled.txt", "10", ("10", "allocation", "CANCELLED", "0:0", "")),
+    ("97_sacct_array_cancelled.txt", "22_4", ("", "arr-cancel", "CANCELLED", "0:0", "")),
+    ("94_sacct_array_final.txt", "19_1", ("21", "arr-thr", "FAILED", "1:0", "")),
+    ("58_sacct_requeued_done_X.txt", "16", ("16", "requeue-job", "COMPLETED", "0:0", "")),
+    ("77_sacct_after_dbd_back.txt", "25", ("25", "dbd-down-job", "COMPLETED", "0:0", "")),
+    ("65_cgroup_sacct_oom.txt", None, None),
+])
+def test_sacct_fields(name, job_id, expected):
+    rows = dict((r.job_id, r) for r in autoexp.parse_sacct(Capture(name).stdout, Capture(name).output_format))
+    if job_id is None:
+        assert any(r.state == "OUT_OF_MEMORY" and r.exit_code == "0:125" for r in rows.values())
+        return
+    r = rows[job_id]
+    assert (r.raw_id, r.name, r.state, r.exit_code, r.comment) == expected
+
+
+def test_sacct_times_and_unknown():
+    rows = dict((r.job_id, r) for r in autoexp.parse_sacct(Capture("24_sacct_after_finish.txt").stdout, Capture("24_sacct_after_finish.txt").output_format))
+    assert rows["3_3"].end is None and rows["3_3"].start is not None
+    assert rows["2"].end - rows["2"].start == 25
+    assert autoexp.parse_slurm_time("None") is None and autoexp.parse_slurm_time("Unknown") is None
+
+
+def test_sacct_steps_are_skipped():
+    rows = autoexp.parse_sacct(Capture("24_sacct_after_finish_nonX.txt").stdout, Capture("24_sacct_after_finish_nonX.txt").output_format)
+    assert sorted(r.job_id for r in rows) == ["2", "3_0", "3_1", "3_2", "3_3"]
+
+
+# --- squeue and job ids -------------------------------------------------------------
+
+
+def test_squeue_ids_and_states_of_every_capture_parse():
+    """Every first field and state field autoexp would read in the real squeue captures."""
+    caps = captures(command_re=r"^squeue .*-o %i\\\|%j\\\|%T")
+    assert len(caps) >= 10
+    seen = 0
+    for cap in caps:
+        if cap.rc != 0:
+            continue
+        for line in cap.stdout.splitlines():
+            f = line.split("|")
+            ids = autoexp.expand_job_id(f[0])
+            assert ids and all(re.match(r"^\d+(_\d+)?$", i) for i in ids)
+            assert autoexp.normalize_state(f[2]) in autoexp.ACTIVE_STATES | set(autoexp.TERMINAL_MODE)
+            seen += 1
+    assert seen >= 20
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("12", ["12"]), ("3_4", ["3_4"]), ("3_[1-3]", ["3_1", "3_2", "3_3"]),
+    ("19_[0-3%1]", ["19_0", "19_1", "19_2", "19_3"]), ("123_[5-10%2]", ["123_%d" % i for i in range(5, 11)]),
+    ("7_[1,4-5]", ["7_1", "7_4", "7_5"]), ("9_[1-7:3]", ["9_1", "9_4", "9_7"]),
+])
+def test_expand_job_id(text, expected):
+    assert autoexp.expand_job_id(text) == expected
+
+
+@pytest.mark.parametrize("text", ["abc", "12.batch", "3_[", "3_[5-1]", "", "12;x", "1_[0-999999999]"])
+def test_expand_job_id_rejects(text):
+    with pytest.raises(ValueError):
+        autoexp.expand_job_id(text)
+
+
+def test_parse_squeue_autoexp_format():
+    text = ("12|12|RUNNING|None|demo-a|autoexp:p1:demo-a\n"
+            "3_[1-2]|3|PENDING|Resources|p1|autoexp:p1:@array\n"
+            "3_0|4|RUNNING|None|p1|autoexp:p1:@array\n"
+            "20|20|PENDING|launch failed requeued held|other|(null)\n"
+            "21|21|COMPLETED|None|we|ird|na|me|my|comment\n"
+            "22|22|RUNNING|None|x|y|autoexp:p1:demo-b\n")
+    rows = dict((r.job_id, r) for r in autoexp.parse_squeue(text, OLD_SQUEUE_FORMAT))
+    assert rows["12"] == autoexp.QueueRow("12", "12", "RUNNING", "None", "demo-a", "autoexp:p1:demo-a")
+    assert rows["3_2"].state == "PENDING" and rows["3_2"].raw_id == "" and rows["3_2"].comment == "autoexp:p1:@array"
+    assert rows["3_0"].raw_id == "4"
+    assert rows["20"].reason == "launch failed requeued held" and rows["20"].comment == ""
+    assert rows["21"].comment == "" and rows["21"].name == "we|ird|na|me|my|comment"
+    assert rows["22"].name == "x|y" and rows["22"].comment == "autoexp:p1:demo-b"
+
+
+def test_a_heterogeneous_job_in_the_queue_is_just_another_job():
+    rows = autoexp.parse_squeue("1234+0|1234|RUNNING|None|other|(null)\n1234+1|1235|RUNNING|None|other|(null)\n",
+                                "%i|%A|%T|%r|%j|%k")
+    assert [r.job_id for r in rows] == ["1234+0", "1234+1"]
+
+
+@pytest.mark.parametrize("text", [
+    "12|12|RUNNING|None|a|b",              # truncated: no final newline
+    "12|12|RUNNING\n",                    # too few fields
+    "12|12|running|None|a|b\n",           # not a state word
+    "x12|12|RUNNING|None|a|b\n",          # not a job id
+    "12|1x|RUNNING|None|a|b\n",           # not a raw id
+])
+def test_parse_squeue_garbage_is_an_error(text):
+    with pytest.raises(ValueError):
+        autoexp.parse_squeue(text, OLD_SQUEUE_FORMAT)
+
+
+# --- failed queries are UNKNOWN; how SlurmClient asks -------------------------------
+
+
+def test_every_failed_squeue_and_sacct_capture_is_unknown():
+    """Whatever the error text (controller down, slurmdbd down, bad option, invalid id),
+    a failed query is UNKNOWN: never an empty answer."""
+    caps = [c for c in captures(command_re=r"^(squeue|sacct) ") if c.rc != 0 and "--json" not in c.command]
+    assert len(caps) >= 8
+    for cap in caps:
+        client = cap.client()
+        if "accounting storage is disabled" in cap.stderr:
+            assert client.sacct(["1"], 0) == {}
+            continue
+        with pytest.raises(autoexp.SlurmUnavailable):
+            client.squeue() if cap.command.startswith("squeue") else client.sacct(["1"], 0)
+
+
+def test_squeue_errors_are_unknown_never_empty():
+    for name in ("70_squeue_ctld_down.txt", "70_squeue_ctld_down_j.txt"):
+        cap = Capture(name)
+        client = autoexp.SlurmClient(runner=lambda argv, t, env: cap.completed(), user="u")
+        with pytest.raises(autoexp.SlurmUnavailable) as e:
+            client.squeue()
+        assert "Unable to contact slurm controller" in str(e.value)
+    timed_out = autoexp.Completed([], -9, "", "", True)
+    with pytest.raises(autoexp.SlurmUnavailable):
+        autoexp.SlurmClient(runner=lambda a, t, e: timed_out, user="u").squeue()
+
+
+def test_squeue_command_line_and_environment():
+    seen = {}
+
+    def runner(argv, timeout, env):
+        seen.update(argv=argv, env=env, timeout=timeout)
+        return autoexp.Completed(argv, 0, "", "", False)
+    base = {"PATH": "/bin", "SQUEUE_FORMAT": "%i", "SACCT_FORMAT": "x", "SLURM_TIME_FORMAT": "relative",
+            "LC_TIME": "de_DE", "SQUEUE_SORT": "-t", "SCANCEL_INTERACTIVE": "1", "SBATCH_PARTITION": "gpu",
+            "SLURM_CLUSTERS": "a,b", "SBATCH_WAIT": "1", "SLURM_BITSTR_LEN": "10"}
+    client = autoexp.SlurmClient(runner=runner, env=base, timeout=7, user="alice")
+    assert client.squeue() == []
+    assert seen["argv"] == ["squeue", "-h", "-r", "-t", "all", "-u", "alice", "-o", "%i|%A|%T|%r|%V|%j|%k"]
+    env = seen["env"]
+    assert env["SLURM_TIME_FORMAT"] == "standard" and env["LC_ALL"] == "C"
+    assert env["SLURM_BITSTR_LEN"] == "0"
+    for k in ("SQUEUE_FORMAT", "SACCT_FORMAT", "SQUEUE_SORT", "SCANCEL_INTERACTIVE", "LC_TIME", "SLURM_CLUSTERS",
+              "SBATCH_WAIT"):
+        assert k not in env
+    assert env["SBATCH_PARTITION"] == "gpu"  # a user's sbatch default is theirs to keep
+    assert seen["timeout"] == 7
+
+
+# --- sbatch and scancel --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name, outcome", [
+    ("01_sbatch_trivial.txt", "ok"),
+    ("14_sbatch_parsable_with_M.txt", "ok"),
+    ("15_sbatch_bad_partition.txt", "permanent"),
+    ("15_sbatch_bad_time.txt", "permanent"),
+    ("15_sbatch_mem_too_big.txt", "permanent"),
+    ("15_sbatch_no_script.txt", "permanent"),
+    ("15_sbatch_no_shebang.txt", "permanent"),
+    ("71_sbatch_ctld_down.txt", "uncertain"),
+    ("14_sbatch_not_parsable.txt", "uncertain"),  # no --parsable: no id we can trust
+])
+def test_classify_sbatch_captures(name, outcome):
+    res = autoexp.classify_sbatch(Capture(name).completed())
+    assert res.outcome == outcome
+    if outcome == "ok":
+        assert res.job_id == Capture(name).stdout.strip().split(";")[0]
+
+
+def test_classify_sbatch_socket_timeout_and_hang():
+    err = "sbatch: error: Batch job submission failed: Socket timed out on send/recv operation\n"
+    assert autoexp.classify_sbatch(autoexp.Completed([], 1, "", err, False)).outcome == "uncertain"
+    assert autoexp.classify_sbatch(autoexp.Completed([], -9, "", "", True)).outcome == "uncertain"
+    assert autoexp.classify_sbatch(autoexp.Completed([], 0, "63;cluster\n", "", False)).job_id == "63"
+
+
+def test_scancel_captures():
+    for name, ok in (("35_scancel_running.txt", True), ("37_scancel_nonexistent.txt", True),
+                     ("37_scancel_finished_job.txt", True), ("73_scancel_ctld_down.txt", False)):
+        cap = Capture(name)
+        client = autoexp.SlurmClient(runner=lambda a, t, e, cap=cap: cap.completed(), user="u")
+        assert client.scancel("16")[0] is ok, name

@@ -1,0 +1,144 @@
+"""Getting each attempt into SLURM exactly once, in the controller with a fake clock and a
+scripted SLURM: the intent written before sbatch and looked up after a crash, an sbatch that
+failed yet queued the job (adopted, also when accounting lags or the retries are used up),
+one that queued nothing (retried with backoff, then given up), a permanent refusal (the job
+stops), and a failed array task resubmitted alone."""
+
+import pytest
+
+from helpers import A, B, Harness, autoexp, controller_config as config, live
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def test_intent_without_id_is_looked_up_before_resubmitting(tmp_path):
+    h = Harness(tmp_path, config(), names=[A])
+    # a crash between sbatch and the state write: SLURM has the job, the state only the intent
+    att = h.job(A).current
+    jid = att.job_id
+    att.job_id, att.submit_state, att.live = None, "intent", False
+    h.store.save(h.session, h.clock())
+    h.cycle()
+    assert h.job(A).current.job_id == jid and h.job(A).current.origin == "recovered"
+    assert h.slurm.count("sbatch") == 1
+
+
+def test_intent_not_in_slurm_is_submitted(tmp_path):
+    h = Harness(tmp_path, config(), names=[A])
+    att = h.job(A).current
+    h.slurm.forget(att.job_id)
+    att.job_id, att.submit_state, att.live = None, "intent", False
+    h.cycle()
+    assert h.slurm.count("sbatch") == 2 and h.job(A).current.job_id is not None
+    assert len(h.job(A).attempts) == 1
+
+
+def test_recovered_intent_whose_job_already_ended_is_not_replaced_by_itself(tmp_path):
+    h = Harness(tmp_path, config(), names=[A])
+    att = h.job(A).current
+    jid = att.job_id
+    att.job_id, att.submit_state, att.live = None, "intent", False  # sbatch ran, the state missed it
+    h.slurm.set(jid, "COMPLETED")
+    h.log(A, "TRAINING FINISHED\n", job_id=jid)
+    h.cycle()   # adopted; squeue says it ended, and sacct is asked how next cycle
+    h.cycle()
+    job = h.job(A)
+    assert [a.job_id for a in job.attempts] == [jid] and job.current.origin == "recovered"
+    assert job.status == "finalized" and job.current.outcome == "success"
+
+
+def test_sbatch_timeout_that_queued_the_job_is_adopted(tmp_path):
+    h = Harness(tmp_path, config(), names=[A])
+    h.slurm.set(h.live_id(A), "TIMEOUT")
+    h.slurm.sbatch_mode = ["queued_error"]
+    h.cycle()
+    att = h.job(A).current
+    assert att.job_id is None and att.submit_state == "intent" and h.job(A).submit_failures == 1
+    h.cycle(advance=100)  # past the retry backoff: the lookup finds the queued job first
+    att = h.job(A).current
+    assert att.job_id == h.slurm.by_name(A)[-1] and att.origin == "recovered"
+    assert h.slurm.count("sbatch") == 2 and len(h.slurm.by_name(A)) == 2
+
+
+def test_a_queued_job_that_sbatch_called_failed_is_not_resubmitted_while_accounting_lags(tmp_path):
+    h = Harness(tmp_path, config(submit_backoff_seconds=1), names=[A])
+    h.slurm.set(h.live_id(A), "TIMEOUT")
+    h.slurm.sbatch_mode = ["queued_error"]
+    h.cycle()                                       # the restart: queued, yet reported failed
+    (queued,) = [j for j in h.slurm.by_name(A) if j != h.job(A).attempts[0].job_id]
+    h.log(A, "TRAINING FINISHED\n", job_id=queued)
+    h.slurm.set(queued, "COMPLETED")                # it ran at once...
+    h.slurm.purge(queued)                           # ...left squeue (a short MinJobAge)...
+    h.slurm.jobs[queued]["in_sacct"] = False        # ...and accounting has not caught up
+    for _ in range(3):
+        h.cycle(advance=5)
+    assert h.slurm.count("sbatch") == 2, "resubmitted while sacct lagged"
+    h.slurm.jobs[queued]["in_sacct"] = True
+    h.cycle(advance=5)
+    h.cycle(advance=5)
+    job = h.job(A)
+    assert job.current.job_id == queued and job.current.origin == "recovered"
+    assert job.status == "finalized" and h.slurm.count("sbatch") == 2
+
+
+def test_sbatch_error_not_queued_retries_with_backoff(tmp_path):
+    h = Harness(tmp_path, config(submit_backoff_seconds=30), names=[A])
+    h.slurm.set(h.live_id(A), "TIMEOUT")
+    h.slurm.sbatch_mode = ["error", "error"]
+    h.cycle()
+    h.cycle(advance=20)
+    assert h.slurm.count("sbatch") == 2
+    h.cycle(advance=20)
+    assert h.slurm.count("sbatch") == 3
+    h.cycle(advance=70)
+    assert h.slurm.count("sbatch") == 4 and h.job(A).current.job_id
+
+
+def test_retries_used_up_yet_queued_is_followed(tmp_path, monkeypatch, capsys):
+    h = Harness(tmp_path, config(submit_retries=1, submit_backoff_seconds=10), names=[A])
+    h.slurm.set(h.live_id(A), "TIMEOUT")
+    h.slurm.sbatch_mode = ["error", "queued_error"]
+    h.cycle(advance=20)   # the error: retried after the backoff (at least 30 s: sacct's lag)
+    h.cycle(advance=40)   # queued, yet reported failed: retries used up, the job stopped...
+    assert h.job(A).status == "stopped" and h.session.active()  # ...but its last try is in doubt
+    h.cycle(advance=20)   # found by its tag: followed
+    job = h.job(A)
+    assert job.status == "active" and job.current.origin == "recovered" and job.current.job_id in live(h)
+    assert h.slurm.count("sbatch") == 3
+
+
+def test_retries_used_up_and_nothing_queued_ends(tmp_path):
+    h = Harness(tmp_path, config(submit_retries=1, submit_backoff_seconds=10), names=[A])
+    h.slurm.set(h.live_id(A), "TIMEOUT")
+    h.slurm.sbatch_mode = ["error", "error"]
+    assert h.ctl.run([h.session]) == autoexp.EXIT_OK
+    job = h.job(A)
+    assert job.status == "stopped" and job.current.submit_state == "abandoned" and not h.session.active()
+
+
+def test_permanent_sbatch_error_stops_the_job(tmp_path):
+    h = Harness(tmp_path, config(), names=[A])
+    h.slurm.set(h.live_id(A), "TIMEOUT")
+    h.slurm.sbatch_mode = ["permanent"]
+    h.cycle()
+    job = h.reload().job(A)
+    assert job.status == "stopped" and "Invalid partition" in job.reason
+    assert job.current.submit_state == "failed"
+    for _ in range(3):
+        h.cycle()
+    assert h.slurm.count("sbatch") == 2
+
+
+def test_array_task_failure_resubmits_only_that_task(tmp_path):
+    h = Harness(tmp_path, config(), array=True)
+    ids = [h.live_id(A), h.live_id(B)]
+    assert ids == ["101_0", "101_1"]
+    sbatch = [c for c in h.slurm.calls if c[0] == "sbatch"]
+    owned = tuple(h.plan.array.sbatch_args)
+    assert sbatch == [("sbatch", h.plan.array.script_path, owned + ("--array=0,1",))]
+    assert "--comment=autoexp:p1:@array" in owned
+    h.slurm.set("101_1", "FAILED", "1:0")
+    h.cycle()
+    assert h.slurm.calls[-1] == ("sbatch", h.plan.array.script_path, owned + ("--array=1",))
+    assert h.live_id(B) == "102_1" and h.job(B).current.array_task == 1
+    assert h.live_id(A) == "101_0"

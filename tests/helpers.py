@@ -312,10 +312,10 @@ class ScriptedSlurm(object):
         # sacct -S: a job that ended before the window's start is not listed
         return d["in_sacct"] and not (d.get("end") is not None and d["end"] < since)
 
-    def sacct(self, ids, since):
+    def sacct(self, job_ids, since):
         if self._failing("sacct"):
             raise autoexp.SlurmUnavailable("sacct failed (exit 1): Connection refused")
-        return dict((j, self._acct_row(j, self.jobs[j])) for j in ids
+        return dict((j, self._acct_row(j, self.jobs[j])) for j in job_ids
                     if j in self.jobs and self._in_window(self.jobs[j], since))
 
     def sacct_by_name(self, names, since):

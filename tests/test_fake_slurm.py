@@ -158,8 +158,10 @@ def test_finished_and_purged_job_match_captures(h):
     c = cap("03_scontrol_show_job_finished")
     rc, out, err = h.replay(c)
     alloc = re.compile(r"AllocNode:Sid=\S+")
+    run_time = re.compile(r"RunTime=\S+")  # the elapsed time again: 00:00:00 or 00:00:01 by luck
     assert (rc, err) == (0, "")
-    assert alloc.sub("A", mask(out)) == alloc.sub("A", mask(c.out))
+    assert alloc.sub("A", run_time.sub("RunTime=*", mask(out))) == \
+        alloc.sub("A", run_time.sub("RunTime=*", mask(c.out)))
 
     end = h.job(1)["end_time"]
     time.sleep(max(0, end + 0.1 + 1.5 - time.time()))
@@ -584,7 +586,9 @@ def test_sbatch_errors_and_odd_submissions(h):
     got = h.squeue("-h", "-t", "all", "-j", "67,68,69", "-o", FMT)
     want = [ln for ln in cap("16_squeue_after_errors").lines() if ln.split("|")[0] in
             ("67", "68", "69")]
-    assert sorted(got) == sorted(want)
+    # %M, the elapsed time, counts whole seconds from start to end: 0:00 or 0:01 by luck
+    # (and by how busy the machine is), so it is left out, as in the other captures.
+    assert sorted(fields(ln, [4]) for ln in got) == sorted(fields(ln, [4]) for ln in want)
     c = cap("16_sacct_after_errors")
     assert mask(h.sacct("-X", "-n", "-P", "-o", SACCT8, "-j", "69")[0]) == mask(c.lines()[2])
     assert h.job(67)["comment"] == "file-comment"

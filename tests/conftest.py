@@ -10,6 +10,8 @@ from helpers import Project, fake_slurm
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "real_slurm: needs a real SLURM cluster (tests/real_slurm/setup.sh)")
+    config.addinivalue_line("markers", "slow: takes over about a second (CLI scenarios on the fake SLURM, the crash "
+                                       "harness, the pyz on every Python); `-m \"not slow\"` leaves it out")
 
 
 @pytest.fixture(autouse=True)

@@ -21,6 +21,13 @@ CRASH_POINTS = [
 ]
 OCCURRENCES = (1, 2, 3)
 
+
+def slow_but(values, fast):
+    """The values as parameters, each marked slow except `fast`: `-m "not slow"` keeps one
+    crash point (the first sbatch that the state file missed), the full run all of them."""
+    return [v if v == fast else pytest.param(v, marks=pytest.mark.slow) for v in values]
+
+
 EXPECTED = {
     "cr-s1": ["timeout", "success"],          # killed by its time limit once
     "cr-s2": ["crash", "success"],            # a log event while RUNNING: cancelled, restarted
@@ -97,8 +104,8 @@ def check_invariants(project, fake, plan_id):
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("nth", OCCURRENCES)
-@pytest.mark.parametrize("point", CRASH_POINTS)
+@pytest.mark.parametrize("nth", slow_but(OCCURRENCES, 1))
+@pytest.mark.parametrize("point", slow_but(CRASH_POINTS, "after_sbatch"))
 def test_crash_point(project, fake, point, nth):
     plan_id = "c-%s-%d" % (point.replace("_", "-"), nth)
     sweep(project, fake, plan_id, plan=False)
@@ -118,6 +125,7 @@ def _run_with_crash(project, plan_id, point, nth):
                        env={"AUTOEXP_CRASH_AT": "%s:%d" % (point, nth)})
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(150)
 def test_sigkill_at_random_moments(tmp_path):
     rng = random.Random(20261129)

@@ -21,6 +21,7 @@ def names(status):
     return dict((j["name"], j) for j in status["sessions"][0]["jobs"])
 
 
+@pytest.mark.slow
 def test_four_job_sweep_to_success(project, fake):
     cfg = project.config(sweep_config())
     res = project.ok("run", cfg, "--plan-id", "sweep")
@@ -37,6 +38,7 @@ def test_four_job_sweep_to_success(project, fake):
     assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
 
 
+@pytest.mark.slow
 def test_timeout_twice_then_success_history(project, fake):
     fake.add_rule(name="e2e-s1", action="TIMEOUT", nth=1, after=0.05)
     fake.add_rule(name="e2e-s1", action="TIMEOUT", nth=2, after=0.05)
@@ -69,6 +71,7 @@ def test_log_event_mapped_to_stop(project, fake):
     assert fake.submissions("e2e-s1")[0]["state"] == "CANCELLED"  # it does not keep its GPUs
 
 
+@pytest.mark.slow
 def test_stall_is_cancelled_and_restarted(project, fake):
     cmd = ("if [ {seed} = 1 ] && [ ! -e stalled-once ]; then touch stalled-once; echo started; sleep 60; fi; "
            "echo TRAINING FINISHED")
@@ -91,6 +94,7 @@ def test_failing_every_time_stops_at_max_attempts(project, fake):
     assert len(fake.submissions("e2e-s1")) == 2
 
 
+@pytest.mark.slow
 def test_squeue_failing_for_several_cycles_changes_nothing(project, fake):
     cfg = project.config(sweep_config(command="sleep 0.5; echo TRAINING FINISHED"))
     project.ok("plan", cfg, "--plan-id", "outage")
@@ -108,6 +112,7 @@ def test_squeue_failing_for_several_cycles_changes_nothing(project, fake):
     assert len(fake.submissions()) == 4
 
 
+@pytest.mark.slow
 def test_array_task_fails_once_and_only_it_is_resubmitted(project, fake):
     fake.add_rule(name="arr", task=2, nth=1, action="FAILED", exit_code=1, after=0.1)
     cfg = project.config(sweep_config(command="sleep 0.3; echo TRAINING FINISHED"))
@@ -193,6 +198,7 @@ def pyz(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("python", pythons())
 def test_pyz_runs_the_sweep_on_every_python(tmp_path, fake, python, pyz):
     if python is None:

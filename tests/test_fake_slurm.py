@@ -143,6 +143,7 @@ SACCT8 = "JobID,JobIDRaw,JobName,State,ExitCode,Start,End,Comment"
 # captures 01-06: a finished job, then purged
 # --------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_finished_and_purged_job_match_captures(h):
     h.fs.configure(min_job_age=1.5)
     h.same(cap("01_sbatch_trivial"))
@@ -178,6 +179,7 @@ def test_finished_and_purged_job_match_captures(h):
 # captures 10-24: a running job and a job array
 # --------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_running_job_and_array_formats(h):
     h.fs.configure(first_job_id=2)
     rc, out, err = h.replay(cap("10_sbatch_single"), subs=[("sleep 25", "sleep 2")])
@@ -294,6 +296,7 @@ def test_exit_codes_match_captures(h):
 # captures 33-37: scancel
 # --------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_cancel_running_and_pending_match_captures(h):
     h.fs.configure(first_job_id=9, completing_seconds=0.8)
     assert h.replay(cap("33_sbatch_cancel_running"))[1] == "9\n"
@@ -328,6 +331,7 @@ def test_cancel_running_and_pending_match_captures(h):
     assert re.match(r"^slurmstepd-vm: error: \*\*\* JOB 9 ON vm CANCELLED AT \S+ \*\*\*\n$", text)
 
 
+@pytest.mark.slow
 def test_sacct_lag_for_jobs_that_never_started(h):
     h.fs.configure(sacct_lag=0.6)
     jid = h.run("sbatch", "--parsable", "--hold", "--job-name=lagged",
@@ -357,6 +361,7 @@ def test_sacct_lag_for_jobs_that_never_started(h):
     assert h.sacct(*fmt) == ["%s|pend-cancel|%s" % (pc, by)]
 
 
+@pytest.mark.slow
 def test_sacct_lag_counts_from_start_and_end(h):
     lag = 1.0
     h.fs.configure(sacct_lag=lag, pending_seconds=0.4)
@@ -411,6 +416,7 @@ def test_sacct_lag_counts_from_start_and_end(h):
 # captures 30/32/38: time limit
 # --------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_timeout_with_scaled_time_limit(h):
     h.fs.configure(first_job_id=7, time_scale=0.02)  # --time=1 -> 1.2 s
     assert h.replay(cap("30_sbatch_timeout"))[1] == "7\n"
@@ -438,6 +444,7 @@ def test_timeout_with_scaled_time_limit(h):
 # captures 40-46: hold and release
 # --------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_hold_release_match_captures(h):
     h.fs.configure(first_job_id=14, pending_seconds=2.0)
     assert h.replay(cap("40_sbatch_for_hold"))[1] == "14\n"
@@ -469,6 +476,7 @@ def test_hold_release_match_captures(h):
 # captures 50-59: requeue
 # --------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_requeue_match_captures(h):
     h.fs.configure(first_job_id=16, completing_seconds=0.6, requeue_delay=2.0)
     subs = [("sleep 30", "sleep 1")]
@@ -526,6 +534,7 @@ def test_requeue_match_captures(h):
 # captures 90-97: throttled array, task cancel, whole-array cancel
 # --------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_throttled_array_and_task_cancel(h):
     h.fs.configure(first_job_id=19, pending_seconds=1.0, min_job_age=10)
     assert h.replay(cap("90_sbatch_array_throttled"), [("sleep 4", "sleep 0.3")])[1] == "19\n"
@@ -570,6 +579,7 @@ def test_whole_array_cancel(h):
 # captures 14-16: sbatch texts and odd submissions
 # --------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_sbatch_errors_and_odd_submissions(h):
     h.fs.configure(first_job_id=63, cluster_name="localcluster")
     h.same(cap("14_sbatch_parsable_with_M"))
@@ -630,6 +640,7 @@ def test_time_limit_and_array_spec_parsing():
 # captures 70-77: controller and database down
 # --------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_ctld_and_dbd_down_match_captures(h):
     h.fs.configure(first_job_id=16)
     assert h.run("sbatch", "--parsable", "--hold", "--job-name=requeue-job",
@@ -655,6 +666,7 @@ def test_ctld_and_dbd_down_match_captures(h):
 # captures 80-85: sacct job selection and time windows
 # --------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_sacct_selection_matches_captures(h):
     h.fs.configure(first_job_id=3)
     assert h.run("sbatch", "--parsable", "--array=0-3", "--job-name=arr-job",
@@ -705,6 +717,7 @@ def test_sacct_selection_matches_captures(h):
 # behaviour beyond the captures
 # --------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_state_dir_required_and_shims(tmp_path):
     env = dict(os.environ)
     env.pop("FAKE_SLURM_DIR", None)
@@ -788,6 +801,7 @@ def test_squeue_filters_and_widths(h):
         (1, "", "squeue: error: Invalid user: no-such-user-xyz\n")
 
 
+@pytest.mark.slow
 def test_rules_end_runs_as_asked(h):
     fs = h.fs
     fs.add_rule(name="to-*", action="TIMEOUT", after=0.2)
@@ -823,6 +837,7 @@ def test_rules_end_runs_as_asked(h):
     assert h.job(again)["restarts"] == 0
 
 
+@pytest.mark.slow
 def test_hang_rule_stops_output_until_cancel(h):
     h.fs.add_rule(name="hung", action="HANG", after=0.3)
     jid = h.run("sbatch", "--parsable", "-J", "hung", "-o", "hung.out",
@@ -847,6 +862,7 @@ def test_hang_rule_stops_output_until_cancel(h):
         pytest.fail("stopped job survived scancel")
 
 
+@pytest.mark.slow
 def test_cancel_of_running_job_is_completing_first(h):
     h.fs.configure(completing_seconds=1.0)
     run = h.run("sbatch", "--parsable", "-J", "cg", "--wrap=sleep 30")[1].strip()
@@ -865,6 +881,7 @@ def test_cancel_of_running_job_is_completing_first(h):
     assert h.squeue("-h", "-t", "all", "-j", run, "-o", "%T|%N") == ["CANCELLED|vm"]
 
 
+@pytest.mark.slow
 def test_requeue_shows_requeued_in_sacct_while_completing(h):
     h.fs.configure(completing_seconds=2.0, requeue_delay=3.0, sacct_lag=0.8)
     h.fs.add_rule(name="rq", action="REQUEUE", after=0.2, nth=1)
@@ -910,6 +927,7 @@ def test_sacct_j_task_skips_a_pending_range(h):
                                            "%s_[1-3]|rng|%s" % (arr, by)]
 
 
+@pytest.mark.slow
 def test_ctld_down_delay(h):
     h.fs.configure(ctld_down=True, ctld_down_delay=0.3)
 
@@ -930,6 +948,7 @@ def test_ctld_down_delay(h):
     assert h.fs.jobs() == []
 
 
+@pytest.mark.slow
 def test_dbd_stale_rows_after_outage(h):
     h.fs.configure(dbd_stale_seconds=1.0)
     fmt = ["-X", "-n", "-P", "-o", "JobID,JobName,State,End"]
@@ -962,6 +981,7 @@ def test_dbd_stale_rows_after_outage(h):
         ["%s|ph|CANCELLED by %d" % (ph, os.getuid())]
 
 
+@pytest.mark.slow
 def test_fault_injection(h):
     fs = h.fs
     fs.fail_next("squeue")
@@ -1043,6 +1063,7 @@ def test_api_steering_and_cli(h):
     assert json.loads(p.stdout.decode())[0]["name"] == "steer"
 
 
+@pytest.mark.slow
 def test_concurrent_commands_keep_state_consistent(h):
     h.fs.configure(pending_seconds=0.02, completing_seconds=0.05)
     results, errors = [], []

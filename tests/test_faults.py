@@ -36,6 +36,7 @@ def actions_taken(project, plan_id):
 
 # --- a controller that does not answer ----------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["error", "hang", "garbled"])
 def test_squeue_misbehaving_is_unknown(project, fake, mode):
     submit(project, cfg(command="exit 1"), "sq-" + mode)
@@ -53,6 +54,7 @@ def test_squeue_misbehaving_is_unknown(project, fake, mode):
     assert [len(fake.submissions(n)) for n in ("ft-s1", "ft-s2")] == [2, 2]
 
 
+@pytest.mark.slow
 def test_sacct_down_leaves_missing_jobs_unknown(project, fake):
     fake.configure(min_job_age=1)
     submit(project, cfg(command="echo TRAINING FINISHED; exit 1", seeds=(1,)), "dbd")
@@ -71,6 +73,7 @@ def test_sacct_down_leaves_missing_jobs_unknown(project, fake):
     assert job["status"] == "finalized" and len(job["attempts"]) == 1
 
 
+@pytest.mark.slow
 def test_controller_outage_takes_no_action_then_carries_on(project, fake):
     """slurmctld down while jobs end: no submission, cancel or decision until it is back."""
     submit(project, cfg(command="sleep 0.5; exit 1", inactivity_threshold_seconds=1), "out")
@@ -109,6 +112,7 @@ def test_sbatch_timeout_that_queued_the_job_is_adopted_not_resubmitted(project, 
     assert len(fake.submissions("ft-s1")) == 1 and len(fake.calls("sbatch")) == 1
 
 
+@pytest.mark.slow
 def test_sbatch_failure_that_queued_nothing_is_retried_with_backoff(project, fake):
     # a short lost grace: the retries' floor (sacct's lag) is min(30 s, lost_after_seconds)
     project.ok("plan", project.config(cfg(seeds=(1,), lost_after_seconds=0.3)), "--plan-id", "retry")
@@ -138,6 +142,7 @@ def test_permanent_sbatch_error_stops_the_job_without_retrying(project, fake, sb
     assert len(fake.calls("sbatch")) == 1
 
 
+@pytest.mark.slow
 def test_scancel_failing_is_recorded_and_retried(project, fake):
     submit(project, cfg(command="if [ ! -e once ]; then touch once; echo hi; sleep 30; fi; echo TRAINING FINISHED",
                         seeds=(1,), inactivity_threshold_seconds=1), "sc")
@@ -161,6 +166,7 @@ def test_scancel_of_a_job_already_gone_is_fine(project, fake):
 
 # --- one writer, many readers -------------------------------------------------------------
 
+@pytest.mark.slow
 def test_monitor_and_reconcile_at_once_exactly_one_acts(project, fake):
     submit(project, cfg(command="sleep 0.2; echo TRAINING FINISHED", seeds=(1, 2, 3)), "race")
     path = os.path.join(project.state_dir, "race.json")

@@ -45,6 +45,7 @@ def attempts(project, session, name):
 
 # --- the five failures of the issue ----------------------------------------------------
 
+@pytest.mark.slow
 def test_job_id_changed_while_no_monitor_ran_is_adopted(project, fake):
     submit(project, cfg(command="sleep 3; echo TRAINING FINISHED"), "chg")
     old = project.state("chg")["jobs"][0]["job_id"]
@@ -62,6 +63,7 @@ def test_job_id_changed_while_no_monitor_ran_is_adopted(project, fake):
     assert [a["outcome"] for a in atts] == ["replaced", "success"] and len(fake.submissions("rs-s1")) == 2
 
 
+@pytest.mark.slow
 def test_job_finished_while_no_monitor_ran_is_finalized_from_sacct(project, fake):
     fake.configure(min_job_age=1)
     submit(project, cfg(), "fin")
@@ -77,6 +79,7 @@ def test_job_finished_while_no_monitor_ran_is_finalized_from_sacct(project, fake
     assert len(fake.calls("sbatch")) == 2
 
 
+@pytest.mark.slow
 def test_job_failed_while_no_monitor_ran_gets_its_policy_once(project, fake):
     fake.configure(min_job_age=1)
     submit(project, cfg(command="if [ ! -e once-{seed} ]; then touch once-{seed}; exit 3; fi; echo TRAINING FINISHED",
@@ -92,6 +95,7 @@ def test_job_failed_while_no_monitor_ran_gets_its_policy_once(project, fake):
     assert [a["outcome"] for a in attempts(project, "fail", "rs-s1")] == ["crash", "success"]
 
 
+@pytest.mark.slow
 def test_no_accounting_log_decides_success_else_lost_after_grace(project, fake):
     fake.configure(min_job_age=1)
     submit(project, cfg(command="if [ {seed} = 1 ]; then echo TRAINING FINISHED; fi; sleep 0.2"), "noacct")
@@ -111,6 +115,7 @@ def test_no_accounting_log_decides_success_else_lost_after_grace(project, fake):
     assert len(fake.submissions("rs-s2")) == 2
 
 
+@pytest.mark.slow
 def test_monitor_all_registers_untracked_jobs(project, fake):
     submit(project, cfg(seeds=(1, 2, 3)), "part", "--only", "rs-s1")
     assert [j["name"] for j in project.state("part")["jobs"]] == ["rs-s1"]
@@ -124,6 +129,7 @@ def test_monitor_all_registers_untracked_jobs(project, fake):
     assert len(fake.submissions("rs-s2")) == 1 and len(fake.submissions("rs-s3")) == 1
 
 
+@pytest.mark.slow
 def test_history_marks_the_live_attempt_and_survives_finalize(project, fake):
     fake.add_rule(name="rs-s1", nth=1, action="TIMEOUT", after=0.1)
     submit(project, cfg(command="sleep 1.5; echo TRAINING FINISHED", seeds=(1,)), "hist")
@@ -143,6 +149,7 @@ def test_history_marks_the_live_attempt_and_survives_finalize(project, fake):
     assert hist["job_id"] is None and not any(a["live"] for a in hist["attempts"])
 
 
+@pytest.mark.slow
 def test_log_events_never_fire_twice_across_a_stop(project, fake):
     c = cfg(command="echo WARN one; echo WARN two; sleep 2; echo WARN three; echo TRAINING FINISHED", seeds=(1,))
     c["monitoring"]["log_events"] = [{"name": "warn", "pattern": "WARN", "mode": "note"}]
@@ -181,6 +188,7 @@ def _monitor_proc(project, session):
                             cwd=project.root, env=project.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
 def test_stop_the_monitor_mid_sweep_and_resume(project, fake, sig):
     _restart_sweep(project, fake, "stop")
@@ -198,6 +206,7 @@ def test_stop_the_monitor_mid_sweep_and_resume(project, fake, sig):
     _expected_after_restart_sweep(project, fake, "stop")
 
 
+@pytest.mark.slow
 def test_reconcile_from_a_loop_takes_the_sweep_to_the_end(project, fake):
     _restart_sweep(project, fake, "cron")
     deadline = time.time() + 60
@@ -210,6 +219,7 @@ def test_reconcile_from_a_loop_takes_the_sweep_to_the_end(project, fake):
     _expected_after_restart_sweep(project, fake, "cron")
 
 
+@pytest.mark.slow
 def test_requeue_under_the_same_id_is_not_restarted(project, fake):
     fake.configure(requeue_delay=1.5)  # long enough for a cycle to see it PENDING again
     submit(project, cfg(command="sleep 1.5; echo TRAINING FINISHED", seeds=(1,)), "rq")
@@ -227,6 +237,7 @@ def test_requeue_under_the_same_id_is_not_restarted(project, fake):
     assert b"requeued" in out
 
 
+@pytest.mark.slow
 def test_reconcile_dry_run_changes_nothing(project, fake):
     fake.add_rule(name="rs-s1", nth=1, action="TIMEOUT", after=0.1)
     submit(project, cfg(), "dry")
@@ -241,6 +252,7 @@ def test_reconcile_dry_run_changes_nothing(project, fake):
     assert not os.path.exists(os.path.join(project.state_dir, "actions", "dry"))
 
 
+@pytest.mark.slow
 def test_two_sessions_with_the_same_names_never_adopt_each_other(project, fake):
     c = cfg(command="sleep 2; echo TRAINING FINISHED", seeds=(1,))
     submit(project, c, "one")
@@ -278,6 +290,7 @@ def test_second_writer_gets_75_with_the_holder(project, fake):
     assert fake.submissions("rs-s1")[0]["state"] == "CANCELLED"
 
 
+@pytest.mark.slow
 def test_lock_of_a_killed_monitor_does_not_block(project, fake):
     submit(project, cfg(command="sleep 2; echo TRAINING FINISHED", seeds=(1,)), "dead")
     proc = _monitor_proc(project, "dead")
@@ -289,6 +302,7 @@ def test_lock_of_a_killed_monitor_does_not_block(project, fake):
     assert project.state("dead")["jobs"][0]["status"] == "finalized"
 
 
+@pytest.mark.slow
 def test_monitor_all_watches_every_session_with_one_squeue_per_cycle(project, fake):
     c = cfg(command="sleep 1; echo TRAINING FINISHED", seeds=(1, 2))
     submit(project, c, "a1")
@@ -308,6 +322,7 @@ def test_monitor_all_watches_every_session_with_one_squeue_per_cycle(project, fa
         assert all(j["status"] == "finalized" for j in st["jobs"])
 
 
+@pytest.mark.slow
 def test_state_file_moved_aside_is_rebuilt_from_slurm_with_monitor_all(project, fake):
     fake.configure(min_job_age=1)
     submit(project, cfg(command="if [ {seed} = 2 ]; then sleep 3; fi; echo TRAINING FINISHED", seeds=(1, 2, 3)),

@@ -27,6 +27,7 @@ def sbatch_directives(script):
     return out
 
 
+@pytest.mark.slow
 def test_hostile_values_never_run_as_shell(project, fake):
     cfg = {
         "project": "sec",

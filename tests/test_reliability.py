@@ -576,6 +576,7 @@ def test_18_a_tagged_line_that_cannot_be_read_is_still_unknown():
 
 # 19. A signal while `run` submits still leaves a resume hint --------------------------
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_19_sigterm_during_run_submission_exits_130_with_the_resume_hint(tmp_path, fake):
     proj = tmp_path / "proj"
@@ -622,6 +623,7 @@ def test_20_two_id_lines_are_no_answer():
 
 # 21. Smaller ones ---------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_21_the_lock_says_run_while_run_monitors(tmp_path, fake):
     proj = tmp_path / "proj"
     proj.mkdir()

@@ -90,7 +90,7 @@ EXIT_CRASH_POINT = 86  # only ever produced by the AUTOEXP_CRASH_AT test hook
 EXIT_INTERRUPTED = 130
 EXIT_CODES = (EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_LOCKED, EXIT_CRASH_POINT, EXIT_INTERRUPTED)
 
-STATE_SCHEMA_VERSION = 1
+STATE_SCHEMA_VERSION = 2  # 1: one JSON document per session; 2: header + job snapshot + batches
 MANIFEST_SCHEMA_VERSION = 1
 SESSION_KIND = "autoexp-session"
 MANIFEST_KIND = "autoexp-manifest"
@@ -184,11 +184,14 @@ MAX_LOG_EVENTS = 100         # log_events entries
 MAX_ATTEMPTS = 1000          # a policy's max_attempts
 MAX_SECONDS = 30 * 86400.0   # any duration a user gives: backoffs, thresholds, grace periods
 JOURNAL_TAIL_BYTES = 65536   # how much of the journal's end is read to find its last seq
+COMPACT_BYTES = 1 << 20      # batches appended before a new generation of job files is written
+LOAD_TRIES = 5               # times a reader racing a new generation reads again
 
 # Crash points of the test hook (SPEC 11), in the order a cycle reaches them.
 LOCK_TRIES = 5               # times a lock file deleted under our open is opened again
 
-CRASH_POINTS = ("state_before_rename", "state_after_rename", "before_intent_write", "after_intent_write",
+CRASH_POINTS = ("state_before_rename", "state_after_rename", "state_before_append", "state_mid_append",
+                "state_after_append", "before_intent_write", "after_intent_write",
                 "before_sbatch", "after_sbatch", "after_action_payload", "between_jobs",
                 "before_scancel", "after_scancel")
 
@@ -2210,8 +2213,16 @@ class Record(object):
         if fields:
             raise TypeError("unknown %s fields: %s" % (type(self).__name__.lower(), ", ".join(fields)))
 
-    def to_dict(self):
-        return OrderedDict((f.name, _to_json_value(f.name, getattr(self, f.name))) for f in self.FIELDS)
+    def to_dict(self, compact=False):
+        """The JSON form; compact leaves out the fields that hold their default (a reader
+        fills them in), so that a job of a large sweep costs a few hundred bytes."""
+        out = OrderedDict()
+        for f in self.FIELDS:
+            value = getattr(self, f.name)
+            if compact and f.required is None and (value == f.default or (value == [] and f.default == ())):
+                continue
+            out[f.name] = _to_json_value(f.name, value)
+        return out
 
     @classmethod
     def fields_from(cls, d, where):
@@ -2244,8 +2255,8 @@ class Attempt(Record):
     FIELDS = ATTEMPT_FIELDS
     __slots__ = tuple(f.name for f in ATTEMPT_FIELDS)
 
-    def to_dict(self):
-        d = Record.to_dict(self)
+    def to_dict(self, compact=False):
+        d = Record.to_dict(self, compact)
         d["actions"] = [_times_to_json(a) for a in self.actions]
         return d
 
@@ -2374,11 +2385,16 @@ class Job(Record):
         lookup by tag comes back empty, that submission may have queued it after all."""
         return self.status != ACTIVE and any(a.in_doubt for a in self.attempts)
 
-    def to_dict(self):
-        d = Record.to_dict(self)
-        d["attempts"] = [a.to_dict() for a in self.attempts]
-        d["job_id"] = self.job_id  # derived: what a reader of the file wants first
+    def to_dict(self, compact=False):
+        d = Record.to_dict(self, compact)
+        d["attempts"] = [a.to_dict(compact) for a in self.attempts]
+        if self.job_id is not None or not compact:
+            d["job_id"] = self.job_id  # derived: what a reader of the file wants first
         return d
+
+    def line(self):
+        """The job as one line of a snapshot or a batch (compact, keys sorted)."""
+        return json.dumps(self.to_dict(compact=True), sort_keys=True, separators=(",", ":"))
 
     @classmethod
     def from_dict(cls, d):
@@ -2393,7 +2409,11 @@ SESSION_FIELDS = (
     Field("schema_version", None, _INT), Field("kind", None, _STR), Field("session_id", None, _STR), Field("project", None, _STR),
     Field("manifest_path", None, _STR), Field("created_at", None, _STR), Field("updated_at"),
     Field("config", None, (dict,)), Field("monitor_overrides", ()), Field("event_seq", 0, _INT),
-    Field("outbox", ()), Field("jobs", (), (list,)), Field("clock_ref"))
+    Field("outbox", ()), Field("clock_ref"), Field("generation", 0), Field("batch", 0))
+# A schema-2 header must say where its jobs are; a schema-1 document has them inline.
+HEADER_FIELDS = (Field("generation", None, _INT), Field("batch", None, _INT))
+# What a batch carries of the session besides its jobs: what changes from cycle to cycle.
+BATCH_SESSION_FIELDS = ("event_seq", "outbox", "updated_at", "clock_ref")
 
 
 class Session(Record):
@@ -2401,16 +2421,30 @@ class Session(Record):
 
     FIELDS = SESSION_FIELDS
     __slots__ = tuple(f.name for f in SESSION_FIELDS) + (
-        "path", "plan", "journal_seq", "_monitoring", "_policies", "_matcher", "_by_name")
+        "jobs", "path", "plan", "journal_seq", "_monitoring", "_policies", "_matcher", "_by_name",
+        "digests", "touched", "header_dirty", "persisted_seq", "snapshot_bytes", "delta_bytes", "unwritten")
 
-    def __init__(self, path, **fields):
+    def __init__(self, path, jobs=(), **fields):
         Record.__init__(self, **fields)
         self.schema_version, self.kind = STATE_SCHEMA_VERSION, SESSION_KIND
         self.updated_at = self.updated_at or self.created_at
+        self.jobs = list(jobs)
         self.path = path
         self.plan = None
         self.journal_seq = None  # what the journal file already holds; read on first sync
         self._monitoring = self._policies = self._matcher = self._by_name = None
+        # What the files hold (section 8): the line each job was last written as (by its
+        # hash), the jobs this process may have changed since, whether the header changed.
+        self.digests, self.touched, self.header_dirty = {}, set(), False
+        self.persisted_seq, self.snapshot_bytes, self.delta_bytes = self.event_seq, 0, 0
+        self.unwritten = None  # actions whose payload is not written yet (None: not looked for yet)
+
+    def touch(self, job):
+        """job may change: the next save compares it with what the files hold."""
+        self.touched.add(job.name)
+
+    def touch_all(self):
+        self.touched.update(j.name for j in self.jobs)
 
     @property
     def monitoring(self):
@@ -2445,6 +2479,7 @@ class Session(Record):
             key = o.partition("=")[0]
             self.monitor_overrides = [x for x in self.monitor_overrides if x.partition("=")[0] != key] + [o]
         self._monitoring = self._policies = self._matcher = None
+        self.header_dirty = True
 
     def job(self, name):
         if self._by_name is None or len(self._by_name) != len(self.jobs):
@@ -2454,6 +2489,7 @@ class Session(Record):
     def shift_timers(self, seconds):
         """The wall clock jumped by `seconds`: move every time a duration is measured from
         by as much, so that no stall, grace or backoff counts the jump."""
+        self.touch_all()
         for job in self.jobs:
             for f in JOB_TIMERS:
                 if getattr(job, f) is not None:
@@ -2469,6 +2505,8 @@ class Session(Record):
         self.jobs.extend(jobs)
         self.jobs.sort(key=lambda j: j.index)
         self._by_name = None
+        for job in jobs:
+            self.touch(job)
 
     def active(self):
         """Work is left: a job still active, a cancel SLURM has not yet carried out, or a
@@ -2490,6 +2528,7 @@ class Session(Record):
         if event != EV_STATE:  # status shows the SLURM state beside it; keep what autoexp saw or did
             job.last_event = event
         job.last_updated = now
+        self.touch(job)
         return rec
 
     def add_action(self, job, att, action, mode, reason, now):
@@ -2497,20 +2536,36 @@ class Session(Record):
         rec = OrderedDict([("id", "%s_%s_%d_%s" % (stamp, job.name, att.attempt, action)),
                            ("time", now), ("action", action), ("mode", mode), ("reason", reason)])
         att.actions.append(rec)
+        if self.unwritten is not None:
+            self.unwritten.append((job, att, rec))
+        self.touch(job)
         return rec
 
     def to_dict(self):
+        """The header (schema 2): everything but the jobs."""
         d = Record.to_dict(self)
         d["outbox"] = [_times_to_json(e) for e in self.outbox]
-        d["jobs"] = [j.to_dict() for j in self.jobs]
         return d
 
+    def batch_fields(self):
+        return OrderedDict((k, [_times_to_json(e) for e in self.outbox] if k == "outbox"
+                            else _to_json_value(k, getattr(self, k))) for k in BATCH_SESSION_FIELDS)
+
+    def apply_batch_fields(self, d):
+        for k in BATCH_SESSION_FIELDS:
+            if k in d:
+                v = d[k]
+                setattr(self, k, [_times_from_json(e) for e in v] if k == "outbox" else _from_json_value(k, v))
+
     @classmethod
-    def from_dict(cls, d, path):
+    def from_dict(cls, d, path, jobs=None):
+        """A session from its header (schema 2, jobs given) or its whole document (schema 1)."""
         fields = cls.fields_from(d, "the session")
         fields["outbox"] = [_times_from_json(e) for e in d.get("outbox", ())]
-        fields["jobs"] = [Job.from_dict(j) for j in d["jobs"]]
-        return cls(path, **fields)
+        if jobs is None:
+            _require(d, (Field("jobs", None, (list,)),), "the session")
+            jobs = [Job.from_dict(j) for j in d["jobs"]]
+        return cls(path, jobs, **fields)
 
     @classmethod
     def new(cls, path, plan, now, event_seq=0):
@@ -3132,8 +3187,44 @@ class StateStore(object):
         return [os.path.join(self.root, n) for n in names
                 if n.endswith(".json") and not n.startswith(".") and SAFE_NAME_RE.match(n[:-5])]
 
+    # A session on disk (schema 2): <id>.json is its header (everything but the jobs, and
+    # which generation of job files is current); <id>.g<G>.jobs.jsonl holds every job, one
+    # JSON line each, as of generation G (written once, whole, then never changed); and
+    # <id>.g<G>.delta.jsonl the batches appended since: one line {"batch": N, "jobs": K,
+    # "session": {...}} and the K jobs that changed, whole. A cycle appends one batch, so
+    # its cost follows what changed; when the batches outgrow half the snapshot, a new
+    # generation is written (snapshot, then header: the header's rename is the commit).
+    # Readers see the header's generation and every complete batch; a batch cut short by a
+    # crash is not there.
+
+    def gen_paths(self, session_id, generation):
+        base = os.path.join(self.root, "%s.g%d" % (session_id, generation))
+        return base + ".jobs.jsonl", base + ".delta.jsonl"
+
     def load(self, path, with_plan=True):
-        """Read a session file; anything wrong with it is a loud StateError, never a reset."""
+        """Read a session; anything wrong with it is a loud StateError, never a reset."""
+        for _ in range(LOAD_TRIES):
+            try:
+                return self._load(path, with_plan)
+            except _GenerationMoved:
+                continue  # a writer wrote a new generation while this read the old: again
+        raise StateError("session %s keeps changing while it is read; try again" % path)
+
+    def _check_home(self, session, path, with_plan):
+        # A copy of a session file (p1-backup.json, or p1.json in another folder) would be a
+        # second writer of the same jobs, under another lock: refused.
+        if os.path.basename(path) != "%s.json" % session.session_id:
+            raise StateError("%s holds session %r, so it is a copy; keep copies outside the state folder, "
+                             "and monitor %s.json" % (path, session.session_id, session.session_id))
+        if with_plan:
+            session.plan = load_manifest(session.manifest_path)
+            home = os.path.realpath(session.plan.state_dir)
+            if os.path.realpath(os.path.dirname(os.path.abspath(path))) != home:
+                raise StateError("%s is a copy: session %s lives in %s (its plan's state folder); monitor "
+                                 "that one, or two writers would act on the same jobs"
+                                 % (path, session.session_id, home))
+
+    def _load(self, path, with_plan):
         hint = ("the file was not changed; repair it or move it aside (the manifest is intact, "
                 "and `autoexp monitor --session ID --monitor-all` re-adopts the jobs from SLURM)")
         try:
@@ -3157,28 +3248,179 @@ class StateStore(object):
                              "(%s, schema %d) understands; use the newer autoexp that wrote it"
                              % (path, version, __version__, STATE_SCHEMA_VERSION))
         try:
-            session = Session.from_dict(data, path)
+            if version < 2:  # one document; written as schema 2 by the next save (a migration)
+                session = Session.from_dict(data, path)
+                session.generation, session.batch = 0, 0
+            else:
+                _require(data, HEADER_FIELDS, "the session")
+                session = Session.from_dict(data, path, jobs=[])
             session.matcher, session.policies  # the config it acts by must be whole too
         except (KeyError, TypeError, ValueError, AttributeError, re.error, ConfigError) as e:
             raise StateError("session file %s is incomplete (%s: %s); %s" % (path, type(e).__name__, e, hint))
-        # A copy of a session file (p1-backup.json, or p1.json in another folder) would be a
-        # second writer of the same jobs, under another lock: refused.
-        if os.path.basename(path) != "%s.json" % session.session_id:
-            raise StateError("%s holds session %r, so it is a copy; keep copies outside the state folder, "
-                             "and monitor %s.json" % (path, session.session_id, session.session_id))
-        if with_plan:
-            session.plan = load_manifest(session.manifest_path)
-            home = os.path.realpath(session.plan.state_dir)
-            if os.path.realpath(os.path.dirname(os.path.abspath(path))) != home:
-                raise StateError("%s is a copy: session %s lives in %s (its plan's state folder); monitor "
-                                 "that one, or two writers would act on the same jobs"
-                                 % (path, session.session_id, home))
+        self._check_home(session, path, with_plan)
+        if version >= 2:
+            try:
+                self._read_generation(session, path)
+            except _GenerationMoved:
+                raise
+            except StateError as e:
+                raise StateError("session file %s is incomplete (%s); %s" % (path, e, hint))
+            except (KeyError, TypeError, ValueError, AttributeError) as e:
+                raise StateError("session file %s is incomplete (%s: %s); %s" % (path, type(e).__name__, e, hint))
         return session
 
+    def _read_generation(self, s, path):
+        """The jobs of a schema-2 session: its snapshot, then every complete batch."""
+        snap, delta = self.gen_paths(s.session_id, s.generation)
+        jobs, digests = OrderedDict(), {}
+        try:
+            f = open(snap, "rb")
+        except (IOError, OSError) as e:
+            if e.errno == errno.ENOENT and self._generation_of(path) != s.generation:
+                raise _GenerationMoved()
+            raise StateError("cannot read %s, the jobs of session %s: %s" % (snap, s.session_id, e.strerror or e))
+        with f:
+            for line in f:
+                if not line.endswith(b"\n"):
+                    raise StateError("%s ends in the middle of a line" % snap)
+                text = line[:-1].decode("utf-8")
+                job = Job.from_dict(loads_json(text))
+                jobs[job.name], digests[job.name] = job, hash(text)
+            s.snapshot_bytes = f.tell()
+        batch, size = s.batch, 0
+        try:
+            f = open(delta, "rb")
+        except (IOError, OSError) as e:
+            if e.errno != errno.ENOENT:
+                raise StateError("cannot read %s: %s" % (delta, e.strerror or e))
+            f = None
+        if f is not None:
+            with f:
+                while True:
+                    head = f.readline()
+                    if not head.endswith(b"\n"):
+                        break  # the end, or a batch cut short by a crash: not there
+                    rec = loads_json(head[:-1].decode("utf-8"))
+                    lines = [f.readline() for _ in range(int(rec["jobs"]))]
+                    if not all(l.endswith(b"\n") for l in lines):
+                        break
+                    if rec["batch"] != batch + 1:
+                        raise StateError("%s: batch %s follows batch %d" % (delta, rec["batch"], batch))
+                    s.apply_batch_fields(rec["session"])
+                    for line in lines:
+                        text = line[:-1].decode("utf-8")
+                        job = Job.from_dict(loads_json(text))
+                        jobs[job.name], digests[job.name] = job, hash(text)
+                    batch, size = batch + 1, f.tell()
+        if self._generation_of(path) != s.generation:
+            raise _GenerationMoved()  # compacted meanwhile: what was read may be behind
+        s.jobs = sorted(jobs.values(), key=lambda j: j.index)
+        s.batch, s.digests, s.delta_bytes, s.persisted_seq = batch, digests, size, s.event_seq
+
+    @staticmethod
+    def _generation_of(path):
+        try:
+            with open(path, "rb") as f:
+                return loads_json(f.read().decode("utf-8")).get("generation")
+        except (IOError, OSError, ValueError, UnicodeDecodeError, AttributeError):
+            return None
+
     def save(self, session, now):
-        self.check_lock(session)
-        session.updated_at = now
-        atomic_write(session.path, dump_json(session.to_dict()), crash_prefix="state")
+        """Write what changed: one batch of the jobs this process touched whose line is not
+        what the files hold (nothing if none did, and no event is new), or, for a session
+        never written as schema 2, with a new header, or whose batches outgrew half its
+        snapshot, a new generation. True if something was written."""
+        s = session
+        self.check_lock(s)
+        s.updated_at = now
+        if s.generation == 0 or s.header_dirty:
+            self.write_generation(s)
+            return True
+        if os.environ.get("AUTOEXP_PARANOID"):
+            _check_untouched(s)
+        changed = []
+        for job in sorted((s.job(n) for n in s.touched if s.job(n) is not None), key=lambda j: j.index):
+            text = job.line()
+            h = hash(text)
+            if s.digests.get(job.name) != h:
+                changed.append((job.name, text, h))
+        if not changed and s.event_seq == s.persisted_seq:
+            s.touched.clear()
+            return False
+        head = json.dumps(OrderedDict([("batch", s.batch + 1), ("jobs", len(changed)),
+                                       ("session", s.batch_fields())]), sort_keys=True, separators=(",", ":"))
+        data = (head + "\n" + "".join(text + "\n" for _, text, _ in changed)).encode("utf-8")
+        self._append_batch(self.gen_paths(s.session_id, s.generation)[1], data)
+        s.batch += 1
+        s.delta_bytes += len(data)
+        s.persisted_seq = s.event_seq
+        for name, _, h in changed:
+            s.digests[name] = h
+        s.touched.clear()
+        if s.delta_bytes > max(compact_bytes(), s.snapshot_bytes // 2):
+            self.write_generation(s)
+        return True
+
+    def write_generation(self, s):
+        """Write every job as a new generation: the snapshot, then the header that names it
+        (its atomic rename is the commit), then remove the old generation's files."""
+        old = s.generation
+        gen = old + 1
+        snap, delta = self.gen_paths(s.session_id, gen)
+        lines = [job.line() for job in s.jobs]
+        data = "".join(text + "\n" for text in lines).encode("utf-8")
+        atomic_write(snap, data, crash_prefix="state")
+        try:  # a delta left by a writer that crashed before its header named this generation
+            os.unlink(delta)
+        except OSError:
+            pass
+        s.generation = gen
+        s.persisted_seq = s.event_seq
+        try:
+            atomic_write(s.path, dump_json(s.to_dict()), crash_prefix="state")
+        except BaseException:
+            s.generation = old
+            raise
+        s.digests = dict((job.name, hash(text)) for job, text in zip(s.jobs, lines))
+        s.touched.clear()
+        s.header_dirty = False
+        s.snapshot_bytes, s.delta_bytes = len(data), 0
+        if old:
+            for path in self.gen_paths(s.session_id, old):
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
+
+    def _append_batch(self, path, data):
+        """Append one batch, whole: a torn tail a crashed writer left is cut off first."""
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+        except OSError as e:
+            raise StateWriteError("cannot open %s: %s" % (path, e.strerror or e))
+        try:
+            size = os.fstat(fd).st_size
+            try:
+                if size and os.pread(fd, 1, size - 1) != b"\n":
+                    size = _last_line_end(fd, size)
+                    os.ftruncate(fd, size)
+                half = len(data) // 2
+                crash_point("state_before_append")
+                write_all(fd, data[:half])
+                crash_point("state_mid_append")
+                write_all(fd, data[half:])
+                os.fsync(fd)
+                crash_point("state_after_append")
+            except OSError as e:
+                try:
+                    os.ftruncate(fd, size)
+                except OSError:
+                    pass
+                raise StateWriteError("cannot append to %s: %s" % (path, e.strerror or e))
+        finally:
+            os.close(fd)
+        if size == 0:
+            fsync_dir(os.path.dirname(path))
 
     def lock(self, session_id, command, now=None):
         lock = SessionLock(os.path.join(self.root, session_id + ".lock")).acquire(command, now)
@@ -3203,6 +3445,7 @@ class StateStore(object):
         lock = self.lock(session_id, command, now)
         try:
             s = self.load(path)
+            self.remove_other_generations(s)
             self.save_and_sync(s, now, changed=False)
         except BaseException:
             lock.release()
@@ -3222,6 +3465,7 @@ class StateStore(object):
                     raise StateError("cannot read session %s: %s" % (path, e.strerror))
                 return self.create_session(plan, now), lock, True
             s = self.load(path)
+            self.remove_other_generations(s)
             self.save_and_sync(s, now, changed=False)
             return s, lock, False
         except BaseException:
@@ -3275,10 +3519,28 @@ class StateStore(object):
             except OSError:
                 pass
 
+    def remove_other_generations(self, s):
+        """Job files of generations the header does not name: a writer died between writing
+        a new snapshot and naming it, or before removing the old one. Only a lock holder may."""
+        prefix = s.session_id + ".g"
+        keep = set(os.path.basename(p) for p in self.gen_paths(s.session_id, s.generation))
+        try:
+            names = os.listdir(self.root)
+        except OSError:
+            return
+        for name in names:
+            if (name.startswith(prefix) and name.endswith((".jobs.jsonl", ".delta.jsonl")) and name not in keep
+                    and name[len(prefix):].split(".", 1)[0].isdigit()):
+                try:
+                    os.unlink(os.path.join(self.root, name))
+                except OSError:
+                    pass
+
     def _remove_leftovers(self, session_id):
         """Temporary files of a writer of this session that died between creating and
         renaming them: only a lock holder may remove them, none can be in use then."""
-        folders = [(self.root, "." + session_id + ".json."), (os.path.join(self.root, "actions", session_id), ".")]
+        folders = [(self.root, "." + session_id + ".json."), (self.root, "." + session_id + ".g"),
+                   (os.path.join(self.root, "actions", session_id), ".")]
         for folder, prefix in folders:
             try:
                 names = os.listdir(folder)
@@ -3311,8 +3573,10 @@ class StateStore(object):
         if session.journal_seq is None:
             session.journal_seq = last_journal_seq(path)
         events = [e for e in session.outbox if e["seq"] > session.journal_seq]
-        actions = [(job, att, act) for job in session.jobs for att in job.attempts
-                   for act in att.actions if not act.get("written")]
+        if session.unwritten is None:  # read from disk: look once for actions whose payload is missing
+            session.unwritten = [(job, att, act) for job in session.jobs for att in job.attempts
+                                 for act in att.actions if not act.get("written")]
+        actions, session.unwritten = session.unwritten, []
         if events:
             lines = [json.dumps(OrderedDict((k, iso_time(v) if k == "time" else v) for k, v in e.items()),
                                 sort_keys=True) for e in events]
@@ -3327,6 +3591,7 @@ class StateStore(object):
             target = os.path.join(folder, act["id"] + ".json")
             if os.path.exists(target):
                 act["written"] = True
+                session.touch(job)
                 continue
             make_private_dir(folder)
             payload = OrderedDict([
@@ -3337,8 +3602,44 @@ class StateStore(object):
                 ("created_at", iso_time(act["time"]))])
             atomic_write(target, dump_json(payload))
             act["written"] = True  # saved with the next state write: a consumer may delete it
+            session.touch(job)
             crash_point("after_action_payload")
         return True
+
+
+def _check_untouched(s):
+    """Test hook (AUTOEXP_PARANOID=1): a job this process did not touch must be what the
+    files hold, or a change would never be written. Costs a serialisation of every job."""
+    for job in s.jobs:
+        if job.name not in s.touched and job.name in s.digests and hash(job.line()) != s.digests[job.name]:
+            raise AssertionError("job %s of session %s changed but was not touched: the change would be "
+                                 "lost" % (job.name, s.session_id))
+
+
+class _GenerationMoved(Exception):
+    """A reader raced a writer's new generation: read again."""
+
+
+def compact_bytes():
+    """How large the batches may grow before a new generation is written (at least; also
+    half the snapshot). AUTOEXP_COMPACT_BYTES lets the tests make it small."""
+    try:
+        return max(0, int(os.environ.get("AUTOEXP_COMPACT_BYTES", COMPACT_BYTES)))
+    except ValueError:
+        return COMPACT_BYTES
+
+
+def _last_line_end(fd, size):
+    """The offset just after the last newline of the file (0 if none): where a torn tail starts."""
+    pos = size
+    while pos > 0:
+        n = min(65536, pos)
+        chunk = os.pread(fd, n, pos - n)
+        i = chunk.rfind(b"\n")
+        if i >= 0:
+            return pos - n + i + 1
+        pos -= n
+    return 0
 
 
 def append_journal(path, data):
@@ -3414,11 +3715,6 @@ class Todo(object):
         if id(att) not in self._cancelling:
             self._cancelling.add(id(att))
             self.cancel.append((job, att))
-
-
-def fingerprint(s):
-    """The session's content, cheaply serialized: a cycle that changed nothing writes nothing."""
-    return json.dumps(s.to_dict(), separators=(",", ":"))
 
 
 class Controller(object):
@@ -3527,7 +3823,6 @@ class Controller(object):
             self.report.warn("sacct did not answer (%s); the jobs it was asked about wait until it does" % error)
 
     def session_cycle(self, s, snap, now):
-        before = fingerprint(s)
         self._mind_the_clock(s, now)
         todo = Todo()
         for path, names in self.store.cancel_requests(s.session_id):
@@ -3542,9 +3837,8 @@ class Controller(object):
                 self.report.result("debug %s %s: status=%s slurm=%s monitor=%s attempts=%d" % (
                     s.session_id, job.name, job.status, job.last_slurm_state, job.last_monitor_state,
                     len(job.attempts)))
-        changed = fingerprint(s) != before
-        s.clock_ref = [now, self.cycle_mono, clock_identity()]  # a new reference alone is no change
-        self.commit(s, now, todo, changed)
+        s.clock_ref = [now, self.cycle_mono, clock_identity()]  # written with the cycle's batch, if any
+        self.commit(s, now, todo)
 
     def _mind_the_clock(self, s, now):
         """Measure the wall clock against the monotonic one since this process (or, on this
@@ -3625,6 +3919,7 @@ class Controller(object):
     # -- applying decisions ------------------------------------------------------------
 
     def _step(self, s, job, snap, look, now, todo):
+        s.touch(job)
         sight = self._sight(s, job, snap, look)
         if job.status == ACTIVE:
             self._step_active(s, job, sight, snap, look, now, todo)
@@ -3881,6 +4176,7 @@ class Controller(object):
                 continue
             if job.status != ACTIVE:
                 continue
+            s.touch(job)
             att = job.current
             job.status, job.reason = CANCELLED, "cancelled by the user"
             job.last_monitor_state = CANCELLED
@@ -3895,22 +4191,23 @@ class Controller(object):
 
     # -- acting (only after the intent is on disk) -------------------------------------
 
-    def commit(self, s, now, todo, changed):
+    def commit(self, s, now, todo, changed=True):
         """Persist the cycle's decisions (the intents), then carry out what they announce:
-        queued cancel requests done, scancel, sbatch. A dry run only says what it would do."""
+        queued cancel requests done, scancel, sbatch. A dry run only says what it would do.
+        (The store writes only what changed; `changed` is kept for the callers that force
+        nothing more than that.)"""
         if self.dry_run:
             for job, att in todo.cancel:
                 self.report.result("would run: scancel %s   # %s" % (att.job_id, job.name))
             for group in submit_groups(todo.submit):
                 self.report.result("would submit: %s" % describe_submit(s.plan, group))
             return
-        if changed:
-            intents = bool(todo.submit or todo.cancel)
-            if intents:
-                crash_point("before_intent_write")
-            self.store.save(s, now)
-            if intents:
-                crash_point("after_intent_write")
+        intents = bool(todo.submit or todo.cancel)
+        if intents:
+            crash_point("before_intent_write")
+        self.store.save(s, now)
+        if intents:
+            crash_point("after_intent_write")
         self.store.save_and_sync(s, now, changed=False)
         self.store.remove_requests(todo.requests_done)  # the cancels they asked for are on disk now
         if todo.cancel:

@@ -7,6 +7,10 @@ import pytest
 
 from helpers import Project, fake_slurm
 
+# Every save of every test checks that no job changed without being touched (a change the
+# store would never write); subprocesses inherit it.
+os.environ.setdefault("AUTOEXP_PARANOID", "1")
+
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "real_slurm: needs a real SLURM cluster (tests/real_slurm/setup.sh)")

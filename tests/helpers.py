@@ -223,8 +223,50 @@ def write_config(path, config):
 
 
 def load_state(state_dir, session_id):
-    with open(os.path.join(state_dir, session_id + ".json")) as f:
-        return json.load(f)
+    """A session as one document, as schema 1 wrote it (its header, and "jobs" in full):
+    read the way autoexp reads it (header, snapshot, complete batches)."""
+    s = autoexp.StateStore(state_dir).load(os.path.join(state_dir, session_id + ".json"), with_plan=False)
+    doc = json.loads(json.dumps(s.to_dict()))
+    doc["jobs"] = json.loads(json.dumps([j.to_dict() for j in s.jobs]))
+    return doc
+
+
+def write_state_doc(state_dir, session_id, doc):
+    """Write a session given as one document (load_state's form) the way schema 2 keeps it:
+    the header, and its jobs as the current generation's snapshot (no batches). A document
+    without "jobs" leaves no snapshot: the damage a test wants to see refused."""
+    doc = dict(doc)
+    jobs = doc.pop("jobs", None)
+    gen = doc.get("generation") or 1
+    doc["generation"] = gen
+    snap, delta = autoexp.StateStore(state_dir).gen_paths(session_id, gen)
+    for p in (snap, delta):
+        if os.path.exists(p):
+            os.unlink(p)
+    if jobs is not None:
+        with open(snap, "w") as f:
+            for job in jobs:
+                f.write(json.dumps(job, sort_keys=True) + "\n")
+    with open(os.path.join(state_dir, session_id + ".json"), "w") as f:
+        json.dump(doc, f, indent=2, sort_keys=True)
+
+
+def state_files(state_dir, session_id):
+    """The files that hold a session: its header and its current generation's job files."""
+    path = os.path.join(state_dir, session_id + ".json")
+    with open(path) as f:
+        gen = json.load(f).get("generation", 0)
+    names = [path] + list(autoexp.StateStore(state_dir).gen_paths(session_id, gen))
+    return [p for p in names if os.path.exists(p)]
+
+
+def state_bytes(state_dir, session_id):
+    """Every byte of a session's state, to tell whether anything was written."""
+    out = b""
+    for p in state_files(state_dir, session_id):
+        with open(p, "rb") as f:
+            out += f.read()
+    return out
 
 
 def read_events(state_dir, session_id):
@@ -399,8 +441,7 @@ class Harness(object):
         return self.store.load(self.session.path)
 
     def state_bytes(self):
-        with open(self.session.path, "rb") as f:
-            return f.read()
+        return state_bytes(self.state_dir, self.session.session_id)
 
 
 # --- the controller tests' sweep, job names and steps ---------------------------------

@@ -10,7 +10,7 @@ import shutil
 
 import pytest
 
-from helpers import Project, fake_slurm, run_cli, write_config
+from helpers import Project, fake_slurm, load_state, run_cli, write_config, write_state_doc
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -93,16 +93,14 @@ def template(text):
 
 def state_file(content):
     def setup(p):
-        path = os.path.join(p, "autoexp-state", "s1.json")
+        state = os.path.join(p, "autoexp-state")
         if callable(content):
-            with open(path) as f:
-                doc = json.load(f)
+            doc = load_state(state, "s1")
             content(doc)
-            data = json.dumps(doc).encode()
+            write_state_doc(state, "s1", doc)
         else:
-            data = content
-        with open(path, "wb") as f:
-            f.write(data)
+            with open(os.path.join(state, "s1.json"), "wb") as f:
+                f.write(content)
         return ["monitor", "--session", "s1", "--once"]
     return setup
 

@@ -12,13 +12,11 @@ import time
 
 import pytest
 
-from helpers import ROOT, Project, fake_slurm, read_events
+from helpers import ROOT, Project, autoexp, fake_slurm, read_events
 
-CRASH_POINTS = [
-    "state_before_rename", "state_after_rename", "before_intent_write", "after_intent_write",
-    "before_sbatch", "after_sbatch", "after_action_payload", "between_jobs",
-    "before_scancel", "after_scancel",
-]
+CRASH_POINTS = list(autoexp.CRASH_POINTS)
+# a new generation of job files after every few batches, so the crashes hit those writes too
+COMPACT = {"AUTOEXP_COMPACT_BYTES": "1"}
 OCCURRENCES = (1, 2, 3)
 
 
@@ -108,6 +106,7 @@ def check_invariants(project, fake, plan_id):
 @pytest.mark.parametrize("point", slow_but(CRASH_POINTS, "after_sbatch"))
 def test_crash_point(project, fake, point, nth):
     plan_id = "c-%s-%d" % (point.replace("_", "-"), nth)
+    project.env.update(COMPACT)  # the resumes write new generations often too
     sweep(project, fake, plan_id, plan=False)
     res = _run_with_crash(project, plan_id, point, nth)
     crashed = res.returncode == 86
@@ -122,7 +121,7 @@ def _run_with_crash(project, plan_id, point, nth):
     """submit and monitor in one process (`run` without its plan step), so that the n-th
     occurrence counts over the whole sweep."""
     return project.cli("run", "--plan-id", plan_id, os.path.join(project.root, "cfg.json"),
-                       env={"AUTOEXP_CRASH_AT": "%s:%d" % (point, nth)})
+                       env=dict(COMPACT, AUTOEXP_CRASH_AT="%s:%d" % (point, nth)))
 
 
 @pytest.mark.slow
@@ -143,6 +142,7 @@ def _sigkill_trial(root, fake, plan_id, rng, max_kills=3):
     fake.configure(pending_seconds=0.05, completing_seconds=0.05, min_job_age=2)
     root.mkdir()
     project = Project(root, fake)
+    project.env.update(COMPACT)
     sweep(project, fake, plan_id)
     kills = 0
     while True:

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from helpers import Harness, ROOT, autoexp, read_events, write_config
+from helpers import Harness, ROOT, autoexp, load_state, read_events, write_config
 
 A = autoexp
 pytestmark = pytest.mark.timeout(60)
@@ -598,7 +598,7 @@ def test_19_sigterm_during_run_submission_exits_130_with_the_resume_hint(tmp_pat
     res = subprocess.run([sys.executable, "-c", _boot(), "monitor", "--session", "sig"], cwd=str(proj), env=env,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=90)
     assert res.returncode == 0, res.stderr
-    state = json.load(open(str(proj / "autoexp-state" / "sig.json")))
+    state = load_state(str(proj / "autoexp-state"), "sig")
     assert [j["status"] for j in state["jobs"]] == ["finalized"] * 3
     submitted = [j for j in fake.jobs()]
     assert len(set(j["comment"] for j in submitted)) == len(submitted) == 3

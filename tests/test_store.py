@@ -9,20 +9,36 @@ import os
 import shutil
 import pytest
 
-from helpers import A, Harness, autoexp, controller_config as config, read_events, run_main
+from helpers import (A, FakeClock, Harness, ScriptedSlurm, autoexp, controller_config as config, load_state, read_events,
+                     run_main, state_files)
 
 pytestmark = pytest.mark.timeout(30)
 
 
 def test_monitor_state_file_is_versioned_and_sorted(tmp_path):
+    """Schema 2: a small header (sorted, indented), the jobs one JSON line each (keys
+    sorted, defaults left out, required fields always there), batches appended after."""
     h = Harness(tmp_path, config())
-    text = h.state_bytes().decode()
+    with open(h.session.path) as f:
+        text = f.read()
     doc = json.loads(text)
-    assert doc["schema_version"] == autoexp.STATE_SCHEMA_VERSION and text.endswith("}\n")
-    assert list(doc) == sorted(doc)
-    for key in ("session_id", "project", "manifest_path", "created_at", "updated_at", "config", "jobs"):
+    assert doc["schema_version"] == autoexp.STATE_SCHEMA_VERSION == 2 and text.endswith("}\n")
+    assert list(doc) == sorted(doc) and "jobs" not in doc
+    for key in ("session_id", "project", "manifest_path", "created_at", "updated_at", "config", "generation",
+                "batch", "event_seq"):
         assert key in doc
-    job = doc["jobs"][0]
+    snap, delta = h.store.gen_paths("p1", doc["generation"])
+    lines = open(snap).read().splitlines()
+    assert len(lines) == 2
+    for line in lines:
+        job = json.loads(line)
+        assert list(job) == sorted(job) and json.dumps(job, sort_keys=True, separators=(",", ":")) == line
+        for key in ("name", "index", "status", "attempts"):
+            assert key in job
+        for key in ("attempt", "job_id", "live", "log_offset", "outcome", "submit_state", "actions"):
+            assert key in job["attempts"][0]
+    state = load_state(h.state_dir, "p1")  # the whole session, header and jobs, as a reader sees it
+    job = state["jobs"][0]
     for key in ("name", "status", "job_id", "attempts", "last_monitor_state", "last_slurm_state", "last_updated"):
         assert key in job
     for key in ("attempt", "job_id", "array_task", "submitted_at", "resolved_log_path", "log_offset",
@@ -33,7 +49,8 @@ def test_monitor_state_file_is_versioned_and_sorted(tmp_path):
 def test_refuses_newer_schema_and_corrupt_files(tmp_path):
     h = Harness(tmp_path, config())
     path = h.session.path
-    doc = json.loads(h.state_bytes())
+    with open(path) as f:
+        doc = json.load(f)
     doc["schema_version"] = 99
     with open(path, "w") as f:
         json.dump(doc, f)
@@ -157,7 +174,8 @@ def test_a_copy_of_a_session_file_is_refused(tmp_path, monkeypatch, capsys):
     assert len(seqs) == len(set(seqs)) and h.slurm.count("sbatch") == 2
     other = str(tmp_path / "elsewhere")
     os.mkdir(other)
-    shutil.copy(h.session.path, os.path.join(other, "p1.json"))
+    for path in state_files(h.state_dir, "p1"):  # a session is its header and its job files
+        shutil.copy(path, other)
     code, out = run_main(h, ["monitor", "--session", os.path.join(other, "p1.json"), "--once"], monkeypatch, capsys)
     assert code == 2 and "is a copy" in out.err
     # readers change nothing: an archived copy can be shown, a misnamed one never
@@ -179,3 +197,118 @@ def test_a_session_without_its_manifest_does_not_stop_the_others(tmp_path, monke
     code, out = run_main(h, ["reconcile"], monkeypatch, capsys)
     assert code == 2 and "a0" in out.err
     assert h.reload().job(A).attempts[0].outcome == "timeout"
+
+
+# --- schema 2: batches, generations, the migration from schema 1 --------------------------
+
+V1 = os.path.join(os.path.dirname(os.path.abspath(__file__)), "state_v1")
+
+
+def copy_v1(tmp_path):
+    """tests/state_v1 (written by autoexp with schema 1) where it says it lives."""
+    run = tmp_path / "run"
+    shutil.copytree(V1, str(run / "state"), ignore=shutil.ignore_patterns("logs", "README"))
+    shutil.copytree(os.path.join(V1, "logs"), str(run / "logs"))
+    for dirpath, _, files in os.walk(str(run)):
+        for name in files:
+            path = os.path.join(dirpath, name)
+            with open(path, "rb") as f:
+                data = f.read()
+            with open(path, "wb") as f:
+                f.write(data.replace(b"/tmp/v1fix/run", str(run).encode()))
+    return str(run / "state")
+
+
+def test_a_schema_1_session_is_carried_on_as_schema_2(tmp_path, monkeypatch, capsys):
+    state = copy_v1(tmp_path)
+    with open(os.path.join(state, "p1.json")) as f:
+        assert json.load(f)["schema_version"] == 1
+    before = load_state(state, "p1")  # read as it is
+    clock = FakeClock(1700000500.0)
+    slurm = ScriptedSlurm(clock)
+    slurm.add("demo-s1", "autoexp:p1:demo-s1", "RUNNING", job_id="103")
+    code = autoexp.main(["--state-dir", state, "reconcile"], slurm=slurm, clock=clock, sleep=clock.sleep)
+    assert code == 0, capsys.readouterr().err
+    with open(os.path.join(state, "p1.json")) as f:
+        header = json.load(f)
+    assert header["schema_version"] == 2 and "jobs" not in header and header["generation"] >= 1
+    after = load_state(state, "p1")
+    for old, new in zip(before["jobs"], after["jobs"]):  # every attempt carried over
+        assert [a["job_id"] for a in old["attempts"]] == [a["job_id"] for a in new["attempts"]]
+        assert [a["outcome"] for a in old["attempts"]] == [a["outcome"] for a in new["attempts"]]
+    assert after["jobs"][0]["attempts"][1]["last_slurm_state"] == "RUNNING"
+    seqs = [e["seq"] for e in read_events(state, "p1")]
+    assert seqs == list(range(1, after["event_seq"] + 1)) and after["event_seq"] > before["event_seq"]
+    # an autoexp that knows only schema 1 refuses the new file, saying why
+    monkeypatch.setattr(autoexp, "STATE_SCHEMA_VERSION", 1)
+    with pytest.raises(autoexp.StateError, match="schema version 2, newer"):
+        autoexp.StateStore(state).load(os.path.join(state, "p1.json"), with_plan=False)
+
+
+def test_a_cycle_that_changes_nothing_writes_nothing(tmp_path):
+    h = Harness(tmp_path, config())
+    for n in (A, "demo-s2"):
+        h.slurm.set(h.live_id(n), "RUNNING")
+    h.cycle()
+    before = h.state_bytes()
+    for _ in range(5):
+        h.cycle()
+    assert h.state_bytes() == before
+
+
+def test_a_cycle_writes_only_the_jobs_that_changed(tmp_path):
+    cfg = config()
+    cfg["sweep"] = {"seed": list(range(200))}
+    h = Harness(tmp_path, cfg)
+    for job in h.session.jobs:
+        h.slurm.set(job.current.job_id, "RUNNING")
+    h.cycle()
+    h.cycle()
+    snap, delta = h.store.gen_paths("p1", h.session.generation)
+    size = os.path.getsize(delta) if os.path.exists(delta) else 0
+    done = h.session.jobs[:2]  # 1% of the sweep ends
+    for job in done:
+        h.log(job.name, "TRAINING FINISHED\n")
+        h.slurm.set(job.current.job_id, "COMPLETED")
+    h.cycle()
+    grown = os.path.getsize(h.store.gen_paths("p1", h.session.generation)[1]) - size
+    # the batch of the two, and the one marking their payloads written: each holds them whole,
+    # with the cycle's events, and nothing of the 198 others
+    written = sum(len(j.line()) + 1 for j in done)
+    assert 0 < grown <= 2 * written + 2 * 2048
+    assert os.path.getsize(snap) > 5 * grown  # while a whole write would hold all 200
+
+
+def test_batches_become_a_new_generation_and_readers_see_every_one(tmp_path, monkeypatch):
+    monkeypatch.setenv("AUTOEXP_COMPACT_BYTES", "1")
+    h = Harness(tmp_path, config())
+    gens = set()
+    for i in range(12):
+        for n in (A, "demo-s2"):
+            h.log(n, "step %d\n" % i, job_id=h.live_id(n)) if h.job(n).current.live else None
+        h.slurm.set(h.live_id(A), "RUNNING" if i % 2 else "SUSPENDED")
+        h.cycle()
+        gens.add(h.session.generation)
+        assert load_state(h.state_dir, "p1")["jobs"] == json.loads(json.dumps([j.to_dict() for j in h.session.jobs]))
+    assert len(gens) >= 3
+    files = sorted(n for n in os.listdir(h.state_dir) if ".g" in n)
+    assert files == sorted(os.path.basename(p) for p in h.store.gen_paths("p1", h.session.generation)
+                           if os.path.exists(p))
+
+
+def test_a_batch_cut_short_by_a_crash_is_not_there(tmp_path):
+    h = Harness(tmp_path, config())
+    h.slurm.set(h.live_id(A), "RUNNING")
+    h.cycle()
+    whole = load_state(h.state_dir, "p1")
+    delta = h.store.gen_paths("p1", h.session.generation)[1]
+    with open(delta, "ab") as f:  # a crash in the middle of an append
+        f.write(b'{"batch":%d,"jobs":2,"session":{}}\n{"name":"demo-s1","ind' % (h.session.batch + 1))
+    assert load_state(h.state_dir, "p1") == whole
+    s = h.reload()
+    h.ctl.cycle([s])  # the next writer cuts the torn tail off, then appends
+    s.touch_all()
+    h.store.save(s, h.clock())
+    with open(delta, "rb") as f:
+        assert b'"ind\n' not in f.read() and f.closed is False
+    assert load_state(h.state_dir, "p1")["batch"] >= whole["batch"]

@@ -15,6 +15,7 @@ import fake_slurm  # noqa: E402
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "real_slurm: needs a real SLURM cluster (tests/real_slurm/setup.sh)")
+    config.addinivalue_line("markers", "slow: the long part of a budget (the simulator's seeds); -m 'not slow' skips it")
 
 
 @pytest.fixture(autouse=True)

@@ -41,7 +41,7 @@ def main():
     lo, _, hi = args.seeds.partition(":")
     seeds = range(int(lo), int(hi))
     if args.scan:
-        for name in sim.SCENARIOS:
+        for name in args.scenario or list(sim.SCENARIOS):
             t = time.time()
             results = sim.run_many(seeds, [name], workers=args.workers)
             bad = [r for r in results if r[1]]

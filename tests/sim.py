@@ -267,9 +267,12 @@ FINDINGS = OrderedDict([
     ("cron_recovery", "F2: a killed monitor is not restarted; cron `reconcile` is the only writer after a crash"),
     ("slow_accounting", "F3: accounting lags behind MinJobAge: an ended job leaves squeue before sacct has its end"),
     ("throttle_then_error", "F4: sbatch errors while a queue limit refuses submissions"),
-    ("queued_last_try", "F5: the sbatch error that uses up submit_retries did queue the job"),
+    ("queued_last_try", "F5: a submission in doubt queued a job that ends before autoexp finds it, and the job "
+                        "is no longer active (sbatch retries used up, or cancelled by the user meanwhile)"),
     ("shared_log_replace", "F6: a job with a shared log (no %j) is replaced by hand, or goes on under a new id"),
     ("unknown_state_requeue", "F7: a job SLURM requeued shows a state word autoexp does not know"),
+    ("requeue_after_end", "F8: SLURM requeues a job after autoexp recorded its end, and the rerun ends before "
+                          "autoexp looks again"),
 ])
 
 SCENARIOS = OrderedDict(list(KNOWN_BUGS.items()) + list(FINDINGS.items()))
@@ -421,6 +424,10 @@ class Scenario(object):
             p.acct_lag, p.min_job_age = r.choice([10, 30, 120]), r.choice([2, 10])
         elif p.min_job_age < 1.5 * p.acct_lag + 5:
             p.min_job_age = 300  # SLURM's default: longer than any accounting lag
+        if "queued_last_try" in sc:
+            p.submit_retries, p.interval = 0, max(p.interval, 300)
+        if "requeue_after_end" in sc:
+            p.interval = 600  # the requeued run can start and end between two cycles
         if "cron_recovery" in sc:
             p.cron_every = r.choice([300, 600])
         if "clock_ahead" in sc:
@@ -488,7 +495,28 @@ class Scenario(object):
             for _ in range(r.randint(2, 5)):
                 out.append(Fault(r.uniform(600, p.fault_until), "clock_jump", -1, r.choice([-3600.0, 3600.0])))
         if "foreign_newline" in p.scenarios:
-            out.append(Fault(r.uniform(60, 3600), "foreign", -1, 6 * 3600.0, "newline"))
+            # a notebook server of the user's, running for weeks
+            out.append(Fault(r.uniform(60, 3600), "foreign", -1, 30 * 86400.0, "newline"))
+        if {"jobid_wrap", "squeue_extra_column", "queued_last_try"} & set(p.scenarios):
+            # sbatch errors that queued the job: what makes the lookup by tag matter
+            for _ in range(r.randint(4, 8)):
+                out.append(Fault(r.uniform(60, p.fault_until * 0.7), "sbatch_err", -1,
+                                 round(loguniform(r, 600, 4 * 3600), 1), r.choice(["queued", "timeout_queued"])))
+        if "shared_log_replace" in p.scenarios:
+            for _ in range(r.randint(4, 8)):
+                t = r.uniform(600, p.fault_until * 0.8)
+                out.append(Fault(t, r.choice(["hand_replace", "migrate"]), r.randrange(p.n_jobs)))
+                out.append(Fault(t + r.uniform(-300, 300), "sacct_down", -1, round(loguniform(r, 600, 4 * 3600), 1),
+                                 "refused"))
+        if "unknown_state_requeue" in p.scenarios:
+            for _ in range(r.randint(3, 6)):
+                out.append(Fault(r.uniform(60, p.fault_until * 0.8), "squeue_down", -1,
+                                 round(loguniform(r, 1800, 6 * 3600), 1), "unknown_state"))
+        if {"cron_recovery", "slow_accounting"} & set(p.scenarios):
+            # crashes right after a decision was written, or after sbatch queued the job
+            point = "after_sbatch" if "slow_accounting" in p.scenarios else "state_after_rename"
+            for _ in range(r.randint(6, 12)):
+                out.append(Fault(r.uniform(60, p.fault_until), "kill_at", r.randint(1, 2), 0.0, point))
         if "throttle_overflow" in p.scenarios:
             out.append(Fault(30.0, "foreign", -1, 26 * 3600.0, "hog"))
             out.append(Fault(30.0, "foreign", -1, 26 * 3600.0, "hog"))
@@ -546,22 +574,31 @@ OUTCOMES = (("success", 52), ("linger", 3), ("fail_after_success", 3), ("crash",
             ("diverge", 3), ("timeout", 6), ("oom", 3), ("node_fail", 6), ("preempt", 6), ("hang", 5))
 
 
-def make_program(seed, logical, k, p, quiet):
+def make_program(seed, logical, k, p, quiet, rerun=False):
     """The k-th run of logical job `logical`: drawn from its own stream, so a run does not
     change when faults elsewhere are removed (the shrinker relies on it)."""
     r = random.Random("autoexp-sim:%d:run:%d:%d" % (seed, logical, k))
     outcome = "success" if quiet else weighted(r, OUTCOMES)
+    if {"unknown_state_requeue", "requeue_after_end"} & set(p.scenarios) and r.random() < (
+            0.9 if "requeue_after_end" in p.scenarios else 0.5):
+        outcome = r.choice(["node_fail", "preempt"])  # SLURM requeues these
     if outcome == "hang" and not p.threshold:
         outcome = "timeout"
     duration = loguniform(r, 30, 1800) if quiet else loguniform(r, 60, 6 * 3600)
+    if "slow_accounting" in p.scenarios:
+        duration = loguniform(r, 60, 900)  # short jobs end while a crashed monitor is away
+    if rerun and "requeue_after_end" in p.scenarios:
+        outcome, duration = "success", loguniform(r, 60, 300)  # a short rerun that succeeds
     cap = min(900.0, 0.3 * p.threshold) if p.threshold else 900.0
     period = loguniform(r, min(10.0, cap), cap)
     shape = "partial" if r.random() < 0.3 else "lines"
     if "tqdm_progress" in p.scenarios:
         shape = "tqdm"
     huge = r.random() < 0.004 or ("term_at_4mib" in p.scenarios and outcome == "success")
-    requeue = r.random() < 0.5
+    requeue = r.random() < 0.5 or bool({"unknown_state_requeue", "requeue_after_end"} & set(p.scenarios))
     show = r.choice([0.0, 5.0, r.uniform(5, 30)])  # SLURM requeues within seconds
+    if "requeue_after_end" in p.scenarios:
+        show = r.uniform(30, 55)  # still within the 60 s backoff of node_fail and preempted
     linger = r.uniform(0, 30) if outcome != "linger" else loguniform(r, 600, 3 * 3600)
     event_at = r.uniform(0.05, 0.9) * duration
     if outcome == "hang":
@@ -599,7 +636,7 @@ class MJob(object):
 
     __slots__ = ("id", "base", "task", "raw", "name", "comment", "owner", "logical", "state", "reason",
                  "exit_code", "submit_t", "start_t", "end_t", "snaps", "out_tpl", "run", "in_squeue",
-                 "gen", "acct_lag", "succeeded", "pending_cancel", "runaway", "array_key", "forgotten")
+                 "gen", "acct_lag", "succeeded", "pending_cancel", "runaway", "array_key", "forgotten", "bad")
 
     def __init__(self, jid, base, task, name, comment, owner, logical, t):
         self.id, self.base, self.task = jid, base, task
@@ -618,6 +655,7 @@ class MJob(object):
         self.runaway = False  # slurmctld forgot it while sacct keeps it RUNNING
         self.array_key = None
         self.forgotten = False  # gone from the controller and from accounting
+        self.bad = False  # a run of it wrote a log event line (a requeue does not take that back)
 
 
 class SlurmModel(object):
@@ -762,7 +800,10 @@ class SlurmModel(object):
         self.snap(job)
         w.trace("slurm", "%s %s requeued (%s)" % (job.id, job.name, why))
         w.check_one_live(job)
-        self.schedule_start(job, 121.0 + loguniform(w.rng("pend"), 1, 1800))
+        wait = loguniform(w.rng("pend"), 1, 1800)
+        if "requeue_after_end" in self.p.scenarios:
+            wait = min(wait, 30.0)
+        self.schedule_start(job, 121.0 + wait)  # a requeued job is eligible again 121 s later
 
     def cancel(self, job, by):
         w = self.w
@@ -1091,7 +1132,8 @@ class Programs(object):
         w = self.w
         k = self.runs_started.get(job.logical, 0)
         self.runs_started[job.logical] = k + 1
-        prog = make_program(w.seed, job.logical, k, self.p, quiet=w.t - T0 >= self.p.fault_until)
+        prog = make_program(w.seed, job.logical, k, self.p, quiet=w.t - T0 >= self.p.fault_until,
+                            rerun=job.run is not None)
         run = Run(prog, k, w.t)
         job.run = run
         path = self.path(job)
@@ -1161,12 +1203,12 @@ class Programs(object):
         elif action == "event":
             if prog.outcome == "logevent":
                 self.write(job, b"NCCL error: unhandled system error, NCCL version 2.18.1\n")
-                run.event_written = True
+                run.event_written = job.bad = True
                 self.plan_action(job, "end", min(run.times.get("end", w.t), w.t + w.rng("tick").uniform(1, 600)))
                 run.hung = True
             elif prog.outcome == "diverge":
                 self.write(job, b"step 9999 loss is nan\n")
-                run.event_written = True
+                run.event_written = job.bad = True
             elif prog.outcome == "hang":
                 run.hung = True
                 w.trace("prog", "%s hangs (writes nothing more)" % job.id)
@@ -1248,8 +1290,15 @@ class Programs(object):
                 w.model.end(job, state)
 
     def _requeue(self, job, gen):
-        if job.gen == gen:
-            self.w.model.requeue(job, "by SLURM")
+        if job.gen != gen:
+            return
+        w = self.w
+        if (not {"requeue_after_end", "unknown_state_requeue"} & set(self.p.scenarios)
+                and w.checker.end_recorded(job.id)):
+            # F8: autoexp saw it end already; here SLURM gives up on it instead
+            w.model._final(job, job.gen, job.state, None)
+            return
+        w.model.requeue(job, "by SLURM")
 
 
 # ============================================================================
@@ -1653,6 +1702,8 @@ class World(object):
         elif kind == "monitor_start":
             self.start_process("monitor")
         elif kind == "cancel":
+            if "queued_last_try" not in self.p.scenarios and self.checker.in_doubt(f.job):
+                return  # F5: a cancel while a submission is in doubt
             self.user_cancelled.setdefault(f.job, self.t)
             self.start_process("cancel", f.job)
         elif kind == "consume":
@@ -1811,7 +1862,7 @@ class World(object):
             return
         if job.state not in ACTIVE or job.state == "COMPLETING":
             return
-        if job.logical in self.user_cancelled or -1 in self.user_cancelled:
+        if job.logical in self.user_cancelled or -1 in self.user_cancelled or job.bad:
             return
         run = job.run
         if job.state == "PENDING" or run is None:
@@ -1889,6 +1940,22 @@ class Checker(object):
         if st["event_seq"] != self.journal_last:
             return False
         return all(act.get("written") for j in st["jobs"] for a in j["attempts"] for act in a["actions"])
+
+    def end_recorded(self, job_id):
+        """The state records how the attempt of this SLURM job ended."""
+        for j in (self.state or {}).get("jobs", []):
+            for a in j["attempts"]:
+                if a["job_id"] == job_id and a["outcome"] is not None:
+                    return True
+        return False
+
+    def in_doubt(self, logical):
+        """The state holds a submission without a SLURM id (of this job, or of any: -1)."""
+        for j in (self.state or {}).get("jobs", []):
+            if logical < 0 or j["index"] == logical:
+                if any(a["job_id"] is None and a["submit_state"] == "intent" for a in j["attempts"]):
+                    return True
+        return False
 
     def cancel_pending(self, logical):
         """`status` shows autoexp already decided to cancel this job's live attempt."""

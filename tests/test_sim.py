@@ -63,6 +63,29 @@ class ExpectedViolation(AssertionError):
 # the bug is fixed the seed passes, the xfail turns into a failure, and the entry must be
 # moved to FIXED (which runs it as a normal test) and the switch into the default mix.
 KNOWN = [
+    # issue 11's list
+    ("tqdm_progress", 0, "no-healthy-cancel"),        # item 1
+    ("clock_jumps", 8, "keeps-cycling"),              # item 9: backward jump freezes the monitor
+    ("clock_jumps", 11, "no-healthy-cancel"),         # item 9: forward jump makes a stall
+    ("clock_ahead", 1, "no-rerun"),                   # item 9: -S window after the job's end
+    ("jobid_wrap", 15, "one-live"),                   # item 12
+    ("squeue_extra_column", 11, "one-live"),          # item 13
+    ("throttle_overflow", 1, "no-traceback"),         # item 8
+    ("term_at_4mib", 0, "no-rerun"),                  # item 15
+    ("rotate_tail", 0, "no-rerun"),                   # item 21: rotation loses the last lines
+    ("lock_deleted", 3, "journal"),                   # item 4
+    ("foreign_newline", 0, "converges"),              # item 18
+    ("term_newline", 0, "no-rerun"),                  # item 16
+    # found by the simulator (sim.FINDINGS)
+    ("suspend_stall", 14, "no-healthy-cancel"),       # F1
+    ("cron_recovery", 10, "journal"),                 # F2: events
+    ("cron_recovery", 18, "actions-once"),            # F2: payloads
+    ("slow_accounting", 76, "no-orphan"),             # F3
+    ("throttle_then_error", 5, "retries-honoured"),   # F4
+    ("queued_last_try", 72, "no-orphan"),             # F5
+    ("shared_log_replace", 41, "true-success"),       # F6
+    ("unknown_state_requeue", 13, "one-live"),        # F7
+    ("requeue_after_end", 23, "no-rerun"),            # F8
 ]
 FIXED = [
 ]
@@ -80,12 +103,12 @@ def _run_known(scenario, seed, invariant):
 
 @pytest.mark.timeout(300)
 @pytest.mark.xfail(strict=True, raises=ExpectedViolation)
-@pytest.mark.parametrize("scenario,seed,invariant", KNOWN, ids=[k[0] for k in KNOWN])
+@pytest.mark.parametrize("scenario,seed,invariant", KNOWN, ids=["%s-%d" % k[:2] for k in KNOWN])
 def test_known_bug(scenario, seed, invariant):
     _run_known(scenario, seed, invariant)
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("scenario,seed,invariant", FIXED, ids=[k[0] for k in FIXED])
+@pytest.mark.parametrize("scenario,seed,invariant", FIXED, ids=["%s-%d" % k[:2] for k in FIXED])
 def test_fixed_bug(scenario, seed, invariant):
     _run_known(scenario, seed, invariant)

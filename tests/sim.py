@@ -35,43 +35,65 @@ from disk), monitor restarts, a consumer deleting action payloads, clock skew an
 After `fault_until` nothing fails any more (SLURM answers, no crash, programs succeed): the
 session must then converge.
 
-Invariants (checked after every step: each SLURM call, each cycle, each process; the final ones
-at the end)
+Invariants (checked after every step: each sbatch and scancel, each monitor cycle, each
+process; squeue/sacct answers and job changes check what concerns them; the last at the end)
 ------------------------------------------------------------------------------------------
   one-live          At most one live SLURM job per logical job: model jobs in an active state
-                    that carry its tag, or the array tag with its index (hand copies are never
-                    made, so every one is autoexp's doing or a SLURM requeue of it).
-  no-rerun          No job that finished successfully runs again: autoexp never submits a job one
+                    (autoexp's ACTIVE_STATES, COMPLETING included) that carry its tag, or the
+                    array tag with its index. Users never make copies beside a live job (a hand
+                    replacement cancels first), so every second one is autoexp's doing.
+  no-rerun          No job that finished successfully runs again: autoexp never sbatches a job one
                     of whose SLURM jobs wrote the termination string (when one is configured) and
                     ended COMPLETED.
-  no-healthy-cancel No healthy job is cancelled: autoexp never scancels an active job whose
-                    program is healthy (it writes regularly, wrote no log event of a non-ignore
-                    mode, is not hung past the inactivity threshold, or wrote the termination
-                    string) unless the user cancelled that logical job. Never a foreign job.
+  no-healthy-cancel autoexp never scancels a foreign job, nor an active job of its own that is
+                    healthy, unless the user cancelled that logical job. Unhealthy: a run of that
+                    SLURM job wrote a line of a log_events mode whose policy is not `ignore` (a
+                    requeue does not take it back), or it is hung and silent for the inactivity
+                    threshold (measured in whole lines, as autoexp does today; tqdm_progress
+                    measures by size, the promise of issue 11 item 1). Writing the termination
+                    string is healthy. A PENDING job is healthy.
   journal           Every event exactly once in the journal (<state>/<session>.events.jsonl): its
-                    seqs are 1..N, gapless, in order; the state file's event_seq is >= N, the
-                    state's outbox holds every seq in N+1..event_seq, and an event in both has
-                    the same content. At the end the outbox is empty and N == event_seq.
-  state-loads       The state file always loads (StateStore.load), once it exists; it never
-                    disappears.
-  actions-once      Each action payload once: never two payloads for one (job, attempt, action),
-                    never a payload back after a consumer deleted it; at the end every action the
-                    state records is marked written and its payload exists or was consumed.
-  no-traceback      autoexp raises nothing but its own crash-point exits (no traceback).
+                    seqs are 1..N, gapless, in order; the state file's event_seq is >= N, its
+                    outbox holds every seq in N+1..event_seq, and an event in both is the same.
+                    At the end N == event_seq (the outbox may still hold journaled events: they
+                    leave it with the next state write, SPEC 6.2).
+  state-loads       The state file, once it exists, never disappears and always loads: every
+                    version is parsed and cross-checked, StateStore.load runs on the first three
+                    versions, every 8th, after each process and at the end.
+  actions-once      Each action payload once: never two payloads for one (job, attempt, job_id,
+                    action), never one back after a consumer deleted it; an action the state
+                    marks written has its payload on disk (or consumed); at the end every action
+                    is marked written.
+  no-traceback      autoexp raises nothing (a simulated crash is the simulator's own exception).
   keeps-cycling     A running monitor calls squeue at least every max(interval,
-                    unknown_backoff_max) plus the SLURM time its cycle may take.
-  retries-honoured  A job stopped after failed sbatch calls had more than submit_retries
-                    consecutive uncertain failures (queue-limit refusals do not count).
-  converges         Within `settle_bound` after fault_until, every job is finalized, stopped or
-                    cancelled, the session has nothing left to do, and no SLURM job with one of
-                    its tags is still active.
-  no-orphan         Every SLURM job autoexp submitted is an attempt in the state at the end.
-  true-success      An attempt autoexp calls a success wrote the termination string (or, with
-                    none configured, ended COMPLETED).
-  no-leftovers      No temporary file of a killed writer survives the next lock holder.
+                    unknown_backoff_max) + (jobs + 4) x 3 x (slurm_timeout + 10) + 60 seconds of
+                    SLURM time (its sleep is the simulator's: the bound is virtual time).
+  retries-honoured  A job stopped because sbatch kept failing had more than submit_retries
+                    uncertain failures in a row (queue-limit refusals do not count, SPEC 8).
+  converges         Within settle_bound() after fault_until (SLURM answers, no crash, programs
+                    succeed) every job is finalized, stopped or cancelled, the session has
+                    nothing left to do, its journal and payloads are in sync with the state, and
+                    no SLURM job with one of its tags is active.
+  no-orphan         At the end every SLURM job autoexp submitted (or the id it went on under) is
+                    an attempt in the state.
+  true-success      An attempt autoexp calls a success wrote the termination string (or, with none
+                    configured, ended COMPLETED).
+  no-leftovers      When a process takes the lock, no temporary file of a killed writer remains.
+  decided-first     Every sbatch and scancel is announced on disk first: when autoexp calls
+                    sbatch, the state file holds that job's intent (an attempt without id);
+                    when it calls scancel, an attempt with that id and cancel_requested_at.
 
-Known bugs are scenario switches (KNOWN_BUGS), off by default, as are the problems this
-simulator found (FINDINGS): turn one on with --scenario NAME once it is fixed.
+Scenario switches, off by default (--scenario NAME): KNOWN_BUGS (issue 11's items the simulator
+can produce) and FINDINGS (what it found beyond them); each makes its situation happen and
+breaks an invariant today. The default mix passes. Not simulated: what happens at plan time or
+in the CLI's argument handling (issue 11 items 2, 3, 5, 6, 7, 10, 11, 14, 17, 19 and parts of
+21), `monitor --all` over several sessions, rebuilding a session with --monitor-all after its
+state file was moved aside, hand resubmissions during a restart backoff (a race no tool can
+win), torn (short) writes.
+
+Speed: the state folder and the logs are on /dev/shm when it exists, so the fsync of every
+state write costs nothing; os.fsync is not replaced. A cycle costs about 1.5 ms, mostly
+autoexp's own JSON (fingerprint and save of the whole session).
 
 All of autoexp's API the simulator uses is in class Api (one place to edit on a rename).
 """
@@ -259,6 +281,7 @@ KNOWN_BUGS = OrderedDict([
     ("lock_deleted", "item 4: the .lock file is deleted, so cron passes run beside the monitor"),
     ("foreign_newline", "item 18: a foreign job of the user has a newline in its name"),
     ("term_newline", "item 16: a termination string with a newline in it"),
+    ("sbatch_notice", "item 20: the site's sbatch prints a notice line before the job id"),
 ])
 
 # What the simulator found beyond issue 11 (each a switch, off by default, until it is fixed).
@@ -273,6 +296,7 @@ FINDINGS = OrderedDict([
     ("unknown_state_requeue", "F7: a job SLURM requeued shows a state word autoexp does not know"),
     ("requeue_after_end", "F8: SLURM requeues a job after autoexp recorded its end, and the rerun ends before "
                           "autoexp looks again"),
+    ("runaway_record", "F9: slurmctld loses a running job, and accounting keeps it RUNNING (a runaway job)"),
 ])
 
 SCENARIOS = OrderedDict(list(KNOWN_BUGS.items()) + list(FINDINGS.items()))
@@ -444,6 +468,8 @@ class Scenario(object):
             p.shared_log = True
         if p.max_submit is not None and "throttle_then_error" not in sc:
             faults = [f for f in faults if not (f.kind == "sbatch_err" and f.arg != "permanent")]
+        if "sbatch_notice" in sc:
+            p.max_submit = None  # with a queue limit it shows F4 (throttle_then_error), not itself
         if "throttle_then_error" in sc and p.max_submit is None:
             p.max_submit = max(2, n_jobs // 2 + 1) if not p.array else n_jobs + 2
         return cls(p, faults, seed)
@@ -508,6 +534,9 @@ class Scenario(object):
                 out.append(Fault(t, r.choice(["hand_replace", "migrate"]), r.randrange(p.n_jobs)))
                 out.append(Fault(t + r.uniform(-300, 300), "sacct_down", -1, round(loguniform(r, 600, 4 * 3600), 1),
                                  "refused"))
+        if "runaway_record" in p.scenarios:
+            for _ in range(r.randint(1, 3)):
+                out.append(Fault(r.uniform(600, p.fault_until * 0.8), "runaway", r.randrange(p.n_jobs)))
         if "unknown_state_requeue" in p.scenarios:
             for _ in range(r.randint(3, 6)):
                 out.append(Fault(r.uniform(60, p.fault_until * 0.8), "squeue_down", -1,
@@ -636,7 +665,8 @@ class MJob(object):
 
     __slots__ = ("id", "base", "task", "raw", "name", "comment", "owner", "logical", "state", "reason",
                  "exit_code", "submit_t", "start_t", "end_t", "snaps", "out_tpl", "run", "in_squeue",
-                 "gen", "acct_lag", "succeeded", "pending_cancel", "runaway", "array_key", "forgotten", "bad")
+                 "gen", "acct_lag", "succeeded", "pending_cancel", "runaway", "array_key", "forgotten", "bad",
+                 "successor")
 
     def __init__(self, jid, base, task, name, comment, owner, logical, t):
         self.id, self.base, self.task = jid, base, task
@@ -656,6 +686,7 @@ class MJob(object):
         self.array_key = None
         self.forgotten = False  # gone from the controller and from accounting
         self.bad = False  # a run of it wrote a log event line (a requeue does not take that back)
+        self.successor = None  # the id it goes on under, once REVOKED by an id change
 
 
 class SlurmModel(object):
@@ -701,7 +732,8 @@ class SlurmModel(object):
         return self.names.get(name)
 
     def live_for(self, logical):
-        return [j for j in self.order if j.logical == logical and j.state in ACTIVE and not j.forgotten]
+        return [j for j in self.order if j.logical == logical and j.state in ACTIVE and not j.forgotten
+                and not j.runaway]
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -994,6 +1026,9 @@ class SlurmView(object):
         if spec.get("array"):
             tasks = parse_array(spec["array"])[0]
         logicals = [m.logical_of(spec.get("comment", ""), t) for t in tasks]
+        w.checker.check_files()
+        for lg in logicals:
+            w.checker.check_announced_submit(lg)
         if m.faults.get("ctld_restart"):
             w.advance(9.0)
             return self._result(logicals, 1, "", "sbatch: error: Batch job submission failed: Unable to contact "
@@ -1021,7 +1056,9 @@ class SlurmView(object):
         if kind in ("queued", "lost"):
             return self._result(logicals, 1, "", "sbatch: error: Batch job submission failed: Socket timed out "
                                 "on send/recv operation")
-        return self._result(logicals, 0, "%d\n" % base, "")
+        notice = "sbatch: notice: this cluster is busy, expect long queue times\n" if (
+            "sbatch_notice" in m.p.scenarios) else ""
+        return self._result(logicals, 0, notice + "%d\n" % base, "")
 
     def _result(self, logicals, rc, out, err, timed_out=False):
         res = Api.sbatch_result(rc, out, err, timed_out)
@@ -1046,6 +1083,8 @@ class SlurmView(object):
             w.trace("call", "scancel %s -> failed (controller down)" % job_id)
             return False, "scancel: error: Kill job error on job id %s: Unable to contact slurm controller" % job_id
         kind = err[1] if err else None
+        w.checker.check_files()
+        w.checker.check_announced_cancel(job_id)
         targets = [j for j in m.order if (j.id == job_id or (j.base == int(job_id.split("_")[0]) and "_" not in job_id
                                                                 and j.task is not None)) and not j.forgotten]
         if kind != "no_effect" and kind != "timeout":
@@ -1794,7 +1833,7 @@ class World(object):
                 return
             m.end(job, "REVOKED", show=-1)
             spec = {"job-name": job.name, "comment": job.comment, "output": job.out_tpl}
-            self.submit_job(spec, "slurm")
+            job.successor = str(self.submit_job(spec, "slurm"))
         elif f.kind == "vanish":
             # slurmctld restarted from an older state save: a pending job it never recorded is gone
             if job is None or job.state != "PENDING" or self.t - job.submit_t > 60:
@@ -1808,6 +1847,16 @@ class World(object):
             if job.run.term_written and "rotate_tail" not in self.p.scenarios:
                 return
             self.programs_rotate(job, copy=f.kind == "rotate")
+        elif f.kind == "runaway":
+            # slurmctld restarted from an older state save and lost the running job; its
+            # accounting record stays RUNNING (`sacctmgr show runawayjobs`)
+            if job is None or job.state != "RUNNING" or job.task is not None:
+                return
+            job.runaway = True
+            job.gen += 1
+            job.run.ended = True
+            job.in_squeue = False
+            self.trace("slurm", "%s lost by slurmctld; sacct keeps it RUNNING" % job.id)
         elif f.kind == "suspend":
             if job is None or job.state != "RUNNING":
                 return
@@ -1940,6 +1989,24 @@ class Checker(object):
         if st["event_seq"] != self.journal_last:
             return False
         return all(act.get("written") for j in st["jobs"] for a in j["attempts"] for act in a["actions"])
+
+    def check_announced_submit(self, logical):
+        """decided-first: sbatch runs only after the state on disk holds its intent."""
+        for j in (self.state or {}).get("jobs", []):
+            if j["index"] == logical:
+                att = j["attempts"][-1] if j["attempts"] else None
+                if att is None or att["job_id"] is not None or att["submit_state"] != "intent":
+                    self.fail("decided-first", "sbatch for %s, but the state on disk holds no intent for it" % j["name"])
+                return
+        self.fail("decided-first", "sbatch for logical job %s, which the state on disk does not hold" % logical)
+
+    def check_announced_cancel(self, job_id):
+        """decided-first: scancel runs only after the state on disk asks for it."""
+        for j in (self.state or {}).get("jobs", []):
+            for a in j["attempts"]:
+                if a["job_id"] == job_id and a.get("cancel_requested_at"):
+                    return
+        self.fail("decided-first", "scancel %s, but no attempt on disk asks for that cancel" % job_id)
 
     def end_recorded(self, job_id):
         """The state records how the attempt of this SLURM job ended."""
@@ -2137,7 +2204,10 @@ class Checker(object):
                         self.fail("true-success", "%s attempt %d (%s) is a success, but it never wrote the "
                                   "termination string (%s)" % (j["name"], a["attempt"], a["job_id"], job.state))
         for job in w.model.order:
-            if job.owner == "autoexp" and job.logical is not None and job.id not in recorded:
+            follow = job
+            while follow.successor is not None and follow.id not in recorded:
+                follow = w.model.jobs[follow.successor]  # it went on under a new id: that one counts
+            if job.owner == "autoexp" and job.logical is not None and follow.id not in recorded:
                 self.fail("no-orphan", "SLURM job %s (%s, %s) that autoexp submitted is in no attempt" % (
                     job.id, job.name, job.state))
 

@@ -76,6 +76,7 @@ KNOWN = [
     ("lock_deleted", 3, "journal"),                   # item 4
     ("foreign_newline", 0, "converges"),              # item 18
     ("term_newline", 0, "no-rerun"),                  # item 16
+    ("sbatch_notice", 88, "no-orphan"),               # item 20 (its harm here goes through F5)
     # found by the simulator (sim.FINDINGS)
     ("suspend_stall", 14, "no-healthy-cancel"),       # F1
     ("cron_recovery", 10, "journal"),                 # F2: events
@@ -86,6 +87,7 @@ KNOWN = [
     ("shared_log_replace", 41, "true-success"),       # F6
     ("unknown_state_requeue", 13, "one-live"),        # F7
     ("requeue_after_end", 23, "no-rerun"),            # F8
+    ("runaway_record", 14, "converges"),              # F9
 ]
 FIXED = [
 ]

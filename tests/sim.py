@@ -111,7 +111,7 @@ import shutil
 import sys
 import tempfile
 from collections import OrderedDict
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -1439,7 +1439,6 @@ class World(object):
         self.store = self.plan = None
         self.sid = PLAN_ID
         self.requests = 0
-        self.hand_jobs = set()
 
     # -- plumbing ------------------------------------------------------------------
 
@@ -1570,9 +1569,6 @@ class World(object):
         if left:
             self.checker.fail("no-leftovers", "temporary files left after %s took the lock: %s" % (
                 command, ", ".join(sorted(left))))
-
-    def clock_for(self, proc):
-        return self.host_clock
 
     def sleeper(self, proc):
         def sleep(seconds):
@@ -1808,7 +1804,6 @@ class World(object):
             pj = self.plan.jobs[f.job]
             spec = sbatch_spec(pj.script_path, ())
             base = self.submit_job(spec, "hand")
-            self.hand_jobs.add(base)
             self.trace("user", "replaced %s by hand with %d" % (job.id, base))
         elif f.kind == "hand_requeue":
             if (job is not None and job.state == "RUNNING" and not job.run.term_written
@@ -1824,7 +1819,6 @@ class World(object):
             if job is None and state == "stopped" and self.checker.no_work_for(f.job) and not self.logical_succeeded(f.job):
                 pj = self.plan.jobs[f.job]
                 base = self.submit_job(sbatch_spec(pj.script_path, ()), "hand")
-                self.hand_jobs.add(base)
                 self.trace("user", "resubmitted stopped %s by hand: %d" % (pj.name, base))
                 self.at(self.t + 300, self.start_process, "monitor")
         elif f.kind == "migrate":

@@ -15,7 +15,8 @@ os.environ.setdefault("AUTOEXP_PARANOID", "1")
 def pytest_configure(config):
     config.addinivalue_line("markers", "real_slurm: needs a real SLURM cluster (tests/real_slurm/setup.sh)")
     config.addinivalue_line("markers", "slow: takes over about a second (CLI scenarios on the fake SLURM, the crash "
-                                       "harness, the pyz on every Python); `-m \"not slow\"` leaves it out")
+                                       "harness, the pyz on every Python, the simulator's long budget); "
+                                       "`-m \"not slow\"` leaves it out")
 
 
 @pytest.fixture(autouse=True)

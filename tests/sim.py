@@ -1,0 +1,2398 @@
+#!/usr/bin/env python3
+"""Deterministic simulation of autoexp (issue 11): the real Controller, in-process, against a
+model of SLURM, a file system of job logs and a crowd of users, in virtual time, driven by a seed.
+
+    python3 tests/sim.py --seed N [--replay] [--shrink] [--scenario NAME ...]
+    python3 tests/sim.py --seeds 0:200            (a range; prints one line per failing seed)
+
+Same seed, same trace, byte for byte: every choice comes from random.Random(<seed-derived
+string>), time is virtual (the Controller's clock, sleep and SLURM client are the simulator's),
+and the trace names no temporary path, inode or pid. A failing seed prints its first broken
+invariant; --shrink delta-debugs its fault list and its parameters down to a short trace and
+prints the command that replays it (--jobs, --faults, --simplify select the smaller case).
+
+What is simulated
+-----------------
+SLURM (class SlurmModel): job ids (MaxJobId wrap-around as a scenario), single jobs and array
+tasks (their own ids once started, a --array=%N throttle), PENDING/RUNNING/SUSPENDED/COMPLETING
+and every end state, requeues under the same id (SLURM's own, after a node failure or a
+preemption, and `scontrol requeue` by hand), id changes (a job REVOKED and continued under a new
+id), jobs vanishing from the controller, hand resubmissions with the tag, squeue with MinJobAge
+purges, foreign jobs of the same user (a '|' in a name, hetjob components, another plan's tag,
+an untagged job with one of our names), sacct with accounting lag, the transient "allocation"
+JobName, comments stored only once a job ended, the -S window, outages, timeouts and garbled
+answers (which autoexp's own parsers must refuse: the model prints text and the adapter parses it
+with autoexp's parse_squeue/parse_sacct/classify_sbatch), slurmctld restarts, sbatch errors that
+did or did not queue the job, timeouts, permanent refusals, a QOS submit limit, scancel errors with
+or without effect. Every job runs a program (class Program) that writes its log: whole lines,
+lines in pieces, ignored warnings, log events, the termination string, huge lines, silence and
+hangs; logs are truncated by requeues and by copytruncate rotation.
+Users (class World): the monitor process (Controller.run, with the simulator's clock and sleep),
+cron `reconcile` passes, `cancel` (direct, or a request file while the monitor holds the lock),
+SIGTERM, SIGKILL at random moments and at each named crash point (autoexp.crash_point is replaced
+for the run; a crash discards every in-memory object and the next process reloads the session
+from disk), monitor restarts, a consumer deleting action payloads, clock skew and jumps.
+After `fault_until` nothing fails any more (SLURM answers, no crash, programs succeed): the
+session must then converge.
+
+Invariants (checked after every step: each sbatch and scancel, each monitor cycle, each
+process; squeue/sacct answers and job changes check what concerns them; the last at the end)
+------------------------------------------------------------------------------------------
+  one-live          At most one live SLURM job per logical job: model jobs in an active state
+                    (autoexp's ACTIVE_STATES, COMPLETING included) that carry its tag, or the
+                    array tag with its index. Users never make copies beside a live job (a hand
+                    replacement cancels first), so every second one is autoexp's doing.
+  no-rerun          No job that finished successfully runs again: autoexp never sbatches a job one
+                    of whose SLURM jobs wrote the termination string (when one is configured) and
+                    ended COMPLETED.
+  no-healthy-cancel autoexp never scancels a foreign job, nor an active job of its own that is
+                    healthy, unless the user cancelled that logical job. Unhealthy: a run of that
+                    SLURM job wrote a line of a log_events mode whose policy is not `ignore` (a
+                    requeue does not take it back), or it is hung and silent for the inactivity
+                    threshold (measured in whole lines, as autoexp does today; tqdm_progress
+                    measures by size, the promise of issue 11 item 1). Writing the termination
+                    string is healthy. A PENDING job is healthy.
+  journal           Every event exactly once in the journal (<state>/<session>.events.jsonl): its
+                    seqs are 1..N, gapless, in order; the state file's event_seq is >= N, its
+                    outbox holds every seq in N+1..event_seq, and an event in both is the same.
+                    At the end N == event_seq (the outbox may still hold journaled events: they
+                    leave it with the next state write, SPEC 6.2).
+  state-loads       The state file, once it exists, never disappears and always loads: every
+                    version is parsed and cross-checked, StateStore.load runs on the first three
+                    versions, every 8th, after each process and at the end.
+  actions-once      Each action payload once: never two payloads for one (job, attempt, job_id,
+                    action), never one back after a consumer deleted it; an action the state
+                    marks written has its payload on disk (or consumed); at the end every action
+                    is marked written.
+  no-traceback      autoexp raises nothing (a simulated crash is the simulator's own exception).
+  keeps-cycling     A running monitor calls squeue at least every max(interval,
+                    unknown_backoff_max) + (jobs + 4) x 3 x (slurm_timeout + 10) + 60 seconds of
+                    SLURM time (its sleep is the simulator's: the bound is virtual time).
+  retries-honoured  A job stopped because sbatch kept failing had more than submit_retries
+                    uncertain failures in a row (queue-limit refusals do not count, SPEC 8).
+  converges         Within settle_bound() after fault_until (SLURM answers, no crash, programs
+                    succeed) every job is finalized, stopped or cancelled, the session has
+                    nothing left to do, its journal and payloads are in sync with the state, and
+                    no SLURM job with one of its tags is active.
+  no-orphan         At the end every SLURM job autoexp submitted (or the id it went on under) is
+                    an attempt in the state.
+  true-success      An attempt autoexp calls a success wrote the termination string (or, with none
+                    configured, ended COMPLETED).
+  no-leftovers      When a process takes the lock, no temporary file of a killed writer remains.
+  decided-first     Every sbatch and scancel is announced on disk first: when autoexp calls
+                    sbatch, the state file holds that job's intent (an attempt without id);
+                    when it calls scancel, an attempt with that id and cancel_requested_at.
+
+Scenario switches, off by default (--scenario NAME): KNOWN_BUGS (issue 11's items the simulator
+can produce) and FINDINGS (what it found beyond them); each makes its situation happen and
+breaks an invariant today. The default mix passes. Not simulated: what happens at plan time or
+in the CLI's argument handling (issue 11 items 2, 3, 5, 6, 7, 10, 11, 14, 17, 19 and parts of
+21), `monitor --all` over several sessions, rebuilding a session with --monitor-all after its
+state file was moved aside, hand resubmissions during a restart backoff (a race no tool can
+win), torn (short) writes.
+
+Speed: the state folder and the logs are on /dev/shm when it exists, so the fsync of every
+state write costs nothing; os.fsync is not replaced. A cycle costs about 1.5 ms, mostly
+autoexp's own JSON (fingerprint and save of the whole session).
+
+All of autoexp's API the simulator uses is in class Api (one place to edit on a rename).
+"""
+
+import argparse
+import bisect
+import contextlib
+import hashlib
+import heapq
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import tempfile
+from collections import OrderedDict
+from typing import NamedTuple
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+import autoexp  # noqa: E402
+
+
+# ============================================================================
+# 1. The adapter: every use of autoexp's API
+# ============================================================================
+
+class Api(object):
+    """The simulator's only contact with autoexp: plan, session, lock, controller, commands'
+    flows (as the CLI runs them, minus argument parsing and wall clock), and the parsers that
+    turn the model's text into what SlurmClient would return. Keep it small and obvious."""
+
+    __slots__ = ()
+    SlurmUnavailable = autoexp.SlurmUnavailable
+    StateError = autoexp.StateError
+    ACTIVE_STATES = autoexp.ACTIVE_STATES
+    MAX_LOG_READ = autoexp.MAX_LOG_READ
+    EXIT_OK = autoexp.EXIT_OK
+
+    @staticmethod
+    def plan(config, root, plan_id, now):
+        """`autoexp plan`: returns (store, plan)."""
+        cfg = os.path.join(root, "cfg.json")
+        with open(cfg, "w") as f:
+            json.dump(config, f, indent=1)
+        resolved = autoexp.resolve_config(autoexp.load_config_file(cfg), cfg, [])
+        manifest, scripts = autoexp.build_plan(resolved, cfg, plan_id, os.path.join(root, "state"), root, now)
+        plan = autoexp.load_manifest(autoexp.write_plan(manifest, scripts))
+        store = autoexp.StateStore(os.path.join(root, "state"))
+        store.ensure()
+        return store, plan
+
+    @staticmethod
+    def paths(store, sid):
+        """state file, journal, actions folder, requests folder of a session."""
+        return (store.session_path(sid), os.path.join(store.root, sid + ".events.jsonl"),
+                os.path.join(store.root, "actions", sid), store.requests_dir(sid))
+
+    @staticmethod
+    def load(store, path, with_plan=True):
+        return store.load(path, with_plan=with_plan)
+
+    @staticmethod
+    def lock(store, sid, command):
+        return store.lock(sid, command)
+
+    @staticmethod
+    def unlock(lock):
+        lock.release()
+
+    @staticmethod
+    def open_session(store, sid, now):
+        """What a writer does once it holds the lock (SessionSet.open): re-read, catch up."""
+        s = store.load(store.session_path(sid))
+        store.save_and_sync(s, now, changed=False)
+        return s
+
+    @staticmethod
+    def controller(store, slurm, sink, clock, sleep):
+        report = autoexp.Reporter(1, sink, sink)
+        return autoexp.Controller(store, slurm, report, clock=clock, sleep=sleep)
+
+    @staticmethod
+    def submit(store, plan, sid, ctl, array, now):
+        """`submit` (do_submit) once the lock is held: register what the session does not
+        track, save, one cycle. Returns the session."""
+        path = store.session_path(sid)
+        if os.path.exists(path):
+            s = store.load(path)
+            store.save_and_sync(s, now, changed=False)
+            todo = [pj for pj in plan.jobs if s.job(pj.name) is None]
+            if not todo:
+                return s
+        else:
+            s = autoexp.new_session(store, plan, now)
+            s.plan = plan
+            todo = plan.jobs
+        ctl.register(s, todo, array)
+        store.save(s, now)
+        ctl.cycle([s])
+        return s
+
+    @staticmethod
+    def monitor(ctl, s):
+        return ctl.run([s])
+
+    @staticmethod
+    def cycle(ctl, s):
+        return ctl.cycle([s])
+
+    @staticmethod
+    def interrupt(ctl):
+        ctl.stop_requested = True  # what the SIGTERM handler does
+
+    @staticmethod
+    def has_work(s):
+        return s.active()
+
+    @staticmethod
+    def cancel(ctl, s, names, now):
+        """`cancel` holding the lock: mark, persist, scancel."""
+        todo = autoexp.Todo()
+        ctl.cancel_jobs(s, names, now, todo)
+        ctl.commit(s, now, todo, True)
+
+    @staticmethod
+    def cancel_request(store, sid, names, now, n):
+        """`cancel` while a monitor holds the lock: a request file it carries out."""
+        folder = store.requests_dir(sid)
+        autoexp.make_private_dir(folder)
+        path = os.path.join(folder, "%d-%d.json" % (int(now * 1000), n))
+        autoexp.atomic_write(path, autoexp.dump_json({"action": "cancel", "jobs": names,
+                                                      "created_at": autoexp.iso_time(now)}))
+
+    @staticmethod
+    def parse_squeue(text):
+        return autoexp.parse_squeue(text)
+
+    @staticmethod
+    def parse_sacct(text):
+        return autoexp.parse_sacct(text)
+
+    @staticmethod
+    def sbatch_result(rc, out, err, timed_out=False):
+        return autoexp.classify_sbatch(autoexp.Completed(["sbatch"], rc, out, err, timed_out))
+
+    @staticmethod
+    @contextlib.contextmanager
+    def crash_hook(fn):
+        """autoexp.crash_point is looked up by global name at each call: replace it for the run."""
+        saved = autoexp.crash_point
+        autoexp.crash_point = fn
+        try:
+            yield
+        finally:
+            autoexp.crash_point = saved
+
+    CRASH_POINTS = ("state_before_rename", "state_after_rename", "before_intent_write", "after_intent_write",
+                    "before_sbatch", "after_sbatch", "after_action_payload", "between_jobs",
+                    "before_scancel", "after_scancel")
+
+
+# ============================================================================
+# 2. Scenario: parameters, scenario switches, the fault schedule
+# ============================================================================
+
+T0 = 1780000000.0  # 2026-05-28: the virtual epoch every simulation starts at
+MAX_JOB_ID = 67043328  # SLURM's default MaxJobId; ids wrap to FirstJobId (1)
+PLAN_ID = "simplan"
+TERM = "TRAINING FINISHED"
+
+# Known bugs of issue 11: each switch makes the simulator produce the situation; off by default.
+KNOWN_BUGS = OrderedDict([
+    ("tqdm_progress", "item 1: programs draw tqdm progress bars (\\r updates, no newline for long)"),
+    ("clock_jumps", "item 9: the monitor host's clock jumps an hour forward or backward (NTP, VM suspend)"),
+    ("clock_ahead", "item 9: the monitor host's clock runs two hours ahead of SLURM's"),
+    ("jobid_wrap", "item 12: SLURM job ids wrap around MaxJobId during the sweep"),
+    ("squeue_extra_column", "item 13: squeue prints one extra trailing column"),
+    ("throttle_overflow", "item 8: a queue limit refuses submissions more than 1,025 times"),
+    ("term_at_4mib", "item 15: the termination string straddles a 4 MiB read boundary in a huge line"),
+    ("rotate_tail", "item 21: copytruncate rotation right after the termination string was written"),
+    ("lock_deleted", "item 4: the .lock file is deleted, so cron passes run beside the monitor"),
+    ("foreign_newline", "item 18: a foreign job of the user has a newline in its name"),
+    ("term_newline", "item 16: a termination string with a newline in it"),
+    ("sbatch_notice", "item 20: the site's sbatch prints a notice line before the job id"),
+])
+
+# What the simulator found beyond issue 11 (each a switch, off by default, until it is fixed).
+FINDINGS = OrderedDict([
+    ("suspend_stall", "F1: a job SUSPENDED longer than the inactivity threshold is a stall the moment it runs again"),
+    ("cron_recovery", "F2: a killed monitor is not restarted; cron `reconcile` is the only writer after a crash"),
+    ("slow_accounting", "F3: accounting lags behind MinJobAge: an ended job leaves squeue before sacct has its end"),
+    ("throttle_then_error", "F4: sbatch errors while a queue limit refuses submissions"),
+    ("queued_last_try", "F5: a submission in doubt queued a job that ends before autoexp finds it, and the job "
+                        "is no longer active (sbatch retries used up, or cancelled by the user meanwhile)"),
+    ("shared_log_replace", "F6: a job with a shared log (no %j) is replaced by hand, or goes on under a new id"),
+    ("unknown_state_requeue", "F7: a job SLURM requeued shows a state word autoexp does not know"),
+    ("requeue_after_end", "F8: SLURM requeues a job after autoexp recorded its end, and the rerun ends before "
+                          "autoexp looks again"),
+    ("runaway_record", "F9: slurmctld loses a running job, and accounting keeps it RUNNING (a runaway job)"),
+])
+
+SCENARIOS = OrderedDict(list(KNOWN_BUGS.items()) + list(FINDINGS.items()))
+
+# Simplifications the shrinker tries (and --simplify applies), each making a case smaller.
+SIMPLIFY = ("single", "no_cron", "no_threshold", "no_foreign", "no_skew", "no_limit", "plain_log")
+
+
+class Fault(NamedTuple):
+    t: float        # seconds after T0
+    kind: str
+    job: int = -1   # logical job index, -1: none or all
+    dur: float = 0.0
+    arg: str = ""
+
+    def describe(self):
+        parts = ["%9.1f %s" % (self.t, self.kind)]
+        if self.job >= 0:
+            parts.append("job=%d" % self.job)
+        if self.dur:
+            parts.append("dur=%g" % self.dur)
+        if self.arg:
+            parts.append("arg=%s" % self.arg)
+        return " ".join(parts)
+
+
+# kind: (weight per hour, which jobs it needs)
+FAULT_RATES = OrderedDict([
+    ("squeue_down", 0.35), ("sacct_down", 0.3), ("ctld_restart", 0.08), ("sbatch_err", 0.35),
+    ("scancel_err", 0.2), ("kill", 0.25), ("kill_at", 0.35), ("sigterm", 0.06), ("monitor_start", 0.1),
+    ("cancel", 0.04), ("hand_replace", 0.06), ("hand_requeue", 0.08), ("hand_restart_stopped", 0.06),
+    ("migrate", 0.04), ("vanish", 0.03), ("rotate", 0.1), ("truncate", 0.04), ("consume", 0.3),
+    ("foreign", 0.3), ("slow_calls", 0.1),
+])
+
+
+def loguniform(r, lo, hi):
+    return math.exp(r.uniform(math.log(lo), math.log(hi)))
+
+
+def weighted(r, pairs):
+    total = sum(w for _, w in pairs)
+    x = r.uniform(0, total)
+    for item, w in pairs:
+        x -= w
+        if x <= 0:
+            return item
+    return pairs[-1][0]
+
+
+class Params(object):
+    """One simulated sweep: its config, its site, its schedule's bounds."""
+
+    __slots__ = ("seed", "n_jobs", "array", "interval", "threshold", "termination", "lost_after",
+                 "shared_log", "submit_retries", "submit_backoff", "unknown_backoff_max", "slurm_timeout",
+                 "crash_policy", "crash_backoff", "min_job_age", "acct_lag", "name_lag", "job_comment",
+                 "max_submit", "first_id", "cron_every", "skew", "fault_until", "scenarios", "foreign_start")
+
+    def __init__(self, **kw):
+        for k in self.__slots__:
+            setattr(self, k, kw.pop(k))
+        assert not kw, kw
+
+    def lost_grace(self):
+        return self.lost_after if self.lost_after is not None else max(3 * self.interval, 300.0)
+
+    def settle_bound(self):
+        """How long after fault_until the session may take to converge: a hung or lingering run
+        reaching its time limit (8 h), a restart's longest backoff, the lost grace, queueing,
+        the quiet phase's short successful runs, and a few cycles and UNKNOWN backoffs."""
+        return (8 * 3600 + 3600 + self.lost_grace() + 2 * 3600 + 1800 + 20 * self.interval
+                + 2 * self.unknown_backoff_max + 1200)
+
+    def config(self):
+        mon = OrderedDict([
+            ("interval_seconds", self.interval),
+            ("termination_string", self.termination),
+            ("inactivity_threshold_seconds", self.threshold),
+            ("lost_after_seconds", self.lost_after),
+            ("slurm_timeout_seconds", self.slurm_timeout),
+            ("unknown_backoff_max_seconds", self.unknown_backoff_max),
+            ("submit_retries", self.submit_retries),
+            ("submit_backoff_seconds", self.submit_backoff),
+            ("log_events", [{"name": "nccl", "pattern": "NCCL error", "mode": "crash"},
+                            {"name": "nan", "pattern": "loss is nan", "mode": "diverged"},
+                            {"name": "warn", "pattern": "^WARNING", "mode": "noise"}]),
+        ])
+        restart = OrderedDict([
+            ("crash", {"action": self.crash_policy, "max_attempts": 2, "backoff_seconds": self.crash_backoff}),
+            ("noise", {"action": "ignore"}),
+            ("timeout", {"action": "restart", "max_attempts": 3}),
+        ])
+        return OrderedDict([
+            ("project", "sim"),
+            ("sweep", {"i": list(range(self.n_jobs))}),
+            ("job", OrderedDict([("name", "{project}-{i}"), ("command", "python3 train.py --seed {i}"),
+                                 ("log", "logs/{name}.log" if self.shared_log else "logs/{name}-%j.log"),
+                                 ("sbatch", {"time": "08:00:00"})])),
+            ("monitoring", mon), ("restart", restart)])
+
+    def describe(self):
+        return " ".join("%s=%s" % (k, getattr(self, k)) for k in self.__slots__ if k != "scenarios") + \
+            " scenarios=%s" % (",".join(self.scenarios) or "-")
+
+
+class Scenario(object):
+    """Parameters and the fault list, generated from the seed; --jobs/--faults/--simplify make
+    a smaller case of the same seed (the shrinker's moves)."""
+
+    __slots__ = ("params", "faults", "seed")
+
+    def __init__(self, params, faults, seed):
+        self.params, self.faults, self.seed = params, faults, seed
+
+    @classmethod
+    def generate(cls, seed, scenarios=()):
+        r = random.Random("autoexp-sim:%d:params" % seed)
+        sc = tuple(scenarios)
+        n_jobs = r.choice([1, 2, 2, 3, 3, 4, 5, 6])
+        interval = r.choice([20, 30, 60, 60, 120, 300, 600])
+        threshold = r.choice([None, None, 600, 1800, 3600, 3600]) if "tqdm_progress" not in sc else 1800
+        if threshold is not None and threshold < interval:
+            threshold = float(interval * 3)
+        p = Params(
+            seed=seed, n_jobs=n_jobs, array=r.random() < 0.3, interval=interval, threshold=threshold,
+            termination=TERM if r.random() < 0.8 else None,
+            lost_after=r.choice([None, None, None, 600, 1800]),
+            shared_log=r.random() < 0.2,
+            submit_retries=r.choice([0, 2, 5, 5]), submit_backoff=r.choice([0, 10, 60, 60]),
+            unknown_backoff_max=r.choice([60, 600, 600]), slurm_timeout=r.choice([10, 60, 60]),
+            crash_policy=r.choice(["restart", "restart", "stop"]), crash_backoff=r.choice([0, 60, 300]),
+            min_job_age=r.choice([2, 10, 300, 300, 600]), acct_lag=r.choice([0.5, 3, 10, 30]),
+            name_lag=r.choice([0.0, 0.0, 3.0]), job_comment=True,
+            max_submit=None, first_id=r.randint(1000, 5000000),
+            cron_every=r.choice([None, None, 300, 900, 3600]),
+            skew=r.uniform(-30, 30), fault_until=r.choice([6, 12, 24, 36]) * 3600.0,
+            scenarios=sc, foreign_start=r.randint(0, 4))
+        if r.random() < 0.25:
+            p.max_submit = r.randint(2, n_jobs + 3)
+            if p.array:
+                p.max_submit = max(p.max_submit, n_jobs + 2)  # an array bigger than the limit never fits
+        if p.termination is None and "term_newline" in sc:
+            p.termination = TERM
+        if "term_newline" in sc:
+            p.termination = "TRAINING\nFINISHED"
+        if "jobid_wrap" in sc:
+            p.first_id = MAX_JOB_ID - r.randint(2, 3 * n_jobs + 2)
+        if "slow_accounting" in sc:
+            p.acct_lag, p.min_job_age = r.choice([10, 30, 120]), r.choice([2, 10])
+        elif p.min_job_age < 1.5 * p.acct_lag + 5:
+            p.min_job_age = 300  # SLURM's default: longer than any accounting lag
+        if "queued_last_try" in sc:
+            p.submit_retries, p.interval = 0, max(p.interval, 300)
+        if "requeue_after_end" in sc:
+            p.interval = 600  # the requeued run can start and end between two cycles
+        if "cron_recovery" in sc:
+            p.cron_every = r.choice([300, 600])
+        if "clock_ahead" in sc:
+            p.skew = 2 * 3600.0
+            p.min_job_age = 2
+        if "throttle_overflow" in sc:
+            p.interval, p.submit_backoff, p.max_submit, p.fault_until = 20, 0, 2, 30 * 3600.0
+        if "term_at_4mib" in sc or "rotate_tail" in sc or "term_newline" in sc:
+            p.termination = p.termination or TERM
+        faults = cls._faults(seed, p)
+        if p.shared_log and "shared_log_replace" not in sc:
+            faults = [f for f in faults if f.kind not in ("hand_replace", "migrate")]
+        if "shared_log_replace" in sc:
+            p.shared_log = True
+        if p.max_submit is not None and "throttle_then_error" not in sc:
+            faults = [f for f in faults if not (f.kind == "sbatch_err" and f.arg != "permanent")]
+        if "sbatch_notice" in sc:
+            p.max_submit = None  # with a queue limit it shows F4 (throttle_then_error), not itself
+        if "throttle_then_error" in sc and p.max_submit is None:
+            p.max_submit = max(2, n_jobs // 2 + 1) if not p.array else n_jobs + 2
+        return cls(p, faults, seed)
+
+    @staticmethod
+    def _faults(seed, p):
+        r = random.Random("autoexp-sim:%d:faults" % seed)
+        out = []
+        hours = p.fault_until / 3600.0
+        for kind, rate in FAULT_RATES.items():
+            n = sum(1 for _ in range(int(math.ceil(hours * rate * 4))) if r.random() < 0.25)
+            for _ in range(n):
+                t = r.uniform(60, p.fault_until)
+                job = r.randrange(p.n_jobs)
+                if kind in ("squeue_down", "sacct_down"):
+                    dur = loguniform(r, 20, 3 * 3600)
+                    arg = r.choice(["refused", "timeout", "garbled", "truncated", "unknown_state"]
+                                   if kind == "squeue_down" else ["refused", "timeout", "garbled"])
+                    out.append(Fault(t, kind, -1, round(dur, 1), arg))
+                elif kind == "ctld_restart":
+                    out.append(Fault(t, kind, -1, round(loguniform(r, 10, 1800), 1)))
+                elif kind == "sbatch_err":
+                    arg = weighted(r, [("queued", 3), ("lost", 3), ("timeout_queued", 1), ("timeout_lost", 1),
+                                       ("permanent", 0.2)])
+                    out.append(Fault(t, kind, -1, round(loguniform(r, 10, 7200), 1), arg))
+                elif kind == "scancel_err":
+                    out.append(Fault(t, kind, -1, round(loguniform(r, 10, 3600), 1),
+                                     r.choice(["no_effect", "with_effect", "timeout"])))
+                elif kind == "kill_at":
+                    out.append(Fault(t, kind, r.randint(1, 3), 0.0, r.choice(Api.CRASH_POINTS)))
+                elif kind == "kill":
+                    out.append(Fault(t, kind, -1, 0.0, r.choice(["any", "any", "sleep", "slurm"])))
+                elif kind == "cancel":
+                    out.append(Fault(t, kind, job if r.random() < 0.7 else -1))
+                elif kind == "foreign":
+                    out.append(Fault(t, kind, -1, round(loguniform(r, 60, 6 * 3600), 1),
+                                     r.choice(["plain", "pipe", "het", "other_plan", "same_name"])))
+                elif kind == "slow_calls":
+                    out.append(Fault(t, kind, -1, round(loguniform(r, 60, 3600), 1)))
+                elif kind == "suspend":
+                    out.append(Fault(t, kind, job, round(loguniform(r, 60, 4 * 3600), 1)))
+                else:
+                    out.append(Fault(t, kind, job))
+        if "suspend_stall" in p.scenarios:
+            for _ in range(r.randint(3, 8)):
+                out.append(Fault(r.uniform(600, p.fault_until), "suspend", r.randrange(p.n_jobs),
+                                 round(loguniform(r, 600, 4 * 3600), 1)))
+        if "clock_jumps" in p.scenarios:
+            for _ in range(r.randint(2, 5)):
+                out.append(Fault(r.uniform(600, p.fault_until), "clock_jump", -1, r.choice([-3600.0, 3600.0])))
+        if "foreign_newline" in p.scenarios:
+            # a notebook server of the user's, running for weeks
+            out.append(Fault(r.uniform(60, 3600), "foreign", -1, 30 * 86400.0, "newline"))
+        if {"jobid_wrap", "squeue_extra_column", "queued_last_try"} & set(p.scenarios):
+            # sbatch errors that queued the job: what makes the lookup by tag matter
+            for _ in range(r.randint(4, 8)):
+                out.append(Fault(r.uniform(60, p.fault_until * 0.7), "sbatch_err", -1,
+                                 round(loguniform(r, 600, 4 * 3600), 1), r.choice(["queued", "timeout_queued"])))
+        if "shared_log_replace" in p.scenarios:
+            for _ in range(r.randint(4, 8)):
+                t = r.uniform(600, p.fault_until * 0.8)
+                out.append(Fault(t, r.choice(["hand_replace", "migrate"]), r.randrange(p.n_jobs)))
+                out.append(Fault(t + r.uniform(-300, 300), "sacct_down", -1, round(loguniform(r, 600, 4 * 3600), 1),
+                                 "refused"))
+        if "runaway_record" in p.scenarios:
+            for _ in range(r.randint(1, 3)):
+                out.append(Fault(r.uniform(600, p.fault_until * 0.8), "runaway", r.randrange(p.n_jobs)))
+        if "unknown_state_requeue" in p.scenarios:
+            for _ in range(r.randint(3, 6)):
+                out.append(Fault(r.uniform(60, p.fault_until * 0.8), "squeue_down", -1,
+                                 round(loguniform(r, 1800, 6 * 3600), 1), "unknown_state"))
+        if {"cron_recovery", "slow_accounting"} & set(p.scenarios):
+            # crashes right after a decision was written, or after sbatch queued the job
+            point = "after_sbatch" if "slow_accounting" in p.scenarios else "state_after_rename"
+            for _ in range(r.randint(6, 12)):
+                out.append(Fault(r.uniform(60, p.fault_until), "kill_at", r.randint(1, 2), 0.0, point))
+        if "throttle_overflow" in p.scenarios:
+            out.append(Fault(30.0, "foreign", -1, 26 * 3600.0, "hog"))
+            out.append(Fault(30.0, "foreign", -1, 26 * 3600.0, "hog"))
+        out.sort(key=lambda f: (f.t, f.kind, f.job))
+        return out
+
+    def smaller(self, jobs=None, keep=None, simplify=()):
+        """The same seed with fewer jobs, a subset of the faults (indexes), simplifications."""
+        p = Params(**dict((k, getattr(self.params, k)) for k in Params.__slots__))
+        faults = list(self.faults)
+        if keep is not None:
+            keep = set(keep)
+            faults = [f for i, f in enumerate(faults) if i in keep]
+        if jobs is not None and jobs < p.n_jobs:
+            p.n_jobs = jobs
+            faults = [f for f in faults if f.job < jobs or f.kind in ("kill_at",) or f.job < 0]
+            if p.max_submit is not None and p.array:
+                p.max_submit = max(p.max_submit, jobs + 2)
+        for s in simplify:
+            if s == "single":
+                p.array = False
+            elif s == "no_cron" and "cron_recovery" not in p.scenarios:
+                p.cron_every = None
+            elif s == "no_threshold" and "tqdm_progress" not in p.scenarios:
+                p.threshold = None
+            elif s == "no_foreign":
+                p.foreign_start = 0
+                faults = [f for f in faults if f.kind != "foreign" or f.arg in ("hog", "newline")]
+            elif s == "no_skew" and "clock_ahead" not in p.scenarios:
+                p.skew = 0.0
+            elif s == "no_limit" and "throttle_overflow" not in p.scenarios:
+                p.max_submit = None
+            elif s == "plain_log":
+                p.shared_log = False
+        return Scenario(p, faults, self.seed)
+
+
+# ============================================================================
+# 3. Programs: what each run of a job does and writes
+# ============================================================================
+
+class Program(NamedTuple):
+    outcome: str      # success linger fail_after_success crash logevent diverge timeout oom node_fail preempt hang
+    duration: float   # RUNNING seconds until its outcome
+    period: float     # mean seconds between writes
+    shape: str        # lines, partial, tqdm
+    huge: bool        # writes one line of more than 4 MiB
+    requeue: bool     # node_fail/preempt: SLURM requeues it under the same id
+    show: float       # seconds SLURM shows the end state before requeueing it
+    linger: float     # seconds it runs on after printing the termination string
+    event_at: float   # logevent/diverge/hang: when (RUNNING seconds) it happens
+
+
+OUTCOMES = (("success", 52), ("linger", 3), ("fail_after_success", 3), ("crash", 7), ("logevent", 6),
+            ("diverge", 3), ("timeout", 6), ("oom", 3), ("node_fail", 6), ("preempt", 6), ("hang", 5))
+
+
+def make_program(seed, logical, k, p, quiet, rerun=False):
+    """The k-th run of logical job `logical`: drawn from its own stream, so a run does not
+    change when faults elsewhere are removed (the shrinker relies on it)."""
+    r = random.Random("autoexp-sim:%d:run:%d:%d" % (seed, logical, k))
+    outcome = "success" if quiet else weighted(r, OUTCOMES)
+    if {"unknown_state_requeue", "requeue_after_end"} & set(p.scenarios) and r.random() < (
+            0.9 if "requeue_after_end" in p.scenarios else 0.5):
+        outcome = r.choice(["node_fail", "preempt"])  # SLURM requeues these
+    if outcome == "hang" and not p.threshold:
+        outcome = "timeout"
+    duration = loguniform(r, 30, 1800) if quiet else loguniform(r, 60, 6 * 3600)
+    if "slow_accounting" in p.scenarios:
+        duration = loguniform(r, 60, 900)  # short jobs end while a crashed monitor is away
+    if rerun and "requeue_after_end" in p.scenarios:
+        outcome, duration = "success", loguniform(r, 60, 300)  # a short rerun that succeeds
+    cap = min(900.0, 0.3 * p.threshold) if p.threshold else 900.0
+    period = loguniform(r, min(10.0, cap), cap)
+    shape = "partial" if r.random() < 0.3 else "lines"
+    if "tqdm_progress" in p.scenarios:
+        shape = "tqdm"
+    huge = r.random() < 0.004 or ("term_at_4mib" in p.scenarios and outcome == "success")
+    requeue = r.random() < 0.5 or bool({"unknown_state_requeue", "requeue_after_end"} & set(p.scenarios))
+    show = r.choice([0.0, 5.0, r.uniform(5, 30)])  # SLURM requeues within seconds
+    if "requeue_after_end" in p.scenarios:
+        show = r.uniform(30, 55)  # still within the 60 s backoff of node_fail and preempted
+    linger = r.uniform(0, 30) if outcome != "linger" else loguniform(r, 600, 3 * 3600)
+    event_at = r.uniform(0.05, 0.9) * duration
+    if outcome == "hang":
+        duration = event_at + p.threshold + loguniform(r, 60, 3 * 3600)  # then its time limit
+    return Program(outcome, duration, period, shape, huge, requeue, show, linger, event_at)
+
+
+class Run(object):
+    """One start of a SLURM job: its program and what it has written so far."""
+
+    __slots__ = ("prog", "k", "start", "last_write", "last_line", "term_written", "event_written", "hung", "ticks",
+                 "pending_part", "times", "paused_at", "ended")
+
+    def __init__(self, prog, k, start):
+        self.prog, self.k, self.start = prog, k, start
+        self.last_write = self.last_line = start
+        self.term_written = self.event_written = self.hung = self.ended = False
+        self.ticks = 0
+        self.pending_part = b""
+        self.times = {}  # action -> absolute virtual time it is due
+        self.paused_at = None
+
+
+# ============================================================================
+# 4. The SLURM model
+# ============================================================================
+
+ACTIVE = frozenset(Api.ACTIVE_STATES)
+TERMINAL_EXIT = {"COMPLETED": "0:0", "FAILED": "1:0", "TIMEOUT": "0:15", "OUT_OF_MEMORY": "0:125",
+                 "NODE_FAIL": "0:0", "PREEMPTED": "0:0", "CANCELLED": "0:15", "REVOKED": "0:0"}
+
+
+class MJob(object):
+    """A SLURM job (or array task) in the model."""
+
+    __slots__ = ("id", "base", "task", "raw", "name", "comment", "owner", "logical", "state", "reason",
+                 "exit_code", "submit_t", "start_t", "end_t", "snaps", "out_tpl", "run", "in_squeue",
+                 "gen", "acct_lag", "succeeded", "pending_cancel", "runaway", "array_key", "forgotten", "bad",
+                 "successor")
+
+    def __init__(self, jid, base, task, name, comment, owner, logical, t):
+        self.id, self.base, self.task = jid, base, task
+        self.raw = base if task is None else None
+        self.name, self.comment, self.owner, self.logical = name, comment, owner, logical
+        self.state, self.reason, self.exit_code = "PENDING", "Priority", "0:0"
+        self.submit_t, self.start_t, self.end_t = t, None, None
+        self.snaps = []  # sacct's view: sorted (time, seq, state, exit, start, end, name)
+        self.out_tpl = None
+        self.run = None
+        self.in_squeue = True
+        self.gen = 0
+        self.acct_lag = 0.0
+        self.succeeded = False
+        self.pending_cancel = False
+        self.runaway = False  # slurmctld forgot it while sacct keeps it RUNNING
+        self.array_key = None
+        self.forgotten = False  # gone from the controller and from accounting
+        self.bad = False  # a run of it wrote a log event line (a requeue does not take that back)
+        self.successor = None  # the id it goes on under, once REVOKED by an id change
+
+
+class SlurmModel(object):
+    """SLURM as the Controller sees it through squeue/sacct/sbatch/scancel, printed as text and
+    parsed by autoexp's own parsers; plus the hand operations users and admins do."""
+
+    __slots__ = ("w", "p", "jobs", "order", "next_id", "user", "faults", "snap_seq", "sbatch_fails",
+                 "array_running", "names", "sid")
+
+    def __init__(self, world, params):
+        self.w = world
+        self.p = params
+        self.jobs = OrderedDict()  # id -> MJob, in submission order
+        self.order = []
+        self.next_id = params.first_id
+        self.user = "simuser"
+        self.faults = {}  # kind -> (until, arg)
+        self.snap_seq = 0
+        self.sbatch_fails = {}  # logical -> consecutive uncertain sbatch failures
+        self.array_running = {}
+        self.names = {}
+        self.sid = PLAN_ID
+
+    # -- ids, tags ---------------------------------------------------------------------
+
+    def new_id(self):
+        while True:
+            jid = self.next_id
+            self.next_id = self.next_id + 1 if self.next_id < MAX_JOB_ID else 1
+            if str(jid) not in self.jobs and not any(j.base == jid for j in self._recent()):
+                return jid
+
+    def _recent(self):
+        return self.order[-50:]
+
+    def logical_of(self, comment, task):
+        prefix = "autoexp:%s:" % self.sid
+        if not comment.startswith(prefix):
+            return None
+        name = comment[len(prefix):]
+        if name == "@array":
+            return task
+        return self.names.get(name)
+
+    def live_for(self, logical):
+        return [j for j in self.order if j.logical == logical and j.state in ACTIVE and not j.forgotten
+                and not j.runaway]
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def snap(self, job, t=None, name=None):
+        """Record what sacct will show from t + the accounting lag on."""
+        self.snap_seq += 1
+        rec = (self.w.t if t is None else t, self.snap_seq, job.state, job.exit_code, job.start_t, job.end_t,
+               name or job.name)
+        bisect.insort(job.snaps, rec)
+
+    def create(self, base, task, name, comment, owner, out_tpl, array_key=None):
+        w = self.w
+        jid = str(base) if task is None else "%d_%d" % (base, task)
+        job = MJob(jid, base, task, name, comment, owner, self.logical_of(comment, task), w.t)
+        job.out_tpl = out_tpl
+        job.array_key = array_key
+        job.acct_lag = self.p.acct_lag * w.rng("lag").uniform(0.5, 1.5)
+        self.jobs[jid] = job
+        self.order.append(job)
+        self.snap(job, name="allocation" if self.p.name_lag else None)
+        if self.p.name_lag:
+            self.snap(job, t=w.t + self.p.name_lag)
+        w.check_one_live(job)
+        self.schedule_start(job, loguniform(w.rng("pend"), 1, 3600) if owner != "foreign" else 5.0)
+        return job
+
+    def schedule_start(self, job, delay):
+        self.w.at(self.w.t + delay, self.start, job, job.gen)
+
+    def start(self, job, gen):
+        w = self.w
+        if job.gen != gen or job.state != "PENDING" or job.forgotten:
+            return
+        if job.array_key is not None:
+            limit = self.array_running.get(job.array_key, (0, None))[1]
+            running = sum(1 for j in self.order if j.array_key == job.array_key and j.state in ("RUNNING", "COMPLETING", "SUSPENDED"))
+            if limit and running >= limit:
+                self.schedule_start(job, 60.0)
+                return
+        if job.task is not None and job.raw is None:
+            pending = [j for j in self.order if j.base == job.base and j.task is not None and j.raw is None]
+            job.raw = job.base if len(pending) == 1 else self.new_id()
+        job.state, job.reason, job.start_t = "RUNNING", "None", w.t
+        self.snap(job)
+        w.trace("slurm", "%s %s RUNNING" % (job.id, job.name))
+        if job.owner == "foreign":
+            return
+        w.programs.begin(job)
+
+    def end(self, job, state, exit_code=None, show=0.0):
+        """The job's run ends in a terminal state (COMPLETING first for a normal exit)."""
+        w = self.w
+        job.gen += 1
+        if job.run is not None:
+            job.run.ended = True
+        if job.state == "RUNNING" and state not in ("NODE_FAIL", "REVOKED") and show >= 0:
+            job.state = "COMPLETING"
+            job.end_t = w.t
+            self.snap(job)
+            w.at(w.t + w.rng("completing").uniform(0.5, 8), self._final, job, job.gen, state, exit_code)
+        else:
+            job.end_t = job.end_t or w.t
+            self._final(job, job.gen, state, exit_code)
+
+    def _final(self, job, gen, state, exit_code):
+        w = self.w
+        if job.gen != gen:
+            return
+        job.state = state
+        job.reason = "None" if state == "COMPLETED" else ("NonZeroExitCode" if state == "FAILED" else state.title())
+        job.exit_code = exit_code or TERMINAL_EXIT.get(state, "0:0")
+        job.end_t = job.end_t or w.t
+        job.succeeded = (state == "COMPLETED" and job.run is not None
+                         and (job.run.term_written or self.p.termination is None))
+        self.snap(job)
+        if job.pending_cancel and self.p.name_lag:
+            self.snap(job, name="allocation")
+            self.snap(job, t=w.t + 2.7)
+        w.trace("slurm", "%s %s %s %s" % (job.id, job.name, state, job.exit_code))
+        w.at(w.t + self.p.min_job_age + w.rng("purge").uniform(0, 5), self.purge, job, job.gen)
+        w.job_ended(job)
+
+    def purge(self, job, gen):
+        if job.gen == gen and job.state not in ACTIVE:
+            job.in_squeue = False
+
+    def requeue(self, job, why):
+        """Back to PENDING under the same id (SLURM after a node failure or preemption, or
+        `scontrol requeue`): a new run starts later and truncates its log."""
+        w = self.w
+        job.gen += 1
+        if job.run is not None:
+            job.run.ended = True
+        job.state, job.reason, job.in_squeue = "PENDING", "BeginTime", True
+        job.succeeded = False
+        self.snap(job)
+        w.trace("slurm", "%s %s requeued (%s)" % (job.id, job.name, why))
+        w.check_one_live(job)
+        wait = loguniform(w.rng("pend"), 1, 1800)
+        if "requeue_after_end" in self.p.scenarios:
+            wait = min(wait, 30.0)
+        self.schedule_start(job, 121.0 + wait)  # a requeued job is eligible again 121 s later
+
+    def cancel(self, job, by):
+        w = self.w
+        if job.state not in ACTIVE:
+            return
+        w.trace("slurm", "%s %s cancelled by %s" % (job.id, job.name, by))
+        if job.state == "COMPLETING":
+            return
+        # squeue shows CANCELLED at once (capture 35b), for a running job as for a pending one
+        job.pending_cancel = job.state == "PENDING"
+        job.gen += 1
+        if job.run is not None:
+            job.run.ended = True
+        job.end_t = w.t
+        self._final(job, job.gen, "CANCELLED", "0:0" if job.pending_cancel else "0:15")
+
+    # -- views -------------------------------------------------------------------
+
+    def squeue_text(self):
+        lines = []
+        extra = "|N/A" if "squeue_extra_column" in self.p.scenarios else ""
+        for job in self.order:
+            if not job.in_squeue or job.forgotten or job.runaway:
+                continue
+            raw = job.raw if job.raw is not None else job.base
+            state = job.state
+            if (self.faults.get("squeue_down", (0, ""))[1] == "unknown_state" and job.state == "PENDING"
+                    and (job.run is None or "unknown_state_requeue" in self.p.scenarios)):
+                state = "EXPEDITING"  # a state word of a newer SLURM
+            lines.append("%s|%s|%s|%s|%s|%s%s" % (job.id, raw, state, job.reason, job.name,
+                                                  job.comment or "(null)", extra if job.owner != "foreign" else ""))
+        return "".join(l + "\n" for l in lines)
+
+    def acct_view(self, job, t):
+        """The snapshot sacct shows at t (its lag behind the controller), or None."""
+        if job.forgotten:
+            return None
+        q = t - job.acct_lag
+        i = bisect.bisect_right(job.snaps, (q, float("inf")))
+        if i == 0:
+            return None
+        return job.snaps[i - 1]
+
+    def sacct_line(self, job, view, jid=None):
+        _, _, state, exit_code, start, end, name = view
+        if job.runaway:
+            state, end = "RUNNING", None
+        comment = job.comment if (state not in ACTIVE and self.p.job_comment) else ""
+        if state == "CANCELLED" and job.pending_cancel:
+            start_s = "None"
+        else:
+            start_s = local(start) if start and state not in ("PENDING",) else "Unknown"
+        end_s = local(end) if end and state not in ACTIVE else "Unknown"
+        shown = "CANCELLED by 4242" if state == "CANCELLED" else state
+        raw = job.raw if job.raw is not None else job.base
+        return "%s|%s|%s|%s|%s|%s|%s|%s" % (jid or job.id, raw, name, shown, exit_code, start_s, end_s, comment)
+
+    @staticmethod
+    def in_window(view, since):
+        end = view[5]
+        return view[2] in ACTIVE or end is None or end >= since
+
+    def sacct_ids_text(self, ids, since):
+        t = self.w.t
+        since = math.floor(since)
+        out = []
+        for jid in ids:
+            job = self.jobs.get(jid)
+            if job is None:
+                continue
+            view = self.acct_view(job, t)
+            if view is None or not self.in_window(view, since):
+                continue
+            out.append(self.sacct_line(job, view))
+        return "".join(l + "\n" for l in out)
+
+    def sacct_names_text(self, names, since):
+        t = self.w.t
+        since = math.floor(since)
+        out = []
+        groups = OrderedDict()
+        for job in self.order:
+            view = self.acct_view(job, t)
+            if view is None or view[6] not in names or not self.in_window(view, since):
+                continue
+            if job.task is not None and view[2] == "PENDING" and job.raw is None:
+                groups.setdefault((job.base, view[6:]), []).append((job, view))  # printed as a range
+                continue
+            out.append(self.sacct_line(job, view))
+        for (base, _), members in groups.items():
+            tasks = ",".join(str(j.task) for j, _ in members)
+            out.append(self.sacct_line(members[0][0], members[0][1], jid="%d_[%s]" % (base, tasks)))
+        return "".join(l + "\n" for l in out)
+
+    def active_count(self):
+        return sum(1 for j in self.order if j.state in ACTIVE and not j.forgotten and not j.runaway)
+
+
+def local(t):
+    import time as _time  # formatting only: sacct prints local time, autoexp parses it back
+    return _time.strftime("%Y-%m-%dT%H:%M:%S", _time.localtime(t))
+
+
+class SlurmView(object):
+    """The SlurmClient interface the Controller calls: user, squeue, sacct, sacct_by_name,
+    sbatch, scancel. Each call takes virtual time (during which the world moves on), may be hit
+    by a fault window, and is a crash opportunity before and after it takes effect."""
+
+    __slots__ = ("w", "m", "user")
+
+    def __init__(self, world, model):
+        self.w, self.m, self.user = world, model, model.user
+
+    def _latency(self, base):
+        w = self.w
+        slow = w.model.faults.get("slow_calls")
+        return base * (20 if slow else 1) * w.rng("lat").uniform(0.5, 2.0)
+
+    def _fail(self, what, msg, timeout):
+        w = self.w
+        if timeout:
+            w.advance(w.p.slurm_timeout)
+            raise Api.SlurmUnavailable("%s did not answer within %gs" % (what, w.p.slurm_timeout))
+        raise Api.SlurmUnavailable("%s failed (exit 1): %s" % (what, msg))
+
+    def squeue(self):
+        w, m = self.w, self.m
+        w.crash_opportunity("slurm", "squeue:before")
+        w.note_squeue()
+        down = m.faults.get("squeue_down")
+        ctld = m.faults.get("ctld_restart")
+        if ctld:
+            w.advance(9.0)
+            self._fail("squeue", "slurm_load_jobs error: Unable to contact slurm controller (connect failure)", False)
+        if down and down[1] in ("refused", "timeout"):
+            w.advance(0.01)
+            self._fail("squeue", "slurm_load_jobs error: Socket timed out on send/recv operation",
+                       down[1] == "timeout")
+        w.advance(self._latency(0.005))
+        text = m.squeue_text()
+        if down and down[1] == "truncated" and text:
+            text = text[:max(1, len(text) * 2 // 3)]
+            if text.endswith("\n"):
+                text = text[:-1]
+        elif down and down[1] == "garbled":
+            text += "slurm_load_jobs error: Zero Bytes were transmitted or received\n"
+        try:
+            rows = Api.parse_squeue(text)
+        except ValueError as e:
+            raise Api.SlurmUnavailable("squeue printed output autoexp cannot parse: %s" % e)
+        w.crash_opportunity("slurm", "squeue:after")
+        return rows
+
+    def _sacct(self, render):
+        w, m = self.w, self.m
+        w.crash_opportunity("slurm", "sacct:before")
+        down = m.faults.get("sacct_down")
+        if down and down[1] in ("refused", "timeout"):
+            w.advance(0.05)
+            self._fail("sacct", "sacct: error: Problem talking to the database: Connection refused",
+                       down[1] == "timeout")
+        w.advance(self._latency(0.09))
+        text = render()
+        if down and down[1] == "garbled":
+            text = text + "sacct: error: slurmdbd: Getting response to message type: DBD_GET_JOBS_COND\n"
+        try:
+            rows = Api.parse_sacct(text)
+        except ValueError as e:
+            raise Api.SlurmUnavailable("sacct printed output autoexp cannot parse: %s" % e)
+        w.crash_opportunity("slurm", "sacct:after")
+        return rows
+
+    def sacct(self, job_ids, since):
+        rows = self._sacct(lambda: self.m.sacct_ids_text(job_ids, since))
+        return dict((r.job_id, r) for r in rows)
+
+    def sacct_by_name(self, names, since):
+        return self._sacct(lambda: self.m.sacct_names_text(names, since))
+
+    def sbatch(self, script, args=()):
+        w, m = self.w, self.m
+        w.crash_opportunity("slurm", "sbatch:before")
+        spec = sbatch_spec(script, args)
+        err_fault = m.faults.get("sbatch_err")
+        kind = err_fault[1] if err_fault else None
+        w.advance(self._latency(0.006))
+        tasks = [None]
+        if spec.get("array"):
+            tasks = parse_array(spec["array"])[0]
+        logicals = [m.logical_of(spec.get("comment", ""), t) for t in tasks]
+        w.checker.check_files()
+        for lg in logicals:
+            w.checker.check_announced_submit(lg)
+        if m.faults.get("ctld_restart"):
+            w.advance(9.0)
+            return self._result(logicals, 1, "", "sbatch: error: Batch job submission failed: Unable to contact "
+                                "slurm controller (connect failure)")
+        if m.p.max_submit is not None and m.active_count() + len(tasks) > m.p.max_submit:
+            return self._result(logicals, 1, "", "sbatch: error: QOSMaxSubmitJobPerUserLimit\nsbatch: error: Batch "
+                                "job submission failed: Job violates accounting/QOS policy (job submit limit, "
+                                "user's size and/or time limits)")
+        if kind == "permanent":
+            return self._result(logicals, 1, "", "sbatch: error: Batch job submission failed: Invalid partition "
+                                "name specified")
+        if kind in ("queued", "timeout_queued") and "queued_last_try" not in m.p.scenarios and any(
+                m.sbatch_fails.get(lg, 0) >= m.p.submit_retries for lg in logicals if lg is not None):
+            kind = "lost" if kind == "queued" else "timeout_lost"  # F5 needs this one to have queued it
+        queued = kind in (None, "queued", "timeout_queued")
+        base = None
+        if queued:
+            for lg in logicals:
+                w.check_no_rerun(lg)
+            base = w.submit_job(spec, "autoexp")
+        w.crash_opportunity("slurm", "sbatch:after")
+        if kind in ("timeout_queued", "timeout_lost"):
+            w.advance(w.p.slurm_timeout)
+            return self._result(logicals, -9, "", "", timed_out=True)
+        if kind in ("queued", "lost"):
+            return self._result(logicals, 1, "", "sbatch: error: Batch job submission failed: Socket timed out "
+                                "on send/recv operation")
+        notice = "sbatch: notice: this cluster is busy, expect long queue times\n" if (
+            "sbatch_notice" in m.p.scenarios) else ""
+        return self._result(logicals, 0, notice + "%d\n" % base, "")
+
+    def _result(self, logicals, rc, out, err, timed_out=False):
+        res = Api.sbatch_result(rc, out, err, timed_out)
+        m = self.m
+        for lg in logicals:
+            if lg is None:
+                continue
+            if res.outcome == "ok":
+                m.sbatch_fails[lg] = 0
+            elif res.outcome == "uncertain":
+                m.sbatch_fails[lg] = m.sbatch_fails.get(lg, 0) + 1
+        self.w.trace("call", "sbatch -> %s %s %s" % (res.outcome, res.job_id or "-", res.message[:60]))
+        return res
+
+    def scancel(self, job_id):
+        w, m = self.w, self.m
+        w.crash_opportunity("slurm", "scancel:before")
+        w.advance(self._latency(0.005))
+        err = m.faults.get("scancel_err")
+        if m.faults.get("ctld_restart"):
+            w.advance(9.0)
+            w.trace("call", "scancel %s -> failed (controller down)" % job_id)
+            return False, "scancel: error: Kill job error on job id %s: Unable to contact slurm controller" % job_id
+        kind = err[1] if err else None
+        w.checker.check_files()
+        w.checker.check_announced_cancel(job_id)
+        targets = [j for j in m.order if (j.id == job_id or (j.base == int(job_id.split("_")[0]) and "_" not in job_id
+                                                                and j.task is not None)) and not j.forgotten]
+        if kind != "no_effect" and kind != "timeout":
+            for job in targets:
+                w.check_cancel(job)
+                m.cancel(job, "autoexp")
+        w.crash_opportunity("slurm", "scancel:after")
+        if kind == "timeout":
+            w.advance(w.p.slurm_timeout)
+            w.trace("call", "scancel %s -> timed out" % job_id)
+            return False, "scancel did not answer in time"
+        if kind:
+            w.trace("call", "scancel %s -> error (%s)" % (job_id, kind))
+            return False, "scancel: error: Kill job error on job id %s: Socket timed out on send/recv operation" % job_id
+        w.trace("call", "scancel %s -> ok" % job_id)
+        return True, ""
+
+
+def sbatch_spec(script, args):
+    """The options a submission sets: the script's #SBATCH directives, then the command line's."""
+    opts = {}
+    try:
+        with open(script) as f:
+            for line in f:
+                if line.startswith("#SBATCH --"):
+                    key, _, value = line[len("#SBATCH --"):].strip().partition("=")
+                    opts[key] = value.strip('"')
+    except (IOError, OSError):
+        pass
+    for a in args:
+        if a.startswith("--"):
+            key, _, value = a[2:].partition("=")
+            opts[key] = value
+    return opts
+
+
+def parse_array(spec):
+    body, _, throttle = spec.partition("%")
+    tasks = []
+    for part in body.split(","):
+        lo, _, hi = part.partition("-")
+        tasks.extend(range(int(lo), int(hi or lo) + 1))
+    return tasks, (int(throttle) if throttle else None)
+
+
+def expand_output(tpl, job, user):
+    """SLURM's --output patterns, as slurmstepd expands them."""
+    out = []
+    i = 0
+    while i < len(tpl):
+        c = tpl[i]
+        if c != "%":
+            out.append(c)
+            i += 1
+            continue
+        j = i + 1
+        while j < len(tpl) and tpl[j].isdigit():
+            j += 1
+        width = int(tpl[i + 1:j] or 0)
+        code = tpl[j] if j < len(tpl) else ""
+        value = {"j": str(job.raw), "A": str(job.base), "a": str(job.task if job.task is not None else 4294967294),
+                 "x": job.name, "u": user, "%": "%"}.get(code, "")
+        out.append(value.zfill(width) if width and value.isdigit() else value)
+        i = j + 1
+    return "".join(out)
+
+
+# ============================================================================
+# 5. Log writers
+# ============================================================================
+
+class Programs(object):
+    """Runs each started job's program: schedules its writes and its end, truncating the log
+    as SLURM does when a job starts."""
+
+    __slots__ = ("w", "p", "runs_started")
+
+    def __init__(self, world):
+        self.w = world
+        self.p = world.p
+        self.runs_started = {}  # logical -> runs so far (the k of make_program)
+
+    def begin(self, job):
+        w = self.w
+        k = self.runs_started.get(job.logical, 0)
+        self.runs_started[job.logical] = k + 1
+        prog = make_program(w.seed, job.logical, k, self.p, quiet=w.t - T0 >= self.p.fault_until,
+                            rerun=job.run is not None)
+        run = Run(prog, k, w.t)
+        job.run = run
+        path = self.path(job)
+        try:
+            with open(path, "wb"):
+                pass  # SLURM opens --output with O_TRUNC when the job starts
+        except (IOError, OSError):
+            pass
+        t = w.t
+        run.times["tick"] = t + w.rng("tick").uniform(0.1, 1.0) * prog.period
+        if prog.outcome in ("logevent", "diverge", "hang"):
+            run.times["event"] = t + prog.event_at
+        run.times["end"] = t + prog.duration
+        w.trace("prog", "%s run %d of job %s: %s %.0fs every %.0fs %s%s%s" % (
+            job.id, k, job.logical, prog.outcome, prog.duration, prog.period, prog.shape,
+            " huge" if prog.huge else "", " requeue" if prog.requeue and prog.outcome in ("node_fail", "preempt") else ""))
+        self.schedule(job)
+
+    def path(self, job):
+        return expand_output(job.out_tpl, job, self.w.model.user)
+
+    def schedule(self, job):
+        for action, t in sorted(job.run.times.items(), key=lambda kv: (kv[1], kv[0])):
+            self.w.at(t, self.act, job, job.gen, action, t)
+
+    def plan_action(self, job, action, t):
+        job.run.times[action] = t
+        self.w.at(t, self.act, job, job.gen, action, t)
+
+    def pause(self, job):
+        """SUSPENDED: nothing runs; the schedule moves on by the pause on resume."""
+        job.gen += 1
+        job.run.paused_at = self.w.t
+
+    def resume(self, job):
+        run = job.run
+        shift = self.w.t - run.paused_at
+        run.paused_at = None
+        run.times = dict((a, t + shift) for a, t in run.times.items())
+        run.last_write += shift  # suspended time is not silence
+        run.last_line += shift
+        self.schedule(job)
+
+    def write(self, job, data):
+        run = job.run
+        try:
+            with open(self.path(job), "ab") as f:
+                f.write(data)
+        except (IOError, OSError):
+            return
+        run.last_write = self.w.t
+        if b"\n" in data:
+            run.last_line = self.w.t
+
+    def act(self, job, gen, action, t):
+        w = self.w
+        if job.gen != gen or job.state != "RUNNING" or job.run is None or job.run.ended:
+            return
+        run, prog = job.run, job.run.prog
+        if run.times.get(action) != t:
+            return  # rescheduled since
+        del run.times[action]
+        if action == "tick":
+            if not run.hung:
+                self.tick(job, run, prog)
+                self.plan_action(job, "tick", w.t + prog.period * w.rng("tick").uniform(0.5, 1.5))
+        elif action == "event":
+            if prog.outcome == "logevent":
+                self.write(job, b"NCCL error: unhandled system error, NCCL version 2.18.1\n")
+                run.event_written = job.bad = True
+                self.plan_action(job, "end", min(run.times.get("end", w.t), w.t + w.rng("tick").uniform(1, 600)))
+                run.hung = True
+            elif prog.outcome == "diverge":
+                self.write(job, b"step 9999 loss is nan\n")
+                run.event_written = job.bad = True
+            elif prog.outcome == "hang":
+                run.hung = True
+                w.trace("prog", "%s hangs (writes nothing more)" % job.id)
+        elif action == "end":
+            self.finish(job, run, prog)
+        elif action == "exit":
+            w.model.end(job, "FAILED" if prog.outcome == "fail_after_success" else "COMPLETED",
+                        "1:0" if prog.outcome == "fail_after_success" else "0:0")
+
+    def tick(self, job, run, prog):
+        r = self.w.rng("text")
+        run.ticks += 1
+        if run.pending_part:
+            self.write(job, run.pending_part)
+            run.pending_part = b""
+            return
+        if prog.huge and run.ticks == 3 and "term_at_4mib" not in self.p.scenarios:
+            self.write(job, b"x" * (Api.MAX_LOG_READ + 300000) + b"\n")
+            return
+        if prog.shape == "tqdm":
+            if run.ticks % 50 == 0:
+                self.write(job, b"\n")
+            self.write(job, ("\r%3d%%|%s| %d/1000" % (run.ticks % 100, "#" * (run.ticks % 10), run.ticks)).encode())
+            return
+        lines = []
+        for _ in range(r.randint(1, 3)):
+            if r.random() < 0.05:
+                lines.append("WARNING: dataloader worker %d is slow" % r.randint(0, 7))
+            else:
+                lines.append("step %d loss=%.4f lr=%.2e" % (run.ticks, r.uniform(0, 3), r.uniform(1e-5, 1e-3)))
+        data = ("\n".join(lines) + "\n").encode()
+        if prog.shape == "partial" and len(data) > 4:
+            cut = r.randint(1, len(data) - 2)
+            data, run.pending_part = data[:cut], data[cut:]
+        self.write(job, data)
+
+    def finish(self, job, run, prog):
+        w = self.w
+        out = prog.outcome
+        if run.pending_part:
+            self.write(job, run.pending_part)
+            run.pending_part = b""
+        if out in ("success", "linger", "fail_after_success"):
+            if self.p.termination:
+                if prog.huge and "term_at_4mib" in self.p.scenarios:
+                    pad = Api.MAX_LOG_READ - 8
+                    data = b"y" * pad + self.p.termination.encode() + b" " + b"y" * 1000 + b"\n"
+                else:
+                    if prog.shape == "tqdm":
+                        self.write(job, b"\n")
+                    data = ("%s after %d steps\n" % (self.p.termination, run.ticks)).encode()
+                self.write(job, data)
+                run.term_written = True
+                w.trace("prog", "%s wrote the termination string" % job.id)
+                if "rotate_tail" in self.p.scenarios:
+                    w.programs_rotate(job, copy=True)
+            run.hung = True  # nothing but its exit from here on
+            self.plan_action(job, "exit", w.t + prog.linger)
+        elif out == "crash" or out == "logevent":
+            self.write(job, b"Traceback (most recent call last):\nRuntimeError: CUDA error: an illegal memory access\n")
+            w.model.end(job, "FAILED", "1:0")
+        elif out == "diverge":
+            w.model.end(job, "FAILED", "2:0")
+        elif out in ("timeout", "hang"):
+            w.model.end(job, "TIMEOUT", "0:15")
+        elif out == "oom":
+            w.model.end(job, "OUT_OF_MEMORY", "0:125")
+        elif out in ("node_fail", "preempt"):
+            state = "NODE_FAIL" if out == "node_fail" else "PREEMPTED"
+            if prog.requeue:
+                job.gen += 1
+                run.ended = True
+                job.state = state
+                job.end_t = w.t
+                w.model.snap(job)
+                w.trace("slurm", "%s %s %s (SLURM requeues it)" % (job.id, job.name, state))
+                w.at(w.t + prog.show, self._requeue, job, job.gen)
+            else:
+                w.model.end(job, state)
+
+    def _requeue(self, job, gen):
+        if job.gen != gen:
+            return
+        w = self.w
+        if (not {"requeue_after_end", "unknown_state_requeue"} & set(self.p.scenarios)
+                and w.checker.end_recorded(job.id)):
+            # F8: autoexp saw it end already; here SLURM gives up on it instead
+            w.model._final(job, job.gen, job.state, None)
+            return
+        w.model.requeue(job, "by SLURM")
+
+
+# ============================================================================
+# 6. The world: virtual time, processes, users, faults
+# ============================================================================
+
+class SimCrash(BaseException):
+    """The process running autoexp died (SIGKILL, power cut). BaseException: autoexp's own
+    except clauses must not catch it."""
+
+
+class SimStop(BaseException):
+    """The simulation ends: unwind whatever runs."""
+
+
+class Violation(BaseException):
+    """An invariant broke: the simulation stops here."""
+
+    def __init__(self, invariant, detail):
+        BaseException.__init__(self, "%s: %s" % (invariant, detail))
+        self.invariant, self.detail = invariant, detail
+
+
+class Proc(object):
+    """One autoexp process (monitor, cron reconcile, cancel, submit)."""
+
+    __slots__ = ("kind", "n", "lock", "ctl", "last_squeue", "cycled", "started")
+
+    def __init__(self, kind, n, t):
+        self.kind, self.n, self.started = kind, n, t
+        self.lock = self.ctl = None
+        self.last_squeue = t
+        self.cycled = False
+
+
+class Sink(object):
+    """Reporter output, into the trace."""
+
+    __slots__ = ("w", "buf")
+    encoding = "utf-8"
+
+    def __init__(self, world):
+        self.w, self.buf = world, ""
+
+    def write(self, text):
+        self.buf += text
+        while "\n" in self.buf:
+            line, self.buf = self.buf.split("\n", 1)
+            self.w.trace("say", line)
+
+    def flush(self):
+        pass
+
+
+class Result(object):
+    __slots__ = ("seed", "violation", "trace", "sim_seconds", "steps", "cycles", "digest", "stats")
+
+    def __init__(self, **kw):
+        for k in self.__slots__:
+            setattr(self, k, kw.get(k))
+
+    def line(self):
+        return "seed %d: %s (%.2f sim-days, %d steps, %d cycles)" % (
+            self.seed, "ok" if self.violation is None else "FAIL %s" % self.violation,
+            self.sim_seconds / 86400.0, self.steps, self.cycles)
+
+
+class World(object):
+    """Everything around autoexp, in one event loop of virtual time."""
+
+    def __init__(self, scenario, root, keep_trace=True):
+        self.scenario = scenario
+        self.p = p = scenario.params
+        self.seed = scenario.seed
+        self.root = root
+        self.t = T0
+        self.skew = p.skew
+        self.heap = []
+        self.seq = 0
+        self.rngs = {}
+        self.trace_lines = [] if keep_trace else None
+        self.digest = hashlib.sha1()
+        self.steps = 0
+        self.cycles = 0
+        self.model = SlurmModel(self, p)
+        self.slurm = SlurmView(self, self.model)
+        self.programs = Programs(self)
+        self.procs = []      # running processes, innermost last
+        self.lock_holder = None
+        self.nproc = 0
+        self.armed = []      # kill faults waiting for their moment: [kind, arg, count]
+        self.crash_counts = {}
+        self.user_cancelled = {}  # logical -> time the user cancelled it (all: key -1)
+        self.checker = Checker(self)
+        self.monitor_alive = False
+        self.done = False
+        self.end_at = T0 + p.fault_until + p.settle_bound()
+        self.quiet_at = T0 + p.fault_until
+        self.store = self.plan = None
+        self.sid = PLAN_ID
+        self.requests = 0
+
+    # -- plumbing ------------------------------------------------------------------
+
+    def rng(self, purpose):
+        r = self.rngs.get(purpose)
+        if r is None:
+            r = self.rngs[purpose] = random.Random("autoexp-sim:%d:%s" % (self.seed, purpose))
+        return r
+
+    def trace(self, actor, text):
+        line = "%10.3f %-6s %s" % (self.t - T0, actor, text.replace(self.root, "<root>"))
+        self.digest.update(line.encode("utf-8", "replace") + b"\n")
+        if self.trace_lines is not None:
+            self.trace_lines.append(line)
+
+    def at(self, t, fn, *args):
+        self.seq += 1
+        heapq.heappush(self.heap, (t, self.seq, fn, args))
+
+    def advance(self, dt):
+        self.run_until(self.t + dt)
+
+    def run_until(self, target):
+        heap = self.heap
+        while heap and heap[0][0] <= target:
+            t, _, fn, args = heapq.heappop(heap)
+            if t > self.t:
+                self.t = t
+            self.steps += 1
+            fn(*args)
+        if target > self.t:
+            self.t = target
+
+    def host_clock(self):
+        return self.t + self.skew
+
+    # -- crashes ---------------------------------------------------------------------
+
+    def crash_point(self, name):
+        """Replaces autoexp.crash_point during the run."""
+        self.crash_opportunity("point", name)
+
+    def crash_opportunity(self, where, name):
+        if not self.armed or not self.procs:
+            return
+        for fault in self.armed:
+            kind, arg = fault[0], fault[1]
+            if kind == "kill_at":
+                if where == "point" and name == arg:
+                    fault[2] -= 1
+                    if fault[2] <= 0:
+                        self.armed.remove(fault)
+                        self.kill("at crash point %s" % name)
+            elif arg == "any" or arg == where or (arg == "sleep" and where == "sleep"):
+                self.armed.remove(fault)
+                self.kill("at %s %s" % (where, name))
+
+    def kill(self, where):
+        proc = self.procs[-1]
+        self.trace("kill", "%s #%d killed %s" % (proc.kind, proc.n, where))
+        raise SimCrash(where)
+
+    # -- processes -------------------------------------------------------------------
+
+    def start_process(self, kind, arg=None):
+        """A command starts. If another autoexp process holds the lock, it does what the CLI
+        does then: cron is skipped (exit 75), cancel queues a request, monitor refuses."""
+        if self.done:
+            return
+        if self.lock_holder is not None and not (kind == "cron" and "lock_deleted" in self.p.scenarios):
+            if kind == "cron":
+                self.trace("cron", "reconcile: session locked by %s, skipped (exit 75)" % self.lock_holder.kind)
+            elif kind == "cancel":
+                self.requests += 1
+                names = self.cancel_names(arg)
+                Api.cancel_request(self.store, self.sid, names, self.host_clock(), self.requests)
+                self.trace("user", "cancel %s: session busy, request queued" % (" ".join(names) or "(all)"))
+            elif kind == "monitor" and self.lock_holder.kind != "monitor":
+                self.at(self.t + 60, self.start_process, "monitor")
+            return
+        if kind == "monitor" and self.monitor_alive:
+            return
+        self.nproc += 1
+        proc = Proc(kind, self.nproc, self.t)
+        outer_holder = self.lock_holder
+        self.procs.append(proc)
+        self.trace("proc", "%s #%d starts" % (kind, proc.n))
+        try:
+            if kind == "monitor":
+                self.monitor_alive = True
+                self.run_monitor(proc)
+            elif kind == "cron":
+                self.run_cron(proc)
+            elif kind == "cancel":
+                self.run_cancel(proc, arg)
+        except SimCrash:
+            if kind == "monitor":
+                self.schedule_monitor_restart("crash")
+        except (SimStop, Violation):
+            raise
+        except Api.StateError as e:
+            self.checker.fail("state-loads", "%s #%d: %s" % (kind, proc.n, e))
+        except Exception as e:  # autoexp raised: a traceback for the user
+            import traceback
+            tb = traceback.format_exc().replace(self.root, "<root>")
+            self.trace("proc", tb)
+            self.checker.fail("no-traceback", "%s #%d: %s: %s" % (kind, proc.n, type(e).__name__, e))
+        finally:
+            self.procs.pop()
+            if proc.lock is not None:
+                Api.unlock(proc.lock)
+                proc.lock = None
+            if kind == "monitor":
+                self.monitor_alive = False
+            self.lock_holder = outer_holder
+            self.trace("proc", "%s #%d ends" % (kind, proc.n))
+        self.checker.check_files(full=True)
+        self.maybe_done()
+
+    def take_lock(self, proc, command):
+        proc.lock = Api.lock(self.store, self.sid, command)
+        self.lock_holder = proc
+        # no-leftovers: taking the lock removes what a killed writer left
+        left = [n for n in os.listdir(self.store.root) if n.endswith(".tmp")]
+        folder = Api.paths(self.store, self.sid)[2]
+        if os.path.isdir(folder):
+            left += [n for n in os.listdir(folder) if n.endswith(".tmp")]
+        if left:
+            self.checker.fail("no-leftovers", "temporary files left after %s took the lock: %s" % (
+                command, ", ".join(sorted(left))))
+
+    def sleeper(self, proc):
+        def sleep(seconds):
+            if proc.cycled:
+                proc.cycled = False
+                self.cycles += 1
+                self.checker.check_files()
+                self.maybe_done()
+            bound = max(self.p.interval, self.p.unknown_backoff_max) + (self.p.n_jobs + 4) * 3 * (
+                self.p.slurm_timeout + 10) + 60
+            if self.t - proc.last_squeue > bound:
+                self.checker.fail("keeps-cycling", "monitor #%d has not called squeue for %.0fs (bound %.0fs)"
+                                  % (proc.n, self.t - proc.last_squeue, bound))
+            self.crash_opportunity("sleep", "")
+            self.run_until(self.t + seconds)
+        return sleep
+
+    def note_squeue(self):
+        proc = self.procs[-1] if self.procs else None
+        if proc is not None:
+            proc.last_squeue = self.t
+            proc.cycled = True
+
+    def run_monitor(self, proc):
+        now = self.host_clock()
+        self.take_lock(proc, "monitor")
+        ctl = Api.controller(self.store, self.slurm, Sink(self), self.host_clock, self.sleeper(proc))
+        proc.ctl = ctl
+        s = Api.submit(self.store, self.plan, self.sid, ctl, self.p.array, now)
+        self.checker.check_files()
+        ctl = Api.controller(self.store, self.slurm, Sink(self), self.host_clock, self.sleeper(proc))
+        proc.ctl = ctl
+        code = Api.monitor(ctl, s)
+        self.trace("proc", "monitor #%d exits %d" % (proc.n, code))
+        if code != Api.EXIT_OK:
+            self.schedule_monitor_restart("stopped")
+
+    def run_cron(self, proc):
+        path = Api.paths(self.store, self.sid)[0]
+        if not os.path.exists(path):
+            return
+        s = Api.load(self.store, path, with_plan=False)
+        if not Api.has_work(s):
+            return
+        self.take_lock(proc, "reconcile")
+        s = Api.open_session(self.store, self.sid, self.host_clock())
+        ctl = Api.controller(self.store, self.slurm, Sink(self), self.host_clock, self.sleeper(proc))
+        ok = Api.cycle(ctl, s)
+        self.trace("cron", "reconcile pass %s" % ("ok" if ok else "UNKNOWN"))
+
+    def cancel_names(self, arg):
+        return [] if arg is None or arg < 0 else ["sim-%d" % arg]
+
+    def run_cancel(self, proc, arg):
+        path = Api.paths(self.store, self.sid)[0]
+        if not os.path.exists(path):
+            return
+        self.take_lock(proc, "cancel")
+        s = Api.open_session(self.store, self.sid, self.host_clock())
+        ctl = Api.controller(self.store, self.slurm, Sink(self), self.host_clock, self.sleeper(proc))
+        Api.cancel(ctl, s, self.cancel_names(arg), self.host_clock())
+        self.trace("user", "cancel %s done" % (" ".join(self.cancel_names(arg)) or "(all)"))
+
+    def schedule_monitor_restart(self, why):
+        """Someone notices the monitor is gone and starts it again, within minutes or hours;
+        with cron_recovery nobody does: cron's reconcile passes carry on."""
+        if self.done or "cron_recovery" in self.p.scenarios:
+            return
+        r = self.rng("restart")
+        delay = loguniform(r, 60, 4 * 3600) if self.t < self.quiet_at else 60.0
+        self.at(self.t + delay, self.start_process, "monitor")
+
+    # -- the sweep -----------------------------------------------------------------
+
+    def setup(self):
+        p = self.p
+        self.store, self.plan = Api.plan(p.config(), self.root, PLAN_ID, self.host_clock())
+        for j in self.plan.jobs:
+            self.model.names[j.name] = j.index
+        self.at(self.t, self.start_process, "monitor")
+        for i in range(p.foreign_start):
+            self.foreign(Fault(0.0, "foreign", -1, 3600.0 * (i + 1), ["plain", "pipe", "het", "other_plan",
+                                                                     "same_name"][i % 5]))
+        for f in self.scenario.faults:
+            self.at(T0 + f.t, self.apply_fault, f)
+        if p.cron_every:
+            self.at(T0 + p.cron_every * 0.37, self.cron_tick)
+        self.at(self.quiet_at, self.quiet)
+        self.at(self.end_at, self.end)
+
+    def cron_tick(self):
+        self.start_process("cron")
+        if not self.done:
+            self.at(self.t + self.p.cron_every, self.cron_tick)
+
+    def quiet(self):
+        """From here on SLURM answers, nobody crashes: the session must converge."""
+        self.trace("sim", "fault window over: SLURM answers reliably from now on")
+        self.model.faults.clear()
+        self.armed = []
+        if "cron_recovery" in self.p.scenarios and not self.checker.session_has_work():
+            return  # `status` says it is done: nobody starts a monitor
+        self.start_process("monitor")
+
+    def end(self):
+        raise SimStop()
+
+    def maybe_done(self):
+        """The sweep is over once the fault window has passed, the session has nothing left
+        to do, and SLURM runs none of its jobs."""
+        if self.done:
+            return
+        if self.checker.session_has_work() or not self.checker.synced():
+            return
+        if any(j.logical is not None and j.state in ACTIVE and not j.forgotten and not j.runaway
+               for j in self.model.order):
+            return
+        self.done = True
+        self.trace("sim", "converged")
+        raise SimStop()
+
+    def job_ended(self, job):
+        if not self.procs and not self.done:
+            self.maybe_done()
+
+    # -- users, admins, faults ---------------------------------------------------------
+
+    def submit_job(self, spec, owner):
+        """A submission SLURM accepted: a job, or one task per array index."""
+        m = self.model
+        base = m.new_id()
+        name = spec.get("job-name", "sbatch")
+        comment = spec.get("comment", "")
+        out = spec.get("output", os.path.join(self.root, "slurm-%j.out"))
+        if spec.get("array"):
+            tasks, throttle = parse_array(spec["array"])
+            key = base
+            m.array_running[key] = (0, throttle)
+            for t in tasks:
+                m.create(base, t, name, comment, owner, out, array_key=key)
+        else:
+            m.create(base, None, name, comment, owner, out)
+        self.trace("slurm", "submitted %d %s (%s)%s" % (base, name, owner,
+                                                          " array " + spec["array"] if spec.get("array") else ""))
+        return base
+
+    def apply_fault(self, f):
+        if self.done:
+            return
+        m = self.model
+        kind = f.kind
+        self.trace("fault", f.describe())
+        if kind in ("squeue_down", "sacct_down", "ctld_restart", "sbatch_err", "scancel_err", "slow_calls"):
+            # overlapping windows of one kind: the newer one says how, the later end wins
+            until = max(self.t + f.dur, m.faults.get(kind, (0.0, ""))[0])
+            m.faults[kind] = (until, f.arg)
+            self.at(until, self.clear_fault, kind, until)
+        elif kind == "kill":
+            self.armed.append(["kill", f.arg, 1])
+        elif kind == "kill_at":
+            self.armed.append(["kill_at", f.arg, f.job])
+        elif kind == "sigterm":
+            for proc in self.procs:
+                if proc.kind == "monitor" and proc.ctl is not None:
+                    Api.interrupt(proc.ctl)
+        elif kind == "monitor_start":
+            self.start_process("monitor")
+        elif kind == "cancel":
+            if "queued_last_try" not in self.p.scenarios and self.checker.in_doubt(f.job):
+                return  # F5: a cancel while a submission is in doubt
+            self.user_cancelled.setdefault(f.job, self.t)
+            self.start_process("cancel", f.job)
+        elif kind == "consume":
+            folder = Api.paths(self.store, self.sid)[2]
+            try:
+                names = sorted(os.listdir(folder))
+            except OSError:
+                names = []
+            for n in names:
+                if n.endswith(".json") and not n.startswith("."):
+                    self.checker.consumed(n)
+                    os.unlink(os.path.join(folder, n))
+        elif kind == "foreign":
+            self.foreign(f)
+        elif kind == "clock_jump":
+            self.skew += f.dur
+            self.trace("fault", "monitor host clock now %+.0fs off" % self.skew)
+        else:
+            self.hand(f)
+
+    def clear_fault(self, kind, until):
+        cur = self.model.faults.get(kind)
+        if cur is not None and cur[0] <= until and self.t >= cur[0]:
+            del self.model.faults[kind]
+            self.trace("fault", "%s over" % kind)
+
+    def foreign(self, f):
+        m = self.model
+        names = {"plain": ("jupyter", ""), "pipe": ("eval|a|b", "my | notes"), "het": ("het", ""),
+                 "other_plan": ("sim-0", "autoexp:simplan-old:sim-0"), "same_name": ("sim-0", "user comment"),
+                 "newline": ("bad\nname", ""), "hog": ("hog", "")}
+        name, comment = names.get(f.arg, ("jupyter", ""))
+        base = m.new_id()
+        if f.arg == "het":
+            for c in (0, 1):
+                job = MJob("%d+%d" % (base, c), base, None, name, comment, "foreign", None, self.t)
+                m.jobs[job.id] = job
+                m.order.append(job)
+                m.snap(job)
+                m.schedule_start(job, 5.0)
+                self.at(self.t + f.dur, m.end, job, "COMPLETED")
+            return
+        job = m.create(base, None, name, comment, "foreign", "/dev/null")
+        self.at(self.t + f.dur, self._end_foreign, job)
+
+    def _end_foreign(self, job):
+        if job.state in ("PENDING",):
+            self.model.cancel(job, "owner")
+        elif job.state == "RUNNING":
+            self.model.end(job, "COMPLETED")
+
+    def hand(self, f):
+        """What a user or admin does to a logical job's SLURM job directly."""
+        m = self.model
+        live = m.live_for(f.job)
+        job = live[-1] if live else None
+        state = self.checker.job_state(f.job)
+        if f.kind == "hand_replace":
+            # scancel it and sbatch its script again (a changed config, a bad node)
+            if job is None or job.state != "RUNNING" or job.owner == "foreign":
+                return
+            m.cancel(job, "hand")
+            pj = self.plan.jobs[f.job]
+            spec = sbatch_spec(pj.script_path, ())
+            base = self.submit_job(spec, "hand")
+            self.trace("user", "replaced %s by hand with %d" % (job.id, base))
+        elif f.kind == "hand_requeue":
+            if (job is not None and job.state == "RUNNING" and not job.run.term_written
+                    and not self.checker.cancel_pending(f.job)):
+                m.requeue(job, "scontrol requeue")
+            elif job is None and state == "stopped":
+                ended = [j for j in m.order if j.logical == f.job and j.in_squeue and j.state not in ACTIVE
+                         and not j.succeeded and not j.forgotten]
+                if ended and self.checker.no_work_for(f.job):
+                    m.requeue(ended[-1], "scontrol requeue of an ended job")
+                    self.at(self.t + 300, self.start_process, "monitor")
+        elif f.kind == "hand_restart_stopped":
+            if job is None and state == "stopped" and self.checker.no_work_for(f.job) and not self.logical_succeeded(f.job):
+                pj = self.plan.jobs[f.job]
+                base = self.submit_job(sbatch_spec(pj.script_path, ()), "hand")
+                self.trace("user", "resubmitted stopped %s by hand: %d" % (pj.name, base))
+                self.at(self.t + 300, self.start_process, "monitor")
+        elif f.kind == "migrate":
+            # the job is REVOKED under its id and carries on under a new one
+            if job is None or job.state != "RUNNING" or job.task is not None or job.run.term_written:
+                return
+            m.end(job, "REVOKED", show=-1)
+            spec = {"job-name": job.name, "comment": job.comment, "output": job.out_tpl}
+            job.successor = str(self.submit_job(spec, "slurm"))
+        elif f.kind == "vanish":
+            # slurmctld restarted from an older state save: a pending job it never recorded is gone
+            if job is None or job.state != "PENDING" or self.t - job.submit_t > 60:
+                return
+            job.forgotten = True
+            job.gen += 1
+            self.trace("slurm", "%s forgotten by slurmctld" % job.id)
+        elif f.kind in ("rotate", "truncate"):
+            if job is None or job.state != "RUNNING" or job.run is None:
+                return
+            if job.run.term_written and "rotate_tail" not in self.p.scenarios:
+                return
+            self.programs_rotate(job, copy=f.kind == "rotate")
+        elif f.kind == "runaway":
+            # slurmctld restarted from an older state save and lost the running job; its
+            # accounting record stays RUNNING (`sacctmgr show runawayjobs`)
+            if job is None or job.state != "RUNNING" or job.task is not None:
+                return
+            job.runaway = True
+            job.gen += 1
+            job.run.ended = True
+            job.in_squeue = False
+            self.trace("slurm", "%s lost by slurmctld; sacct keeps it RUNNING" % job.id)
+        elif f.kind == "suspend":
+            if job is None or job.state != "RUNNING":
+                return
+            job.state = "SUSPENDED"
+            m.snap(job)
+            self.programs.pause(job)
+            self.at(self.t + f.dur, self._resume, job, job.gen)
+
+    def _resume(self, job, gen):
+        if job.gen == gen and job.state == "SUSPENDED":
+            job.state = "RUNNING"
+            self.model.snap(job)
+            self.programs.resume(job)
+
+    def programs_rotate(self, job, copy):
+        path = self.programs.path(job)
+        try:
+            if copy:
+                shutil.copyfile(path, path + ".1")
+            with open(path, "r+b") as f:
+                f.truncate(0)
+        except (IOError, OSError):
+            return
+        self.trace("fault", "%s log %s" % (job.id, "rotated (copytruncate)" if copy else "truncated"))
+
+    def logical_succeeded(self, logical):
+        return any(j.succeeded for j in self.model.order if j.logical == logical)
+
+    # -- invariant hooks (model side) ------------------------------------------------------
+
+    def check_one_live(self, job):
+        if job.logical is None:
+            return
+        live = self.model.live_for(job.logical)
+        if len(live) > 1:
+            self.checker.fail("one-live", "logical job %d has %d live SLURM jobs: %s" % (
+                job.logical, len(live), ", ".join("%s(%s,%s)" % (j.id, j.state, j.owner) for j in live)))
+
+    def check_no_rerun(self, logical):
+        if logical is None:
+            return
+        done = [j for j in self.model.order if j.logical == logical and j.succeeded]
+        if done:
+            self.checker.fail("no-rerun", "autoexp submits logical job %d again, though SLURM job %s finished "
+                              "successfully" % (logical, done[0].id))
+
+    def check_cancel(self, job):
+        """autoexp scancels job: only a job the user cancelled, a bad one, or one gone already."""
+        if job.logical is None:
+            if job.state in ACTIVE:
+                self.checker.fail("no-healthy-cancel", "autoexp scancels %s, not one of its jobs" % job.id)
+            return
+        if job.state not in ACTIVE or job.state == "COMPLETING":
+            return
+        if job.logical in self.user_cancelled or -1 in self.user_cancelled or job.bad:
+            return
+        run = job.run
+        if job.state == "PENDING" or run is None:
+            self.checker.fail("no-healthy-cancel", "autoexp scancels %s (%s), which is PENDING and healthy" % (
+                job.id, job.name))
+        if run.term_written:
+            self.checker.fail("no-healthy-cancel", "autoexp scancels %s, which wrote the termination string" % job.id)
+        if run.event_written:
+            return
+        # Silence is measured by whole lines, as autoexp does today (item 1 of issue 11);
+        # tqdm_progress checks the promise itself: growth by size.
+        quiet = self.t - (run.last_write if "tqdm_progress" in self.p.scenarios else run.last_line)
+        if self.p.threshold and (run.hung or run.prog.outcome == "hang") and quiet >= self.p.threshold:
+            return
+        self.checker.fail("no-healthy-cancel", "autoexp scancels %s (%s, %s), whose program is healthy "
+                          "(last write %.0fs ago, %s)" % (job.id, job.name, job.state, quiet, run.prog.outcome))
+
+
+# ============================================================================
+# 7. Invariants on the files
+# ============================================================================
+
+class Checker(object):
+    """Reads the state file, journal and payloads after each step and checks them."""
+
+    def __init__(self, world):
+        self.w = world
+        self.state_key = None
+        self.state = None
+        self.state_existed = False
+        self.journal_off = 0
+        self.journal = {}  # seq -> event dict
+        self.journal_last = 0
+        self.payloads = {}  # name -> key
+        self.keys = {}  # (job_attempt_action) -> name
+        self.deleted = set()
+        self.failure = None
+        self.versions = 0
+
+    def fail(self, invariant, detail):
+        if self.failure is None:
+            self.failure = (invariant, detail)
+            self.w.trace("FAIL", "%s: %s" % (invariant, detail))
+        raise Violation(invariant, detail)
+
+    def consumed(self, name):
+        self.deleted.add(name)
+
+    # -- what the on-disk state says ------------------------------------------------------
+
+    def job_state(self, logical):
+        if not self.state:
+            return None
+        jobs = self.state.get("jobs", [])
+        for j in jobs:
+            if j["index"] == logical:
+                return j["status"]
+        return None
+
+    def no_work_for(self, logical):
+        """The state says this job has no live attempt and no submission in doubt."""
+        if not self.state:
+            return False
+        for j in self.state.get("jobs", []):
+            if j["index"] == logical:
+                return not any(a["live"] or (a["job_id"] is None and a["submit_state"] == "intent")
+                               for a in j["attempts"])
+        return False
+
+    def synced(self):
+        """The journal has every event of the state, every action its payload (for now)."""
+        st = self.state
+        if st is None:
+            return False
+        if st["event_seq"] != self.journal_last:
+            return False
+        return all(act.get("written") for j in st["jobs"] for a in j["attempts"] for act in a["actions"])
+
+    def check_announced_submit(self, logical):
+        """decided-first: sbatch runs only after the state on disk holds its intent."""
+        for j in (self.state or {}).get("jobs", []):
+            if j["index"] == logical:
+                att = j["attempts"][-1] if j["attempts"] else None
+                if att is None or att["job_id"] is not None or att["submit_state"] != "intent":
+                    self.fail("decided-first", "sbatch for %s, but the state on disk holds no intent for it" % j["name"])
+                return
+        self.fail("decided-first", "sbatch for logical job %s, which the state on disk does not hold" % logical)
+
+    def check_announced_cancel(self, job_id):
+        """decided-first: scancel runs only after the state on disk asks for it."""
+        for j in (self.state or {}).get("jobs", []):
+            for a in j["attempts"]:
+                if a["job_id"] == job_id and a.get("cancel_requested_at"):
+                    return
+        self.fail("decided-first", "scancel %s, but no attempt on disk asks for that cancel" % job_id)
+
+    def end_recorded(self, job_id):
+        """The state records how the attempt of this SLURM job ended."""
+        for j in (self.state or {}).get("jobs", []):
+            for a in j["attempts"]:
+                if a["job_id"] == job_id and a["outcome"] is not None:
+                    return True
+        return False
+
+    def in_doubt(self, logical):
+        """The state holds a submission without a SLURM id (of this job, or of any: -1)."""
+        for j in (self.state or {}).get("jobs", []):
+            if logical < 0 or j["index"] == logical:
+                if any(a["job_id"] is None and a["submit_state"] == "intent" for a in j["attempts"]):
+                    return True
+        return False
+
+    def cancel_pending(self, logical):
+        """`status` shows autoexp already decided to cancel this job's live attempt."""
+        for j in (self.state or {}).get("jobs", []):
+            if j["index"] == logical:
+                return any(a["live"] and a.get("cancel_requested_at") for a in j["attempts"])
+        return False
+
+    def session_has_work(self):
+        self.check_files()
+        if self.state is None:
+            return True
+        for j in self.state["jobs"]:
+            if j["status"] == "active":
+                return True
+            for a in j["attempts"]:
+                if a["job_id"] is None and a["submit_state"] == "intent" and j["status"] != "active":
+                    return True
+                if a["live"] and a.get("cancel_requested_at"):
+                    return True
+        return False
+
+    # -- the checks --------------------------------------------------------------------
+
+    def full_load(self, path):
+        try:
+            Api.load(self.w.store, path)
+        except Api.StateError as e:
+            self.fail("state-loads", str(e).replace(self.w.root, "<root>"))
+
+    def check_files(self, full=False):
+        w = self.w
+        path, journal, actions, _ = Api.paths(w.store, w.sid)
+        try:
+            st = os.stat(path)
+        except OSError:
+            if self.state_existed:
+                self.fail("state-loads", "the state file disappeared")
+            return
+        self.state_existed = True
+        self.check_payloads(actions)
+        key = (st.st_ino, st.st_mtime_ns, st.st_size)
+        if key != self.state_key:
+            self.state_key = key
+            self.versions += 1
+            # Every version is parsed and cross-checked; StateStore.load itself (the costliest
+            # check: it rebuilds every object) runs on the first versions, every 8th, at each
+            # process end and at the end.
+            if self.versions <= 3 or self.versions % 8 == 0 or full:
+                self.full_load(path)
+            try:
+                with open(path) as f:
+                    self.state = json.load(f)
+            except ValueError as e:
+                self.fail("state-loads", "the state file is not JSON: %s" % e)
+            self.check_actions_in_state()
+        elif full:
+            self.full_load(path)
+        self.read_journal(journal)
+        self.check_outbox()
+
+    def read_journal(self, path):
+        try:
+            with open(path, "rb") as f:
+                f.seek(self.journal_off)
+                data = f.read()
+        except (IOError, OSError):
+            return
+        end = data.rfind(b"\n") + 1
+        for line in data[:end].split(b"\n"):
+            if not line.strip():
+                continue
+            try:
+                ev = json.loads(line.decode("utf-8"))
+            except ValueError:
+                self.fail("journal", "a journal line is not JSON: %r" % line[:100])
+            seq = ev.get("seq")
+            if seq != self.journal_last + 1:
+                self.fail("journal", "seq %r follows %d (a gap or a duplicate): %s %s #%s" % (
+                    seq, self.journal_last, ev.get("job"), ev.get("event"), ev.get("attempt")))
+            self.journal[seq] = ev
+            self.journal_last = seq
+            self.on_event(ev)
+        self.journal_off += end
+
+    def on_event(self, ev):
+        w = self.w
+        if ev.get("event") == "stopped" and ev.get("mode") == "submit_failed" and \
+                str(ev.get("detail", "")).startswith("sbatch failed"):
+            logical = w.model.names.get(ev["job"])
+            fails = w.model.sbatch_fails.get(logical, 0)
+            if fails <= w.p.submit_retries:
+                self.fail("retries-honoured", "%s stopped after %d uncertain sbatch failures in a row (submit_retries "
+                          "%d): %s" % (ev["job"], fails, w.p.submit_retries, ev.get("detail")))
+
+    def check_outbox(self):
+        st = self.state
+        if st is None:
+            return
+        seq = st["event_seq"]
+        if seq < self.journal_last:
+            self.fail("journal", "the journal holds seq %d, the state's event_seq is %d" % (self.journal_last, seq))
+        outbox = dict((e["seq"], e) for e in st.get("outbox", []))
+        for k in range(self.journal_last + 1, seq + 1):
+            if k not in outbox:
+                self.fail("journal", "event %d is neither in the journal (up to %d) nor in the outbox" % (
+                    k, self.journal_last))
+        for k, e in outbox.items():
+            j = self.journal.get(k)
+            if j is not None and j != e:
+                self.fail("journal", "event %d differs between the journal and the outbox: %s / %s" % (k, j, e))
+
+    def check_payloads(self, folder):
+        try:
+            names = sorted(os.listdir(folder))
+        except OSError:
+            return
+        for n in names:
+            if n.startswith(".") or n in self.payloads:
+                continue
+            if n in self.deleted:
+                self.fail("actions-once", "payload %s came back after a consumer deleted it" % n)
+            try:
+                with open(os.path.join(folder, n)) as f:
+                    doc = json.load(f)
+                # SPEC 8: consumers treat payloads as idempotent per (job, job_id, action)
+                key = (doc["job"], doc["attempt"], doc["job_id"], doc["action"])
+            except (IOError, OSError, ValueError, KeyError) as e:
+                self.fail("actions-once", "payload %s does not read: %s" % (n, e))
+            if key in self.keys and self.keys[key] != n:
+                self.fail("actions-once", "two payloads for one action: %s and %s" % (self.keys[key], n))
+            self.keys[key] = n
+            self.payloads[n] = key
+
+    def check_actions_in_state(self):
+        """An action the state marks written has its payload on disk (or a consumer took it)."""
+        for j in self.state["jobs"]:
+            for a in j["attempts"]:
+                for act in a["actions"]:
+                    name = act["id"] + ".json"
+                    if act.get("written") and name not in self.payloads and name not in self.deleted:
+                        self.fail("actions-once", "action %s is marked written, but no payload was seen" % act["id"])
+
+    def final(self):
+        """The end: convergence, completeness of the journal and payloads, no orphan."""
+        w = self.w
+        self.check_files(full=True)
+        st = self.state
+        if st is None:
+            self.fail("converges", "no state file at the end")
+        active = [j["name"] for j in st["jobs"] if j["status"] == "active"]
+        if active or self.session_has_work():
+            self.fail("converges", "%.1f h after the faults ended, the session still has work: %s" % (
+                (w.t - w.quiet_at) / 3600.0, ", ".join("%s=%s" % (j["name"], j["status"]) for j in st["jobs"])))
+        live = [j for j in w.model.order if j.logical is not None and j.state in ACTIVE and not j.forgotten
+                and not j.runaway]
+        if live:
+            self.fail("converges", "SLURM still runs %s" % ", ".join("%s(%s)" % (j.id, j.state) for j in live))
+        if any(e["seq"] > self.journal_last for e in st.get("outbox", [])):
+            self.fail("journal", "the outbox holds events the journal never got")
+        if self.journal_last != st["event_seq"]:
+            self.fail("journal", "the journal ends at %d, event_seq is %d" % (self.journal_last, st["event_seq"]))
+        recorded = set()
+        folder = Api.paths(w.store, w.sid)[2]
+        for j in st["jobs"]:
+            for a in j["attempts"]:
+                if a["job_id"]:
+                    recorded.add(a["job_id"])
+                for act in a["actions"]:
+                    name = act["id"] + ".json"
+                    if not act.get("written"):
+                        self.fail("actions-once", "action %s is not marked written at the end" % act["id"])
+                    if name not in self.deleted and not os.path.exists(os.path.join(folder, name)):
+                        self.fail("actions-once", "payload %s was never written" % name)
+                if a["outcome"] == "success" and a["job_id"]:
+                    job = w.model.jobs.get(a["job_id"])
+                    if job is not None and not (job.run is not None and job.run.term_written) and not (
+                            w.p.termination is None and job.state == "COMPLETED"):
+                        self.fail("true-success", "%s attempt %d (%s) is a success, but it never wrote the "
+                                  "termination string (%s)" % (j["name"], a["attempt"], a["job_id"], job.state))
+        for job in w.model.order:
+            follow = job
+            while follow.successor is not None and follow.id not in recorded:
+                follow = w.model.jobs[follow.successor]  # it went on under a new id: that one counts
+            if job.owner == "autoexp" and job.logical is not None and follow.id not in recorded:
+                self.fail("no-orphan", "SLURM job %s (%s, %s) that autoexp submitted is in no attempt" % (
+                    job.id, job.name, job.state))
+
+
+# ============================================================================
+# 8. Running, shrinking, the command line
+# ============================================================================
+
+def sim_dir():
+    """tmpfs when there is one: every state write fsyncs, and fsync on tmpfs costs nothing."""
+    base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+    return tempfile.mkdtemp(prefix="autoexp-sim-", dir=base)
+
+
+def run_scenario(scenario, keep_trace=True):
+    """Run one scenario to its end; returns a Result (violation None when every invariant held)."""
+    root = sim_dir()
+    w = World(scenario, root, keep_trace)
+    violation = None
+    try:
+        with Api.crash_hook(w.crash_point):
+            w.trace("sim", "seed %d: %s" % (scenario.seed, scenario.params.describe()))
+            try:
+                w.setup()
+                w.run_until(w.end_at + 1)
+            except SimStop:
+                pass
+            except Violation as v:
+                violation = v
+            if violation is None:
+                try:
+                    w.done = True
+                    w.checker.final()
+                except Violation as v:
+                    violation = v
+    finally:
+        if os.environ.get("AUTOEXP_SIM_KEEP"):
+            sys.stderr.write("kept %s\n" % root)
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+    return Result(seed=scenario.seed, violation=None if violation is None else violation.invariant,
+                  trace=w.trace_lines, sim_seconds=w.t - T0, steps=w.steps, cycles=w.cycles,
+                  digest=w.digest.hexdigest(), stats={"detail": None if violation is None else violation.detail})
+
+
+def run_seed(seed, scenarios=(), keep_trace=False, jobs=None, keep=None, simplify=()):
+    sc = Scenario.generate(seed, scenarios)
+    if jobs is not None or keep is not None or simplify:
+        sc = sc.smaller(jobs=jobs, keep=keep, simplify=simplify)
+    return run_scenario(sc, keep_trace)
+
+
+def _run_one(args):
+    seed, scenarios = args
+    res = run_seed(seed, scenarios)
+    return res.seed, res.violation, (res.stats or {}).get("detail"), res.sim_seconds, res.steps, res.cycles, res.digest
+
+
+def run_many(seeds, scenarios=(), workers=1):
+    """Run seeds (in `workers` processes); returns [(seed, violation, detail, sim_seconds,
+    steps, cycles, digest)] in seed order."""
+    jobs = [(seed, tuple(scenarios)) for seed in seeds]
+    if workers <= 1:
+        out = [_run_one(j) for j in jobs]
+    else:
+        import multiprocessing
+        ctx = multiprocessing.get_context("fork")
+        with ctx.Pool(workers) as pool:
+            out = list(pool.imap_unordered(_run_one, jobs, chunksize=4))
+    return sorted(out)
+
+
+def shrink(seed, scenarios=(), log=None):
+    """Delta-debug a failing seed: fewer jobs, then fewer faults (ddmin), then simplifications,
+    keeping the same broken invariant. Returns (jobs, kept fault indexes, simplify, Result)."""
+    base = Scenario.generate(seed, scenarios)
+    first = run_scenario(base, keep_trace=False)
+    if first.violation is None:
+        return None
+    target = first.violation
+    runs = [0]
+
+    def fails(jobs, keep, simp):
+        runs[0] += 1
+        res = run_scenario(base.smaller(jobs=jobs, keep=keep, simplify=simp), keep_trace=False)
+        return res.violation == target
+
+    jobs = base.params.n_jobs
+    keep = list(range(len(base.faults)))
+    simp = []
+    for n in range(1, jobs):
+        if fails(n, keep, simp):
+            jobs = n
+            break
+    # drop faults that come after the failure first: they cannot matter
+    fail_t = first.sim_seconds
+    later = [i for i in keep if base.faults[i].t <= fail_t]
+    if len(later) < len(keep) and fails(jobs, later, simp):
+        keep = later
+    n = 2
+    while len(keep) >= 2:
+        chunk = int(math.ceil(len(keep) / float(n)))
+        reduced = False
+        for start in range(0, len(keep), chunk):
+            rest = keep[:start] + keep[start + chunk:]
+            if fails(jobs, rest, simp):
+                keep, n, reduced = rest, max(n - 1, 2), True
+                break
+        if not reduced:
+            if n >= len(keep):
+                break
+            n = min(len(keep), n * 2)
+    if len(keep) == 1 and fails(jobs, [], simp):
+        keep = []
+    for s in SIMPLIFY:
+        if fails(jobs, keep, simp + [s]):
+            simp.append(s)
+    final = run_scenario(base.smaller(jobs=jobs, keep=keep, simplify=simp), keep_trace=True)
+    if log:
+        log("shrunk in %d runs" % runs[0])
+    return jobs, keep, simp, final
+
+
+def replay_command(seed, scenarios, jobs=None, keep=None, simplify=()):
+    cmd = ["python3", "tests/sim.py", "--seed", str(seed)]
+    for s in scenarios:
+        cmd += ["--scenario", s]
+    if jobs is not None:
+        cmd += ["--jobs", str(jobs)]
+    if keep is not None:
+        cmd += ["--faults", ",".join(str(i) for i in keep) or "none"]
+    if simplify:
+        cmd += ["--simplify", ",".join(simplify)]
+    return " ".join(cmd + ["--replay"])
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seed", type=int)
+    ap.add_argument("--seeds", help="A:B, a range of seeds")
+    ap.add_argument("--scenario", action="append", default=[], choices=list(SCENARIOS))
+    ap.add_argument("--replay", action="store_true", help="print the trace")
+    ap.add_argument("--shrink", action="store_true", help="shrink a failing seed, print the short trace")
+    ap.add_argument("--jobs", type=int)
+    ap.add_argument("--faults", help="indexes of the generated faults to keep (comma list, or none)")
+    ap.add_argument("--simplify", default="", help="comma list of %s" % ", ".join(SIMPLIFY))
+    ap.add_argument("--list", action="store_true", help="print the scenario's parameters and faults")
+    args = ap.parse_args(argv)
+    keep = None
+    if args.faults is not None:
+        keep = [] if args.faults == "none" else [int(x) for x in args.faults.split(",")]
+    simplify = [s for s in args.simplify.split(",") if s]
+    if args.seeds:
+        lo, _, hi = args.seeds.partition(":")
+        bad = 0
+        for seed in range(int(lo), int(hi)):
+            res = run_seed(seed, args.scenario)
+            if res.violation:
+                bad += 1
+                print(res.line(), res.stats["detail"])
+        print("%d failing seeds" % bad)
+        return 1 if bad else 0
+    if args.seed is None:
+        ap.error("give --seed N or --seeds A:B")
+    if args.list:
+        sc = Scenario.generate(args.seed, args.scenario).smaller(jobs=args.jobs, keep=keep, simplify=simplify)
+        print(sc.params.describe())
+        for i, f in enumerate(sc.faults):
+            print("%3d %s" % (i, f.describe()))
+        return 0
+    if args.shrink:
+        out = shrink(args.seed, args.scenario, log=print)
+        if out is None:
+            print("seed %d does not fail" % args.seed)
+            return 0
+        jobs, keep, simp, res = out
+        base = Scenario.generate(args.seed, args.scenario)
+        print("\n".join(res.trace))
+        print("faults kept:")
+        for i in keep:
+            print("  %3d %s" % (i, base.faults[i].describe()))
+        print(res.line(), res.stats["detail"])
+        print("replay: " + replay_command(args.seed, args.scenario, jobs, keep, simp))
+        return 1
+    res = run_seed(args.seed, args.scenario, keep_trace=True, jobs=args.jobs, keep=keep, simplify=simplify)
+    if args.replay:
+        print("\n".join(res.trace))
+    print(res.line(), res.stats["detail"] or "")
+    print("trace sha1 %s" % res.digest)
+    return 1 if res.violation else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

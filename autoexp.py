@@ -3309,6 +3309,8 @@ class StateStore(object):
                     s.apply_batch_fields(rec["session"])
                     for line in lines:
                         text = line[:-1].decode("utf-8")
+                        if text.startswith('{"batch":'):
+                            raise StateError("%s: batch %s has fewer jobs than it says" % (delta, rec["batch"]))
                         job = Job.from_dict(loads_json(text))
                         jobs[job.name], digests[job.name] = job, hash(text)
                     batch, size = batch + 1, f.tell()
@@ -3350,7 +3352,7 @@ class StateStore(object):
         head = json.dumps(OrderedDict([("batch", s.batch + 1), ("jobs", len(changed)),
                                        ("session", s.batch_fields())]), sort_keys=True, separators=(",", ":"))
         data = (head + "\n" + "".join(text + "\n" for _, text, _ in changed)).encode("utf-8")
-        self._append_batch(self.gen_paths(s.session_id, s.generation)[1], data)
+        self._append_batch(self.gen_paths(s.session_id, s.generation)[1], data, s.delta_bytes)
         s.batch += 1
         s.delta_bytes += len(data)
         s.persisted_seq = s.event_seq
@@ -3392,8 +3394,10 @@ class StateStore(object):
                 except OSError:
                     pass
 
-    def _append_batch(self, path, data):
-        """Append one batch, whole: a torn tail a crashed writer left is cut off first."""
+    def _append_batch(self, path, data, whole):
+        """Append one batch, whole. `whole` is where the last complete batch ends (what this
+        writer read under its lock): anything after it is a batch a crashed writer left cut
+        short, even one cut right after a line, and is cut off first."""
         try:
             fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
         except OSError as e:
@@ -3401,8 +3405,8 @@ class StateStore(object):
         try:
             size = os.fstat(fd).st_size
             try:
-                if size and os.pread(fd, 1, size - 1) != b"\n":
-                    size = _last_line_end(fd, size)
+                if size != whole:
+                    size = min(size, whole)
                     os.ftruncate(fd, size)
                 half = len(data) // 2
                 crash_point("state_before_append")
@@ -3627,19 +3631,6 @@ def compact_bytes():
         return max(0, int(os.environ.get("AUTOEXP_COMPACT_BYTES", COMPACT_BYTES)))
     except ValueError:
         return COMPACT_BYTES
-
-
-def _last_line_end(fd, size):
-    """The offset just after the last newline of the file (0 if none): where a torn tail starts."""
-    pos = size
-    while pos > 0:
-        n = min(65536, pos)
-        chunk = os.pread(fd, n, pos - n)
-        i = chunk.rfind(b"\n")
-        if i >= 0:
-            return pos - n + i + 1
-        pos -= n
-    return 0
 
 
 def append_journal(path, data):

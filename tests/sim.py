@@ -191,8 +191,7 @@ class Api(object):
             if not todo:
                 return s
         else:
-            s = autoexp.new_session(store, plan, now)
-            s.plan = plan
+            s = store.create_session(plan, now)
             todo = plan.jobs
         ctl.register(s, todo, array)
         store.save(s, now)
@@ -254,9 +253,35 @@ class Api(object):
         finally:
             autoexp.crash_point = saved
 
-    CRASH_POINTS = ("state_before_rename", "state_after_rename", "before_intent_write", "after_intent_write",
-                    "before_sbatch", "after_sbatch", "after_action_payload", "between_jobs",
-                    "before_scancel", "after_scancel")
+    CRASH_POINTS = autoexp.CRASH_POINTS
+
+    @staticmethod
+    def state_key(store, sid):
+        """What changes whenever the session's state is written: its header's and current
+        job files' identities and sizes."""
+        path = store.session_path(sid)
+        try:
+            with open(path) as f:
+                gen = json.load(f).get("generation", 0)
+        except (IOError, OSError, ValueError):
+            gen = 0
+        key = []
+        for p in [path] + list(store.gen_paths(sid, gen)):
+            try:
+                st = os.stat(p)
+                key.append((st.st_ino, st.st_mtime_ns, st.st_size))
+            except OSError:
+                key.append(None)
+        return tuple(key)
+
+    @staticmethod
+    def state_doc(store, path):
+        """The session as one document (schema 1's form: the header and "jobs" in full),
+        read the way autoexp reads it."""
+        s = store.load(path, with_plan=False)
+        doc = json.loads(json.dumps(s.to_dict()))
+        doc["jobs"] = json.loads(json.dumps([j.to_dict() for j in s.jobs]))
+        return doc
 
 
 # ============================================================================
@@ -865,8 +890,8 @@ class SlurmModel(object):
             if (self.faults.get("squeue_down", (0, ""))[1] == "unknown_state" and job.state == "PENDING"
                     and (job.run is None or "unknown_state_requeue" in self.p.scenarios)):
                 state = "EXPEDITING"  # a state word of a newer SLURM
-            lines.append("%s|%s|%s|%s|%s|%s%s" % (job.id, raw, state, job.reason, job.name,
-                                                  job.comment or "(null)", extra if job.owner != "foreign" else ""))
+            lines.append("%s|%s|%s|%s|%s|%s|%s%s" % (job.id, raw, state, job.reason, local(job.submit_t), job.name,
+                                                     job.comment or "(null)", extra if job.owner != "foreign" else ""))
         return "".join(l + "\n" for l in lines)
 
     def acct_view(self, job, t):
@@ -891,7 +916,8 @@ class SlurmModel(object):
         end_s = local(end) if end and state not in ACTIVE else "Unknown"
         shown = "CANCELLED by 4242" if state == "CANCELLED" else state
         raw = job.raw if job.raw is not None else job.base
-        return "%s|%s|%s|%s|%s|%s|%s|%s" % (jid or job.id, raw, name, shown, exit_code, start_s, end_s, comment)
+        return "%s|%s|%s|%s|%s|%s|%s|%s|%s" % (jid or job.id, raw, name, shown, exit_code, local(job.submit_t), start_s,
+                                               end_s, comment)
 
     @staticmethod
     def in_window(view, since):
@@ -2058,7 +2084,7 @@ class Checker(object):
             return
         self.state_existed = True
         self.check_payloads(actions)
-        key = (st.st_ino, st.st_mtime_ns, st.st_size)
+        key = Api.state_key(w.store, w.sid)
         if key != self.state_key:
             self.state_key = key
             self.versions += 1
@@ -2068,10 +2094,9 @@ class Checker(object):
             if self.versions <= 3 or self.versions % 8 == 0 or full:
                 self.full_load(path)
             try:
-                with open(path) as f:
-                    self.state = json.load(f)
-            except ValueError as e:
-                self.fail("state-loads", "the state file is not JSON: %s" % e)
+                self.state = Api.state_doc(w.store, path)
+            except (ValueError, Api.StateError) as e:
+                self.fail("state-loads", "the state does not load: %s" % str(e).replace(w.root, "<root>"))
             self.check_actions_in_state()
         elif full:
             self.full_load(path)

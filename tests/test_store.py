@@ -312,3 +312,21 @@ def test_a_batch_cut_short_by_a_crash_is_not_there(tmp_path):
     with open(delta, "rb") as f:
         assert b'"ind\n' not in f.read() and f.closed is False
     assert load_state(h.state_dir, "p1")["batch"] >= whole["batch"]
+
+
+def test_a_batch_cut_right_after_a_line_is_cut_off_before_the_next(tmp_path):
+    """Found by the simulator: a crash in the middle of a batch can leave whole lines (the
+    batch's head, some of its jobs); the next writer must cut them off by the size it read,
+    not by the last newline, or its batch would be read as the missing jobs."""
+    h = Harness(tmp_path, config())
+    h.slurm.set(h.live_id(A), "RUNNING")
+    h.cycle()
+    delta = h.store.gen_paths("p1", h.session.generation)[1]
+    with open(delta, "ab") as f:
+        f.write(b'{"batch":%d,"jobs":2,"session":{}}\n%s\n' % (h.session.batch + 1, h.job(A).line().encode()))
+    s = h.reload()
+    h.ctl.cycle([s])
+    h.slurm.set(h.live_id(A), "TIMEOUT")
+    h.ctl.cycle([s])
+    after = load_state(h.state_dir, "p1")  # loads: the torn batch is gone, the new ones are whole
+    assert after["jobs"][0]["attempts"][0]["outcome"] == "timeout"

@@ -2161,7 +2161,7 @@ class Field(NamedTuple):
 
 
 _STR, _INT, _OPT_STR = (str,), (int,), (str, type(None))
-TIME_FIELDS = frozenset(("intent_at", "submitted_at", "ended_at", "running_since", "missing_since",
+TIME_FIELDS = frozenset(("intent_at", "submitted_at", "ended_at", "running_since", "resumed_at", "missing_since",
                          "slurm_start", "slurm_end", "acct_wait_since",
                          "last_log_growth_at", "cancel_requested_at", "next_submit_at",
                          "last_updated", "created_at", "updated_at", "time"))
@@ -2234,7 +2234,7 @@ ATTEMPT_FIELDS = (
     Field("attempt", None, _INT), Field("job_id", None, _OPT_STR), Field("raw_id"), Field("array_task"),
     Field("origin"), Field("submit_state", None, _OPT_STR), Field("submit_error"), Field("intent_at"),
     Field("submitted_at"), Field("resolved_log_path"), Field("log_offset", 0, _INT), Field("log_inode"),
-    Field("log_head"), Field("log_size", 0), Field("log_error"), Field("last_log_growth_at"), Field("running_since"), Field("missing_since"),
+    Field("log_head"), Field("log_size", 0), Field("log_error"), Field("last_log_growth_at"), Field("running_since"), Field("resumed_at"), Field("missing_since"),
     Field("acct_wait_since"), Field("slurm_submit"), Field("slurm_start"), Field("slurm_end"), Field("requeues", 0),
     Field("last_slurm_state"), Field("last_monitor_state"), Field("exit_code"), Field("live", False, (bool,)),
     Field("success_seen", False), Field("log_mode"), Field("log_reason"), Field("outcome", None, _OPT_STR),
@@ -2244,8 +2244,8 @@ ATTEMPT_FIELDS = (
 
 # The times durations are measured from (stall, grace periods, backoffs, resends): moved
 # together when the wall clock jumps.
-ATTEMPT_TIMERS = ("intent_at", "running_since", "last_log_growth_at", "missing_since", "acct_wait_since",
-                  "ended_at", "cancel_requested_at")
+ATTEMPT_TIMERS = ("intent_at", "running_since", "last_log_growth_at", "resumed_at", "missing_since",
+                  "acct_wait_since", "ended_at", "cancel_requested_at")
 JOB_TIMERS = ("next_submit_at", "last_updated")
 
 
@@ -2297,6 +2297,8 @@ class Attempt(Record):
                 self.slurm_end = obs.end
             if obs.state == "RUNNING" and self.running_since is None:
                 self.running_since = now
+            elif obs.state == "RUNNING" and self.last_slurm_state not in (None, "RUNNING"):
+                self.resumed_at = now  # runs again (after SUSPENDED, say): the stall clock restarts
             elif obs.state in REQUEUE_STATES and self.running_since is not None:
                 # Requeued by SLURM under the same id: the same attempt, not a failure.
                 self.requeues += 1
@@ -2344,7 +2346,7 @@ class Attempt(Record):
     def facts(self):
         # Activity is what this monitor saw grow, on its own clock: a shared filesystem's
         # mtimes come from another host's clock.
-        activity = [t for t in (self.running_since, self.last_log_growth_at) if t]
+        activity = [t for t in (self.running_since, self.last_log_growth_at, self.resumed_at) if t]
         return Facts(self.success_seen, self.log_mode, self.log_reason or "", self.running_since,
                      max(activity) if activity else None, self.missing_since)
 
@@ -2353,7 +2355,8 @@ JOB_FIELDS = (
     Field("name", None, _STR), Field("index", None, _INT), Field("status", ACTIVE, _STR),
     Field("attempts", (), (list,)), Field("array", False), Field("last_monitor_state"),
     Field("last_slurm_state"), Field("last_event"), Field("last_updated"), Field("next_submit_at"),
-    Field("reason"), Field("submit_failures", 0), Field("duplicate_warned", False), Field("seen_copies", ()))
+    Field("reason"), Field("submit_failures", 0), Field("submit_refusals", 0), Field("duplicate_warned", False),
+    Field("seen_copies", ()))
 
 
 class Job(Record):
@@ -2980,28 +2983,31 @@ class SubmitVerdict(NamedTuple):
     """What an sbatch that did not give an id means for the job."""
     action: str  # STOP or RESTART (retry)
     delay: float
-    failures: int  # consecutive failed sbatch calls, this one included
+    failures: int  # uncertain sbatch failures in a row, this one included
+    refusals: int  # queue-limit refusals in a row, this one included
     reason: str  # the job's (and the attempt's) reason when it stops
     detail: str  # the event's detail
 
 
-def after_sbatch_failure(res, failures, mon):
+def after_sbatch_failure(res, failures, refusals, mon):
     """A clear refusal stops the job; a queue limit retries for as long as it takes (its
-    backoff capped); any other failure may have queued the job: retried (after a lookup by
-    tag, and never before accounting could show it) up to submit_retries, then stopped."""
+    backoff capped), and never counts as a failure; any other failure may have queued the
+    job: retried (after a lookup by tag, and never before accounting could show it) up to
+    submit_retries failures in a row, then stopped."""
     if res.outcome == SB_PERMANENT:
         reason = "sbatch refused the job: %s" % res.message
-        return SubmitVerdict(STOP, 0.0, failures, reason, "no retry: sbatch refused it")
-    failures += 1
+        return SubmitVerdict(STOP, 0.0, failures, refusals, reason, "no retry: sbatch refused it")
     if res.outcome == SB_THROTTLED:
-        delay = backoff(mon.submit_backoff_seconds, failures, THROTTLE_BACKOFF_MAX)
-        return SubmitVerdict(RESTART, delay, failures, "",
+        refusals += 1
+        delay = backoff(mon.submit_backoff_seconds, refusals, THROTTLE_BACKOFF_MAX)
+        return SubmitVerdict(RESTART, delay, failures, refusals, "",
                              "%s; over a queue limit, retrying in %ds" % (res.message, delay))
+    failures += 1
     if failures > mon.submit_retries:
         reason = "sbatch failed %d times: %s" % (failures, res.message)
-        return SubmitVerdict(STOP, 0.0, failures, reason, reason)
+        return SubmitVerdict(STOP, 0.0, failures, refusals, reason, reason)
     delay = max(backoff(mon.submit_backoff_seconds, failures, float("inf")), mon.unqueued_after)
-    return SubmitVerdict(RESTART, delay, failures, "",
+    return SubmitVerdict(RESTART, delay, failures, refusals, "",
                          "%s; looking it up by tag, then retrying in %ds" % (res.message, delay))
 
 
@@ -4137,7 +4143,7 @@ class Controller(object):
             # sacct's -S window starts from here
             att = job.new_attempt(intent_at=self._since(s, job))
         att.take(row, origin, now)
-        job.next_submit_at, job.submit_failures = None, 0
+        job.next_submit_at, job.submit_failures, job.submit_refusals = None, 0, 0
         self._log_baseline(s, job, att)
         self._event(s, job, att, EV_ADOPTED, now, detail="SLURM job %s (%s, found by its tag)" % (row.job_id, row.state))
         return att
@@ -4248,12 +4254,12 @@ class Controller(object):
             if res.outcome == SB_OK:
                 att.job_id = res.job_id if att.array_task is None else "%s_%d" % (res.job_id, att.array_task)
                 att.submit_state, att.submitted_at, att.live, att.submit_error = SUBMITTED, now, True, None
-                job.submit_failures, job.next_submit_at = 0, None
+                job.submit_failures, job.submit_refusals, job.next_submit_at = 0, 0, None
                 job.last_monitor_state = MON_SUBMITTED
                 self._event(s, job, att, EV_SUBMITTED, now, detail="SLURM job %s" % att.job_id)
                 continue
-            verdict = after_sbatch_failure(res, job.submit_failures, s.monitoring)
-            job.submit_failures = verdict.failures
+            verdict = after_sbatch_failure(res, job.submit_failures, job.submit_refusals, s.monitoring)
+            job.submit_failures, job.submit_refusals = verdict.failures, verdict.refusals
             att.submit_error = res.message
             if verdict.action == STOP:
                 # an uncertain failure keeps its intent: if one of the tries did queue the

@@ -209,28 +209,30 @@ def sb(outcome, message="boom"):
     return A.SubmitResult(outcome, None, message)
 
 
-@pytest.mark.parametrize("res, failures, action, delay, new_failures, text", [
-    # a clear refusal: stop at once, the failures count untouched
-    (sb(A.SB_PERMANENT, "Invalid partition"), 0, A.STOP, 0.0, 0, "sbatch refused the job: Invalid partition"),
-    # a queue limit: retry with backoff (60, 120, ... capped at 600), for as long as it takes
-    (sb(A.SB_THROTTLED), 0, A.RESTART, 60.0, 1, "over a queue limit, retrying in 60s"),
-    (sb(A.SB_THROTTLED), 3, A.RESTART, 480.0, 4, "retrying in 480s"),
-    (sb(A.SB_THROTTLED), 50, A.RESTART, 600.0, 51, "retrying in 600s"),
-    (sb(A.SB_THROTTLED), 5000, A.RESTART, 600.0, 5001, "retrying in 600s"),
+@pytest.mark.parametrize("res, failures, refusals, action, delay, counts, text", [
+    # a clear refusal: stop at once, the counts untouched
+    (sb(A.SB_PERMANENT, "Invalid partition"), 0, 0, A.STOP, 0.0, (0, 0), "sbatch refused the job: Invalid partition"),
+    # a queue limit: retry with backoff (60, 120, ... capped at 600), for as long as it takes,
+    # counted apart from the failures (found by the simulator, F4)
+    (sb(A.SB_THROTTLED), 0, 0, A.RESTART, 60.0, (0, 1), "over a queue limit, retrying in 60s"),
+    (sb(A.SB_THROTTLED), 0, 3, A.RESTART, 480.0, (0, 4), "retrying in 480s"),
+    (sb(A.SB_THROTTLED), 2, 50, A.RESTART, 600.0, (2, 51), "retrying in 600s"),
+    (sb(A.SB_THROTTLED), 0, 5000, A.RESTART, 600.0, (0, 5001), "retrying in 600s"),
     # uncertain: looked up by tag, retried after the backoff (never before accounting's grace)
-    (sb(A.SB_UNCERTAIN), 0, A.RESTART, 60.0, 1, "looking it up by tag, then retrying in 60s"),
-    (sb(A.SB_UNCERTAIN), 4, A.RESTART, 960.0, 5, "retrying in 960s"),
-    # ... up to submit_retries (5) retries, then stop
-    (sb(A.SB_UNCERTAIN), 5, A.STOP, 0.0, 6, "sbatch failed 6 times: boom"),
+    (sb(A.SB_UNCERTAIN), 0, 0, A.RESTART, 60.0, (1, 0), "looking it up by tag, then retrying in 60s"),
+    (sb(A.SB_UNCERTAIN), 4, 0, A.RESTART, 960.0, (5, 0), "retrying in 960s"),
+    # ... up to submit_retries (5) retries, then stop; queue-limit refusals do not count
+    (sb(A.SB_UNCERTAIN), 5, 0, A.STOP, 0.0, (6, 0), "sbatch failed 6 times: boom"),
+    (sb(A.SB_UNCERTAIN), 0, 20, A.RESTART, 60.0, (1, 20), "looking it up by tag"),
 ])
-def test_after_sbatch_failure(res, failures, action, delay, new_failures, text):
-    v = A.after_sbatch_failure(res, failures, mon())
-    assert (v.action, v.delay, v.failures) == (action, delay, new_failures)
+def test_after_sbatch_failure(res, failures, refusals, action, delay, counts, text):
+    v = A.after_sbatch_failure(res, failures, refusals, mon())
+    assert (v.action, v.delay, (v.failures, v.refusals)) == (action, delay, counts)
     assert text in (v.reason if action == A.STOP else v.detail)
 
 
 def test_an_uncertain_retry_waits_at_least_for_accounting():
-    v = A.after_sbatch_failure(sb(A.SB_UNCERTAIN), 0, mon(submit_backoff_seconds=0))
+    v = A.after_sbatch_failure(sb(A.SB_UNCERTAIN), 0, 0, mon(submit_backoff_seconds=0))
     assert v.delay == A.ACCOUNTING_GRACE
 
 

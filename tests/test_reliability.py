@@ -288,11 +288,11 @@ def test_8_a_thousand_queue_limit_refusals_never_overflow(tmp_path):
     h = Harness(tmp_path, config(submit_backoff_seconds=1), names=[NAME])
     h.slurm.set(h.live_id(NAME), "TIMEOUT")
     job = h.job(NAME)
-    job.submit_failures = 1100  # as after days of refusals
+    job.submit_refusals = 1100  # as after days of refusals
     h.slurm.sbatch = lambda script, args=(): A.SubmitResult(A.SB_THROTTLED, None, "QOSMaxSubmitJobPerUserLimit")
     h.cycle()
     h.cycle(advance=5)
-    assert job.submit_failures >= 1101 and job.status == "active"
+    assert job.submit_refusals >= 1101 and job.submit_failures == 0 and job.status == "active"
     assert job.next_submit_at - h.clock() <= A.THROTTLE_BACKOFF_MAX
 
 

@@ -155,3 +155,23 @@ def test_the_deterministic_rule_uses_slurms_own_run_time(tmp_path):
         h.cycle(advance=300)
         h.cycle(advance=1)
     assert h.job(A).status == "active" and len(h.job(A).attempts) == 3
+
+
+def test_a_job_that_was_suspended_is_no_stall_when_it_runs_again(tmp_path):
+    """Found by the simulator (F1): the time a job spent SUSPENDED counted as silence, so
+    it was cancelled as a stall the moment it ran again."""
+    h = Harness(tmp_path, config(inactivity_threshold_seconds=300), names=[A])
+    h.slurm.set(h.live_id(A), "RUNNING")
+    h.cycle()
+    h.log(A, "step 1\n")
+    h.cycle()
+    h.slurm.set(h.live_id(A), "SUSPENDED")
+    for _ in range(6):
+        h.cycle(advance=600)  # an hour suspended (a higher-priority job ran)
+    h.slurm.set(h.live_id(A), "RUNNING")
+    h.cycle()
+    h.cycle(advance=60)
+    att = h.job(A).current
+    assert att.outcome is None and ("scancel", att.job_id) not in h.slurm.calls
+    h.cycle(advance=400)  # and silent for longer than the threshold after it: a stall
+    assert h.job(A).attempts[0].outcome == "stall"

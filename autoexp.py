@@ -2851,6 +2851,14 @@ def newer_than_history(job, rows):
             and all(submitted_after(r.submit, r.job_id, sub, jid) for sub, jid in known)]
 
 
+def untagged_successor(job, row, snap):
+    """A sacct row of the job's name that may be its latest submission though no tag shows
+    it: not in squeue, active by sacct (its comment is stored only when it ends), not in
+    the history, not a copy seen before, and submitted after every job of the history."""
+    return (not row.comment and row.job_id not in snap.by_id and row.state in ACTIVE_STATES
+            and row.job_id not in job.known_ids() and bool(newer_than_history(job, [row])))
+
+
 def observe(row, arow, look, wait_since, now):
     """One attempt's observation from its squeue row and sacct row (either may be None);
     returns (Observation, acct_wait_since). UNKNOWN whenever a query that could have told
@@ -2897,6 +2905,9 @@ class Sight(NamedTuple):
     running: list  # those able to run, then its own ended attempts SLURM runs again
     named_ok: bool  # sacct's lookup by name answered (or was not needed)
     named_error: str = ""
+    # a job of its name that left squeue while sacct still calls it active, so its tag is
+    # not shown anywhere yet (accounting stores it only at the end): it may be this job's
+    untagged: bool = False
 
 
 ADOPT, RECOVER, SUBMIT, WAIT, HOLD, REACTIVATE, CANCEL_COPY, ABANDON = (
@@ -2922,7 +2933,7 @@ def first_move(sight):
     return Move(SUBMIT) if sight.named_ok else Move(WAIT)
 
 
-def intent_move(job, sight, now):
+def intent_move(job, sight, now, unqueued_after=0.0):
     """The current attempt's submission is in doubt: a newer job with its tag is that
     submission (recover); else submit again once sacct could be asked and any backoff is over."""
     newer = newer_than_history(job, sight.candidates)
@@ -2931,6 +2942,14 @@ def intent_move(job, sight, now):
     if not sight.named_ok:
         return Move(WAIT, note="cannot tell whether its submission reached SLURM (%s); waiting"
                     % sight.named_error)
+    if sight.untagged:
+        return Move(WAIT, note="a job of its name left squeue and accounting has not recorded its end yet; "
+                    "waiting to see whether it is this submission")
+    att = job.current
+    if job.next_submit_at is None and now - (att.intent_at or now) < unqueued_after:
+        # an intent a crash left without an sbatch result: the job may have run and left
+        # squeue already, and accounting shows it only after its lag
+        return Move(HOLD)
     if job.next_submit_at is None or now >= job.next_submit_at:
         return Move(SUBMIT)
     return Move(HOLD)
@@ -3568,6 +3587,14 @@ class StateStore(object):
     # writer fills the gap (events wait in the state's outbox until the journal has them;
     # the journal's last seq says which it has), so each appears exactly once.
 
+    def needs_sync(self, s):
+        """Events the journal misses, or payloads not written: a writer killed right after the
+        state write that recorded them left them behind. Such a session has work left even
+        with every job done (cron's `reconcile` is then the only one to catch up)."""
+        if any(not act.get("written") for job in s.jobs for att in job.attempts for act in att.actions):
+            return True
+        return bool(s.outbox) and max(e["seq"] for e in s.outbox) > last_journal_seq(self.events_path(s))
+
     def save_and_sync(self, session, now, changed=True):
         """Write the state (when it changed), then the journal and payloads it announces; a
         payload just written is marked so by one more state write, or a payload a consumer
@@ -3904,7 +3931,12 @@ class Controller(object):
             # that a later intent must never take for its own
             job.seen_copies.extend(c.job_id for c in cands if c.job_id not in job.seen_copies)
         running = [r for r in cands if r.state in ACTIVE_STATES] + revived_rows(job, snap)
-        return Sight(cands, running, look.named_ok, look.named_error)
+        untagged = False
+        if job.current is not None and job.current.in_doubt:
+            array = s.plan.array
+            untagged = any(untagged_successor(job, row, snap) for row in
+                           look.named_for(job.name, array.name if array is not None else None, job.index))
+        return Sight(cands, running, look.named_ok, look.named_error, untagged)
 
     @staticmethod
     def _observe(att, snap, look, now):
@@ -3938,7 +3970,7 @@ class Controller(object):
         if att.job_id is None:
             if not att.in_doubt:
                 return
-            move = intent_move(job, sight, now)
+            move = intent_move(job, sight, now, s.monitoring.unqueued_after)
             if move.kind == WAIT:
                 self.report.detail("%s: %s" % (job.name, move.note))
             if move.kind == SUBMIT:
@@ -4646,7 +4678,8 @@ def cmd_monitor(args, rt):
         if args.session:
             sessions.open(resolve_or_recreate(store, args, "monitor", rt), "monitor", rt.clock())
         else:
-            for path in sessions.candidates(lambda s: s.active() or args.include_completed or args.monitor_all):
+            for path in sessions.candidates(lambda s: s.active() or args.include_completed or args.monitor_all
+                                            or store.needs_sync(s)):
                 sessions.open(path, "monitor --all", rt.clock(), quiet_skip=True)
             for sid, why in sessions.skipped:
                 rt.report.warn("skipping session %s: %s" % (sid, why))
@@ -4706,7 +4739,7 @@ def cmd_reconcile(args, rt):
         if args.session:
             paths = [resolve_or_recreate(store, args, "reconcile", rt)]
         else:
-            paths = list(sessions.candidates(lambda s: s.active() or args.monitor_all))
+            paths = list(sessions.candidates(lambda s: s.active() or args.monitor_all or store.needs_sync(s)))
         for path in paths:
             sessions.open(path, "reconcile", rt.clock(), lock=not args.dry_run, quiet_skip=not args.session)
         for sid, why in sessions.skipped:

@@ -330,3 +330,23 @@ def test_a_batch_cut_right_after_a_line_is_cut_off_before_the_next(tmp_path):
     h.ctl.cycle([s])
     after = load_state(h.state_dir, "p1")  # loads: the torn batch is gone, the new ones are whole
     assert after["jobs"][0]["attempts"][0]["outcome"] == "timeout"
+
+
+def test_cron_catches_up_the_journal_and_payloads_a_killed_monitor_left(tmp_path, monkeypatch, capsys):
+    """Found by the simulator (F2): a monitor killed right after the state write that held
+    its final decisions left events out of the journal and payloads unwritten; with every
+    job done, `reconcile` skipped the session, so nothing ever wrote them."""
+    h = Harness(tmp_path, config(), names=[A])
+    h.log(A, "TRAINING FINISHED\n")
+    h.slurm.set(h.live_id(A), "COMPLETED")
+    real_sync = autoexp.StateStore.sync_outputs
+    monkeypatch.setattr(autoexp.StateStore, "sync_outputs", lambda self, s: False)  # killed before it
+    h.cycle()
+    monkeypatch.setattr(autoexp.StateStore, "sync_outputs", real_sync)
+    state = load_state(h.state_dir, "p1")
+    assert state["jobs"][0]["status"] == "finalized" and state["outbox"]
+    code, _ = run_main(h, ["reconcile"], monkeypatch, capsys)
+    assert code == 0
+    seqs = [e["seq"] for e in read_events(h.state_dir, "p1")]
+    assert seqs == list(range(1, state["event_seq"] + 1))
+    assert [n for n in os.listdir(os.path.join(h.state_dir, "actions", "p1")) if n.endswith("_finalize.json")]

@@ -29,7 +29,9 @@ def test_intent_not_in_slurm_is_submitted(tmp_path):
     att = h.job(A).current
     h.slurm.forget(att.job_id)
     att.job_id, att.submit_state, att.live = None, "intent", False
-    h.cycle()
+    h.cycle()  # a crash left the intent: accounting may not show a job that ran at once yet
+    assert h.slurm.count("sbatch") == 1
+    h.cycle(advance=h.session.monitoring.unqueued_after)
     assert h.slurm.count("sbatch") == 2 and h.job(A).current.job_id is not None
     assert len(h.job(A).attempts) == 1
 
@@ -143,3 +145,26 @@ def test_array_task_failure_resubmits_only_that_task(tmp_path):
     assert h.slurm.calls[-1] == ("sbatch", h.plan.array.script_path, owned + ("--array=1",))
     assert h.live_id(B) == "102_1" and h.job(B).current.array_task == 1
     assert h.live_id(A) == "101_0"
+
+
+def test_a_crash_left_intent_waits_for_a_job_accounting_has_not_tagged(tmp_path):
+    """Found by the simulator (F3): a crash between sbatch and the state write; the job ran,
+    ended and left squeue before sacct had its end (and so its tag). It was submitted again
+    at once; now autoexp waits for accounting, then follows the job it finds."""
+    h = Harness(tmp_path, config(), names=[A])
+    att = h.job(A).current
+    jid = att.job_id
+    att.job_id, att.submit_state, att.live = None, "intent", False
+    h.session.touch(h.job(A))
+    h.slurm.set(jid, "RUNNING")
+    h.slurm.purge(jid)                       # gone from squeue (MinJobAge), sacct still says RUNNING
+    h.slurm.jobs[jid]["comment"] = ""        # ... and shows no comment until it ends
+    for _ in range(6):
+        h.cycle(advance=30)
+        assert h.slurm.count("sbatch") == 1
+    h.log(A, "TRAINING FINISHED\n", job_id=jid)
+    h.slurm.jobs[jid]["comment"] = "autoexp:p1:%s" % A
+    h.slurm.set(jid, "COMPLETED")            # accounting has its end, and its tag
+    h.cycle(advance=30)
+    assert h.job(A).current.job_id == jid and h.job(A).current.origin == "recovered"
+    assert h.job(A).status == "finalized" and h.slurm.count("sbatch") == 1

@@ -2910,14 +2910,15 @@ class Sight(NamedTuple):
     untagged: bool = False
 
 
-ADOPT, RECOVER, SUBMIT, WAIT, HOLD, REACTIVATE, CANCEL_COPY, ABANDON = (
-    "adopt", "recover", "submit", "wait", "hold", "reactivate", "cancel_copy", "abandon")
+ADOPT, RECOVER, SUBMIT, WAIT, HOLD, REACTIVATE, CANCEL_COPY, ABANDON, RECORD = (
+    "adopt", "recover", "submit", "wait", "hold", "reactivate", "cancel_copy", "abandon", "record")
 
 
 class Move(NamedTuple):
     """One step for a job: adopt a SLURM job as a new attempt, recover an attempt's lost
     id, submit, wait for an answer (WAIT) or for a time (HOLD), reactivate an inactive
-    job with a running copy, cancel a copy, abandon a failed submission."""
+    job with a running copy, cancel a copy, abandon a failed submission, record an ended
+    run of a submission in doubt."""
     kind: str
     row: object = None  # the SLURM row it concerns
     origin: Optional[str] = None  # for ADOPT/REACTIVATE: how the job came to be
@@ -2983,16 +2984,21 @@ def inactive_moves(job, sight, now, unqueued_after):
     for a job the user cancelled, every such copy is cancelled; a failed submission is
     abandoned once squeue and sacct have answered without it for unqueued_after."""
     att = job.current
-    if sight.running and job.status in (STOPPED, FINALIZED):
-        row = sight.running[0]
-        if att is not None and att.in_doubt and newer_than_history(job, [row]):
-            return [Move(REACTIVATE, row, ORIGIN_RECOVERED)]
-        return [Move(REACTIVATE, row, ORIGIN_EXTERNAL)]
+    # the result of a submission in doubt, running or already ended (found by the simulator,
+    # F5: a run that ended before the lookup found it was never recorded)
+    mine = newer_than_history(job, sight.candidates) if att is not None and att.in_doubt else []
+    if job.status in (STOPPED, FINALIZED):
+        if mine:
+            return [Move(REACTIVATE, mine[0], ORIGIN_RECOVERED)]  # decided like any attempt
+        if sight.running:
+            return [Move(REACTIVATE, sight.running[0], ORIGIN_EXTERNAL)]
     moves = []
+    if job.status == CANCELLED and mine and mine[0].state not in ACTIVE_STATES:
+        moves.append(Move(RECORD, mine[0], ORIGIN_RECOVERED))  # cancelled meanwhile: kept on record
     if job.status == CANCELLED:
         moves += [Move(CANCEL_COPY, row) for row in sight.running
                   if not any(a.job_id == row.job_id and a.cancel_requested_at for a in job.attempts)]
-    if job.unresolved_intent() and sight.named_ok:
+    if job.unresolved_intent() and sight.named_ok and not mine:
         moves += [Move(ABANDON, attempt=a.attempt) for a in job.attempts
                   if a.in_doubt and now - (a.ended_at or a.intent_at or now) >= unqueued_after]
     return moves
@@ -4022,6 +4028,11 @@ class Controller(object):
                 return
             if move.kind == CANCEL_COPY:
                 self._cancel_copy(s, job, move.row, now, todo)
+            elif move.kind == RECORD:
+                att.take(move.row, move.origin, now)
+                att.live, att.last_slurm_state = False, move.row.state
+                self._event(s, job, att, EV_ADOPTED, now, detail="SLURM job %s (%s, found by its tag; the job was "
+                            "cancelled meanwhile)" % (move.row.job_id, move.row.state))
             elif move.kind == ABANDON:
                 job.attempts[move.attempt - 1].submit_state = ABANDONED
         if att is not None and att.live and att.job_id:

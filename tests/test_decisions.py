@@ -185,6 +185,12 @@ def test_restart_move(sg, next_at, kind, row_id):
     (A.STOPPED, [attempt(1, "5", outcome="crash")], sight(), []),
     # an ended copy does not reactivate
     (A.STOPPED, [attempt(1, "5", outcome="crash")], sight([row("9", "COMPLETED")]), []),
+    # ... but the ended run of a submission in doubt is that attempt: decided like any (F5)
+    (A.STOPPED, [attempt(1, outcome="submit_failed", ended_at=NOW - 60)], sight([row("9", "COMPLETED")]),
+     [(A.REACTIVATE, "9", A.ORIGIN_RECOVERED)]),
+    # ... and for a job cancelled meanwhile, recorded, never abandoned
+    (A.CANCELLED, [attempt(1, outcome="cancelled", ended_at=NOW - 60)], sight([row("9", "COMPLETED")]),
+     [(A.RECORD, "9", A.ORIGIN_RECOVERED)]),
 ])
 def test_inactive_moves(status, history, sg, expected):
     j = job(*history, status=status)

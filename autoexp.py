@@ -2961,7 +2961,7 @@ def replacement(att, obs, sight):
     outside autoexp under its tag, or None."""
     c = sight.candidates
     if (att.outcome is None and c and observation_live(obs) is not True
-            and (obs.source == SRC_MISSING or obs.state == "CANCELLED")
+            and (obs.source == SRC_MISSING or obs.state in ("CANCELLED", "REVOKED"))
             and submitted_after(c[0].submit, c[0].job_id, att.slurm_submit, att.job_id)):
         return c[0]
     return None
@@ -4043,7 +4043,9 @@ class Controller(object):
         is undecided, read its log and decide; see a requested cancel through in any case."""
         deciding = job.status == ACTIVE and att.outcome is None
         self._note(s, job, att, obs, now)
-        log_ok = self._read_log(s, job, att, obs, now) if deciding else True
+        # while SLURM's answer is UNKNOWN the log is not read: whose lines they are (this
+        # job's, or a successor's writing the same path) cannot be told (simulator F6)
+        log_ok = self._read_log(s, job, att, obs, now) if deciding and obs.source != SRC_UNKNOWN else True
         facts = att.facts()
         if not log_ok:
             facts = facts._replace(last_activity=now)  # an unreadable log is no evidence of a stall
@@ -4105,6 +4107,10 @@ class Controller(object):
                     self._event(s, job, att, EV_LOG_UNREADABLE, now, detail=read.error)
                 return False
             att.log_error = None
+            if final and read.restarted and self._shared_log(s, job, att):
+                # this attempt's job has ended; a log shared by every attempt that starts
+                # again now is another job's (a successor, a replacement): not this one's
+                return True
             if read.restarted == RESTART_REPLACED and att.log_inode is not None:
                 self._read_rotated(s, job, att, now, overlap)
             if read.restarted and att.last_log_growth_at is not None:
@@ -4116,6 +4122,10 @@ class Controller(object):
             self._match_lines(s, job, att, read.lines, now)
             if read.eof or not final:
                 return True  # an ended job is read to its end before it is decided
+
+    def _shared_log(self, s, job, att):
+        template, name = log_template_of(s.plan, job.name, att.job_id, att.array_task)
+        return shared_log_path(template, name, self.slurm.user) is not None
 
     def _read_rotated(self, s, job, att, now, overlap):
         """The log was replaced: if the old file is still in its folder (renamed by a log

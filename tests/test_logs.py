@@ -129,3 +129,25 @@ def test_a_shared_log_truncated_and_outgrown_is_read_from_its_start(tmp_path):
         f.write("CUDA out of memory\n" + "retrying on cpu....\n" * 10)
     h.cycle()
     assert h.job(A).current.log_matches == ["cuda_oom"] and h.job(A).status == "stopped"
+
+
+def test_a_shared_log_rewritten_by_another_job_is_not_this_attempts(tmp_path):
+    """Found by the simulator (F6): with a log path shared by every attempt (no %j), lines a
+    later job wrote after it truncated the file were credited to an attempt that had
+    ended (or whose state SLURM did not tell), so it was called a success."""
+    cfg = config()
+    cfg["job"]["log"] = "logs/{name}.log"
+    h = Harness(tmp_path, cfg, names=[A])
+    jid = h.live_id(A)
+    h.slurm.set(jid, "RUNNING")
+    h.cycle()
+    path = h.log(A, "step 1\n")
+    h.cycle()
+    h.slurm.set(jid, "COMPLETED")
+    h.slurm.fail["sacct"] = 3  # the end is seen in squeue; sacct does not answer for a while
+    with open(path, "w") as f:  # meanwhile another job (a copy started by hand) rewrites the file
+        f.write("TRAINING FINISHED\n")
+    for _ in range(4):
+        h.cycle()
+    att = h.job(A).attempts[0]
+    assert att.outcome == "incomplete" and not att.success_seen

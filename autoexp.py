@@ -161,6 +161,7 @@ TERMINAL_MODE = OrderedDict([
 ACCOUNTING_GRACE = 30.0      # how long a job squeue shows ended waits for sacct's record of it
 FAST_FAILURE_SECONDS = 60.0  # a failure this soon after the start, twice alike: deterministic
 LOST_AFTER_MIN = 300.0       # SLURM's default MinJobAge: the least default grace before "lost"
+RUNAWAY_AFTER = 3 * 3600.0   # gone from squeue while sacct still calls it running: a runaway record
 SACCT_WINDOW_SLACK = 86400.0  # sacct -S starts this long before the earliest intent asked about: a day
                               # of slack for a login node's clock that was wrong when it was recorded
 THROTTLE_BACKOFF_MAX = 600.0  # cap of the wait after an sbatch refused for a queue limit
@@ -2654,7 +2655,10 @@ def classify(obs, facts, now, mon):
         return Verdict(state, mode, reason, False)
     if obs.source == SRC_MISSING:
         waited = now - facts.missing_since if facts.missing_since is not None else 0.0
-        if obs.state:  # sacct still calls it live: accounting lags, the job is not lost
+        if obs.state:  # sacct still calls it live: accounting lags, the job is not lost...
+            if waited >= max(mon.lost_after, RUNAWAY_AFTER):  # ...unless for hours: a runaway record
+                return Verdict(MODE_LOST, MODE_LOST, "gone from squeue for %ds while sacct still says %s (a "
+                               "runaway accounting record)" % (waited, obs.state), None)
             return Verdict(MON_MISSING, None, "not in squeue; sacct still says %s" % obs.state, None)
         if waited >= mon.lost_after:
             return Verdict(MODE_LOST, MODE_LOST, "neither squeue nor sacct has known the job for %ds" % waited, None)
@@ -2842,6 +2846,27 @@ def _newest_first(a, b):
     return -1 if submitted_after(a.submit, a.job_id, b.submit, b.job_id) else 1
 
 
+def rerun_rows(job, snap):
+    """Its own ended attempts that SLURM shows ended again in another way (TIMEOUT recorded,
+    COMPLETED now): requeued after autoexp recorded the end, and finished before it looked.
+    An id a later attempt already follows is not one."""
+    rows = []
+    for i, a in enumerate(job.attempts):
+        row = snap.by_id.get(a.job_id) if a.job_id else None
+        if (row is not None and not a.live and row.state in TERMINAL_MODE and a.last_slurm_state in TERMINAL_MODE
+                and row.state != a.last_slurm_state and row not in rows
+                and not any(b.job_id == a.job_id for b in job.attempts[i + 1:])):
+            rows.append(row)
+    return rows
+
+
+def unsure_rows(job, cands, snap):
+    """Rows of its tag, or of its own attempts, in a state autoexp does not know."""
+    own = [snap.by_id.get(a.job_id) for a in job.attempts if a.job_id and not a.live]
+    return [r for r in list(cands) + [r for r in own if r is not None]
+            if r.state not in ACTIVE_STATES and r.state not in TERMINAL_MODE]
+
+
 def newer_than_history(job, rows):
     """The rows that can be the result of the job's latest submission: submitted after
     every job in its history, and not a copy already seen beside an earlier attempt (one
@@ -2908,6 +2933,12 @@ class Sight(NamedTuple):
     # a job of its name that left squeue while sacct still calls it active, so its tag is
     # not shown anywhere yet (accounting stores it only at the end): it may be this job's
     untagged: bool = False
+    # a job with its tag (or one of its own ended attempts) in a state autoexp does not
+    # know: whether it runs cannot be told, so nothing is submitted or adopted this cycle
+    unsure: bool = False
+    # its own ended attempts that SLURM ran again and that ended again since (a requeue
+    # after autoexp recorded the end, finished before it looked again)
+    reruns: tuple = ()
 
 
 ADOPT, RECOVER, SUBMIT, WAIT, HOLD, REACTIVATE, CANCEL_COPY, ABANDON, RECORD = (
@@ -2929,6 +2960,8 @@ class Move(NamedTuple):
 def first_move(sight):
     """A job registered but never submitted: adopt a SLURM job with its tag (a running one
     first), else submit it, unless sacct could not be asked."""
+    if sight.unsure:
+        return Move(WAIT)
     if sight.candidates:
         return Move(ADOPT, sight.running[0] if sight.running else sight.candidates[0], ORIGIN_EXTERNAL)
     return Move(SUBMIT) if sight.named_ok else Move(WAIT)
@@ -2940,6 +2973,8 @@ def intent_move(job, sight, now, unqueued_after=0.0):
     newer = newer_than_history(job, sight.candidates)
     if newer:
         return Move(RECOVER, newer[0], ORIGIN_RECOVERED)
+    if sight.unsure:
+        return Move(WAIT, note="a job with its tag is in a state autoexp does not know; waiting")
     if not sight.named_ok:
         return Move(WAIT, note="cannot tell whether its submission reached SLURM (%s); waiting"
                     % sight.named_error)
@@ -2973,6 +3008,10 @@ def restart_move(job, sight, now):
     submit once the backoff is over."""
     if sight.running:
         return Move(ADOPT, sight.running[0], ORIGIN_EXTERNAL)
+    if sight.reruns:
+        return Move(ADOPT, sight.reruns[0], ORIGIN_EXTERNAL)  # decided like any attempt (simulator F8)
+    if sight.unsure:
+        return Move(WAIT)
     if job.next_submit_at is not None and now >= job.next_submit_at:
         return Move(SUBMIT)
     return Move(HOLD)
@@ -2983,6 +3022,8 @@ def inactive_moves(job, sight, now, unqueued_after):
     stopped or finalized job (its in-doubt submission recovered, if that is what it is);
     for a job the user cancelled, every such copy is cancelled; a failed submission is
     abandoned once squeue and sacct have answered without it for unqueued_after."""
+    if sight.unsure:
+        return []
     att = job.current
     # the result of a submission in doubt, running or already ended (found by the simulator,
     # F5: a run that ended before the lookup found it was never recorded)
@@ -3942,7 +3983,8 @@ class Controller(object):
             array = s.plan.array
             untagged = any(untagged_successor(job, row, snap) for row in
                            look.named_for(job.name, array.name if array is not None else None, job.index))
-        return Sight(cands, running, look.named_ok, look.named_error, untagged)
+        return Sight(cands, running, look.named_ok, look.named_error, untagged,
+                     bool(unsure_rows(job, cands, snap)), tuple(rerun_rows(job, snap)))
 
     @staticmethod
     def _observe(att, snap, look, now):

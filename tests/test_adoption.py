@@ -177,3 +177,50 @@ def test_a_rebuild_follows_a_job_that_ended_long_before_it(tmp_path):
     assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
     rebuilt = [e["event"] for e in events if e["job"] == A and e["event"] not in ("state", "log:success")]
     assert rebuilt[-3:] == ["adopted", "outcome", "finalized"], rebuilt
+
+
+def test_a_tagged_job_in_an_unknown_state_holds_the_restart(tmp_path):
+    """Found by the simulator (F7): SLURM requeued an attempt that had ended, and squeue
+    shows it in a state word autoexp does not know: it may run, so no restart is submitted
+    beside it until SLURM says what it is."""
+    h = Harness(tmp_path, config(), names=[A])
+    jid = h.live_id(A)
+    h.slurm.set(jid, "NODE_FAIL")
+    h.cycle()                                   # restart in 100 s (node_fail's backoff)
+    h.slurm.set(jid, "EXPEDITING")              # requeued, in a state of a newer SLURM
+    h.cycle(advance=200)
+    assert h.slurm.count("sbatch") == 1
+    h.slurm.set(jid, "RUNNING")                 # then a state it knows: followed, not doubled
+    h.cycle()
+    assert h.slurm.count("sbatch") == 1 and h.job(A).current.job_id == jid and h.job(A).current.live
+
+
+def test_an_ended_attempt_rerun_by_slurm_and_finished_is_decided_not_run_again(tmp_path):
+    """Found by the simulator (F8): after autoexp recorded a NODE_FAIL, SLURM requeued the
+    job, which ran and completed before autoexp looked again: its success was ignored and
+    the job submitted again."""
+    h = Harness(tmp_path, config(), names=[A])
+    jid = h.live_id(A)
+    h.slurm.set(jid, "NODE_FAIL")
+    h.cycle()                                   # restart scheduled in 100 s
+    h.log(A, "TRAINING FINISHED\n", job_id=jid)
+    h.slurm.set(jid, "COMPLETED")               # requeued, ran, completed within the backoff
+    h.cycle(advance=30)
+    h.cycle(advance=30)
+    job = h.job(A)
+    assert job.status == "finalized" and h.slurm.count("sbatch") == 1
+    assert [a.outcome for a in job.attempts] == ["node_fail", "success"]
+
+
+def test_a_runaway_accounting_record_is_lost_after_hours_not_never(tmp_path):
+    """Found by the simulator (F9): slurmctld lost a running job while accounting keeps it
+    RUNNING for ever; the job waited as "missing" for ever and the sweep never ended."""
+    h = Harness(tmp_path, config(lost_after_seconds=60), names=[A])
+    jid = h.live_id(A)
+    h.slurm.set(jid, "RUNNING")
+    h.cycle()
+    h.slurm.purge(jid)                          # gone from squeue; sacct: RUNNING, for ever
+    h.cycle(advance=3600)
+    assert h.job(A).current.outcome is None     # accounting may lag: not lost after an hour
+    h.cycle(advance=3 * 3600)
+    assert h.job(A).attempts[0].outcome == "lost" and "runaway" in h.job(A).attempts[0].reason

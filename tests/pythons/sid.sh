@@ -14,8 +14,8 @@
 # tests/test_e2e.py's pyz test for 3.14 (the other versions are pyenv's, not in the chroot).
 #
 # The chroot is made the first time with `debootstrap --variant=minbase sid` from Debian's
-# mirror (about 30 s) and reused; python3, python3-venv and procps are installed in it. It
-# gets /proc and the machine's /dev. Nothing else of the machine is touched.
+# mirror (about 30 s) and reused; python3, python3-venv and procps are installed in it.
+# While the command runs it has /proc and the machine's /dev; nothing stays mounted after.
 #
 # Exit codes: the command's; 1 the chroot could not be set up; 2 bad arguments; 3 refused:
 # not root, or not Debian/Ubuntu.
@@ -39,7 +39,8 @@ case "$R" in /?*) ;; *) chroot_refuse "AUTOEXP_SID_DIR must be an absolute path 
 MIRROR=${AUTOEXP_SID_MIRROR:-http://deb.debian.org/debian}
 CHROOT_ENV=()
 CHROOT_PATH_PREFIX=$VENV/bin
-trap chroot_unmount_checkout EXIT
+# nothing of the machine stays mounted in the chroot afterwards (no daemon lives there)
+trap 'chroot_unmount_checkout; chroot_unmount_system' EXIT
 
 # shellcheck disable=SC2086
 chroot_make python3 python3-venv procps ${AUTOEXP_SID_PACKAGES:-}

@@ -22,7 +22,8 @@
 # the chroot's slurmd never touches the machine's cgroups), the machine's /dev, and, while
 # a command of this script runs, the checkout bind-mounted at /opt/autoexp (read-write: the
 # tests build autoexp.pyz from it). The mount is taken down again when the command ends,
-# also when it fails; the cluster's daemons keep running.
+# also when it fails; the cluster's daemons keep running, and so proc, sys and dev stay
+# mounted in the chroot: `stop --umount` before removing the chroot's folder.
 #
 # The chroot's cluster has its own ports, ClusterName, munge key and socket, MariaDB data
 # and state, so both clusters run at once. Its daemons are found only through the chroot's

@@ -77,6 +77,7 @@ def s24(tmp_path):
 
 
 def test_version_setting(tmp_path, monkeypatch):
+    monkeypatch.delenv("FAKE_SLURM_VERSION", raising=False)
     fs = fake_slurm.FakeSlurm(str(tmp_path / "a"))
     assert fs.config()["version"] == "22.05"
     with pytest.raises(ValueError, match="version must be one of 22.05, 24.11"):

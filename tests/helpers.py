@@ -13,7 +13,10 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-CAPTURES = os.path.join(HERE, "captures")
+CAPTURES = os.path.join(HERE, "captures")  # SLURM 22.05.8 (Debian 12)
+# Real SLURM output by generation: the same scenarios under the same file names where a
+# counterpart exists; ax_* files hold autoexp's own commands (24.11 only).
+CAPTURE_SETS = {"22.05": CAPTURES, "24.11": os.path.join(HERE, "captures-24.11")}
 FAKE_SLURM_BIN = os.path.join(ROOT, "fixtures", "fake_slurm")
 
 sys.path.insert(0, ROOT)
@@ -25,12 +28,22 @@ import fake_slurm  # noqa: E402,F401 (for the tests: one import of the fake SLUR
 BOOT = "import sys; sys.path.insert(0, %r); import autoexp; sys.exit(autoexp.main())" % ROOT
 
 
-class Capture(object):
-    """One file of real SLURM output: the command, its exit code, stdout and stderr."""
+def capture_dir(capset=None):
+    """A capture set: a SLURM version of CAPTURE_SETS, a folder, or None for 22.05."""
+    if capset is None:
+        return CAPTURES
+    return CAPTURE_SETS.get(capset, capset)
 
-    def __init__(self, name):
+
+class Capture(object):
+    """One file of real SLURM output: the command, its exit code, stdout and stderr.
+    capset: which SLURM's captures (see capture_dir); 22.05 by default."""
+
+    def __init__(self, name, capset=None):
         self.name = name
-        with open(os.path.join(CAPTURES, name), "rb") as f:
+        self.capset = capset or "22.05"
+        self.path = os.path.join(capture_dir(capset), name)
+        with open(self.path, "rb") as f:
             raw = f.read()
         head, _, rest = raw.partition(b"# --- stdout (")
         self.command = re.search(rb"^# command: (.*)$", head, re.M).group(1).decode()
@@ -60,15 +73,16 @@ class Capture(object):
         return autoexp.SlurmClient(runner=lambda argv, t, env: self.completed(), user=user, **kw)
 
 
-def captures(prefix_re=None, command_re=None):
+def captures(prefix_re=None, command_re=None, capset=None):
     out = []
-    for name in sorted(os.listdir(CAPTURES)):
+    folder = capture_dir(capset)
+    for name in sorted(os.listdir(folder)):
         if prefix_re and not re.search(prefix_re, name):
             continue
-        with open(os.path.join(CAPTURES, name), "rb") as f:
+        with open(os.path.join(folder, name), "rb") as f:
             if not f.read().startswith(b"# time:"):
                 continue  # transcripts and notes, not cap() output
-        cap = Capture(name)
+        cap = Capture(name, capset)
         if command_re and not re.search(command_re, cap.command):
             continue
         out.append(cap)

@@ -3,7 +3,9 @@
 import glob
 import json
 import os
+import shutil
 import subprocess
+import sys
 
 import pytest
 
@@ -174,12 +176,20 @@ def test_generated_script_resubmitted_by_hand_is_the_same_job(project, fake):
 
 
 def pythons():
-    root = subprocess.check_output(["pyenv", "root"]).decode().strip() if _has_pyenv() else ""
+    """CPython 3.6 to 3.14: pyenv's, else a python3.X on PATH, else the one running the
+    tests (tests/pythons/sid.sh runs the suite under Debian sid's 3.14, as .ci/run does)."""
     found = {}
-    for path in sorted(glob.glob(os.path.join(root, "versions", "3.*", "bin", "python3"))):
-        minor = os.path.basename(os.path.dirname(os.path.dirname(path))).rsplit(".", 1)[0]
-        found[minor] = path
-    return [pytest.param(found.get("3.%d" % m), id="3.%d" % m) for m in range(6, 14)]
+    if _has_pyenv():
+        root = subprocess.check_output(["pyenv", "root"]).decode().strip()
+        for path in sorted(glob.glob(os.path.join(root, "versions", "3.*", "bin", "python3"))):
+            minor = os.path.basename(os.path.dirname(os.path.dirname(path))).rsplit(".", 1)[0]
+            found[minor] = path
+    found.setdefault("%d.%d" % sys.version_info[:2], sys.executable)
+    out = []
+    for m in range(6, 15):
+        version = "3.%d" % m
+        out.append(pytest.param(found.get(version) or shutil.which("python" + version), id=version))
+    return out
 
 
 def _has_pyenv():
@@ -202,7 +212,7 @@ def pyz(tmp_path_factory):
 @pytest.mark.parametrize("python", pythons())
 def test_pyz_runs_the_sweep_on_every_python(tmp_path, fake, python, pyz):
     if python is None:
-        pytest.skip("this CPython is not installed under pyenv here")
+        pytest.skip("this CPython is not installed here (pyenv, PATH); 3.14: bash tests/pythons/sid.sh suite")
     os.makedirs(str(tmp_path / "proj"))
     p = Project(tmp_path / "proj", fake, python=python, pyz=pyz)
     assert p.ok("--version").stdout.strip().startswith("autoexp ")

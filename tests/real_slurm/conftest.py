@@ -1,5 +1,7 @@
 """The real-SLURM tier: autoexp's CLI (a freshly built autoexp.pyz) against a real
-single-node SLURM 22.05 started on this machine by tests/real_slurm/setup.sh.
+single-node SLURM started on this machine by tests/real_slurm/setup.sh: the distribution's
+own (SLURM 22.05 on Debian 12, 24.11 on Debian 13), and, through tests/real_slurm/chroot.sh,
+the other generation in a Debian chroot beside it (same scenarios, its own ports).
 
 Enabling rule: with AUTOEXP_REAL_SLURM=1 (as root, on Debian/Ubuntu) the session runs
 `setup.sh --fresh` once and every test of the tier runs; if the cluster cannot be

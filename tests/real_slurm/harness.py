@@ -32,6 +32,13 @@ def slurm_env(extra=None):
     return env
 
 
+def script_env():
+    """The environment of setup.sh, daemon.sh and stop.sh: slurm_env() plus the
+    AUTOEXP_SLURM_* settings this run was given (a cluster on other ports, in chroot.sh's
+    chroot, must not have its config rewritten back to the default ports)."""
+    return slurm_env(dict((k, v) for k, v in os.environ.items() if k.startswith("AUTOEXP_SLURM_")))
+
+
 def expand_ids(job_id):
     """sacct's '12_[1-3,5]' (a pending array range) -> 12_1 12_2 12_3 12_5; others unchanged."""
     m = re.match(r"^(\d+)_\[([0-9,-]+)(?:%\d+)?\]$", job_id)
@@ -124,15 +131,21 @@ class Slurm(object):
 
     # daemons
     def daemon(self, action, name):
-        return run(["bash", self.daemon_sh, action, name], timeout=180)
+        return run(["bash", self.daemon_sh, action, name], timeout=180, env=script_env())
 
     def pids(self, names):
         """{daemon: pid or None}"""
-        return dict((n, run(["bash", self.daemon_sh, "status", n], check=False).stdout.strip() or None) for n in names)
+        return dict((n, run(["bash", self.daemon_sh, "status", n], check=False, env=script_env()).stdout.strip()
+                     or None) for n in names)
+
+    def setup(self, *args, **kw):
+        """setup.sh with this run's AUTOEXP_SLURM_* settings."""
+        return run(["bash", self.setup_sh] + list(args), timeout=kw.get("timeout", 600),
+                   check=kw.get("check", True), env=script_env())
 
     def ensure_up(self):
         """Whatever a test stopped is started again (setup.sh is idempotent)."""
-        return run(["bash", self.setup_sh, "--quiet"], timeout=600, check=False)
+        return self.setup("--quiet", check=False)
 
     def cancel_everything(self):
         res = run(["squeue", "-h", "-o", "%A"], check=False)

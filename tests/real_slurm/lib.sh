@@ -3,20 +3,31 @@
 # cluster keeps its files, and how its daemons are found, started and stopped.
 #
 # Daemons are found through their pidfile, and only a live process whose /proc/PID/comm
-# is the daemon's name counts: nothing is ever looked up or killed by name matching.
+# is the daemon's name and whose root directory is ours counts: nothing is ever looked up
+# or killed by name matching, and a daemon of another root (the host's, seen from a chroot
+# that shares its PID namespace, or a chroot's, seen from the host) is never touched, even
+# when a stale pidfile names its pid.
 
 SLURM_CONF=/etc/slurm/slurm.conf
 SLURMDBD_CONF=/etc/slurm/slurmdbd.conf
 CGROUP_CONF=/etc/slurm/cgroup.conf
 MARIADB_CNF=/etc/mysql/mariadb.conf.d/90-autoexp-real-slurm.cnf
-LOGDIR=/var/log/slurm
-CTLD_SPOOL=/var/spool/slurmctld
-SLURMD_SPOOL=/var/spool/slurmd
-MARKERS=/var/lib/autoexp-real-slurm   # what this setup started (mariadbd) or found broken (cgroup)
+# Where this cluster keeps its state, and what it listens on. The defaults are SLURM's and
+# MariaDB's own; a second cluster beside this one (chroot.sh runs the other SLURM
+# generation in a Debian chroot on this machine) sets its own ports and name. The same
+# settings must reach setup.sh, stop.sh and daemon.sh (harness.py passes AUTOEXP_SLURM_* on).
+LOGDIR=${AUTOEXP_SLURM_LOGDIR:-/var/log/slurm}
+CTLD_SPOOL=${AUTOEXP_SLURM_CTLD_SPOOL:-/var/spool/slurmctld}
+SLURMD_SPOOL=${AUTOEXP_SLURM_SLURMD_SPOOL:-/var/spool/slurmd}
+MARKERS=${AUTOEXP_SLURM_MARKERS:-/var/lib/autoexp-real-slurm}  # what setup started (mariadbd) or found broken (cgroup)
+CLUSTER=${AUTOEXP_SLURM_CLUSTER:-autoexp}
+CTLD_PORT=${AUTOEXP_SLURM_CTLD_PORT:-6817}
+SLURMD_PORT=${AUTOEXP_SLURM_SLURMD_PORT:-6818}
+DBD_PORT=${AUTOEXP_SLURM_DBD_PORT:-6819}
+DB_PORT=${AUTOEXP_SLURM_DB_PORT:-3306}
 DB_NAME=slurm_acct_db
 DB_USER=slurm
 DB_PASS=autoexp-real-slurm             # a local DB reachable only through localhost
-CLUSTER=autoexp
 PARTITION=debug
 
 # name -> pidfile
@@ -42,6 +53,7 @@ pid_of() { # name
   pf=$(pidfile_of "$1") || return 1
   p=$( { tr -dc '0-9' < "$pf"; } 2>/dev/null) || return 1  # the pidfile may vanish meanwhile
   [ -n "$p" ] && [ "$(cat "/proc/$p/comm" 2>/dev/null)" = "$1" ] || return 1
+  [ "/proc/$p/root" -ef / ] || return 1  # same root directory (device and inode) as ours
   st=$(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null | cut -c1)
   case "$st" in Z|X|x|"") return 1 ;; esac
   echo "$p"
@@ -87,13 +99,15 @@ ctld_up() { scontrol ping 2>/dev/null | grep -q "is UP"; }
 dbd_up() { sacctmgr -n -P show cluster format=cluster >/dev/null 2>&1; }
 
 # Starting one daemon. The daemons fork themselves; every stdio is redirected so that a
-# caller that captures our output (subprocess with pipes) is never kept waiting.
+# caller that captures our output (subprocess with pipes) is never kept waiting, and they
+# start in / so that none keeps the caller's folder busy (chroot.sh unmounts the checkout
+# that the tests run from once they are done; the daemons keep running).
 start_munged() {
   pid_of munged >/dev/null && return 0
   install -d -o munge -g munge -m 0755 /run/munge
   log "starting munged"
-  runuser -u munge -- /usr/sbin/munged < /dev/null >> "$LOGDIR/munged.out" 2>&1 \
-    || runuser -u munge -- /usr/sbin/munged --force < /dev/null >> "$LOGDIR/munged.out" 2>&1 \
+  ( cd / && { runuser -u munge -- /usr/sbin/munged < /dev/null >> "$LOGDIR/munged.out" 2>&1 \
+      || runuser -u munge -- /usr/sbin/munged --force < /dev/null >> "$LOGDIR/munged.out" 2>&1; } ) \
     || return 1
 }
 
@@ -102,7 +116,7 @@ start_mariadbd() {
   install -d -o mysql -g mysql -m 0755 /run/mysqld
   [ -d /var/lib/mysql/mysql ] || mariadb-install-db --user=mysql --datadir=/var/lib/mysql >> "$LOGDIR/mariadbd.log" 2>&1
   log "starting mariadbd"
-  setsid -f /usr/sbin/mariadbd --user=mysql < /dev/null >> "$LOGDIR/mariadbd.log" 2>&1
+  ( cd / && setsid -f /usr/sbin/mariadbd --user=mysql < /dev/null >> "$LOGDIR/mariadbd.log" 2>&1 )
   mkdir -p "$MARKERS" && touch "$MARKERS/mariadbd.started"
   wait_until "${WAIT:-120}" "mariadbd answers" mariadb-admin ping
 }
@@ -110,7 +124,7 @@ start_mariadbd() {
 start_slurm_daemon() { # slurmdbd|slurmctld|slurmd
   pid_of "$1" >/dev/null && return 0
   log "starting $1"
-  "/usr/sbin/$1" < /dev/null >> "$LOGDIR/$1.out" 2>&1
+  ( cd / && exec "/usr/sbin/$1" < /dev/null >> "$LOGDIR/$1.out" 2>&1 )
 }
 
 # Start slurmdbd and wait until it answers.

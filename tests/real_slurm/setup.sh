@@ -24,6 +24,9 @@
 # Exit codes: 0 ready; 1 the cluster could not be set up (reason and daemon log tails on
 # stderr); 2 bad arguments; 3 refused: not root, or not Debian/Ubuntu with apt-get.
 #
+# Runs on Debian 12 (SLURM 22.05) and Debian 13 (SLURM 24.11), on the machine itself or in
+# a chroot beside another cluster (tests/real_slurm/chroot.sh runs it in one, on other ports).
+#
 # Settings (environment):
 #   AUTOEXP_SLURM_CPUS=8          CPUs the node advertises (more than the machine has:
 #                                 a 4-task array runs at once on 2 cores)
@@ -33,6 +36,13 @@
 #   AUTOEXP_SLURM_CGROUP=auto     auto|yes|no: proctrack/cgroup + task/cgroup (cgroup v1
 #                                 only; auto falls back when slurmd will not start)
 #   AUTOEXP_SLURM_WAIT=120        seconds to wait for each daemon and the node
+#   AUTOEXP_SLURM_CLUSTER=autoexp ClusterName
+#   AUTOEXP_SLURM_CTLD_PORT=6817, AUTOEXP_SLURM_SLURMD_PORT=6818, AUTOEXP_SLURM_DBD_PORT=6819,
+#   AUTOEXP_SLURM_DB_PORT=3306    the ports of slurmctld, slurmd, slurmdbd and MariaDB
+#   AUTOEXP_SLURM_LOGDIR=/var/log/slurm, AUTOEXP_SLURM_CTLD_SPOOL=/var/spool/slurmctld,
+#   AUTOEXP_SLURM_SLURMD_SPOOL=/var/spool/slurmd, AUTOEXP_SLURM_MARKERS=/var/lib/autoexp-real-slurm
+#                                 where logs, state and this script's markers live
+#   stop.sh and daemon.sh must be given the same settings.
 #
 # The companions: stop.sh (stop everything), daemon.sh (stop/start one daemon).
 set -uo pipefail
@@ -44,7 +54,7 @@ for a in "$@"; do
   case "$a" in
     --fresh) FRESH=1 ;;
     --quiet) QUIET=1 ;;
-    -h|--help) sed -n '2,37p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,48p' "$0"; exit 0 ;;
     *) echo "$PROG: unknown argument: $a (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -126,6 +136,11 @@ fi
 chown munge:munge /etc/munge/munge.key && chmod 0600 /etc/munge/munge.key
 
 # ------------------------------------------------------------------ configs
+# "slurm 22.05.8", "slurm 24.11.5": the daemons say so without a configuration (the
+# clients of 24.11 need one), so this works before the first slurm.conf is written
+VERSION=$(slurmctld -V 2>/dev/null | awk '{print $2; exit}')
+[ -n "$VERSION" ] || die "'slurmctld -V' printed no version"
+VMAJOR=${VERSION%%.*}
 # "NodeName=vm CPUs=2 Boards=1 SocketsPerBoard=1 CoresPerSocket=2 ThreadsPerCore=1 RealMemory=24105"
 HW=$(slurmd -C 2>/dev/null | head -n 1)
 HW_CPUS=$(sed -n 's/.* CPUs=\([0-9]*\).*/\1/p' <<<"$HW")
@@ -160,6 +175,8 @@ slurm_conf() {
 # Written by autoexp's tests/real_slurm/setup.sh: a one-node test cluster, tuned for speed.
 ClusterName=$CLUSTER
 SlurmctldHost=$HOST(127.0.0.1)
+SlurmctldPort=$CTLD_PORT
+SlurmdPort=$SLURMD_PORT
 SlurmUser=slurm
 AuthType=auth/munge
 MpiDefault=none
@@ -190,6 +207,7 @@ Waittime=0
 MailProg=/bin/true
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=localhost
+AccountingStoragePort=$DBD_PORT
 # sacct shows --comment (autoexp's tag) only with this flag
 AccountingStoreFlags=job_comment
 JobCompType=jobcomp/none
@@ -204,15 +222,37 @@ slurmdbd_conf() {
 # Written by autoexp's tests/real_slurm/setup.sh
 AuthType=auth/munge
 DbdHost=localhost
+DbdPort=$DBD_PORT
 SlurmUser=slurm
 LogFile=$LOGDIR/slurmdbd.log
 PidFile=/run/slurmdbd.pid
 StorageType=accounting_storage/mysql
 StorageHost=localhost
+StoragePort=$DB_PORT
 StorageUser=$DB_USER
 StoragePass=$DB_PASS
 StorageLoc=$DB_NAME
 EOF
+}
+
+# slurmd loads a cgroup plugin even with proctrack/linuxproc and task/none. Without a
+# cgroup.conf it autodetects one, and 24.11's slurmd then dies where no cgroup filesystem is
+# mounted (a chroot with a fresh sysfs): "No filesystem mounted on /sys/fs/cgroup". So the
+# plugin is always named: cgroup/v1 when the cgroup plugins are used, else "disabled" (new
+# in 24.05; 22.05 and 23.x do not know it, and 22.05 starts fine with cgroup/v1 there).
+cgroup_conf() {
+  if [ "$USE_CGROUP" = 1 ]; then
+    printf 'CgroupPlugin=cgroup/v1\nConstrainCores=no\nConstrainRAMSpace=yes\nConstrainSwapSpace=no\n'
+  elif [ "${VMAJOR:-0}" -ge 24 ] 2>/dev/null; then
+    printf 'CgroupPlugin=disabled\n'
+  else
+    printf 'CgroupPlugin=cgroup/v1\n'
+  fi
+}
+
+mariadb_cnf() {
+  printf '[mysqld]\nport=%s\nbind-address=127.0.0.1\ninnodb_buffer_pool_size=256M\ninnodb_log_file_size=64M\n' "$DB_PORT"
+  printf 'innodb_lock_wait_timeout=900\nmax_allowed_packet=16M\n[client]\nport=%s\n' "$DB_PORT"
 }
 
 # Replace the file only when the content differs; true when it was written.
@@ -231,11 +271,9 @@ write_if_changed() { # path mode owner  (content on stdin)
 SLURM_CHANGED=0; DBD_CHANGED=0; MARIADB_CHANGED=0
 write_config_files() {
   slurm_conf | write_if_changed "$SLURM_CONF" 644 root && SLURM_CHANGED=1
-  printf 'CgroupPlugin=cgroup/v1\nConstrainCores=no\nConstrainRAMSpace=yes\nConstrainSwapSpace=no\n' \
-    | write_if_changed "$CGROUP_CONF" 644 root && SLURM_CHANGED=1
+  cgroup_conf | write_if_changed "$CGROUP_CONF" 644 root && SLURM_CHANGED=1
   slurmdbd_conf | write_if_changed "$SLURMDBD_CONF" 600 slurm && DBD_CHANGED=1
-  printf '[mysqld]\ninnodb_buffer_pool_size=256M\ninnodb_log_file_size=64M\ninnodb_lock_wait_timeout=900\nmax_allowed_packet=16M\n' \
-    | write_if_changed "$MARIADB_CNF" 644 root && MARIADB_CHANGED=1
+  mariadb_cnf | write_if_changed "$MARIADB_CNF" 644 root && MARIADB_CHANGED=1
   return 0
 }
 write_config_files
@@ -248,10 +286,17 @@ if [ "$MARIADB_CHANGED" = 1 ] && [ -e "$MARKERS/mariadbd.started" ]; then
   stop_daemon mariadbd
 fi
 start_mariadbd || die "mariadbd did not start (see $LOGDIR/mariadbd.log)"
-mariadb -e "CREATE USER IF NOT EXISTS '$DB_USER'@'localhost' IDENTIFIED BY '$DB_PASS';
-            ALTER USER '$DB_USER'@'localhost' IDENTIFIED BY '$DB_PASS';
-            GRANT ALL ON \`$DB_NAME\`.* TO '$DB_USER'@'localhost';" \
-  || die "cannot create the database user $DB_USER for slurmdbd"
+
+# The accounting database and its user, made before every start of slurmdbd (also after
+# --fresh dropped the database): slurmdbd 24.11 with Debian 13's libmariadb 3.4 dies on
+# its first start when it has to create the database itself (it reconnects on the same
+# handle, whose next query fails with error 5027, then "fatal: _check_mysql_concat_is_sane").
+ensure_database() {
+  mariadb -e "CREATE DATABASE IF NOT EXISTS \`$DB_NAME\`;
+              CREATE USER IF NOT EXISTS '$DB_USER'@'localhost' IDENTIFIED BY '$DB_PASS';
+              ALTER USER '$DB_USER'@'localhost' IDENTIFIED BY '$DB_PASS';
+              GRANT ALL ON \`$DB_NAME\`.* TO '$DB_USER'@'localhost';"
+}
 
 # ------------------------------------------------------------------ slurmdbd, slurmctld, slurmd
 start_ctld_slurmd() {
@@ -266,6 +311,7 @@ start_ctld_slurmd() {
 
 start_slurm() {
   if [ "$DBD_CHANGED" = 1 ]; then stop_daemon slurmdbd; DBD_CHANGED=0; fi
+  ensure_database || die "cannot create the accounting database $DB_NAME and its user $DB_USER"
   start_dbd_and_wait || die "slurmdbd does not answer"
   if ! start_ctld_slurmd; then
     if [ "$USE_CGROUP" = 1 ] && [ "$CGROUP_MODE" = auto ]; then
@@ -306,6 +352,7 @@ wait_until "$WAIT" "sacct answers" sacct -n -X -j 1 || die "sacct does not answe
 
 pids=""
 for d in munged mariadbd slurmdbd slurmctld slurmd; do pids="$pids $d=$(pid_of "$d" || echo '?')"; done
-echo "real-slurm: READY slurm=$(sinfo -V | awk '{print $2}') cluster=$CLUSTER node=$HOST state=$(node_state)" \
+echo "real-slurm: READY slurm=$VERSION cluster=$CLUSTER node=$HOST state=$(node_state)" \
+     "ports=ctld:$CTLD_PORT,slurmd:$SLURMD_PORT,dbd:$DBD_PORT,mariadb:$DB_PORT" \
      "cpus=$CPUS mem=${MEM}M cgroup=$([ "$USE_CGROUP" = 1 ] && echo v1 || echo none)" \
      "min_job_age=$MIN_JOB_AGE message_timeout=$MSG_TIMEOUT$pids took=$(elapsed)s"

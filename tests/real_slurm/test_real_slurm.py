@@ -432,7 +432,7 @@ def test_setup_is_idempotent_and_refuses_non_root(slurm):
     confs = ("/etc/slurm/slurm.conf", "/etc/slurm/slurmdbd.conf", "/etc/slurm/cgroup.conf")
     before = (slurm.pids(daemons), [os.stat(c).st_mtime for c in confs])
     t0 = time.time()
-    res = run(["bash", slurm.setup_sh])
+    res = slurm.setup()
     took = time.time() - t0
     assert res.stdout.startswith("real-slurm: READY "), res.stdout
     assert (slurm.pids(daemons), [os.stat(c).st_mtime for c in confs]) == before, "a second setup.sh changed something"

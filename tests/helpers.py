@@ -63,12 +63,20 @@ class Capture(object):
         argv = shlex.split(self.command)
         return argv[argv.index("-o") + 1] if "-o" in argv else None
 
+    @property
+    def program(self):
+        """The SLURM command captured (after any `env VAR=value ...`)."""
+        argv = shlex.split(self.command)
+        while argv and (argv[0] == "env" or "=" in argv[0]):
+            argv.pop(0)
+        return argv[0] if argv else ""
+
     def client(self, user="u"):
         """A SlurmClient answered by this capture, reading it in the format it was taken with."""
         kw = {}
-        if self.command.startswith("squeue") and self.output_format:
+        if self.program == "squeue" and self.output_format:
             kw["squeue_format"] = self.output_format
-        elif self.command.startswith("sacct") and self.output_format:
+        elif self.program == "sacct" and self.output_format:
             kw["sacct_fields"] = self.output_format
         return autoexp.SlurmClient(runner=lambda argv, t, env: self.completed(), user=user, **kw)
 

@@ -14,19 +14,21 @@ pytestmark = pytest.mark.timeout(30)
 
 BOTH = ["22.05", "24.11"]
 # autoexp's sacct (tests/captures' by hand, captures-24.11's ax_* with autoexp's environment)
-AUTOEXP_SACCT = (r"sacct -X (?:-n -P|-P -n) -o JobID\\,JobIDRaw\\,JobName\\,State\\,ExitCode\\,Start\\,End\\,"
-                 r"Comment(?: |$)")
-AUTOEXP_SQUEUE = r"squeue -h -r -t all -u \S+ -o %i\\\|%A\\\|%T\\\|%r\\\|%j\\\|%k$"
+AUTOEXP_SACCT = (r"sacct -X (?:-n -P|-P -n) -o JobID\\,JobIDRaw\\,JobName\\,State\\,ExitCode\\,(?:Submit\\,)?Start\\,"
+                 r"End\\,Comment(?: |$)")
+AUTOEXP_SQUEUE = r"squeue -h -r -t all -u \S+ -o %i\\\|%A\\\|%T\\\|%r\\\|(?:%V\\\|)?%j\\\|%k$"
 LONG_SQUEUE = r"^squeue .*-o %i\\\|%j\\\|%T\\\|%r"  # the captures' own %i|%j|%T|%r|%M|%l|%N
 
 
 def client(cap, user="root"):
-    """A SlurmClient whose every command answers with this capture."""
-    return autoexp.SlurmClient(runner=lambda argv, timeout, env: cap.completed(), user=user)
+    """A SlurmClient whose every command answers with this capture, read in the format the
+    capture was taken with (autoexp's formats grew submit times since some were taken)."""
+    return cap.client(user)
 
 
 def acct(name, capset):
-    return dict((r.job_id, r) for r in autoexp.parse_sacct(Capture(name, capset).stdout))
+    cap = Capture(name, capset)
+    return dict((r.job_id, r) for r in autoexp.parse_sacct(cap.stdout, cap.output_format))
 
 
 def long_rows(name, capset):

@@ -3,26 +3,52 @@
 # .venv-test (pytest, pytest-timeout), builds autoexp.pyz, then runs the suite on the fake
 # SLURM and, after it, the real-SLURM tier (tests/real_slurm), which runs only with
 # AUTOEXP_REAL_SLURM=1 (root on Debian/Ubuntu: it installs and starts a real SLURM) and is
-# otherwise skipped with its reason. CI sets AUTOEXP_REAL_SLURM=1. Both parts run even when
-# the first fails (exit 1 then); each one's time goes to stderr.
+# otherwise skipped with its reason.
+#
+# AUTOEXP_CI=1 (what .ci/run sets, with AUTOEXP_REAL_SLURM=1) adds the other stages, so
+# that every change is checked against two SLURM generations and the newest Python:
+#  2. tests/real_slurm against the other SLURM generation, in a Debian chroot beside the
+#     first cluster, on other ports (tests/real_slurm/chroot.sh test);
+#  3. the fast suite again with every fake cluster playing SLURM 24.11
+#     (FAKE_SLURM_VERSION=24.11; tests/test_fake_slurm.py, byte for byte against 22.05's
+#     captures, is left out: tests/test_fake_slurm_generations.py covers 24.11's);
+#  4. the fast suite under CPython 3.14, in a Debian sid chroot (tests/pythons/sid.sh suite).
+# Every stage runs even when one before it failed (exit 1 at the end then); each is timed.
 # Arguments go to one pytest run over everything instead: `bash tests/run.sh -k resume -x`.
-set -euo pipefail
+set -uo pipefail
 cd "$(dirname "$0")/.."
 py="${PYTHON:-python3}"
 if [ ! -x .venv-test/bin/python ]; then
-    "$py" -m venv .venv-test
+    "$py" -m venv .venv-test || exit 1
 fi
-.venv-test/bin/python -m pip install -q --disable-pip-version-check -r tests/requirements.txt
-bash build_pyz.sh >/dev/null
+.venv-test/bin/python -m pip install -q --disable-pip-version-check -r tests/requirements.txt || exit 1
+bash build_pyz.sh >/dev/null || exit 1
 pytest=(.venv-test/bin/python -m pytest -p no:cacheprovider -ra --timeout=600)
 if [ $# -gt 0 ]; then
     exec "${pytest[@]}" tests "$@"
 fi
-rc=0
-t0=$SECONDS
-"${pytest[@]}" tests --ignore=tests/real_slurm || rc=1
-echo "tests/run.sh: fake-SLURM suite: $((SECONDS - t0))s" >&2
-t0=$SECONDS
-"${pytest[@]}" tests/real_slurm || rc=1
-echo "tests/run.sh: real-SLURM tier: $((SECONDS - t0))s" >&2
-exit $rc
+T0=$SECONDS
+results=()
+failed=0
+stage() { # name command...
+  local name=$1 t rc
+  shift
+  echo "=== tests/run.sh: $name" >&2
+  t=$SECONDS
+  "$@"
+  rc=$?
+  results+=("$(printf '%-62s %s %4ds' "$name" "$([ "$rc" = 0 ] && echo ok || echo "FAILED (exit $rc)")" $((SECONDS - t)))")
+  [ "$rc" = 0 ] || failed=1
+}
+stage "fake-SLURM suite" "${pytest[@]}" tests --ignore=tests/real_slurm
+stage "real tier on this machine's SLURM" "${pytest[@]}" tests/real_slurm
+if [ "${AUTOEXP_CI:-}" = 1 ]; then
+  stage "real tier on the other SLURM generation (Debian chroot)" bash tests/real_slurm/chroot.sh test
+  stage "fake-SLURM suite, the fake playing SLURM 24.11" env FAKE_SLURM_VERSION=24.11 \
+    "${pytest[@]}" tests --ignore=tests/real_slurm --ignore=tests/test_fake_slurm.py -m "not slow"
+  stage "fake-SLURM suite under CPython 3.14 (Debian sid chroot)" bash tests/pythons/sid.sh suite
+fi
+echo "=== tests/run.sh: summary" >&2
+printf '%s\n' "${results[@]}" >&2
+echo "total $((SECONDS - T0))s" >&2
+exit $failed

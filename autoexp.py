@@ -2109,6 +2109,18 @@ def shared_log_path(template, job_name, user):
     return resolve_log_path(template, "0", "0", job_name, user)
 
 
+def log_changed(att):
+    """Has the attempt's log changed size or inode since it was last read? One stat; an
+    unknown path or an unreadable log counts as changed (it is looked at, and says why)."""
+    if att.resolved_log_path is None:
+        return False
+    try:
+        st = os.stat(att.resolved_log_path)
+    except OSError as e:
+        return not (e.errno == errno.ENOENT and att.log_inode is None)
+    return st.st_size != att.log_size or st.st_ino != att.log_inode
+
+
 def log_end(path):
     """(size, inode, head) of a log as it is now, or None if it cannot be opened: where a new
     attempt writing to a shared log starts reading."""
@@ -3093,6 +3105,30 @@ def clock_skew(before, now, mono):
     return skew if abs(skew) > CLOCK_JUMP else 0.0
 
 
+def row_key(row):
+    """What of a squeue row can change: when it does, its job is looked at."""
+    if row is None:
+        return None
+    return (row.state, row.reason, row.raw_id, row.submit, row.comment)
+
+
+def steady_until(job, mon):
+    """When a job next needs to be looked at if nothing about it changes (its squeue row,
+    its log, the user): None, every cycle (something is under way: a submission, a restart,
+    a cancel, a lookup, a grace period), or a time (a RUNNING job's stall deadline), or
+    never (inf: a job SLURM runs or queues, or one that is done)."""
+    att = job.current
+    if job.status != ACTIVE:
+        return None if job.unresolved_intent() or any(a.live for a in job.attempts) else float("inf")
+    if (att is None or not att.live or att.outcome is not None or not att.job_id or att.missing_since is not None
+            or att.acct_wait_since is not None or att.cancel_requested_at is not None
+            or att.last_slurm_state not in ACTIVE_STATES or any(a.live for a in job.attempts[:-1])):
+        return None
+    if mon.inactivity_threshold_seconds and att.last_slurm_state == "RUNNING":
+        return att.facts().last_activity + mon.inactivity_threshold_seconds
+    return float("inf")
+
+
 def settling(s, now):
     """A job finalized on its termination string may still be RUNNING: keep watching it (no
     decisions) for a short while, so that its history ends with SLURM's final state."""
@@ -3793,6 +3829,7 @@ class Controller(object):
     injected; every decision is a call into the pure core, every side effect is here."""
 
     __slots__ = ("store", "slurm", "report", "clock", "mono", "sleep", "dry_run", "stop", "ticks", "cycle_mono",
+                 "due", "prev_rows",
                  "unknown_since", "unknown_failures", "sacct_down_since", "sacct_failed", "changes",
                  "json_changes", "name_sessions", "skipped_said")
 
@@ -3807,6 +3844,10 @@ class Controller(object):
         self.mono = mono or (time.monotonic if clock is time.time else clock)
         self.ticks = {}  # session id -> (wall, monotonic) when this process last looked
         self.cycle_mono = None
+        # What a cycle may skip (section 7's steady_until): per session, per job, when it next
+        # needs a look if nothing about it changes; and last cycle's squeue rows, to see what did.
+        self.due = {}
+        self.prev_rows = {}
         self.sleep = sleep
         self.dry_run = dry_run
         self.stop = stop or StopFlag()
@@ -3880,8 +3921,18 @@ class Controller(object):
                 "(first: %s)" % (len(skipped), skipped[0]))
         snap = Snapshot(rows)
         self.sacct_failed = False
+        work = []
         for s in sessions:
-            self.session_cycle(s, snap, now)
+            self._mind_the_clock(s, now)
+            todo = Todo()
+            for path, names in self.store.cancel_requests(s.session_id):
+                self.cancel_jobs(s, names, now, todo)
+                todo.requests_done.append(path)
+            work.append((s, todo, self._focus(s, snap, now)))
+        look = self._lookup(work, snap, now)
+        for s, todo, focus in work:
+            self.session_cycle(s, snap, look, focus, todo, now)
+        self.prev_rows = dict((row.job_id, row_key(row)) for row in rows)
         if self.sacct_down_since is not None and not self.sacct_failed:
             self.report.info("sacct answers again after %ds" % (self.clock() - self.sacct_down_since))
             self.sacct_down_since = None
@@ -3893,23 +3944,61 @@ class Controller(object):
             self.sacct_down_since = self.clock()
             self.report.warn("sacct did not answer (%s); the jobs it was asked about wait until it does" % error)
 
-    def session_cycle(self, s, snap, now):
-        self._mind_the_clock(s, now)
-        todo = Todo()
-        for path, names in self.store.cancel_requests(s.session_id):
-            self.cancel_jobs(s, names, now, todo)
-            todo.requests_done.append(path)
-        look = self._lookups(s, snap, now)
-        for job in s.jobs:
+    def session_cycle(self, s, snap, look, focus, todo, now):
+        """Step the jobs in focus (the others have not changed and have nothing due), then
+        write what changed and carry out what was decided."""
+        due = self.due.setdefault(s.session_id, {})
+        mon = s.monitoring
+        for job in focus:
             self._step(s, job, snap, look, now, todo)
+            due[job.name] = steady_until(job, mon)
             crash_point("between_jobs")
-        if s.monitoring.debug_sync:
+        if mon.debug_sync:
             for job in s.jobs:
                 self.report.result("debug %s %s: status=%s slurm=%s monitor=%s attempts=%d" % (
                     s.session_id, job.name, job.status, job.last_slurm_state, job.last_monitor_state,
                     len(job.attempts)))
         s.clock_ref = [now, self.cycle_mono, clock_identity()]  # written with the cycle's batch, if any
         self.commit(s, now, todo)
+
+    def _focus(self, s, snap, now):
+        """The jobs to step this cycle, in plan order: all of them the first time this process
+        sees the session; then those with something due (a job that is not steady is due
+        every cycle), whose squeue row changed, whose log changed size or inode (a stat, no
+        read), that the user just cancelled, or that a new SLURM job with their tag concerns."""
+        due = self.due.get(s.session_id)
+        if due is None:
+            return list(s.jobs)
+        prev = self.prev_rows
+        names = set(s.touched)
+        for job in s.jobs:
+            when = due.get(job.name)
+            if when is None or when <= now:
+                names.add(job.name)
+                continue
+            att = job.current
+            if att is None or not att.live or not att.job_id:
+                continue
+            if row_key(snap.by_id.get(att.job_id)) != prev.get(att.job_id) or log_changed(att):
+                names.add(job.name)
+        prefix = "autoexp:%s:" % s.session_id
+        array_tag = s.plan.array.tag if s.plan.array is not None else None
+        by_index = None
+        for tag, rows in snap.by_tag.items():
+            if not tag.startswith(prefix):
+                continue
+            for row in rows:
+                if row_key(row) == prev.get(row.job_id):
+                    continue
+                if tag == array_tag:
+                    if by_index is None:
+                        by_index = dict((j.index, j.name) for j in s.jobs)
+                    name = by_index.get(split_job_id(row.job_id)[1])
+                else:
+                    name = tag[len(prefix):]
+                if name is not None:
+                    names.add(name)
+        return [job for job in s.jobs if job.name in names]
 
     def _mind_the_clock(self, s, now):
         """Measure the wall clock against the monotonic one since this process (or, on this
@@ -3922,43 +4011,43 @@ class Controller(object):
         skew = clock_skew(before, now, self.cycle_mono)
         if skew:
             s.shift_timers(skew)
+            self.due.pop(s.session_id, None)  # every timer moved: every job is looked at again
             self.report.warn("the clock jumped %s by %ds (%s); stall, grace and backoff timers moved with it"
                              % ("forward" if skew > 0 else "back", abs(skew), s.session_id))
         self.ticks[s.session_id] = (now, self.cycle_mono)
 
     # -- observing -----------------------------------------------------------------
 
-    def _lookups(self, s, snap, now):
-        """At most one sacct by id (for tracked jobs squeue no longer lists) and one by name
-        (for intents and vanished jobs that may have a successor squeue cannot show)."""
+    def _lookup(self, work, snap, now):
+        """One sacct for every session of the cycle (in pieces only when its names would be
+        too long for one argument): by name, for the jobs in focus whose live attempt squeue
+        no longer lists or lists as ended (squeue knows no exit codes), whose submission is
+        in doubt or who have none yet, or whose attempt vanished (a successor squeue cannot
+        show). The rows answer both: an attempt's own record (by its id) and its successors."""
         look = Lookup()
-        gone = acct_targets(s.jobs, snap)
-        if gone:
-            since = sacct_since(min(a.intent_at or a.submitted_at or now for a in gone))
-            try:
-                look.acct = self.slurm.sacct(sorted(a.job_id for a in gone), since)
-            except SlurmUnavailable as e:
-                look.acct_ok, look.acct_error = False, str(e)
-                self._sacct_down(look.acct_error)
-        seekers = []
-        for job in s.jobs:
-            need = seeks_by_name(job, snap, look)
-            if need is None:
-                need = not self._candidates(s, job, snap, look)
-            if need:
-                seekers.append(job)
-        if seekers:
-            names = set()
-            for job in seekers:
+        names, since = set(), None
+        for s, _, focus in work:
+            array = s.plan.array
+            for job in focus:
+                gone = acct_targets([job], snap)
+                need = bool(gone) or seeks_by_name(job, snap, look)
+                if need is None:
+                    need = not self._candidates(s, job, snap, look)
+                if not need:
+                    continue
                 names.add(job.name)
-                if s.plan.array is not None:
-                    names.add(s.plan.array.name)
-            since = sacct_since(min(self._since(s, j) for j in seekers))
+                if array is not None:
+                    names.add(array.name)
+                earliest = min([a.intent_at or a.submitted_at or now for a in gone] + [self._since(s, job)])
+                since = earliest if since is None else min(since, earliest)
+        if names:
             try:
-                look.set_named(self.slurm.sacct_by_name(sorted(names), since))
+                look.set_named(self.slurm.sacct_by_name(sorted(names), sacct_since(since)))
+                look.acct = look.named_by_id
             except SlurmUnavailable as e:
-                look.named_ok, look.named_error = False, str(e)
-                self._sacct_down(look.named_error)
+                look.acct_ok = look.named_ok = False
+                look.acct_error = look.named_error = str(e)
+                self._sacct_down(str(e))
         return look
 
     @staticmethod
@@ -4269,6 +4358,7 @@ class Controller(object):
             if job.status != ACTIVE:
                 continue
             s.touch(job)
+            self.due.get(s.session_id, {}).pop(job.name, None)  # looked at next cycle, whatever it was
             att = job.current
             job.status, job.reason = CANCELLED, "cancelled by the user"
             job.last_monitor_state = CANCELLED

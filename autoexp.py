@@ -187,6 +187,7 @@ MAX_SECONDS = 30 * 86400.0   # any duration a user gives: backoffs, thresholds, 
 JOURNAL_TAIL_BYTES = 65536   # how much of the journal's end is read to find its last seq
 COMPACT_BYTES = 1 << 20      # batches appended before a new generation of job files is written
 LOAD_TRIES = 5               # times a reader racing a new generation reads again
+LOG_CHECKPOINT = 300.0       # seconds a job's log progress alone may wait to be written
 
 # Crash points of the test hook (SPEC 11), in the order a cycle reaches them.
 LOCK_TRIES = 5               # times a lock file deleted under our open is opened again
@@ -1962,7 +1963,7 @@ def log_head(f, size):
     return "%d:%s" % (len(data), hashlib.sha1(data).hexdigest()) if data else None
 
 
-def read_log(path, offset, inode, head=None, final=False, max_bytes=MAX_LOG_READ, overlap=0):
+def read_log(path, offset, inode, head=None, final=False, max_bytes=MAX_LOG_READ, overlap=0, check_head=True):
     """Read the complete lines added to a log since offset, at most max_bytes at a time.
 
     A line ends at a newline or a carriage return (a progress bar redraws itself with \r).
@@ -1972,7 +1973,9 @@ def read_log(path, offset, inode, head=None, final=False, max_bytes=MAX_LOG_READ
     `overlap` bytes before the last one ended, so a string of overlap + 1 bytes is found
     even across a cut. A file that shrank, has another inode or another beginning was
     truncated or replaced: it is read again from its start, once. A missing file is
-    simply empty; the size returned is what activity is measured by.
+    simply empty; the size returned is what activity is measured by. check_head false: the
+    first bytes are neither read nor compared (a log of one job only, whose truncation the
+    size shows), so the bytes read are the bytes appended.
     """
     try:
         f, st = open_log(path)
@@ -1987,13 +1990,13 @@ def read_log(path, offset, inode, head=None, final=False, max_bytes=MAX_LOG_READ
                 restarted = RESTART_REPLACED
             elif st.st_size < offset:
                 restarted = RESTART_TRUNCATED
-            elif head and offset:
+            elif check_head and head and offset:
                 n = int(head.split(":", 1)[0])
                 if st.st_size < n or log_head(f, n) != head:
                     restarted = RESTART_TRUNCATED
             if restarted:
                 offset = 0
-            if not head or restarted or int(head.split(":", 1)[0]) < LOG_HEAD_BYTES:
+            if check_head and (not head or restarted or int(head.split(":", 1)[0]) < LOG_HEAD_BYTES):
                 head = log_head(f, st.st_size) or head
             if st.st_size == offset:
                 return LogRead([], offset, st.st_ino, head, restarted, size=st.st_size)
@@ -2262,6 +2265,13 @@ ATTEMPT_TIMERS = ("intent_at", "running_since", "last_log_growth_at", "resumed_a
 JOB_TIMERS = ("next_submit_at", "last_updated")
 
 
+# What changes whenever a job's log grows, and only then: written with the job's next other
+# change, or at least every LOG_CHECKPOINT seconds (a training sweep's logs all grow every
+# cycle). A new process re-reads at most that much of a log; lines that matched are never
+# matched again (log_matches is written at once), and growth is seen again by the log's size.
+LOG_PROGRESS_FIELDS = ("log_offset", "log_size", "log_inode", "log_head", "last_log_growth_at")
+
+
 class Attempt(Record):
     """One SLURM submission of a logical job (or a SLURM job adopted for it)."""
 
@@ -2408,9 +2418,15 @@ class Job(Record):
             d["job_id"] = self.job_id  # derived: what a reader of the file wants first
         return d
 
-    def line(self):
-        """The job as one line of a snapshot or a batch (compact, keys sorted)."""
-        return json.dumps(self.to_dict(compact=True), sort_keys=True, separators=(",", ":"))
+    def line(self, volatile=True):
+        """The job as one line of a snapshot or a batch (compact, keys sorted); without the
+        fields that only follow its log's progress when volatile is false."""
+        d = self.to_dict(compact=True)
+        if not volatile:
+            for a in d["attempts"]:
+                for k in LOG_PROGRESS_FIELDS:
+                    a.pop(k, None)
+        return json.dumps(d, sort_keys=True, separators=(",", ":"))
 
     @classmethod
     def from_dict(cls, d):
@@ -2438,7 +2454,8 @@ class Session(Record):
     FIELDS = SESSION_FIELDS
     __slots__ = tuple(f.name for f in SESSION_FIELDS) + (
         "jobs", "path", "plan", "journal_seq", "_monitoring", "_policies", "_matcher", "_by_name",
-        "digests", "touched", "header_dirty", "persisted_seq", "snapshot_bytes", "delta_bytes", "unwritten")
+        "digests", "touched", "header_dirty", "persisted_seq", "snapshot_bytes", "delta_bytes", "unwritten",
+        "stable", "written_at")
 
     def __init__(self, path, jobs=(), **fields):
         Record.__init__(self, **fields)
@@ -2452,6 +2469,7 @@ class Session(Record):
         # What the files hold (section 8): the line each job was last written as (by its
         # hash), the jobs this process may have changed since, whether the header changed.
         self.digests, self.touched, self.header_dirty = {}, set(), False
+        self.stable, self.written_at = {}, {}  # per job: its line without log progress; when written
         self.persisted_seq, self.snapshot_bytes, self.delta_bytes = self.event_seq, 0, 0
         self.unwritten = None  # actions whose payload is not written yet (None: not looked for yet)
 
@@ -3380,7 +3398,16 @@ class StateStore(object):
     def _read_generation(self, s, path):
         """The jobs of a schema-2 session: its snapshot, then every complete batch."""
         snap, delta = self.gen_paths(s.session_id, s.generation)
-        jobs, digests = OrderedDict(), {}
+        jobs, digests, stable = OrderedDict(), {}, {}
+
+        def take(text):
+            d = loads_json(text)
+            job = Job.from_dict(d)
+            jobs[job.name], digests[job.name] = job, hash(text)
+            for a in d["attempts"]:
+                for k in LOG_PROGRESS_FIELDS:
+                    a.pop(k, None)
+            stable[job.name] = hash(json.dumps(d, sort_keys=True, separators=(",", ":")))
         try:
             f = open(snap, "rb")
         except (IOError, OSError) as e:
@@ -3391,9 +3418,7 @@ class StateStore(object):
             for line in f:
                 if not line.endswith(b"\n"):
                     raise StateError("%s ends in the middle of a line" % snap)
-                text = line[:-1].decode("utf-8")
-                job = Job.from_dict(loads_json(text))
-                jobs[job.name], digests[job.name] = job, hash(text)
+                take(line[:-1].decode("utf-8"))
             s.snapshot_bytes = f.tell()
         batch, size = s.batch, 0
         try:
@@ -3419,13 +3444,13 @@ class StateStore(object):
                         text = line[:-1].decode("utf-8")
                         if text.startswith('{"batch":'):
                             raise StateError("%s: batch %s has fewer jobs than it says" % (delta, rec["batch"]))
-                        job = Job.from_dict(loads_json(text))
-                        jobs[job.name], digests[job.name] = job, hash(text)
+                        take(text)
                     batch, size = batch + 1, f.tell()
         if self._generation_of(path) != s.generation:
             raise _GenerationMoved()  # compacted meanwhile: what was read may be behind
         s.jobs = sorted(jobs.values(), key=lambda j: j.index)
         s.batch, s.digests, s.delta_bytes, s.persisted_seq = batch, digests, size, s.event_seq
+        s.stable, s.written_at = stable, dict.fromkeys(jobs, s.updated_at)
 
     @staticmethod
     def _generation_of(path):
@@ -3435,11 +3460,12 @@ class StateStore(object):
         except (IOError, OSError, ValueError, UnicodeDecodeError, AttributeError):
             return None
 
-    def save(self, session, now):
+    def save(self, session, now, flush=False):
         """Write what changed: one batch of the jobs this process touched whose line is not
         what the files hold (nothing if none did, and no event is new), or, for a session
         never written as schema 2, with a new header, or whose batches outgrew half its
-        snapshot, a new generation. True if something was written."""
+        snapshot, a new generation. A job whose log progress alone changed waits for its
+        next other change, LOG_CHECKPOINT, or flush. True if something was written."""
         s = session
         self.check_lock(s)
         s.updated_at = now
@@ -3448,25 +3474,31 @@ class StateStore(object):
             return True
         if os.environ.get("AUTOEXP_PARANOID"):
             _check_untouched(s)
-        changed = []
+        changed, later = [], set()
         for job in sorted((s.job(n) for n in s.touched if s.job(n) is not None), key=lambda j: j.index):
             text = job.line()
             h = hash(text)
-            if s.digests.get(job.name) != h:
-                changed.append((job.name, text, h))
+            if s.digests.get(job.name) == h:
+                continue
+            stable = hash(job.line(volatile=False))
+            if (not flush and s.stable.get(job.name) == stable
+                    and now - s.written_at.get(job.name, float("-inf")) < LOG_CHECKPOINT):
+                later.add(job.name)  # only its log's progress: kept touched, written later
+                continue
+            changed.append((job.name, text, h, stable))
         if not changed and s.event_seq == s.persisted_seq:
-            s.touched.clear()
+            s.touched = later
             return False
         head = json.dumps(OrderedDict([("batch", s.batch + 1), ("jobs", len(changed)),
                                        ("session", s.batch_fields())]), sort_keys=True, separators=(",", ":"))
-        data = (head + "\n" + "".join(text + "\n" for _, text, _ in changed)).encode("utf-8")
+        data = (head + "\n" + "".join(c[1] + "\n" for c in changed)).encode("utf-8")
         self._append_batch(self.gen_paths(s.session_id, s.generation)[1], data, s.delta_bytes)
         s.batch += 1
         s.delta_bytes += len(data)
         s.persisted_seq = s.event_seq
-        for name, _, h in changed:
-            s.digests[name] = h
-        s.touched.clear()
+        for name, _, h, stable in changed:
+            s.digests[name], s.stable[name], s.written_at[name] = h, stable, now
+        s.touched = later
         if s.delta_bytes > max(compact_bytes(), s.snapshot_bytes // 2):
             self.write_generation(s)
         return True
@@ -3492,6 +3524,8 @@ class StateStore(object):
             s.generation = old
             raise
         s.digests = dict((job.name, hash(text)) for job, text in zip(s.jobs, lines))
+        s.stable = dict((job.name, hash(job.line(volatile=False))) for job in s.jobs)
+        s.written_at = dict((job.name, s.updated_at) for job in s.jobs)
         s.touched.clear()
         s.header_dirty = False
         s.snapshot_bytes, s.delta_bytes = len(data), 0
@@ -3876,13 +3910,23 @@ class Controller(object):
             ok = self.cycle(sessions)
             live = [s for s in sessions if s.active() or settling(s, self.clock())]
             if not live:
+                self.flush(sessions)
                 for s in sessions:
                     self.report.info("session %s done: %s" % (s.session_id, count_summary(s)))
                 return EXIT_OK
             if once:  # as reconcile: the pass failed if squeue or sacct did not answer
+                self.flush(sessions)
                 return EXIT_OK if ok and not self.sacct_failed else EXIT_FAILURE
             if self._pause(next_wait(live, ok, self.unknown_failures, interval)):
+                self.flush(sessions)
                 return EXIT_INTERRUPTED
+
+    def flush(self, sessions):
+        """Before the process ends: write what waited (the log progress of jobs nothing else
+        changed, LOG_PROGRESS_FIELDS), so the next process starts reading where this one stopped."""
+        if not self.dry_run:
+            for s in sessions:
+                self.store.save(s, self.clock(), flush=True)
 
     def _pause(self, seconds):
         end = self.mono() + seconds
@@ -4228,17 +4272,20 @@ class Controller(object):
             if att.resolved_log_path is None:
                 return True
         final = obs.source in ANSWERED and obs.state not in ACTIVE_STATES
+        if not final and not log_changed(att):
+            return True  # same size, same file: nothing to read, and it is not opened
         overlap = s.matcher.overlap
+        shared = self._shared_log(s, job, att)
         while True:
             read = read_log(att.resolved_log_path, att.log_offset, att.log_inode, att.log_head, final,
-                            overlap=overlap)
+                            overlap=overlap, check_head=shared)
             if not read.ok:
                 if read.error and att.log_error != read.error:
                     att.log_error = read.error
                     self._event(s, job, att, EV_LOG_UNREADABLE, now, detail=read.error)
                 return False
             att.log_error = None
-            if final and read.restarted and self._shared_log(s, job, att):
+            if final and read.restarted and shared:
                 # this attempt's job has ended; a log shared by every attempt that starts
                 # again now is another job's (a successor, a replacement): not this one's
                 return True
@@ -4785,6 +4832,7 @@ def _submit_and_say(rt, store, s, plan, names, array):
     controller.register(s, [plan.by_name[n] for n in names], array)
     store.save(s, rt.clock())  # registered: a monitor or reconcile submits them if this stops here
     answered = controller.cycle([s])
+    controller.flush([s])
     failed = 0
     width = max(len(n) for n in names)
     for n in names:
@@ -4907,6 +4955,7 @@ def cmd_reconcile(args, rt):
             if args.monitor_all:
                 register_untracked(controller, s, now)
         ok = controller.cycle(sessions.sessions) if sessions.sessions else True
+        controller.flush(sessions.sessions)
         if args.json:
             report.result(json.dumps({"ok": ok, "changes": controller.json_changes,
                                       "skipped": [sid for sid, _ in sessions.skipped]}, indent=2, sort_keys=True))

@@ -151,3 +151,48 @@ def test_a_shared_log_rewritten_by_another_job_is_not_this_attempts(tmp_path):
         h.cycle()
     att = h.job(A).attempts[0]
     assert att.outcome == "incomplete" and not att.success_seen
+
+
+class _Counting(object):
+    """A log file that counts the bytes autoexp reads from it."""
+
+    def __init__(self, f, tally):
+        self.f, self.tally = f, tally
+
+    def read(self, n=-1):
+        data = self.f.read(n)
+        self.tally[0] += len(data)
+        return data
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+
+def test_a_cycle_reads_what_was_appended_and_opens_no_unchanged_log(tmp_path, monkeypatch):
+    h = Harness(tmp_path, config(), names=[A])
+    h.slurm.set(h.live_id(A), "RUNNING")
+    h.cycle()
+    h.log(A, "x" * 5000 + "\n")
+    h.cycle()
+    opened, tally = [0], [0]
+    real = autoexp.open_log
+
+    def counting(path):
+        opened[0] += 1
+        f, st = real(path)
+        return _Counting(f, tally), st
+    monkeypatch.setattr(autoexp, "open_log", counting)
+    for _ in range(3):
+        h.cycle()  # nothing appended: the log is not even opened
+    assert opened == [0] and tally == [0]
+    for n in (10, 300, 4096):
+        h.log(A, "y" * (n - 1) + "\n")
+        before = tally[0]
+        h.cycle()
+        assert tally[0] - before == n  # exactly the bytes appended, not a byte of the start again

@@ -1553,11 +1553,19 @@ STATE_WORD_RE = re.compile(r"^[A-Z][A-Z_]*$")
 JOB_ID_RE = re.compile(r"^(\d+)(?:_(\d+|\[[0-9,\-:%]+\])|\+(\d+))?$")
 
 
+_STATE_WORDS = {}
+
+
 def normalize_state(text):
-    """'CANCELLED by 0' -> 'CANCELLED'; a word that is not a SLURM state raises ValueError."""
-    word = text.strip().split(" ", 1)[0].rstrip("+")
-    if not STATE_WORD_RE.match(word):
-        raise ValueError("%r is not a job state" % text)
+    """'CANCELLED by 0' -> 'CANCELLED'; a word that is not a SLURM state raises ValueError.
+    (Remembered: an answer holds a handful of distinct state texts, many times over.)"""
+    word = _STATE_WORDS.get(text)
+    if word is None:
+        word = text.strip().split(" ", 1)[0].rstrip("+")
+        if not STATE_WORD_RE.match(word):
+            raise ValueError("%r is not a job state" % text)
+        if len(_STATE_WORDS) < 1000:
+            _STATE_WORDS[text] = word
     return word
 
 
@@ -1579,6 +1587,8 @@ def parse_task_ranges(text):
 
 def expand_job_id(text):
     """A job id as squeue/sacct print it -> canonical ids: '12', '3_4', '3_[1-3]' -> 3_1 3_2 3_3."""
+    if text.isdigit():
+        return [text]  # most of them
     m = JOB_ID_RE.match(text.strip())
     if not m:
         raise ValueError("%r is not a job id" % text)
@@ -1619,8 +1629,8 @@ class AcctRow(NamedTuple):
     name: str
     state: str
     exit_code: str
-    start: Optional[float]
-    end: Optional[float]
+    start: object  # SLURM's Start as printed (or an epoch; None: unset): slurm_epoch() reads it
+    end: object
     comment: str
     submit: Optional[str] = None
 
@@ -1666,22 +1676,37 @@ def parse_squeue(text, fmt=SQUEUE_FORMAT, skipped=None):
     codes = re.findall(r"%(\w)", fmt)
     fixed = codes.index("j")
     at = dict((c, i) for i, c in enumerate(codes[:fixed]))
+    i_id, i_raw, i_state = at["i"], at["A"], at["T"]
+    i_reason, i_submit = at.get("r"), at.get("V")
+    width = fixed + 2
     rows = []
+    new = tuple.__new__
     for line in text.splitlines():
-        if not line.strip():
+        parts = line.split("|")
+        if len(parts) == width:  # the common case: name and comment without '|'
+            name, comment = parts[fixed], parts[fixed + 1]
+        elif not line.strip():
             continue
-        if line.startswith("CLUSTER: "):
-            raise ValueError("squeue printed cluster headers (%r): it answered for several clusters" % line[:80])
+        else:
+            if line.startswith("CLUSTER: "):
+                raise ValueError("squeue printed cluster headers (%r): it answered for several clusters" % line[:80])
+            try:
+                if len(parts) < width:
+                    raise ValueError("line %r has %d fields, expected %d" % (line[:120], len(parts), width))
+                name, comment = _split_free_fields(parts[fixed:], line)
+            except ValueError as e:
+                if "autoexp:" in line or skipped is None:
+                    raise
+                skipped.append(str(e))
+                continue
         try:
-            parts = line.split("|")
-            if len(parts) < fixed + 2:
-                raise ValueError("line %r has %d fields, expected %d" % (line[:120], len(parts), fixed + 2))
-            name, comment = _split_free_fields(parts[fixed:], line)
-            state = normalize_state(parts[at["T"]])
-            ids = expand_job_id(parts[at["i"]])
-            raw = parts[at["A"]].strip()
+            state = normalize_state(parts[i_state])
+            ids = expand_job_id(parts[i_id])
+            raw = parts[i_raw]
             if raw and not raw.isdigit():
-                raise ValueError("bad raw job id %r" % raw)
+                raw = raw.strip()
+                if raw and not raw.isdigit():
+                    raise ValueError("bad raw job id %r" % raw)
         except ValueError as e:
             if "autoexp:" in line or skipped is None:
                 raise
@@ -1689,11 +1714,14 @@ def parse_squeue(text, fmt=SQUEUE_FORMAT, skipped=None):
             continue
         if comment == "(null)":
             comment = ""
-        submit = parts[at["V"]].strip() if "V" in at else None
-        submit = None if submit in UNSET_TIMES else submit
-        reason = parts[at["r"]] if "r" in at else ""
-        for job_id in ids:
-            rows.append(QueueRow(job_id, raw if len(ids) == 1 else "", state, reason, name, comment, submit))
+        submit = parts[i_submit] if i_submit is not None else None
+        if submit in UNSET_TIMES:
+            submit = None
+        reason = parts[i_reason] if i_reason is not None else ""
+        if len(ids) == 1:
+            rows.append(new(QueueRow, (ids[0], raw, state, reason, name, comment, submit)))
+        else:
+            rows.extend(new(QueueRow, (job_id, "", state, reason, name, comment, submit)) for job_id in ids)
     return rows
 
 
@@ -1730,31 +1758,64 @@ def parse_sacct(text, fields=SACCT_FIELDS):
     """Parse `sacct -X -P -n -o FIELDS` (Comment last); step rows (12.batch) are skipped,
     pending array ranges expanded, and a malformed line raises ValueError. sacct is only
     ever asked about autoexp's own jobs (by id or by name), whose names hold no '|'; the
-    comment is last, so whatever it holds stays in it."""
+    comment is last, so whatever it holds stays in it. Start and End stay text until read
+    (AcctRow.start_time): most rows of an answer are never looked at."""
     _check_complete(text)
     names = fields.split(",")
     at = dict((n, i) for i, n in enumerate(names))
+    i_id, i_raw, i_name, i_state, i_exit = at["JobID"], at["JobIDRaw"], at["JobName"], at["State"], at["ExitCode"]
+    i_start, i_end, i_comment, i_submit = at["Start"], at["End"], at["Comment"], at.get("Submit")
+    last = len(names) - 1
     rows = []
+    new, states, unset = tuple.__new__, _STATE_WORDS, UNSET_TIMES
     for line in text.splitlines():
-        if not line.strip():
-            continue
-        parts = line.split("|", len(names) - 1)
-        if len(parts) < len(names):
+        parts = line.split("|", last)
+        if len(parts) <= last:
+            if not line.strip():
+                continue
             raise ValueError("line %r has %d fields, expected %d" % (line[:80], len(parts), len(names)))
-        if "." in parts[0]:
+        job_text = parts[i_id]
+        if "." in job_text:
             continue
-        state = normalize_state(parts[at["State"]])
-        ids = expand_job_id(parts[at["JobID"]])
-        raw = parts[at["JobIDRaw"]].strip()
+        state = states.get(parts[i_state]) or normalize_state(parts[i_state])
+        ids = [job_text] if job_text.isdigit() else expand_job_id(job_text)
+        raw = parts[i_raw]
         if not raw.isdigit():
-            raise ValueError("bad raw job id %r" % raw)
-        start, end = parse_slurm_time(parts[at["Start"]]), parse_slurm_time(parts[at["End"]])
-        submit = parts[at["Submit"]].strip() if "Submit" in at else None
-        submit = None if submit in UNSET_TIMES else submit
-        for job_id in ids:
-            rows.append(AcctRow(job_id, raw if len(ids) == 1 else "", parts[at["JobName"]], state,
-                                parts[at["ExitCode"]], start, end, parts[at["Comment"]], submit))
+            raw = raw.strip()
+            if not raw.isdigit():
+                raise ValueError("bad raw job id %r" % raw)
+        start, end = parts[i_start], parts[i_end]
+        if start in unset or len(start) != 19 or start[10] != "T":
+            start = _slurm_time_text(start)
+        if end in unset or len(end) != 19 or end[10] != "T":
+            end = _slurm_time_text(end)
+        submit = _slurm_time_text(parts[i_submit]) if i_submit is not None else None
+        name, exit_code, comment = parts[i_name], parts[i_exit], parts[i_comment]
+        if len(ids) == 1:
+            rows.append(new(AcctRow, (ids[0], raw, name, state, exit_code, start, end, comment, submit)))
+        else:
+            rows.extend(new(AcctRow, (job_id, "", name, state, exit_code, start, end, comment, submit))
+                        for job_id in ids)
     return rows
+
+
+def _slurm_time_text(text):
+    """A time as sacct prints it, checked for its shape (a malformed answer is caught here,
+    as when it was parsed whole), or None when unset."""
+    if text in UNSET_TIMES:
+        return None
+    if len(text) != 19 or text[10] != "T":
+        text = text.strip()
+        if text in UNSET_TIMES:
+            return None
+        if len(text) != 19 or text[10] != "T":
+            raise ValueError("%r is not a time like 2026-12-01T14:49:14" % text)
+    return text
+
+
+def slurm_epoch(value):
+    """AcctRow's start or end as an epoch: SLURM's text is parsed here, when it is used."""
+    return parse_slurm_time(value) if isinstance(value, str) else value
 
 
 def parse_sbatch_output(text):
@@ -2932,7 +2993,8 @@ def observe(row, arow, look, wait_since, now):
                 if now - wait_since < ACCOUNTING_GRACE:
                     return Observation(SRC_UNKNOWN, reason="ended; waiting for sacct's record of it"), wait_since
         obs = Observation(SRC_SQUEUE, row.state, row.reason, arow.exit_code if arow else "", row.raw_id,
-                          arow.start if arow else None, arow.end if arow else None, row.submit)
+                          slurm_epoch(arow.start) if arow else None, slurm_epoch(arow.end) if arow else None,
+                          row.submit)
     elif arow is None:
         if not (look.acct_ok and look.named_ok):
             return Observation(SRC_UNKNOWN, reason="sacct failed: %s" % (look.acct_error or look.named_error)), \
@@ -2942,10 +3004,10 @@ def observe(row, arow, look, wait_since, now):
         # squeue lists every job the controller holds; an active sacct row for a job it
         # does not list is accounting lagging behind: not lost, not ended either.
         return Observation(SRC_MISSING, arow.state, "sacct still says %s" % arow.state, arow.exit_code,
-                           arow.raw_id, arow.start, arow.end, arow.submit), wait_since
+                           arow.raw_id, slurm_epoch(arow.start), slurm_epoch(arow.end), arow.submit), wait_since
     else:
-        obs = Observation(SRC_SACCT, arow.state, "", arow.exit_code, arow.raw_id, arow.start, arow.end,
-                          arow.submit)
+        obs = Observation(SRC_SACCT, arow.state, "", arow.exit_code, arow.raw_id, slurm_epoch(arow.start),
+                          slurm_epoch(arow.end), arow.submit)
     if obs.state not in ACTIVE_STATES and obs.state not in TERMINAL_MODE:
         return Observation(SRC_UNKNOWN, reason="SLURM reports state %s, which autoexp does not know"
                            % obs.state), wait_since

@@ -1133,6 +1133,29 @@ class PlanJob(NamedTuple):
     sbatch_args: list  # the directives autoexp owns, given again on sbatch's command line
 
 
+class PlannedJob(object):
+    """A job of a loaded plan. What the manifest holds of every job that follows from its
+    name (script path, tag, the directives on sbatch's command line) is made again when it
+    is asked for, not kept: a sweep of 100,000 jobs would hold it 100,000 times."""
+
+    __slots__ = ("plan", "name", "index", "params", "log_template")
+
+    def __init__(self, plan, name, index, params, log_template):
+        self.plan, self.name, self.index, self.params, self.log_template = plan, name, index, params, log_template
+
+    @property
+    def script_path(self):
+        return os.path.join(self.plan.plan_dir, "jobs", self.name + ".sbatch")
+
+    @property
+    def tag(self):
+        return session_tag(self.plan.plan_id, self.name)
+
+    @property
+    def sbatch_args(self):
+        return owned_args(self.name, self.log_template, self.plan.with_error, self.tag, self.plan.workdir)
+
+
 class ArraySpec(NamedTuple):
     name: str
     script_path: str
@@ -1150,7 +1173,7 @@ class Plan(object):
     """A planned sweep as read back from its manifest: what a session submits and watches."""
 
     __slots__ = ("plan_id", "project", "manifest_path", "state_dir", "workdir", "config",
-                 "jobs", "by_name", "array", "array_error", "created_at")
+                 "jobs", "by_name", "array", "array_error", "created_at", "plan_dir", "with_error")
 
     def __init__(self, data, manifest_path):
         self.plan_id = data["plan_id"]
@@ -1160,7 +1183,15 @@ class Plan(object):
         self.workdir = data["workdir"]
         self.config = data["config"]
         self.created_at = data["created_at"]
-        self.jobs = [PlanJob(**j) for j in data["jobs"]]
+        self.plan_dir = os.path.dirname(os.path.abspath(manifest_path))
+        jobs = data["jobs"]
+        self.with_error = bool(jobs) and any(a.startswith("--error=") for a in jobs[0]["sbatch_args"])
+        self.jobs = []
+        for j in jobs:
+            job = PlannedJob(self, j["name"], j["index"], j["params"], j["log_template"])
+            if j["script_path"] != job.script_path or j["sbatch_args"] != job.sbatch_args:
+                job = PlanJob(**j)  # a manifest autoexp would not write today: kept as it says
+            self.jobs.append(job)
         self.by_name = dict((j.name, j) for j in self.jobs)
         a = data.get("array")
         self.array = ArraySpec(**dict(a, max_running=a.get("max_running"))) if a else None
@@ -1479,7 +1510,7 @@ def write_plan(manifest, scripts):
 def load_manifest(path):
     try:
         with open(path, "rb") as f:
-            data = loads_json(f.read().decode("utf-8"))
+            data = loads_json(f.read().decode("utf-8"), dict)
     except (IOError, OSError) as e:
         raise StateError("cannot read manifest %s: %s; run `autoexp plan CONFIG` first" % (path, e.strerror or e))
     except UnicodeEncodeError:
@@ -2276,6 +2307,12 @@ def _require(d, fields, where):
             raise ValueError("%s: %r is %s" % (where, f.name, _type_name(value)))
 
 
+# Fields whose values come from a small vocabulary (states, origins, events): each value is
+# kept once in memory however many jobs hold it.
+INTERNED_FIELDS = frozenset(("status", "origin", "submit_state", "last_slurm_state", "last_monitor_state",
+                             "last_event", "outcome", "exit_code", "log_mode"))
+
+
 class Record(object):
     """A state-file record whose FIELDS table is its one list of fields: slots, defaults,
     the JSON form and what a reader requires all follow from it."""
@@ -2286,7 +2323,11 @@ class Record(object):
     def __init__(self, **fields):
         for f in self.FIELDS:
             value = fields.pop(f.name, f.default)
-            setattr(self, f.name, list(value) if isinstance(value, tuple) else value)
+            if isinstance(value, tuple):
+                value = list(value)
+            elif f.name in INTERNED_FIELDS and isinstance(value, str):
+                value = sys.intern(value)  # "RUNNING", "submitted": one string, not one per job
+            setattr(self, f.name, value)
         if fields:
             raise TypeError("unknown %s fields: %s" % (type(self).__name__.lower(), ", ".join(fields)))
 
@@ -2639,24 +2680,38 @@ class Session(Record):
     def to_dict(self):
         """The header (schema 2): everything but the jobs."""
         d = Record.to_dict(self)
-        d["outbox"] = [_times_to_json(e) for e in self.outbox]
+        d["outbox"] = self.pending_events()
         return d
 
+    def pending_events(self):
+        """The outbox as written: the events the journal does not hold yet (those it holds
+        would only make every reader carry them)."""
+        done = self.journal_seq or 0
+        return [_times_to_json(e) for e in self.outbox if e["seq"] > done]
+
     def batch_fields(self):
-        return OrderedDict((k, [_times_to_json(e) for e in self.outbox] if k == "outbox"
+        return OrderedDict((k, self.pending_events() if k == "outbox"
                             else _to_json_value(k, getattr(self, k))) for k in BATCH_SESSION_FIELDS)
 
     def apply_batch_fields(self, d):
+        """A batch's session fields; its outbox is kept as read (settle_outbox converts it):
+        only the last batch's counts, and the journal may hold it already."""
         for k in BATCH_SESSION_FIELDS:
             if k in d:
-                v = d[k]
-                setattr(self, k, [_times_from_json(e) for e in v] if k == "outbox" else _from_json_value(k, v))
+                setattr(self, k, d[k] if k == "outbox" else _from_json_value(k, d[k]))
+
+    def settle_outbox(self, journaled):
+        """Keep of the outbox only the events the journal does not hold (seq > journaled):
+        those it does hold leave the outbox anyway; a writer that queued thousands of
+        events at once must not make every later reader carry them."""
+        self.outbox = [_times_from_json(e) if isinstance(e.get("time"), str) else e
+                       for e in self.outbox if e["seq"] > journaled]
 
     @classmethod
     def from_dict(cls, d, path, jobs=None):
         """A session from its header (schema 2, jobs given) or its whole document (schema 1)."""
         fields = cls.fields_from(d, "the session")
-        fields["outbox"] = [_times_from_json(e) for e in d.get("outbox", ())]
+        fields["outbox"] = list(d.get("outbox", ()))  # converted by settle_outbox
         if jobs is None:
             _require(d, (Field("jobs", None, (list,)),), "the session")
             jobs = [Job.from_dict(j) for j in d["jobs"]]
@@ -3446,6 +3501,8 @@ class StateStore(object):
         except (KeyError, TypeError, ValueError, AttributeError, re.error, ConfigError) as e:
             raise StateError("session file %s is incomplete (%s: %s); %s" % (path, type(e).__name__, e, hint))
         self._check_home(session, path, with_plan)
+        if version < 2:
+            session.settle_outbox(last_journal_seq(self.events_path(session)))
         if version >= 2:
             try:
                 self._read_generation(session, path)
@@ -3463,7 +3520,7 @@ class StateStore(object):
         jobs, digests, stable = OrderedDict(), {}, {}
 
         def take(text):
-            d = loads_json(text)
+            d = loads_json(text, dict)
             job = Job.from_dict(d)
             jobs[job.name], digests[job.name] = job, hash(text)
             for a in d["attempts"]:
@@ -3512,6 +3569,7 @@ class StateStore(object):
             raise _GenerationMoved()  # compacted meanwhile: what was read may be behind
         s.jobs = sorted(jobs.values(), key=lambda j: j.index)
         s.batch, s.digests, s.delta_bytes, s.persisted_seq = batch, digests, size, s.event_seq
+        s.settle_outbox(last_journal_seq(self.events_path(s)))
         s.stable, s.written_at = stable, dict.fromkeys(jobs, s.updated_at)
 
     @staticmethod

@@ -136,7 +136,7 @@ def test_3_a_short_append_to_the_journal_is_undone_and_said(tmp_path, monkeypatc
         h.cycle()
     assert journal in str(e.value) and "File too large" in str(e.value)
     assert open(journal, "rb").read() == before  # no torn line left behind
-    saved = json.load(open(h.session.path))
+    saved = load_state(h.state_dir, "p1")
     assert saved["outbox"], "the events that did not land stay in the state file"
     monkeypatch.setattr(A.os, "write", real_write)
     s = h.reload()

@@ -188,6 +188,7 @@ JOURNAL_TAIL_BYTES = 65536   # how much of the journal's end is read to find its
 COMPACT_BYTES = 1 << 20      # batches appended before a new generation of job files is written
 LOAD_TRIES = 5               # times a reader racing a new generation reads again
 LOG_CHECKPOINT = 300.0       # seconds a job's log progress alone may wait to be written
+HEADER_EVENTS_MAX = 100      # events a header may keep in its outbox once the journal has them
 
 # Crash points of the test hook (SPEC 11), in the order a cycle reaches them.
 LOCK_TRIES = 5               # times a lock file deleted under our open is opened again
@@ -2557,7 +2558,7 @@ class Session(Record):
     __slots__ = tuple(f.name for f in SESSION_FIELDS) + (
         "jobs", "path", "plan", "journal_seq", "_monitoring", "_policies", "_matcher", "_by_name",
         "digests", "touched", "header_dirty", "persisted_seq", "snapshot_bytes", "delta_bytes", "unwritten",
-        "stable", "written_at")
+        "stable", "written_at", "snapshot_batch", "header_events")
 
     def __init__(self, path, jobs=(), **fields):
         Record.__init__(self, **fields)
@@ -2572,6 +2573,7 @@ class Session(Record):
         # hash), the jobs this process may have changed since, whether the header changed.
         self.digests, self.touched, self.header_dirty = {}, set(), False
         self.stable, self.written_at = {}, {}  # per job: its line without log progress; when written
+        self.snapshot_batch, self.header_events = self.batch, 0  # what the header on disk says
         self.persisted_seq, self.snapshot_bytes, self.delta_bytes = self.event_seq, 0, 0
         self.unwritten = None  # actions whose payload is not written yet (None: not looked for yet)
 
@@ -3568,6 +3570,7 @@ class StateStore(object):
         if self._generation_of(path) != s.generation:
             raise _GenerationMoved()  # compacted meanwhile: what was read may be behind
         s.jobs = sorted(jobs.values(), key=lambda j: j.index)
+        s.snapshot_batch, s.header_events = s.batch, len(s.outbox)
         s.batch, s.digests, s.delta_bytes, s.persisted_seq = batch, digests, size, s.event_seq
         s.settle_outbox(last_journal_seq(self.events_path(s)))
         s.stable, s.written_at = stable, dict.fromkeys(jobs, s.updated_at)
@@ -3638,11 +3641,13 @@ class StateStore(object):
             pass
         s.generation = gen
         s.persisted_seq = s.event_seq
+        header = s.to_dict()
         try:
-            atomic_write(s.path, dump_json(s.to_dict()), crash_prefix="state")
+            atomic_write(s.path, dump_json(header), crash_prefix="state")
         except BaseException:
             s.generation = old
             raise
+        s.snapshot_batch, s.header_events = s.batch, len(header["outbox"])
         s.digests = dict((job.name, hash(text)) for job, text in zip(s.jobs, lines))
         s.stable = dict((job.name, hash(job.line(volatile=False))) for job in s.jobs)
         s.written_at = dict((job.name, s.updated_at) for job in s.jobs)
@@ -3840,6 +3845,21 @@ class StateStore(object):
             self.save(session, now)
         if self.sync_outputs(session):
             self.save(session, now)
+        if session.header_events > HEADER_EVENTS_MAX and session.generation and not session.pending_events():
+            self.rewrite_header(session)
+
+    def rewrite_header(self, s):
+        """The header again, its outbox empty: a header written while thousands of events
+        waited for the journal (a whole sweep submitted in one cycle) would make every later
+        reader parse them all. Same generation and snapshot batch: nothing else changes."""
+        current = s.batch
+        s.batch = s.snapshot_batch
+        try:
+            header = s.to_dict()
+        finally:
+            s.batch = current
+        atomic_write(s.path, dump_json(header), crash_prefix="state")
+        s.header_events = len(header["outbox"])
 
     def sync_outputs(self, session):
         """Append the outbox to the journal, write missing payloads; True if any payload was."""

@@ -187,7 +187,7 @@ MAX_SECONDS = 30 * 86400.0   # any duration a user gives: backoffs, thresholds, 
 JOURNAL_TAIL_BYTES = 65536   # how much of the journal's end is read to find its last seq
 COMPACT_BYTES = 1 << 20      # batches appended before a new generation of job files is written
 LOAD_TRIES = 5               # times a reader racing a new generation reads again
-LOG_CHECKPOINT = 300.0       # seconds a job's log progress alone may wait to be written
+LOG_CHECKPOINT = 900.0       # seconds a job's log progress alone may wait to be written
 HEADER_EVENTS_MAX = 100      # events a header may keep in its outbox once the journal has them
 
 # Crash points of the test hook (SPEC 11), in the order a cycle reaches them.

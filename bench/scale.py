@@ -14,7 +14,6 @@ installs submitit into bench/.venv-submitit, never a dependency of autoexp).
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -206,36 +205,227 @@ def measure(n, runs):
     return out
 
 
-def rss_child(n):
-    """Peak RSS of a process that loads a session of n jobs and runs idle cycles."""
-    code = ("import sys, json; sys.path.insert(0, %r); import scale, resource, tempfile, pathlib\n"
-            "with tempfile.TemporaryDirectory() as t:\n"
-            "    sw = scale.Sweep(pathlib.Path(t), %d)\n"
-            "    s = sw.store.load(sw.s.path)\n"
-            "    ctl = scale.autoexp.Controller(sw.store, sw.slurm, sw.ctl.report, clock=sw.clock, sleep=sw.clock.sleep)\n"
-            "    for _ in range(3):\n"
-            "        sw.clock.now += 60; ctl.cycle([s])\n"
-            "    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n" % (HERE, n))
-    out = subprocess.check_output([sys.executable, "-c", code]).decode().split()
-    return int(out[-1]) / 1024.0
+def rss_child(n, cycles=3):
+    """Peak RSS (VmHWM) of a fresh process that loads a session of n jobs written by
+    another one and follows it for a few idle cycles: what a monitor or a cron pass costs."""
+    tmp = tempfile.mkdtemp()
+    try:
+        sw = Sweep(Path(tmp), n)
+        sw.ctl.flush([sw.s])
+        code = ("import sys; sys.path.insert(0, %r); sys.path.insert(0, %r)\n"
+                "import autoexp, scale\n"
+                "def hwm():\n"
+                "    for line in open('/proc/self/status'):\n"
+                "        if line.startswith('VmHWM'): return int(line.split()[1]) / 1024.0\n"
+                "root = sys.argv[1]\n"
+                "store = autoexp.StateStore(root)\n"
+                "s = store.load(root + '/b1.json')\n"
+                "slurm = scale.StubSlurm(scale.Clock())\n"
+                "for j in s.jobs:\n"
+                "    a = j.current\n"
+                "    slurm.jobs[a.job_id] = [j.name, 'autoexp:b1:' + j.name, 'RUNNING', a.slurm_submit or 'x']\n"
+                "ctl = autoexp.Controller(store, slurm, autoexp.Reporter(0, scale._Null(), scale._Null()),\n"
+                "                         clock=slurm.clock, sleep=slurm.clock.sleep)\n"
+                "for _ in range(%d):\n"
+                "    slurm.clock.now += 60; ctl.cycle([s])\n"
+                "print(hwm())\n" % (ROOT, HERE, cycles))
+        out = subprocess.check_output([sys.executable, "-c", code, sw.store.root]).decode().split()
+        return float(out[-1])
+    finally:
+        subprocess.call(["rm", "-rf", tmp])
+
+
+def sacct_calls_for_sessions(sessions=5, per=200):
+    """SLURM calls of one cycle over several sessions whose jobs all left squeue."""
+    tmp = tempfile.mkdtemp()
+    try:
+        clock = Clock()
+        slurm = StubSlurm(clock)
+        sweeps = []
+        for k in range(sessions):
+            root = Path(tmp) / ("s%d" % k)
+            root.mkdir()
+            sw = Sweep.__new__(Sweep)
+            sw.root, sw.clock, sw.slurm = str(root), clock, slurm
+            cfg = os.path.join(sw.root, "cfg.json")
+            c = config(per)
+            c["project"] = "p%d" % k
+            with open(cfg, "w") as f:
+                json.dump(c, f)
+            resolved = autoexp.resolve_config(autoexp.load_config_file(cfg), cfg, [])
+            state = os.path.join(tmp, "state")
+            manifest, scripts = autoexp.build_plan(resolved, cfg, "b%d" % k, state, sw.root, clock())
+            store = autoexp.StateStore(state)
+            store.ensure()
+            plan = autoexp.load_manifest(autoexp.write_plan(manifest, scripts))
+            s = store.create_session(plan, clock())
+            ctl = autoexp.Controller(store, slurm, autoexp.Reporter(0, _Null(), _Null()), clock=clock,
+                                     sleep=clock.sleep)
+            ctl.register(s, plan.jobs, False)
+            ctl.cycle([s])
+            sweeps.append(s)
+        ctl = autoexp.Controller(store, slurm, autoexp.Reporter(0, _Null(), _Null()), clock=clock, sleep=clock.sleep)
+        ctl.cycle(sweeps)
+        for jid in slurm.jobs:
+            slurm.set(jid, "GONE")  # every job left squeue: each needs sacct
+        before = dict(slurm.calls)
+        clock.now += 60
+        ctl.cycle(sweeps)
+        return dict((k, slurm.calls[k] - before[k]) for k in before)
+    finally:
+        subprocess.call(["rm", "-rf", tmp])
+
+
+def log_bytes_read(n=200, cycles=3):
+    """Bytes read from logs per cycle while every log grows by one line, and while none does."""
+    tally = [0]
+    real = autoexp.open_log
+
+    class Counting(object):
+        def __init__(self, f):
+            self.f = f
+
+        def read(self, k=-1):
+            data = self.f.read(k)
+            tally[0] += len(data)
+            return data
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    def counting(path):
+        f, st = real(path)
+        return Counting(f), st
+    tmp = tempfile.mkdtemp()
+    try:
+        sw = Sweep(Path(tmp), n)
+        autoexp.open_log = counting
+        appended = read = 0
+        for i in range(cycles):
+            line = "step %d loss=0.25 lr=0.001\n" % (i + 1)
+            for job in sw.s.jobs:
+                sw.write_log(job, line)
+                appended += len(line)
+            before = tally[0]
+            sw.cycle()
+            read += tally[0] - before
+        before = tally[0]
+        sw.cycle()
+        idle = tally[0] - before
+        return appended, read, idle
+    finally:
+        autoexp.open_log = real
+        subprocess.call(["rm", "-rf", tmp])
+
+
+def parse_times(n, runs):
+    """Seconds to parse n sacct lines and n squeue lines, autoexp's parsers."""
+    import timeit
+    sacct, squeue = sample_lines(n)
+    return (min(timeit.repeat(lambda: autoexp.parse_sacct(sacct), number=1, repeat=runs)),
+            min(timeit.repeat(lambda: autoexp.parse_squeue(squeue), number=1, repeat=runs)))
+
+
+def sample_lines(n):
+    sacct = "".join("%d|%d|sweep-%05d|%s|0:0|2026-12-01T10:%02d:%02d|2026-12-01T11:%02d:%02d|"
+                    "2026-12-01T12:%02d:%02d|autoexp:plan-20261201:sweep-%05d\n" % (
+                        4000000 + i, 4000000 + i, i, "COMPLETED" if i % 3 else "RUNNING",
+                        (i // 60) % 60, i % 60, (i // 60) % 60, i % 60, (i // 60) % 60, i % 60, i) for i in range(n))
+    squeue = "".join("%d|%d|RUNNING|None|2026-12-01T10:00:00|sweep-%05d|autoexp:plan-20261201:sweep-%05d\n"
+                     % (4000000 + i, 4000000 + i, i, i) for i in range(n))
+    return sacct, squeue
+
+
+SUBMITIT_VENV = os.path.join(HERE, ".venv-submitit")
+
+
+def submitit_times(n, runs):
+    """submitit's read_info on the same lines (with the header line it expects), in its own venv."""
+    py = os.path.join(SUBMITIT_VENV, "bin", "python")
+    if not os.path.exists(py):
+        subprocess.check_call([sys.executable, "-m", "venv", SUBMITIT_VENV])
+        subprocess.check_call([py, "-m", "pip", "install", "-q", "submitit"])
+    sacct, squeue = sample_lines(n)
+    tmp = tempfile.mkdtemp()
+    try:
+        with open(os.path.join(tmp, "sacct"), "w") as f:
+            f.write(autoexp.SACCT_FIELDS.replace(",", "|") + "\n" + sacct)
+        with open(os.path.join(tmp, "squeue"), "w") as f:
+            f.write("JobID|JobIDRaw|State|Reason|Submit|JobName|Comment\n" + squeue)
+        code = ("import sys, timeit\nfrom submitit.slurm.slurm import SlurmInfoWatcher\nw = SlurmInfoWatcher()\n"
+                "for name in ('sacct', 'squeue'):\n"
+                "    text = open(sys.argv[1] + '/' + name).read()\n"
+                "    print(min(timeit.repeat(lambda: w.read_info(text), number=1, repeat=%d)))\n" % runs)
+        out = subprocess.check_output([py, "-c", code, tmp]).decode().split()
+        return float(out[0]), float(out[1])
+    finally:
+        subprocess.call(["rm", "-rf", tmp])
+
+
+def startup(runs, pyz):
+    """`python3 autoexp.pyz status` against a bare `python3 -c "import json, argparse"`."""
+    import statistics
+
+    def best(argv):
+        times = []
+        for _ in range(runs):
+            t = time.perf_counter()
+            subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            times.append(time.perf_counter() - t)
+        return min(times), statistics.median(times)
+    tmp = tempfile.mkdtemp()
+    try:
+        bare = best([sys.executable, "-c", "import json, argparse"])
+        best([sys.executable, pyz, "--version"])  # the compiled code cached once
+        status = best([sys.executable, pyz, "--state-dir", tmp, "status"])
+        return bare, status
+    finally:
+        subprocess.call(["rm", "-rf", tmp])
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--jobs", type=int, default=10000)
-    ap.add_argument("--big", type=int, default=0, help="also a sweep of this many jobs (100000: ~minutes)")
+    ap.add_argument("--big", type=int, default=0, help="also a sweep of this many jobs (100000: minutes)")
     ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--rss", action="store_true", help="peak RSS of a monitor process per size")
+    ap.add_argument("--no-rss", action="store_true", help="skip the peak RSS children")
+    ap.add_argument("--submitit", action="store_true", help="compare the parsers with submitit's (own venv)")
     args = ap.parse_args()
+    print("machine: %d cores, load %s; timings are the minimum of %d runs" % (
+        os.cpu_count() or 1, " ".join("%.2f" % x for x in os.getloadavg()), args.runs))
     for n in [args.jobs] + ([args.big] if args.big else []):
         t = time.time()
         res = measure(n, args.runs)
         print("%d jobs (%.0f s):" % (n, time.time() - t))
         for k, v in res.items():
-            print("  %-28s %s" % (k, ("%.1f" % v) if isinstance(v, float) else v))
-        if args.rss:
-            print("  %-28s %.1f MiB" % ("peak_rss", rss_child(n)))
+            print("  %-30s %s" % (k, ("%.1f" % v) if isinstance(v, float) else v))
+        if not args.no_rss:
+            print("  %-30s %.1f MiB" % ("monitor_peak_rss", rss_child(n)))
         sys.stdout.flush()
+    print("sacct calls of one cycle over 5 sessions whose 200 jobs each left squeue: %s"
+          % sacct_calls_for_sessions())
+    appended, read, idle = log_bytes_read()
+    print("log tails, 200 jobs, 3 cycles: %d bytes appended, %d read; a cycle with no growth read %d"
+          % (appended, read, idle))
+    ps, pq = parse_times(10000, args.runs)
+    line = "parse 10k lines: sacct %.1f ms, squeue %.1f ms" % (ps * 1000, pq * 1000)
+    if args.submitit:
+        ss, sq = submitit_times(10000, args.runs)
+        line += "; submitit read_info on the same: sacct %.1f ms (ratio %.2f), squeue %.1f ms (ratio %.2f)" % (
+            ss * 1000, ps / ss, sq * 1000, pq / sq)
+    print(line)
+    pyz = os.path.join(tempfile.mkdtemp(), "autoexp.pyz")
+    subprocess.check_call(["bash", os.path.join(ROOT, "build_pyz.sh"), pyz], stdout=subprocess.DEVNULL)
+    (bare, bare_med), (status, status_med) = startup(max(args.runs, 10), pyz)
+    print("start-up: python3 -c 'import json, argparse' %.1f ms; python3 autoexp.pyz status %.1f ms "
+          "(ratio %.2f; medians %.1f / %.1f)" % (bare * 1000, status * 1000, status / bare, bare_med * 1000,
+                                                status_med * 1000))
 
 
 if __name__ == "__main__":

@@ -186,6 +186,7 @@ MAX_ATTEMPTS = 1000          # a policy's max_attempts
 MAX_SECONDS = 30 * 86400.0   # any duration a user gives: backoffs, thresholds, grace periods
 JOURNAL_TAIL_BYTES = 65536   # how much of the journal's end is read to find its last seq
 COMPACT_BYTES = 1 << 20      # batches appended before a new generation of job files is written
+FSYNC_THREADS = 16           # threads making a new plan's scripts durable together
 LOAD_TRIES = 5               # times a reader racing a new generation reads again
 LOG_CHECKPOINT = 900.0       # seconds a job's log progress alone may wait to be written
 HEADER_EVENTS_MAX = 100      # events a header may keep in its outbox once the journal has them
@@ -373,6 +374,49 @@ def atomic_write(path, data, mode=0o600, crash_prefix=None):
         fsync_dir(folder)
     except OSError as e:
         raise StateWriteError("cannot sync folder %s: %s" % (folder, e.strerror or e))
+
+
+def write_new_files(files, mode):
+    """Write new files (path, bytes) in a folder nobody else writes (a claimed plan's), then
+    make them durable together: written first, fsynced afterwards from a few threads, so the
+    filesystem commits them in a handful of journal transactions instead of one per file
+    (10,000 scripts: seconds instead of minutes on NFS). No temporary file is needed: what
+    says a plan is complete is its manifest, written atomically after them."""
+    folders = set()
+    for path, data in files:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+            try:
+                write_all(fd, data)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            raise StateWriteError("cannot write %s: %s" % (path, e.strerror or e))
+        folders.add(os.path.dirname(os.path.abspath(path)))
+
+    def sync(path):
+        try:
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            return "cannot write %s: %s" % (path, e.strerror or e)
+    paths = [p for p, _ in files]
+    if len(paths) > 8:
+        from concurrent.futures import ThreadPoolExecutor
+        with ThreadPoolExecutor(FSYNC_THREADS) as pool:
+            errors = [e for e in pool.map(sync, paths) if e]
+    else:
+        errors = [e for e in map(sync, paths) if e]
+    if errors:
+        raise StateWriteError(errors[0])
+    for folder in sorted(folders):
+        try:
+            fsync_dir(folder)
+        except OSError as e:
+            raise StateWriteError("cannot sync folder %s: %s" % (folder, e.strerror or e))
 
 
 def _no_constant(name):
@@ -1501,8 +1545,7 @@ def write_plan(manifest, scripts):
     make_private_dir(state_dir)
     root = os.path.join(state_dir, "plans", manifest["plan_id"])
     make_private_dir(os.path.join(root, "jobs"))
-    for path, data in encoded:
-        atomic_write(path, data, mode=0o700)
+    write_new_files(encoded, 0o700)
     path = os.path.join(root, "manifest.json")
     atomic_write(path, dump_json(manifest))
     return path

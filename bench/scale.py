@@ -324,6 +324,37 @@ def log_bytes_read(n=200, cycles=3):
         subprocess.call(["rm", "-rf", tmp])
 
 
+def rebuild_seconds(n):
+    """CPU seconds to rebuild a session of n running jobs from SLURM (the state moved aside,
+    `monitor --monitor-all`): every job registered again and adopted by its tag in one cycle."""
+    tmp = tempfile.mkdtemp()
+    try:
+        clock = Clock()
+        slurm = StubSlurm(clock)
+        cfg = os.path.join(tmp, "cfg.json")
+        with open(cfg, "w") as f:
+            json.dump(config(n), f)
+        resolved = autoexp.resolve_config(autoexp.load_config_file(cfg), cfg, [])
+        state = os.path.join(tmp, "state")
+        manifest, scripts = autoexp.build_plan(resolved, cfg, "b1", state, tmp, clock())
+        plan = autoexp.load_manifest(autoexp.write_plan(manifest, scripts))
+        for i, job in enumerate(plan.jobs):
+            slurm.jobs[str(5000 + i)] = [job.name, "autoexp:b1:" + job.name, "RUNNING", autoexp.local_time(clock())]
+        store = autoexp.StateStore(state)
+        store.ensure()
+        s = store.create_session(plan, clock())
+        ctl = autoexp.Controller(store, slurm, autoexp.Reporter(0, _Null(), _Null()), clock=clock, sleep=clock.sleep)
+        c0 = time.process_time()
+        ctl.register(s, plan.jobs, False)
+        clock.now += 60
+        ctl.cycle([s])
+        took = time.process_time() - c0
+        assert slurm.calls["sbatch"] == 0 and all(j.current.job_id for j in s.jobs)
+        return took
+    finally:
+        subprocess.call(["rm", "-rf", tmp])
+
+
 def parse_times(n, runs):
     """Seconds to parse n sacct lines and n squeue lines, autoexp's parsers."""
     import timeit
@@ -413,6 +444,8 @@ def main():
     appended, read, idle = log_bytes_read()
     print("log tails, 200 jobs, 3 cycles: %d bytes appended, %d read; a cycle with no growth read %d"
           % (appended, read, idle))
+    print("rebuild from SLURM (every job adopted by tag): %s" % ", ".join(
+        "%d jobs %.2f s" % (k, rebuild_seconds(k)) for k in (4000, 8000, 16000)))
     ps, pq = parse_times(10000, args.runs)
     line = "parse 10k lines: sacct %.1f ms, squeue %.1f ms" % (ps * 1000, pq * 1000)
     if args.submitit:

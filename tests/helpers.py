@@ -1,7 +1,8 @@
 """Shared test helpers, imported by test modules and conftest.py (never the other way round):
 real SLURM captures, a model of sbatch's directive parser, a fake clock, a scripted SLURM and
-the Harness for in-process controller tests (with their config and job names), and the way
-to run the CLI against the fake SLURM (run_cli, Project)."""
+the Harness for in-process controller tests (with their configs and job names), a config
+resolved or refused as `plan` would, and the way to run the CLI against the fake SLURM
+(run_cli, Project)."""
 
 import json
 import os
@@ -504,6 +505,43 @@ def run_main(h, argv, monkeypatch, capsys):
     """The CLI in-process, against the harness's scripted SLURM, clock and state folder."""
     code = autoexp.main(["--state-dir", h.state_dir] + argv, slurm=h.slurm, clock=h.clock, sleep=h.clock.sleep)
     return code, capsys.readouterr()
+
+
+def timeout_stall_config(**monitoring):
+    """controller_config's sweep restarting only on timeout (3 attempts) and stall (2): a
+    crash or a node failure takes its default policy. monitoring: keys to add or override."""
+    mon = {"interval_seconds": 10, "termination_string": "TRAINING FINISHED", "lost_after_seconds": 60}
+    mon.update(monitoring)
+    return {
+        "project": "demo",
+        "sweep": {"seed": [1, 2]},
+        "job": {"name": "{project}-s{seed}", "command": "echo {seed}", "log": "logs/{name}-%j.log"},
+        "monitoring": mon,
+        "restart": {"timeout": {"action": "restart", "max_attempts": 3},
+                    "stall": {"action": "restart", "max_attempts": 2}},
+    }
+
+
+def resolve(cfg, overrides=()):
+    """A config as `plan` resolves it (from a copy: cfg is left as it was); overrides: -o's."""
+    return autoexp.resolve_config(json.loads(json.dumps(cfg)), "cfg.json", list(overrides))
+
+
+def refused(cfg, *words, **kw):
+    """Resolving cfg (with overrides=[...] if given) raises a ConfigError whose text has every
+    one of words; returns that text."""
+    import pytest  # here: bench/ imports this module where pytest may be missing
+    with pytest.raises(autoexp.ConfigError) as e:
+        resolve(cfg, kw.get("overrides", ()))
+    for w in words:
+        assert w in str(e.value), str(e.value)
+    return str(e.value)
+
+
+def running(h, name):
+    """The job's live attempt is RUNNING, and a cycle has seen it."""
+    h.slurm.set(h.live_id(name), "RUNNING")
+    h.cycle()
 
 
 class _Sink(object):

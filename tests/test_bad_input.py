@@ -1,6 +1,7 @@
 """Bad input, table-driven: every case exits 2 with one "Error: ..." line that names the
 problem (file, key or line), never a traceback, and leaves every existing state file as it
-was."""
+was. In-process: a config or a state file of JSON nested too deeply is an error, not a
+traceback (a broken state file is one broken session, the others are shown)."""
 
 import copy
 import hashlib
@@ -10,7 +11,8 @@ import shutil
 
 import pytest
 
-from helpers import Project, fake_slurm, load_state, run_cli, write_config, write_state_doc
+from helpers import (A, Harness, Project, _Sink, autoexp, fake_slurm, load_state, run_cli, timeout_stall_config,
+                     write_config, write_state_doc)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -296,3 +298,25 @@ def test_bad_input(base, tmp_path, name, setup, expected):
 
 def test_there_are_at_least_30_cases():
     assert len(CASES) >= 30
+
+
+# --- JSON nested too deeply to parse, in-process --------------------------------------
+
+
+def test_a_deeply_nested_config_is_an_error_not_a_traceback(tmp_path):
+    path = str(tmp_path / "c.json")
+    with open(path, "w") as f:
+        f.write('{"project": "p", "x": ' + "[" * 100000 + "]" * 100000 + "}")
+    err = []
+    assert autoexp.main(["plan", path], err=_Sink(err)) == autoexp.EXIT_USAGE
+    assert "nested too deeply" in "".join(err) and "Traceback" not in "".join(err)
+
+
+def test_a_deeply_nested_state_file_is_one_broken_session(tmp_path):
+    h = Harness(tmp_path, timeout_stall_config(), names=[A])
+    with open(os.path.join(h.state_dir, "zz.json"), "w") as f:
+        f.write("[" * 100000 + "]" * 100000)
+    out, err = [], []
+    code = autoexp.main(["--state-dir", h.state_dir, "status"], out=_Sink(out), err=_Sink(err))
+    assert code == autoexp.EXIT_USAGE and "zz.json" in "".join(err) and "nested too deeply" in "".join(err)
+    assert "session p1" in "".join(out)

@@ -2,13 +2,19 @@
 the job ended, truncated or replaced files read again from their start, bounded memory),
 log paths resolved from SLURM's %-patterns, the log-event matcher, and, in the controller
 with a scripted SLURM, logs shared by all attempts, an ended job read to the end of its log,
-and a shared log truncated by the next attempt."""
+and a shared log truncated by the next attempt. Log-event patterns that could take
+exponential time, and termination strings with a line break, are refused; lines that are not
+plain are read as they are meant: a progress bar redrawn with carriage returns, a
+termination string cut by a read boundary inside a huge line, a log rotated between
+cycles, a FIFO at the log's path."""
 
 import os
+import time
 
 import pytest
 
-from helpers import A, Harness, autoexp, controller_config as config, monitoring
+from helpers import (A, Harness, autoexp, controller_config as config, monitoring, read_events, refused, resolve,
+                     running, timeout_stall_config)
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -196,3 +202,118 @@ def test_a_cycle_reads_what_was_appended_and_opens_no_unchanged_log(tmp_path, mo
         before = tally[0]
         h.cycle()
         assert tally[0] - before == n  # exactly the bytes appended, not a byte of the start again
+
+
+# --- log-event patterns and termination strings that could never work ------------------
+
+
+@pytest.mark.parametrize("pattern", ["(a+)+$", "(a*)*b", "(a|a)*$", "(x+x+)+y", "(\\w+\\s?)+$"])
+def test_log_event_patterns_with_nested_repetition_are_refused(pattern):
+    cfg = timeout_stall_config(log_events=[{"name": "bad", "pattern": pattern, "mode": "crash"}])
+    refused(cfg, "monitoring.log_events[0].pattern", "exponential")
+
+
+@pytest.mark.parametrize("pattern", ["CUDA out of memory", "NCCL (error|WARN)", "loss=nan", "a+b", "^step \\d+",
+                                     "x{2,5}y", "(foo)+"])
+def test_ordinary_log_event_patterns_are_accepted(pattern):
+    resolve(timeout_stall_config(log_events=[{"name": "ok", "pattern": pattern, "mode": "crash"}]))
+
+
+@pytest.mark.timeout(20)
+def test_a_quadratic_log_event_pattern_on_a_huge_line_returns(tmp_path):
+    # matching is bounded: a pattern that is slow on a long line (not a refused one) returns
+    mon = autoexp.make_monitoring(autoexp.validate_monitoring(
+        {"log_events": [{"name": "q", "pattern": "a*b", "mode": "crash"}]}, autoexp._Checker("t")))
+    t = time.time()
+    assert autoexp.LogMatcher(mon).scan(["a" * (4 << 20)]) == []
+    assert time.time() - t < 10
+
+
+@pytest.mark.parametrize("term", ["DONE\n", "line one\nline two", "A\rB"])
+def test_a_termination_string_with_a_line_break_is_refused(term):
+    # lines are matched one by one: such a string could never match
+    refused(timeout_stall_config(termination_string=term), "termination_string", "line break")
+
+
+# --- lines that are not plain: progress bars, huge lines, rotated logs, a FIFO -----------
+
+
+def test_a_progress_bar_without_newlines_is_not_a_stall(tmp_path):
+    h = Harness(tmp_path, timeout_stall_config(inactivity_threshold_seconds=30), names=[A])
+    running(h, A)
+    jid = h.live_id(A)
+    for pct in range(0, 100, 5):
+        h.log(A, "\rEpoch 1: %3d%%|%s| %d/100" % (pct, "#" * (pct // 5), pct))
+        h.cycle(advance=20)
+    att = h.job(A).current
+    assert att.job_id == jid and att.outcome is None and att.live
+    assert ("scancel", jid) not in h.slurm.calls
+    assert h.job(A).status == "active"
+
+
+def test_a_line_split_by_carriage_returns_is_matched_once_it_is_complete(tmp_path):
+    h = Harness(tmp_path, timeout_stall_config(), names=[A])
+    running(h, A)
+    h.log(A, "\r 99%|####|\rTRAINING FINISHED\r")
+    h.slurm.set(h.live_id(A), "COMPLETED")
+    h.cycle()
+    assert h.job(A).status == "finalized" and h.job(A).current.outcome == "success"
+
+
+def test_the_termination_string_across_a_piece_boundary(tmp_path):
+    # a termination string cut by a read boundary inside a huge line is found
+    path = str(tmp_path / "log")
+    term = "TRAINING FINISHED"
+    with open(path, "w") as f:
+        f.write("x" * (100 - 5) + term + "y" * 300)  # one line, no newline, cut at 100 bytes
+    mon = autoexp.make_monitoring(autoexp.validate_monitoring({"termination_string": term}, autoexp._Checker("t")))
+    matcher, offset, hits = autoexp.LogMatcher(mon), 0, []
+    for _ in range(20):
+        read = autoexp.read_log(path, offset, None, final=False, max_bytes=100, overlap=matcher.overlap)
+        hits += matcher.scan(read.lines)
+        if read.offset == offset:
+            break
+        offset = read.offset
+    assert [h.event for h in hits][:1] == ["success"]
+
+
+def test_the_termination_string_across_a_piece_boundary_in_a_real_four_mib_line(tmp_path):
+    h = Harness(tmp_path, timeout_stall_config(), names=[A])
+    running(h, A)
+    h.log(A, "x" * (autoexp.MAX_LOG_READ - 6) + "TRAINING FINISHED" + "y" * 10)
+    h.slurm.set(h.live_id(A), "COMPLETED")
+    h.cycle()
+    assert h.job(A).current.outcome == "success" and h.job(A).status == "finalized"
+
+
+def test_a_log_rotated_between_cycles_is_read_to_its_end(tmp_path):
+    h = Harness(tmp_path, timeout_stall_config(), names=[A])
+    running(h, A)
+    path = h.log(A, "step 1\n")
+    h.cycle()
+    with open(path, "a") as f:
+        f.write("step 2\nTRAINING FINISHED\n")
+    os.rename(path, path + ".1")  # logrotate, between two cycles
+    with open(path, "w") as f:
+        f.write("fresh log\n")
+    h.cycle()
+    assert h.job(A).current.success_seen
+    h.slurm.set(h.live_id(A), "COMPLETED")
+    h.cycle()
+    assert h.job(A).status == "finalized"
+
+
+@pytest.mark.timeout(20)
+def test_a_fifo_at_the_log_path_is_refused_not_waited_on(tmp_path):
+    # nor another file that is not a regular one: reading it never blocks
+    h = Harness(tmp_path, timeout_stall_config(inactivity_threshold_seconds=30), names=[A])
+    jid = h.live_id(A)
+    path = autoexp.resolve_log_path(h.plan.by_name[A].log_template, jid, jid, A, h.slurm.user)
+    os.mkfifo(path)
+    h.slurm.set(jid, "RUNNING")
+    h.cycle()
+    h.cycle(advance=60)
+    att = h.job(A).current
+    assert "not a regular file" in (att.log_error or "")
+    assert [e["event"] for e in read_events(h.state_dir, "p1")].count("log_unreadable") == 1
+    assert att.outcome is None  # an unreadable log is no evidence of a stall

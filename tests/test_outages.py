@@ -1,13 +1,14 @@
 """When SLURM does not answer or does not know, in the controller with a fake clock and a
 scripted SLURM: a failed or unparsable squeue or sacct is UNKNOWN and changes nothing (said
-once, with a capped backoff, exit 1 from reconcile), an unknown state word is no end, a job
-gone from squeue is read from sacct, lost only after the grace period (and never while sacct
-calls it running or cannot be asked), and an end seen in squeue waits for sacct's record,
-through an outage or a short accounting lag (timings real SLURM showed)."""
+once, with a capped backoff, exit 1 from reconcile) while an unreadable line of someone
+else's job is only skipped and said, an unknown state word is no end, a job gone from squeue
+is read from sacct, lost only after the grace period (and never while sacct calls it running
+or cannot be asked), and an end seen in squeue waits for sacct's record, through an outage
+or a short accounting lag (timings real SLURM showed)."""
 
 import pytest
 
-from helpers import A, B, Harness, autoexp, controller_config as config, run_main
+from helpers import A, B, Harness, autoexp, controller_config as config, run_main, timeout_stall_config
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -62,6 +63,45 @@ def test_squeue_with_cluster_headers_is_unknown(tmp_path):
     h.slurm.squeue = lambda: autoexp.SlurmClient(
         runner=lambda a, t, e: autoexp.Completed(a, 0, text, "", False), user="u").squeue()
     assert h.cycle() is False
+
+
+def test_an_squeue_answer_with_a_column_not_asked_for_decides_nothing(tmp_path):
+    # an squeue answer with fields autoexp did not ask for is UNKNOWN (test_parsers): the cycle
+    # decides nothing then
+    h = Harness(tmp_path, timeout_stall_config(), names=[A])
+    jid = h.live_id(A)
+    text = "%s|%s|RUNNING|None|2026-12-01T10:00:00|%s|autoexp:p1:%s|x\n" % (jid, jid, A, A)
+    h.slurm.squeue = lambda: autoexp.SlurmClient(runner=lambda a, t, e: autoexp.Completed(a, 0, text, "", False),
+                                                 user="u").squeue()
+    assert h.cycle() is False and h.slurm.count("sbatch") == 1
+
+
+class _WithSkipped(object):
+    """A scripted SLURM whose squeue is a real client's (so `skipped` is its)."""
+
+    def __init__(self, slurm, client):
+        self._slurm, self._client = slurm, client
+
+    def __getattr__(self, name):
+        if name == "skipped":
+            return self._client.skipped
+        return getattr(self._slurm, name)
+
+
+def test_a_foreign_squeue_line_that_cannot_be_read_is_skipped_and_said(tmp_path):
+    # a foreign job with a newline in its name does not blind autoexp: its lines are no
+    # answer about autoexp's jobs (an unreadable line with autoexp's tag is UNKNOWN: test_parsers)
+    h = Harness(tmp_path, timeout_stall_config(), names=[A])
+    jid = h.live_id(A)
+    text = ("%s|%s|RUNNING|None|2026-12-01T10:00:00|%s|autoexp:p1:%s\n"
+            "99|99|RUNNING|None|2026-12-01T10:00:00|my\nnotebook|(null)\n" % (jid, jid, A, A))
+    client = autoexp.SlurmClient(runner=lambda a, t, e: autoexp.Completed(a, 0, text, "", False), user="u")
+    h.slurm.squeue = client.squeue
+    h.ctl.slurm = _WithSkipped(h.slurm, client)
+    assert h.cycle() is True
+    assert len(client.skipped) == 2
+    assert any("cannot be read" in line for line in h.out)
+    assert h.job(A).current.last_slurm_state == "RUNNING"
 
 
 def test_an_unknown_state_word_is_unknown_not_an_end(tmp_path):

@@ -1,10 +1,16 @@
 """What autoexp reads from SLURM, tested on real SLURM output (tests/captures): squeue's and
 sacct's lines parsed into rows (job ids, array ranges, state words, names and comments with
 '|' in them), failed or garbled answers turned into UNKNOWN and never into "no jobs", the
-command line and environment SlurmClient runs them with, and what sbatch's and scancel's
-exit codes and texts mean (submitted, refused for good, or in doubt)."""
+command line and environment SlurmClient runs them with (sacct's split to stay within the
+kernel's limits), and what sbatch's and scancel's exit codes and texts mean (submitted,
+refused for good, or in doubt; a site's notices around the id). SLURM's times are parsed
+as strptime would, across daylight saving; an squeue line with a column autoexp did not ask
+for, or an unreadable one with autoexp's tag, is UNKNOWN."""
 
+import errno
 import re
+import subprocess
+import time
 
 import pytest
 
@@ -78,6 +84,26 @@ def test_sacct_steps_are_skipped():
     assert sorted(r.job_id for r in rows) == ["2", "3_0", "3_1", "3_2", "3_3"]
 
 
+@pytest.mark.parametrize("tz", ["UTC", "Europe/Berlin", "America/New_York", "Australia/Lord_Howe"])
+def test_fast_slurm_time_parsing_agrees_with_strptime_across_daylight_saving(tz, monkeypatch):
+    monkeypatch.setenv("TZ", tz)
+    time.tzset()
+    autoexp._HOUR_STARTS.clear()
+    try:
+        t = 1774000000.0
+        for _ in range(24 * 60):  # two months, every hour or so
+            text = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(t))
+            assert autoexp.parse_slurm_time(text) == time.mktime(time.strptime(text, "%Y-%m-%dT%H:%M:%S")), text
+            t += 3541
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+        autoexp._HOUR_STARTS.clear()
+    for bad in ["2026-13-01T00:00:00", "2026-12-01 14:49:14", "2026-12-01T14:61:00", "yesterday"]:
+        with pytest.raises(ValueError):
+            autoexp.parse_slurm_time(bad)
+
+
 # --- squeue and job ids -------------------------------------------------------------
 
 
@@ -147,6 +173,24 @@ def test_parse_squeue_garbage_is_an_error(text):
         autoexp.parse_squeue(text, OLD_SQUEUE_FORMAT)
 
 
+def test_an_squeue_line_with_an_extra_trailing_column_is_unknown_not_a_silent_loss_of_tags():
+    # fields autoexp did not ask for: the answer is UNKNOWN (the cycle then decides nothing: test_outages)
+    text = "7|7|RUNNING|None|2026-12-01T10:00:00|demo-s1|autoexp:p1:demo-s1|extra\n"
+    client = autoexp.SlurmClient(runner=lambda a, t, e: autoexp.Completed(a, 0, text, "", False), user="u")
+    with pytest.raises(autoexp.SlurmUnavailable) as e:
+        client.squeue()
+    assert "did not ask for" in str(e.value)
+
+
+def test_a_tagged_squeue_line_that_cannot_be_read_is_still_unknown():
+    # still: a foreign line that cannot be read is only skipped (test_outages); one with
+    # autoexp's tag makes the whole answer UNKNOWN
+    text = "7|7|WEIRD STATE|None|2026-12-01T10:00:00|x\ny|autoexp:p1:x\n"
+    client = autoexp.SlurmClient(runner=lambda a, t, e: autoexp.Completed(a, 0, text, "", False), user="u")
+    with pytest.raises(autoexp.SlurmUnavailable):
+        client.squeue()
+
+
 # --- failed queries are UNKNOWN; how SlurmClient asks -------------------------------
 
 
@@ -198,6 +242,45 @@ def test_squeue_command_line_and_environment():
     assert seen["timeout"] == 7
 
 
+def test_sacct_arguments_stay_within_the_kernels_limits_for_100000_long_names():
+    names = ["%s-%06d" % ("n" * 53, i) for i in range(100000)]  # 60 characters each
+    calls = []
+
+    def runner(argv, timeout, env):
+        calls.append(argv)
+        return autoexp.Completed(argv, 0, "", "", False)
+    client = autoexp.SlurmClient(runner=runner, user="u")
+    client.sacct_by_name(names, 0)
+    client.sacct([str(10 ** 9 + i) for i in range(100000)], 0)
+    asked_names, asked_ids = [], []
+    for argv in calls:
+        assert all(len(a.encode()) < 128 * 1024 for a in argv)
+        assert sum(len(a.encode()) + 1 for a in argv) < 2 * 1024 * 1024 // 2
+        if argv[-1].startswith("--name="):
+            asked_names += argv[-1][len("--name="):].split(",")
+        else:
+            asked_ids += argv[argv.index("-j") + 1].split(",")
+    assert asked_names == names and len(asked_ids) == 100000
+    assert len(calls) < 200  # chunks of about 100 KB, not one call per job
+
+
+def test_a_sweep_of_4000_jobs_with_long_names_is_looked_up_by_name(tmp_path):
+    """The defect: with ~3,500 36-character names, one --name= argument was too long and
+    every submission and reconcile of the session failed, for good."""
+    names = ["job-with-a-thirty-six-char-name-%04d" % i for i in range(4000)]
+    with pytest.raises(OSError) as e:  # what the kernel says to one argument of them all
+        subprocess.call(["true", "--name=" + ",".join(names)])
+    assert e.value.errno == errno.E2BIG
+    calls = []
+
+    def runner(argv, timeout, env):
+        subprocess.check_call(["true"] + argv[1:])  # through the kernel, as sacct would be
+        calls.append(argv)
+        return autoexp.Completed(argv, 0, "", "", False)
+    autoexp.SlurmClient(runner=runner, user="u").sacct_by_name(names, 0)
+    assert len(calls) == 2
+
+
 # --- sbatch and scancel --------------------------------------------------------------
 
 
@@ -224,6 +307,22 @@ def test_classify_sbatch_socket_timeout_and_hang():
     assert autoexp.classify_sbatch(autoexp.Completed([], 1, "", err, False)).outcome == "uncertain"
     assert autoexp.classify_sbatch(autoexp.Completed([], -9, "", "", True)).outcome == "uncertain"
     assert autoexp.classify_sbatch(autoexp.Completed([], 0, "63;cluster\n", "", False)).job_id == "63"
+
+
+# a site's sbatch may print notices around the id
+@pytest.mark.parametrize("out, job_id", [
+    ("Note: your default account is proj123\n4711\n", "4711"),
+    ("4711;cluster\nReminder: maintenance on Friday\n", "4711"),
+    ("warning: 12 jobs queued\n4711\n", "4711"),
+])
+def test_the_sbatch_id_line_is_found_among_notices(out, job_id):
+    res = autoexp.classify_sbatch(autoexp.Completed([], 0, out, "", False))
+    assert (res.outcome, res.job_id) == (autoexp.SB_OK, job_id)
+
+
+def test_two_sbatch_id_lines_are_no_answer():
+    res = autoexp.classify_sbatch(autoexp.Completed([], 0, "4711\n4712\n", "", False))
+    assert res.outcome == autoexp.SB_UNCERTAIN
 
 
 def test_scancel_captures():

@@ -1,5 +1,7 @@
 """Resume and reconcile, end to end on the fake SLURM: whatever happened while no monitor ran,
-the next `monitor` or `reconcile` finds out and carries on as if it had watched all along."""
+the next `monitor` or `reconcile` finds out and carries on as if it had watched all along.
+A monitor (or `run`, also while it submits) stopped by a signal says how to resume; the lock
+names who holds it."""
 
 import json
 import os
@@ -10,7 +12,8 @@ import time
 
 import pytest
 
-from helpers import ROOT, read_events, sweep_config, wait_for
+from helpers import (BOOT, ROOT, autoexp, load_state, read_events, sweep_config, timeout_stall_config, wait_for,
+                     write_config)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -207,6 +210,34 @@ def test_stop_the_monitor_mid_sweep_and_resume(project, fake, sig):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_sigterm_during_run_submission_exits_130_with_the_resume_hint(tmp_path, fake):
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    cfg = timeout_stall_config(interval_seconds=0.2, slurm_timeout_seconds=30)
+    cfg["sweep"] = {"seed": [1, 2, 3]}
+    cfg["job"]["command"] = "sleep 0.5; echo TRAINING FINISHED"
+    cfg_path = write_config(str(proj / "cfg.json"), cfg)
+    fake.fail_next("sbatch", count=1, mode="hang", hang_seconds=3)
+    env = dict(fake.env(), FAKE_SLURM_PYTHON=sys.executable)
+    p = subprocess.Popen([sys.executable, "-c", BOOT, "run", cfg_path, "--plan-id", "sig"], cwd=str(proj),
+                         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    wait_for(lambda: os.path.exists(str(proj / "autoexp-state" / "sig.json")), timeout=30, interval=0.05)
+    time.sleep(0.5)
+    p.send_signal(signal.SIGTERM)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == autoexp.EXIT_INTERRUPTED, (out, err)
+    assert b"resume with: python3" in out and b"monitor --session sig" in out
+    res = subprocess.run([sys.executable, "-c", BOOT, "monitor", "--session", "sig"], cwd=str(proj), env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=90)
+    assert res.returncode == 0, res.stderr
+    state = load_state(str(proj / "autoexp-state"), "sig")
+    assert [j["status"] for j in state["jobs"]] == ["finalized"] * 3
+    submitted = [j for j in fake.jobs()]
+    assert len(set(j["comment"] for j in submitted)) == len(submitted) == 3
+
+
+@pytest.mark.slow
 def test_reconcile_from_a_loop_takes_the_sweep_to_the_end(project, fake):
     _restart_sweep(project, fake, "cron")
     deadline = time.time() + 60
@@ -300,6 +331,32 @@ def test_lock_of_a_killed_monitor_does_not_block(project, fake):
     proc.communicate()
     project.ok("monitor", "--session", "dead")
     assert project.state("dead")["jobs"][0]["status"] == "finalized"
+
+
+def _lock_info(path):
+    try:
+        with open(path) as f:
+            text = f.read()
+        return json.loads(text) if text.strip() else None
+    except (IOError, ValueError):
+        return None
+
+
+@pytest.mark.slow
+def test_the_lock_says_run_while_run_monitors(tmp_path, fake):
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    cfg = timeout_stall_config(interval_seconds=0.2)
+    cfg["sweep"] = {"seed": [1]}
+    cfg["job"]["command"] = "sleep 3; echo TRAINING FINISHED"
+    cfg_path = write_config(str(proj / "cfg.json"), cfg)
+    env = dict(fake.env(), FAKE_SLURM_PYTHON=sys.executable)
+    p = subprocess.Popen([sys.executable, "-c", BOOT, "run", cfg_path, "--plan-id", "lk"], cwd=str(proj),
+                         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    lock = str(proj / "autoexp-state" / "lk.lock")
+    info = wait_for(lambda: _lock_info(lock), timeout=30, interval=0.05)
+    assert info["command"] == "run"
+    p.communicate(timeout=60)
 
 
 @pytest.mark.slow

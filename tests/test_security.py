@@ -1,5 +1,7 @@
 """No value from a config, a sweep, a job name or SLURM output ever runs as shell code: only
-the user's own command does, with every substituted value quoted."""
+the user's own command does, with every substituted value quoted (and a sweep value that bash
+arithmetic would run is refused). Nor does a line of a job's log reach the terminal as an
+escape sequence."""
 
 import glob
 import os
@@ -8,7 +10,8 @@ import subprocess
 
 import pytest
 
-from helpers import autoexp, slurm_get_argument
+from helpers import (A, Harness, autoexp, read_events, refused, resolve, running, slurm_get_argument,
+                     timeout_stall_config)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -74,6 +77,33 @@ def test_values_that_cannot_be_quoted_are_refused_at_plan_time(project, fake, fi
     assert not os.path.exists(os.path.join(project.state_dir, "plans"))
 
 
+# values never run as code in bash arithmetic
+@pytest.mark.parametrize("value", ["x[$(touch INJECTED)]", "a[`touch INJECTED`]", "0]+a[$(id)"])
+def test_values_that_bash_arithmetic_would_run_are_refused(value):
+    cfg = timeout_stall_config()
+    cfg["sweep"] = {"x": [value]}
+    cfg["job"]["name"] = "{project}-{index}"
+    cfg["job"]["command"] = "if [[ {x} -gt 100 ]]; then echo big; fi"
+    refused(cfg, "sweep.x[0]", "arithmetic")
+
+
+@pytest.mark.parametrize("value", ["x[1]", "$(date)", "`date`", "a b", "$HOME", "[0-9]+"])
+def test_values_bash_arithmetic_would_not_run_stay_allowed(value):
+    cfg = timeout_stall_config()
+    cfg["sweep"] = {"x": [value]}
+    cfg["job"]["name"] = "{project}-{index}"
+    cfg["job"]["command"] = "echo {x}"
+    resolve(cfg)
+
+
+def test_the_value_refused_for_bash_arithmetic_would_really_have_run(tmp_path):
+    """What the refusal prevents: bash runs a quoted subscript in [[ -gt ]]."""
+    marker = tmp_path / "INJECTED"
+    script = "x='x[$(touch %s)]'; [[ $x -gt 100 ]] 2>/dev/null; true" % marker
+    subprocess.call(["bash", "-c", script])
+    assert marker.exists()
+
+
 def test_hostile_slurm_output_is_only_data(project, fake):
     """A foreign job whose name and comment are shell code, and one that fakes autoexp's tag
     for another session: parsed, never run, never adopted."""
@@ -94,3 +124,17 @@ def test_no_shell_true_and_no_eval_in_autoexp():
     with open(autoexp.__file__) as f:
         src = f.read()
     assert "shell=True" not in src and "eval(" not in src and "os.system" not in src
+
+
+def test_escape_sequences_from_a_log_are_not_sent_to_the_terminal(tmp_path):
+    cfg = timeout_stall_config(log_events=[{"name": "nccl", "pattern": "NCCL error", "mode": "crash"}])
+    h = Harness(tmp_path, cfg, names=[A])
+    running(h, A)
+    h.log(A, "\x1b[31mNCCL error\x1b[0m \x00 \u202eevil\n")
+    h.cycle()
+    printed = "".join(h.out)
+    lines = [l for l in printed.splitlines() if "log:nccl" in l]
+    assert lines and "\x1b" not in printed and "\x00" not in printed and "\u202e" not in printed
+    assert "\\x1b[31mNCCL error" in lines[0]
+    journal = [e for e in read_events(h.state_dir, "p1") if e["event"] == "log:nccl"]
+    assert "\x1b[31mNCCL error" in journal[0]["detail"]  # kept raw where a program reads it

@@ -2,15 +2,19 @@
 file (versioned, sorted keys, newer schemas and corrupt files refused and left as they
 are), the event journal and action payloads written once (across a reload, and never again
 once a consumer deleted them), temporary files of a killed writer removed, last_event, and
-the CLI run in-process on copies of session files and on a session without its manifest."""
+the CLI run in-process on copies of session files and on a session without its manifest.
+A write cut short or refused (a quota, a full disk) names its file, and a journal append cut
+short is undone and appended by the next writer; a lock file deleted under a writer stops it
+before it writes, and one deleted while being locked is locked again."""
 
+import errno
 import json
 import os
 import shutil
 import pytest
 
 from helpers import (A, FakeClock, Harness, ScriptedSlurm, autoexp, controller_config as config, load_state, read_events,
-                     run_main, state_files)
+                     run_main, state_files, timeout_stall_config)
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -350,3 +354,83 @@ def test_cron_catches_up_the_journal_and_payloads_a_killed_monitor_left(tmp_path
     seqs = [e["seq"] for e in read_events(h.state_dir, "p1")]
     assert seqs == list(range(1, state["event_seq"] + 1))
     assert [n for n in os.listdir(os.path.join(h.state_dir, "actions", "p1")) if n.endswith("_finalize.json")]
+
+
+# --- every write's count is checked; a short journal append loses nothing ---------------
+
+
+def test_a_short_append_to_the_journal_is_undone_and_said(tmp_path, monkeypatch):
+    h = Harness(tmp_path, timeout_stall_config(), names=[A])
+    journal = os.path.join(h.state_dir, "p1.events.jsonl")
+    before = open(journal, "rb").read()
+    real_write = os.write
+    calls = []
+
+    def quota_write(fd, data):
+        try:
+            target = os.readlink("/proc/self/fd/%d" % fd)
+        except OSError:
+            target = ""
+        if target == journal:
+            calls.append(len(data))
+            if len(calls) == 1:
+                return real_write(fd, bytes(data)[:len(data) // 2])  # the quota cuts the append short
+            raise OSError(errno.EFBIG, "File too large")
+        return real_write(fd, data)
+    monkeypatch.setattr(autoexp.os, "write", quota_write)
+    h.slurm.set(h.live_id(A), "RUNNING")
+    with pytest.raises(autoexp.StateWriteError) as e:
+        h.cycle()
+    assert journal in str(e.value) and "File too large" in str(e.value)
+    assert open(journal, "rb").read() == before  # no torn line left behind
+    saved = load_state(h.state_dir, "p1")
+    assert saved["outbox"], "the events that did not land stay in the state file"
+    monkeypatch.setattr(autoexp.os, "write", real_write)
+    s = h.reload()
+    h.store.save_and_sync(s, h.clock(), changed=False)  # the next writer appends them
+    seqs = [e["seq"] for e in read_events(h.state_dir, "p1")]
+    assert seqs == list(range(1, s.event_seq + 1))
+
+
+def test_a_write_that_fails_names_its_file(tmp_path, monkeypatch):
+    target = str(tmp_path / "x.json")
+
+    def full_disk(fd, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(autoexp.os, "write", full_disk)
+    with pytest.raises(autoexp.StateWriteError) as e:
+        autoexp.atomic_write(target, b"{}")
+    assert target in str(e.value) and "No space left" in str(e.value)
+    assert not [n for n in os.listdir(str(tmp_path)) if n.endswith(".tmp")]
+
+
+# --- a deleted lock file does not let a second writer in unnoticed ----------------------
+
+
+def test_a_writer_whose_lock_file_was_deleted_stops_without_writing(tmp_path):
+    h = Harness(tmp_path, timeout_stall_config(), names=[A])
+    h.store.lock("p1", "monitor")
+    os.unlink(os.path.join(h.state_dir, "p1.lock"))                 # "a stale lock file"
+    second = autoexp.StateStore(h.state_dir).lock("p1", "monitor")   # a second monitor gets in...
+    assert second.intact()
+    before = h.state_bytes()
+    h.slurm.set(h.live_id(A), "TIMEOUT")
+    with pytest.raises(autoexp.LockLostError) as e:                  # ...and the first one stops
+        h.cycle()
+    assert e.value.exit_code == autoexp.EXIT_LOCKED and "p1.lock" in str(e.value)
+    assert h.state_bytes() == before and h.slurm.count("sbatch") == 1
+
+
+def test_a_lock_file_deleted_while_being_locked_is_locked_again(tmp_path, monkeypatch):
+    path = str(tmp_path / "s.lock")
+    real_lockf = autoexp.fcntl.lockf
+    deleted = []
+
+    def racing_lockf(fd, op):
+        if not deleted:
+            deleted.append(1)
+            os.unlink(path)  # another process removes the file between our open and our lock
+        return real_lockf(fd, op)
+    monkeypatch.setattr(autoexp.fcntl, "lockf", racing_lockf)
+    lock = autoexp.SessionLock(path).acquire("monitor")
+    assert deleted and lock.intact() and os.path.exists(path)

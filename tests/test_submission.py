@@ -2,11 +2,12 @@
 scripted SLURM: the intent written before sbatch and looked up after a crash, an sbatch that
 failed yet queued the job (adopted, also when accounting lags or the retries are used up),
 one that queued nothing (retried with backoff, then given up), a permanent refusal (the job
-stops), and a failed array task resubmitted alone."""
+stops), a failed array task resubmitted alone, a job recovered after MaxJobId wrapped around
+(by submit time, not id), and a job refused for a queue limit for days (still retried)."""
 
 import pytest
 
-from helpers import A, B, Harness, autoexp, controller_config as config, live
+from helpers import A, B, Harness, autoexp, controller_config as config, live, timeout_stall_config
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -168,3 +169,35 @@ def test_a_crash_left_intent_waits_for_a_job_accounting_has_not_tagged(tmp_path)
     h.cycle(advance=30)
     assert h.job(A).current.job_id == jid and h.job(A).current.origin == "recovered"
     assert h.job(A).status == "finalized" and h.slurm.count("sbatch") == 1
+
+
+def test_recovery_follows_submit_times_not_ids_after_maxjobid_wrapped(tmp_path):
+    h = Harness(tmp_path, timeout_stall_config(), names=[A])
+    first = h.live_id(A)
+    h.slurm.jobs[first]["submit"] = autoexp.local_time(h.clock() - 86400)  # submitted a day ago, with a high id
+    h.cycle()
+    h.slurm.set(first, "TIMEOUT")
+    h.slurm.next_id = 4  # MaxJobId reached: SLURM starts again from small ids
+    h.slurm.sbatch_mode = ["queued_error"]  # the restart's sbatch queues the job, then errors
+    h.cycle()
+    restarted = [j for j in h.slurm.jobs if j != first]
+    assert len(restarted) == 1 and int(restarted[0]) < int(first)
+    for _ in range(4):
+        h.cycle(advance=40)
+    att = h.job(A).current
+    assert att.job_id == restarted[0] and att.origin == "recovered"
+    assert h.slurm.count("sbatch") == 2  # never a duplicate
+
+
+def test_a_thousand_queue_limit_refusals_never_overflow(tmp_path):
+    # a job refused for a queue limit a thousand times is still retried
+    h = Harness(tmp_path, timeout_stall_config(submit_backoff_seconds=1), names=[A])
+    h.slurm.set(h.live_id(A), "TIMEOUT")
+    job = h.job(A)
+    job.submit_refusals = 1100  # as after days of refusals
+    h.slurm.sbatch = lambda script, args=(): autoexp.SubmitResult(autoexp.SB_THROTTLED, None,
+                                                                  "QOSMaxSubmitJobPerUserLimit")
+    h.cycle()
+    h.cycle(advance=5)
+    assert job.submit_refusals >= 1101 and job.submit_failures == 0 and job.status == "active"
+    assert job.next_submit_at - h.clock() <= autoexp.THROTTLE_BACKOFF_MAX

@@ -208,3 +208,34 @@ def test_a_billion_point_grid_is_refused_before_it_is_expanded():
     cfg = timeout_stall_config()
     cfg["sweep"] = dict(("p%d" % i, list(range(10))) for i in range(9))
     refused(cfg, "sweep", "more than 100000 points")
+
+
+def test_a_plans_scripts_are_durable_before_its_manifest_is_written(tmp_path, monkeypatch):
+    """Scripts are fsynced together (threads), not one journal commit each, but every one
+    of them before the manifest that says the plan is complete."""
+    cfg = {"project": "demo", "sweep": {"seed": list(range(40))},
+           "job": {"name": "{project}-s{seed}", "command": "echo {seed}", "log": "logs/{name}-%j.log"},
+           "monitoring": {"interval_seconds": 60}}
+    path = write_config(str(tmp_path / "cfg.json"), cfg)
+    resolved = autoexp.resolve_config(autoexp.load_config_file(path), path, [])
+    manifest, scripts = autoexp.build_plan(resolved, path, "p1", str(tmp_path / "state"), str(tmp_path), 1.7e9)
+    order, real_fsync, real_replace = [], os.fsync, os.replace
+
+    def fsync(fd):
+        order.append(("fsync", os.readlink("/proc/self/fd/%d" % fd)))
+        return real_fsync(fd)
+
+    def replace(src, dst):
+        order.append(("replace", dst))
+        return real_replace(src, dst)
+    monkeypatch.setattr(autoexp.os, "fsync", fsync)
+    monkeypatch.setattr(autoexp.os, "replace", replace)
+    manifest_path = autoexp.write_plan(manifest, scripts)
+    done = order.index(("replace", manifest_path))
+    synced = set(p for op, p in order[:done] if op == "fsync")
+    assert set(scripts) - synced == set() and len(scripts) == 41  # 40 jobs and the array
+    assert os.path.dirname(next(iter(scripts))) in synced  # their folder entry too
+    for p, text in scripts.items():
+        with open(p) as f:
+            assert f.read() == text
+        assert os.stat(p).st_mode & 0o777 == 0o700

@@ -29,9 +29,19 @@ lines in pieces, ignored warnings, log events, the termination string, huge line
 hangs; logs are truncated by requeues and by copytruncate rotation.
 Users (class World): the monitor process (Controller.run, with the simulator's clock and sleep),
 cron `reconcile` passes, `cancel` (direct, or a request file while the monitor holds the lock),
-SIGTERM, SIGKILL at random moments and at each named crash point (autoexp.crash_point is replaced
-for the run; a crash discards every in-memory object and the next process reloads the session
-from disk), monitor restarts, a consumer deleting action payloads, clock skew and jumps.
+SIGTERM, SIGKILL at random moments and at each named crash point (autoexp.CRASH_POINTS; the
+hook autoexp.crash_point is replaced for the run; a crash discards every in-memory object and the
+next process reloads the session from disk), monitor restarts, a consumer deleting action
+payloads, a user deleting the lock file, clock skew and jumps.
+Processes: each has its own StateStore (which remembers the lock it took) and Controller; they
+run one at a time, a cron pass or a cancel nested in a monitor's wait or SLURM call (so it runs
+beside it when the lock file was deleted). The lock is autoexp's own (fcntl on <id>.lock); since
+the simulated processes are one OS process, whose POSIX locks never exclude each other, the
+simulator keeps which process holds a lock on which file (by inode) and refuses a command
+exactly when the kernel would. A process that gets LockLostError exits 75, as the CLI does.
+Clocks: every process runs on one host (one autoexp.clock_identity()) whose wall clock is
+SLURM's time plus a skew that jumps (clock_jumps), and whose monotonic clock (the Controller's
+mono=) never jumps; a jump while no process runs is seen through the session's clock_ref.
 After `fault_until` nothing fails any more (SLURM answers, no crash, programs succeed): the
 session must then converge.
 
@@ -48,18 +58,20 @@ process; squeue/sacct answers and job changes check what concerns them; the last
   no-healthy-cancel autoexp never scancels a foreign job, nor an active job of its own that is
                     healthy, unless the user cancelled that logical job. Unhealthy: a run of that
                     SLURM job wrote a line of a log_events mode whose policy is not `ignore` (a
-                    requeue does not take it back), or it is hung and silent for the inactivity
-                    threshold (measured in whole lines, as autoexp does today; tqdm_progress
-                    measures by size, the promise of issue 11 item 1). Writing the termination
-                    string is healthy. A PENDING job is healthy.
+                    requeue does not take it back), or it is hung and its log did not grow for
+                    the inactivity threshold (growth by size, whatever the lines: a progress
+                    bar's \r updates are activity, issue 11 item 1). Writing the termination
+                    string is healthy. A PENDING job is healthy; so is none that no longer runs
+                    (a runaway record, a job slurmctld forgot): cancelling it harms nothing.
   journal           Every event exactly once in the journal (<state>/<session>.events.jsonl): its
                     seqs are 1..N, gapless, in order; the state file's event_seq is >= N, its
                     outbox holds every seq in N+1..event_seq, and an event in both is the same.
                     At the end N == event_seq (the outbox may still hold journaled events: they
                     leave it with the next state write, SPEC 6.2).
   state-loads       The state file, once it exists, never disappears and always loads: every
-                    version is parsed and cross-checked, StateStore.load runs on the first three
-                    versions, every 8th, after each process and at the end.
+                    version is read (incrementally: StateFiles) and checked; StateStore.load runs
+                    on the first three versions, every 64th, after each process and at the end,
+                    and must read what the incremental reading reads.
   actions-once      Each action payload once: never two payloads for one (job, attempt, job_id,
                     action), never one back after a consumer deleted it; an action the state
                     marks written has its payload on disk (or consumed); at the end every action
@@ -82,18 +94,35 @@ process; squeue/sacct answers and job changes check what concerns them; the last
   decided-first     Every sbatch and scancel is announced on disk first: when autoexp calls
                     sbatch, the state file holds that job's intent (an attempt without id);
                     when it calls scancel, an attempt with that id and cancel_requested_at.
+  lock-lost-stops   A process whose lock file was deleted or replaced (the file it locked is
+                    no longer the one at the path) writes no state and runs no sbatch or
+                    scancel any more: it stops (LockLostError, exit 75). With the others
+                    (one-live: no double submission; journal: no doubled seq; actions-once),
+                    what a deleted lock file must not break (issue 11 item 4).
+  plan-refuses      (term_newline) A termination string with a newline is refused at plan
+                    time (ConfigError, exit 2): it could never match a log line.
 
-Scenario switches, off by default (--scenario NAME): KNOWN_BUGS (issue 11's items the simulator
-can produce) and FINDINGS (what it found beyond them); each makes its situation happen and
-breaks an invariant today. The default mix passes. Not simulated: what happens at plan time or
+Scenario switches (--scenario NAME): KNOWN_BUGS (issue 11's items the simulator can produce)
+and FINDINGS (what it found beyond them); each makes its situation happen. Once its bug is fixed
+a switch joins the default mix (MIX: on in a share of the seeds run without --scenario; --no-mix
+turns them all off); test_sim.py keeps the others as strict xfails with a seed that shows them.
+The default mix passes. Not simulated: what happens at plan time or
 in the CLI's argument handling (issue 11 items 2, 3, 5, 6, 7, 10, 11, 14, 17, 19 and parts of
-21), `monitor --all` over several sessions, rebuilding a session with --monitor-all after its
-state file was moved aside, hand resubmissions during a restart backoff (a race no tool can
-win), torn (short) writes.
+21; term_newline only checks that the plan refuses item 16's string), `monitor --all` over
+several sessions, rebuilding a session with --monitor-all after its state file was moved
+aside, hand resubmissions during a restart backoff (a race no tool can win), two monitors at
+once (with the lock file deleted, cron passes and cancels run beside a monitor, another monitor
+does not), torn (short) writes.
 
 Speed: the state folder and the logs are on /dev/shm when it exists, so the fsync of every
-state write costs nothing; os.fsync is not replaced. A cycle costs about 1.5 ms, mostly
-autoexp's own JSON (fingerprint and save of the whole session).
+state write costs nothing; os.fsync is not replaced. The checker reads the state files
+incrementally (StateFiles: only the batches appended since its last read) and runs
+StateStore.load itself, which rebuilds the whole session, on the first versions, every 64th,
+after each process and at the end (and the two readings must agree). Each seed also draws how
+soon autoexp writes a new generation of job files (AUTOEXP_COMPACT_BYTES), so generations roll
+often in some seeds and never in others. Set AUTOEXP_PARANOID=1 (the suite's conftest does) to
+have every save check that no job changed without being touched; it costs a serialisation of
+every job per save.
 
 All of autoexp's API the simulator uses is in class Api (one place to edit on a rename).
 """
@@ -132,13 +161,15 @@ class Api(object):
     __slots__ = ()
     SlurmUnavailable = autoexp.SlurmUnavailable
     StateError = autoexp.StateError
+    LockedError = autoexp.LockedError  # LockLostError too: the CLI's exit 75
+    EXIT_LOCKED = autoexp.EXIT_LOCKED
     ACTIVE_STATES = autoexp.ACTIVE_STATES
     MAX_LOG_READ = autoexp.MAX_LOG_READ
     EXIT_OK = autoexp.EXIT_OK
 
     @staticmethod
     def plan(config, root, plan_id, now):
-        """`autoexp plan`: returns (store, plan)."""
+        """`autoexp plan`: returns (store, plan). A config the plan refuses raises ConfigError."""
         cfg = os.path.join(root, "cfg.json")
         with open(cfg, "w") as f:
             json.dump(config, f, indent=1)
@@ -149,54 +180,57 @@ class Api(object):
         store.ensure()
         return store, plan
 
+    ConfigError = autoexp.ConfigError
+
+    @staticmethod
+    def process_store(store):
+        """A process's own StateStore: it remembers the lock that process took (and checks
+        it before every write, sbatch and scancel); processes share nothing in memory."""
+        return autoexp.StateStore(store.root)
+
     @staticmethod
     def paths(store, sid):
-        """state file, journal, actions folder, requests folder of a session."""
+        """state file, journal, actions folder, requests folder, lock file of a session."""
         return (store.session_path(sid), os.path.join(store.root, sid + ".events.jsonl"),
-                os.path.join(store.root, "actions", sid), store.requests_dir(sid))
+                os.path.join(store.root, "actions", sid), store.requests_dir(sid),
+                os.path.join(store.root, sid + ".lock"))
 
     @staticmethod
     def load(store, path, with_plan=True):
         return store.load(path, with_plan=with_plan)
 
     @staticmethod
-    def lock(store, sid, command):
-        return store.lock(sid, command)
-
-    @staticmethod
     def unlock(lock):
         lock.release()
 
     @staticmethod
-    def open_session(store, sid, now):
-        """What a writer does once it holds the lock (SessionSet.open): re-read, catch up."""
-        s = store.load(store.session_path(sid))
-        store.save_and_sync(s, now, changed=False)
-        return s
+    def open_for_write(store, sid, command, now):
+        """What `reconcile` and `cancel` do first (StateStore.open_for_write): lock, re-read,
+        catch up. Returns (session, lock)."""
+        return store.open_for_write(store.session_path(sid), command, now)
 
     @staticmethod
-    def controller(store, slurm, sink, clock, sleep):
+    def controller(store, slurm, sink, clock, sleep, mono):
+        """clock: the host's wall clock (it jumps); mono: its monotonic clock (it does not)."""
         report = autoexp.Reporter(1, sink, sink)
-        return autoexp.Controller(store, slurm, report, clock=clock, sleep=sleep)
+        return autoexp.Controller(store, slurm, report, clock=clock, sleep=sleep, mono=mono)
 
     @staticmethod
-    def submit(store, plan, sid, ctl, array, now):
-        """`submit` (do_submit) once the lock is held: register what the session does not
-        track, save, one cycle. Returns the session."""
-        path = store.session_path(sid)
-        if os.path.exists(path):
-            s = store.load(path)
-            store.save_and_sync(s, now, changed=False)
-            todo = [pj for pj in plan.jobs if s.job(pj.name) is None]
-            if not todo:
-                return s
-        else:
-            s = store.create_session(plan, now)
-            todo = plan.jobs
+    def open_or_create(store, plan, command, now):
+        """`run`'s submission (submit_plan) takes the lock and opens or creates the session:
+        returns (session, lock, created)."""
+        return store.open_or_create(plan, command, now)
+
+    @staticmethod
+    def submit(store, plan, s, created, ctl, array, now):
+        """The rest of `run`'s submission once the lock is held (_submit_and_say): register
+        what the session does not track, save, one cycle."""
+        todo = [pj for pj in plan.jobs if created or s.job(pj.name) is None]
+        if not todo:
+            return
         ctl.register(s, todo, array)
         store.save(s, now)
         ctl.cycle([s])
-        return s
 
     @staticmethod
     def monitor(ctl, s):
@@ -211,8 +245,10 @@ class Api(object):
         ctl.stop_requested = True  # what the SIGTERM handler does
 
     @staticmethod
-    def has_work(s):
-        return s.active()
+    def reconcile_wants(store, s):
+        """`reconcile --all` opens a session with work left, or whose journal or payloads
+        lag behind its state (cmd_reconcile's filter)."""
+        return s.active() or store.needs_sync(s)
 
     @staticmethod
     def cancel(ctl, s, names, now):
@@ -231,8 +267,8 @@ class Api(object):
                                                       "created_at": autoexp.iso_time(now)}))
 
     @staticmethod
-    def parse_squeue(text):
-        return autoexp.parse_squeue(text)
+    def parse_squeue(text, skipped):
+        return autoexp.parse_squeue(text, skipped=skipped)
 
     @staticmethod
     def parse_sacct(text):
@@ -275,13 +311,134 @@ class Api(object):
         return tuple(key)
 
     @staticmethod
-    def state_doc(store, path):
-        """The session as one document (schema 1's form: the header and "jobs" in full),
-        read the way autoexp reads it."""
-        s = store.load(path, with_plan=False)
+    def state_doc(s):
+        """A loaded session as one document (schema 1's form: the header and "jobs" in full)."""
         doc = json.loads(json.dumps(s.to_dict()))
         doc["jobs"] = json.loads(json.dumps([j.to_dict() for j in s.jobs]))
         return doc
+
+    @staticmethod
+    def journal_seq(path):
+        """The last seq in a journal file (0 if none)."""
+        return autoexp.last_journal_seq(path)
+
+    JOB_FIELDS = autoexp.JOB_FIELDS
+    ATTEMPT_FIELDS = autoexp.ATTEMPT_FIELDS
+    BATCH_SESSION_FIELDS = autoexp.BATCH_SESSION_FIELDS
+
+
+class StateFiles(object):
+    """The checker's reader of a session's files (SPEC 6, schema 2), in the form
+    Api.state_doc gives, but incremental: the header and the generation's snapshot when the
+    header changes, else only the batches appended since the last read (a batch not yet
+    complete is not there, as for StateStore.load). Each job is a plain dict with every field
+    (defaults filled in). Its reading is cross-checked against StateStore.load's (check)."""
+
+    __slots__ = ("store", "sid", "path", "head_key", "jobs", "session", "delta", "off", "batch")
+
+    def __init__(self, store, sid):
+        self.store, self.sid = store, sid
+        self.path = store.session_path(sid)
+        self.head_key = self.jobs = self.session = self.delta = None
+        self.off = self.batch = 0
+
+    @staticmethod
+    def _fields(d, fields):
+        out = {}
+        for f in fields:
+            v = d.get(f.name, f.default)
+            out[f.name] = list(v) if isinstance(v, tuple) else v
+        return out
+
+    @classmethod
+    def job(cls, line):
+        d = json.loads(line.decode("utf-8"))
+        job = cls._fields(d, Api.JOB_FIELDS)
+        job["attempts"] = [cls._fields(a, Api.ATTEMPT_FIELDS) for a in d.get("attempts", ())]
+        cur = job["attempts"][-1] if job["attempts"] else None
+        job["job_id"] = cur["job_id"] if cur is not None and cur["live"] else None
+        return job
+
+    def read(self):
+        """The session now: {"event_seq", "outbox", "updated_at", "clock_ref", "jobs"}.
+        Raises ValueError (or OSError) if the files do not read."""
+        st = os.stat(self.path)
+        key = (st.st_ino, st.st_mtime_ns, st.st_size)
+        if key != self.head_key:
+            with open(self.path, "rb") as f:
+                head = json.loads(f.read().decode("utf-8"))
+            if head.get("schema_version") != 2:
+                raise ValueError("header of schema %r" % head.get("schema_version"))
+            snap, self.delta = self.store.gen_paths(self.sid, head["generation"])
+            jobs = OrderedDict()
+            with open(snap, "rb") as f:
+                for line in f:
+                    if not line.endswith(b"\n"):
+                        raise ValueError("%s ends in the middle of a line" % os.path.basename(snap))
+                    job = self.job(line[:-1])
+                    jobs[job["name"]] = job
+            self.jobs, self.off, self.batch, self.head_key = jobs, 0, head["batch"], key
+            self.session = dict((k, head.get(k)) for k in Api.BATCH_SESSION_FIELDS)
+        try:
+            with open(self.delta, "rb") as f:
+                f.seek(self.off)
+                data = f.read()
+        except (IOError, OSError):
+            data = b""
+        pos = 0
+        while True:
+            end = data.find(b"\n", pos)
+            if end < 0:
+                break
+            rec = json.loads(data[pos:end].decode("utf-8"))
+            lines, at = [], end + 1
+            for _ in range(int(rec["jobs"])):
+                end = data.find(b"\n", at)
+                if end < 0:
+                    break
+                lines.append(data[at:end])
+                at = end + 1
+            if len(lines) < int(rec["jobs"]):
+                break  # cut short (a writer crashed in the middle): not there
+            if rec["batch"] != self.batch + 1:
+                raise ValueError("batch %s follows batch %d" % (rec["batch"], self.batch))
+            for k in Api.BATCH_SESSION_FIELDS:
+                if k in rec["session"]:
+                    self.session[k] = rec["session"][k]
+            for line in lines:
+                if line.startswith(b'{"batch":'):
+                    raise ValueError("batch %s has fewer jobs than it says" % rec["batch"])
+                job = self.job(line)
+                self.jobs[job["name"]] = job
+            self.batch, pos = self.batch + 1, at
+        self.off += pos
+        doc = dict(self.session)
+        doc["outbox"] = doc["outbox"] or []
+        doc["jobs"] = sorted(self.jobs.values(), key=lambda j: j["index"])
+        return doc
+
+    @staticmethod
+    def differs(doc, full, journaled):
+        """What differs between this reading and StateStore.load's (None: nothing). The
+        loader leaves out of the outbox the events the journal has (up to seq `journaled`)."""
+        for k in ("event_seq", "clock_ref"):
+            if doc.get(k) != full.get(k):
+                return "%s: %r / %r" % (k, doc.get(k), full.get(k))
+        mine = dict((e["seq"], e) for e in doc["outbox"])
+        for e in full["outbox"]:
+            if mine.get(e["seq"]) != e:
+                return "outbox event %s: %r / %r" % (e["seq"], mine.get(e["seq"]), e)
+        theirs = set(e["seq"] for e in full["outbox"])
+        left = sorted(k for k in mine if k not in theirs and k > journaled)
+        if left:
+            return "outbox: events %s, not in the journal, are not in StateStore.load's" % left
+        if [j["name"] for j in doc["jobs"]] != [j["name"] for j in full["jobs"]]:
+            return "the jobs: %s / %s" % ([j["name"] for j in doc["jobs"]], [j["name"] for j in full["jobs"]])
+        for a, b in zip(doc["jobs"], full["jobs"]):
+            if a != b:
+                keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+                return "job %s: %s" % (a["name"], ", ".join("%s %r / %r" % (k, a.get(k), b.get(k)) for k in keys)[:400])
+        return None
 
 
 # ============================================================================
@@ -289,6 +446,7 @@ class Api(object):
 # ============================================================================
 
 T0 = 1780000000.0  # 2026-05-28: the virtual epoch every simulation starts at
+MONO_AT_T0 = 3 * 86400.0 + 1234.5  # the monitor host's monotonic clock then (booted three days before)
 MAX_JOB_ID = 67043328  # SLURM's default MaxJobId; ids wrap to FirstJobId (1)
 PLAN_ID = "simplan"
 TERM = "TRAINING FINISHED"
@@ -322,9 +480,31 @@ FINDINGS = OrderedDict([
     ("requeue_after_end", "F8: SLURM requeues a job after autoexp recorded its end, and the rerun ends before "
                           "autoexp looks again"),
     ("runaway_record", "F9: slurmctld loses a running job, and accounting keeps it RUNNING (a runaway job)"),
+    ("replace_in_doubt", "F10: a job queued by an sbatch that answered with an error is replaced by hand (scancel, "
+                         "sbatch again) before autoexp found it"),
+    ("shared_log_rerun", "F11: a job with a shared log (no %j) runs again (its next attempt, or requeued under its "
+                         "id) and ends between two looks of autoexp"),
+    ("acct_down_at_end", "F12: sacct is down when jobs end (squeue shows the end, then purges the job)"),
 ])
 
 SCENARIOS = OrderedDict(list(KNOWN_BUGS.items()) + list(FINDINGS.items()))
+
+# The default mix: each switch whose bug is fixed (test_sim.py FIXED) is on in a share of the
+# seeds run without --scenario, drawn from the seed (its own stream: adding a switch here
+# changes no other draw). A switch is added once its bug is fixed and it passes on a wide
+# seed range; the costly ones (a 30-hour queue limit, 4 MiB lines) less often.
+MIX = OrderedDict([
+    ("tqdm_progress", 0.08), ("clock_jumps", 0.1), ("clock_ahead", 0.05), ("jobid_wrap", 0.05),
+    ("squeue_extra_column", 0.04), ("throttle_overflow", 0.015), ("term_at_4mib", 0.02), ("lock_deleted", 0.08),
+    ("foreign_newline", 0.05), ("sbatch_notice", 0.05), ("suspend_stall", 0.05), ("cron_recovery", 0.05),
+    ("slow_accounting", 0.05), ("throttle_then_error", 0.04), ("queued_last_try", 0.04),
+    ("unknown_state_requeue", 0.04), ("runaway_record", 0.04),
+])
+
+
+def draw_mix(seed):
+    r = random.Random("autoexp-sim:%d:mix" % seed)
+    return tuple(name for name, share in MIX.items() if r.random() < share)
 
 # Simplifications the shrinker tries (and --simplify applies), each making a case smaller.
 SIMPLIFY = ("single", "no_cron", "no_threshold", "no_foreign", "no_skew", "no_limit", "plain_log")
@@ -378,7 +558,8 @@ class Params(object):
     __slots__ = ("seed", "n_jobs", "array", "interval", "threshold", "termination", "lost_after",
                  "shared_log", "submit_retries", "submit_backoff", "unknown_backoff_max", "slurm_timeout",
                  "crash_policy", "crash_backoff", "min_job_age", "acct_lag", "name_lag", "job_comment",
-                 "max_submit", "first_id", "cron_every", "skew", "fault_until", "scenarios", "foreign_start")
+                 "max_submit", "first_id", "cron_every", "skew", "fault_until", "scenarios", "foreign_start",
+                 "compact")
 
     def __init__(self, **kw):
         for k in self.__slots__:
@@ -437,9 +618,10 @@ class Scenario(object):
         self.params, self.faults, self.seed = params, faults, seed
 
     @classmethod
-    def generate(cls, seed, scenarios=()):
+    def generate(cls, seed, scenarios=(), mix=True):
+        """scenarios: the switches to turn on; none given, the default mix (unless mix is False)."""
         r = random.Random("autoexp-sim:%d:params" % seed)
-        sc = tuple(scenarios)
+        sc = tuple(scenarios) or (draw_mix(seed) if mix else ())
         n_jobs = r.choice([1, 2, 2, 3, 3, 4, 5, 6])
         interval = r.choice([20, 30, 60, 60, 120, 300, 600])
         threshold = r.choice([None, None, 600, 1800, 3600, 3600]) if "tqdm_progress" not in sc else 1800
@@ -458,7 +640,11 @@ class Scenario(object):
             max_submit=None, first_id=r.randint(1000, 5000000),
             cron_every=r.choice([None, None, 300, 900, 3600]),
             skew=r.uniform(-30, 30), fault_until=r.choice([6, 12, 24, 36]) * 3600.0,
-            scenarios=sc, foreign_start=r.randint(0, 4))
+            scenarios=sc, foreign_start=r.randint(0, 4),
+            # AUTOEXP_COMPACT_BYTES: how much the state's batches grow before a new generation
+            # of job files is written (None: autoexp's default, 1 MiB); small, generations
+            # roll often (state_before_rename and state_after_rename are reached every time)
+            compact=random.Random("autoexp-sim:%d:store" % seed).choice([None, None, 0, 4096, 65536]))
         if r.random() < 0.25:
             p.max_submit = r.randint(2, n_jobs + 3)
             if p.array:
@@ -479,18 +665,29 @@ class Scenario(object):
             p.interval = 600  # the requeued run can start and end between two cycles
         if "cron_recovery" in sc:
             p.cron_every = r.choice([300, 600])
+        if "lock_deleted" in sc and not p.cron_every:
+            p.cron_every = 300  # cron passes are what runs beside a monitor that lost its lock
         if "clock_ahead" in sc:
             p.skew = 2 * 3600.0
             p.min_job_age = 2
         if "throttle_overflow" in sc:
-            p.interval, p.submit_backoff, p.max_submit, p.fault_until = 20, 0, 2, 30 * 3600.0
+            # from the start, two hogs fill the limit for 14 hours (three for an array, which
+            # needs a slot per task): over 1,025 refusals of each job (one per 20-40 s)
+            p.interval, p.submit_backoff, p.fault_until = 20, 0, 16 * 3600.0
+            p.max_submit = n_jobs + 2 if p.array else 2
         if "term_at_4mib" in sc or "rotate_tail" in sc or "term_newline" in sc:
             p.termination = p.termination or TERM
         faults = cls._faults(seed, p)
         if p.shared_log and "shared_log_replace" not in sc:
             faults = [f for f in faults if f.kind not in ("hand_replace", "migrate")]
-        if "shared_log_replace" in sc:
+        if "shared_log_replace" in sc or "shared_log_rerun" in sc:
             p.shared_log = True
+        if "shared_log_rerun" in sc:
+            p.interval = 600  # a short run starts and ends between two looks
+        if "acct_down_at_end" in sc:
+            p.termination = None  # an end is decided by sacct's record (squeue knows no exit code)
+        if "replace_in_doubt" in sc:
+            p.shared_log, p.max_submit, p.submit_retries = False, None, max(p.submit_retries, 2)
         if p.max_submit is not None and "throttle_then_error" not in sc:
             faults = [f for f in faults if not (f.kind == "sbatch_err" and f.arg != "permanent")]
         if "sbatch_notice" in sc:
@@ -544,7 +741,14 @@ class Scenario(object):
                                  round(loguniform(r, 600, 4 * 3600), 1)))
         if "clock_jumps" in p.scenarios:
             for _ in range(r.randint(2, 5)):
-                out.append(Fault(r.uniform(600, p.fault_until), "clock_jump", -1, r.choice([-3600.0, 3600.0])))
+                t = r.uniform(600, p.fault_until)
+                out.append(Fault(t, "clock_jump", -1, r.choice([-3600.0, 3600.0, -3600.0, 3600.0, -300.0, 300.0])))
+                if r.random() < 0.5:
+                    # the monitor dies just before: the next process sees the jump through clock_ref
+                    out.append(Fault(max(60.0, t - r.uniform(1, 600)), "kill", -1, 0.0, "sleep"))
+        if "lock_deleted" in p.scenarios:
+            for _ in range(r.randint(3, 8)):
+                out.append(Fault(r.uniform(60, p.fault_until), "lock_delete"))
         if "foreign_newline" in p.scenarios:
             # a notebook server of the user's, running for weeks
             out.append(Fault(r.uniform(60, 3600), "foreign", -1, 30 * 86400.0, "newline"))
@@ -572,8 +776,8 @@ class Scenario(object):
             for _ in range(r.randint(6, 12)):
                 out.append(Fault(r.uniform(60, p.fault_until), "kill_at", r.randint(1, 2), 0.0, point))
         if "throttle_overflow" in p.scenarios:
-            out.append(Fault(30.0, "foreign", -1, 26 * 3600.0, "hog"))
-            out.append(Fault(30.0, "foreign", -1, 26 * 3600.0, "hog"))
+            for _ in range(3 if p.array else 2):
+                out.append(Fault(0.0, "foreign", -1, 14 * 3600.0, "hog"))
         out.sort(key=lambda f: (f.t, f.kind, f.job))
         return out
 
@@ -641,6 +845,8 @@ def make_program(seed, logical, k, p, quiet, rerun=False):
     duration = loguniform(r, 30, 1800) if quiet else loguniform(r, 60, 6 * 3600)
     if "slow_accounting" in p.scenarios:
         duration = loguniform(r, 60, 900)  # short jobs end while a crashed monitor is away
+    if "shared_log_rerun" in p.scenarios:
+        duration = loguniform(r, 60, 480)  # shorter than the 600 s between two looks
     if rerun and "requeue_after_end" in p.scenarios:
         outcome, duration = "success", loguniform(r, 60, 300)  # a short rerun that succeeds
     cap = min(900.0, 0.3 * p.threshold) if p.threshold else 900.0
@@ -664,7 +870,7 @@ class Run(object):
     """One start of a SLURM job: its program and what it has written so far."""
 
     __slots__ = ("prog", "k", "start", "last_write", "last_line", "term_written", "event_written", "hung", "ticks",
-                 "pending_part", "times", "paused_at", "ended")
+                 "pending_part", "times", "paused_at", "ended", "noted")
 
     def __init__(self, prog, k, start):
         self.prog, self.k, self.start = prog, k, start
@@ -674,6 +880,7 @@ class Run(object):
         self.pending_part = b""
         self.times = {}  # action -> absolute virtual time it is due
         self.paused_at = None
+        self.noted = False  # said that it wrote without a newline for over the threshold
 
 
 # ============================================================================
@@ -719,7 +926,7 @@ class SlurmModel(object):
     parsed by autoexp's own parsers; plus the hand operations users and admins do."""
 
     __slots__ = ("w", "p", "jobs", "order", "next_id", "user", "faults", "snap_seq", "sbatch_fails",
-                 "array_running", "names", "sid")
+                 "refusals", "array_running", "names", "sid", "shown_unknown")
 
     def __init__(self, world, params):
         self.w = world
@@ -731,6 +938,8 @@ class SlurmModel(object):
         self.faults = {}  # kind -> (until, arg)
         self.snap_seq = 0
         self.sbatch_fails = {}  # logical -> consecutive uncertain sbatch failures
+        self.refusals = {}  # logical -> queue-limit refusals so far
+        self.shown_unknown = set()  # ids of requeued jobs squeue showed in an unknown state
         self.array_running = {}
         self.names = {}
         self.sid = PLAN_ID
@@ -838,12 +1047,22 @@ class SlurmModel(object):
             self.snap(job, name="allocation")
             self.snap(job, t=w.t + 2.7)
         w.trace("slurm", "%s %s %s %s" % (job.id, job.name, state, job.exit_code))
+        if ("acct_down_at_end" in self.p.scenarios and job.owner == "autoexp" and w.t < w.quiet_at
+                and "sacct_down" not in self.faults and w.rng("f12").random() < 0.5):
+            w.apply_fault(Fault(w.t - T0, "sacct_down", -1, round(loguniform(w.rng("f12"), 300, 3600), 1), "refused"))
         w.at(w.t + self.p.min_job_age + w.rng("purge").uniform(0, 5), self.purge, job, job.gen)
         w.job_ended(job)
 
     def purge(self, job, gen):
         if job.gen == gen and job.state not in ACTIVE:
             job.in_squeue = False
+            w = self.w
+            if ("slow_accounting" in self.p.scenarios and job.owner == "autoexp" and not w.procs
+                    and w.checker.in_doubt(job.logical)):
+                # F3: the next autoexp looks now, while the job is in neither squeue nor
+                # accounting (its record lags): a monitor started by hand, a cron pass
+                w.trace("sim", "%s left squeue; its submission is in doubt on disk; accounting lags" % job.id)
+                w.at(w.t + 1.0, w.start_process, "cron" if w.p.cron_every else "monitor")
 
     def requeue(self, job, why):
         """Back to PENDING under the same id (SLURM after a node failure or preemption, or
@@ -890,6 +1109,10 @@ class SlurmModel(object):
             if (self.faults.get("squeue_down", (0, ""))[1] == "unknown_state" and job.state == "PENDING"
                     and (job.run is None or "unknown_state_requeue" in self.p.scenarios)):
                 state = "EXPEDITING"  # a state word of a newer SLURM
+                if job.run is not None and job.id not in self.shown_unknown:
+                    self.shown_unknown.add(job.id)
+                    self.w.trace("slurm", "squeue shows %s, requeued, as EXPEDITING (a state word autoexp "
+                                 "does not know)" % job.id)
             lines.append("%s|%s|%s|%s|%s|%s|%s%s" % (job.id, raw, state, job.reason, local(job.submit_t), job.name,
                                                      job.comment or "(null)", extra if job.owner != "foreign" else ""))
         return "".join(l + "\n" for l in lines)
@@ -970,10 +1193,11 @@ class SlurmView(object):
     sbatch, scancel. Each call takes virtual time (during which the world moves on), may be hit
     by a fault window, and is a crash opportunity before and after it takes effect."""
 
-    __slots__ = ("w", "m", "user")
+    __slots__ = ("w", "m", "user", "skipped")
 
     def __init__(self, world, model):
         self.w, self.m, self.user = world, model, model.user
+        self.skipped = []  # SlurmClient's: lines of other jobs squeue printed that cannot be read
 
     def _latency(self, base):
         w = self.w
@@ -1008,10 +1232,12 @@ class SlurmView(object):
                 text = text[:-1]
         elif down and down[1] == "garbled":
             text += "slurm_load_jobs error: Zero Bytes were transmitted or received\n"
+        skipped = []
         try:
-            rows = Api.parse_squeue(text)
+            rows = Api.parse_squeue(text, skipped)
         except ValueError as e:
             raise Api.SlurmUnavailable("squeue printed output autoexp cannot parse: %s" % e)
+        self.skipped = skipped
         w.crash_opportunity("slurm", "squeue:after")
         return rows
 
@@ -1069,6 +1295,17 @@ class SlurmView(object):
         if kind in ("queued", "timeout_queued") and "queued_last_try" not in m.p.scenarios and any(
                 m.sbatch_fails.get(lg, 0) >= m.p.submit_retries for lg in logicals if lg is not None):
             kind = "lost" if kind == "queued" else "timeout_lost"  # F5 needs this one to have queued it
+        if ("replace_in_doubt" in m.p.scenarios and kind is None and w.t < w.quiet_at
+                and w.rng("f10").random() < 0.3):
+            # F10: the sbatch queues the job but answers with an error, squeue goes down for a
+            # while (autoexp stays in doubt), and meanwhile the user replaces the job once it runs
+            kind = "queued"
+            w.apply_fault(Fault(w.t - T0, "squeue_down", -1, round(loguniform(w.rng("f10"), 1800, 3 * 3600), 1),
+                                "refused"))
+            for lg in logicals:
+                if lg is not None:
+                    for after in (600.0, 1800.0, 3600.0):  # once it runs: the first of these it runs at
+                        w.at(w.t + after, w.apply_fault, Fault(w.t - T0 + after, "hand_replace", lg, 0.0, "f10"))
         queued = kind in (None, "queued", "timeout_queued")
         base = None
         if queued:
@@ -1096,6 +1333,10 @@ class SlurmView(object):
                 m.sbatch_fails[lg] = 0
             elif res.outcome == "uncertain":
                 m.sbatch_fails[lg] = m.sbatch_fails.get(lg, 0) + 1
+            elif res.outcome == "throttled":
+                n = m.refusals[lg] = m.refusals.get(lg, 0) + 1
+                if n in (1025, 1026):  # issue 11 item 8: 2**refusals overflowed after about 1,025
+                    self.w.trace("slurm", "logical job %d refused by the queue limit %d times" % (lg, n))
         self.w.trace("call", "sbatch -> %s %s %s" % (res.outcome, res.job_id or "-", res.message[:60]))
         return res
 
@@ -1249,9 +1490,14 @@ class Programs(object):
                 f.write(data)
         except (IOError, OSError):
             return
-        run.last_write = self.w.t
+        t = self.w.t
+        if (b"\n" not in data and self.p.threshold and t - run.last_line > self.p.threshold
+                and not run.noted):
+            run.noted = True  # issue 11 item 1: growth without a newline is activity too
+            self.w.trace("prog", "%s writes without a newline for over the inactivity threshold" % job.id)
+        run.last_write = t
         if b"\n" in data:
-            run.last_line = self.w.t
+            run.last_line = t
 
     def act(self, job, gen, action, t):
         w = self.w
@@ -1370,6 +1616,11 @@ class Programs(object):
 # 6. The world: virtual time, processes, users, faults
 # ============================================================================
 
+# Where a process must still hold its lock (checked by lock-lost-stops): each state write,
+# sbatch and scancel (autoexp checks its lock right before them).
+LOCKED_ACTS = frozenset(("state_before_rename", "state_before_append", "before_sbatch", "before_scancel"))
+
+
 class SimCrash(BaseException):
     """The process running autoexp died (SIGKILL, power cut). BaseException: autoexp's own
     except clauses must not catch it."""
@@ -1390,11 +1641,11 @@ class Violation(BaseException):
 class Proc(object):
     """One autoexp process (monitor, cron reconcile, cancel, submit)."""
 
-    __slots__ = ("kind", "n", "lock", "ctl", "last_squeue", "cycled", "started")
+    __slots__ = ("kind", "n", "lock", "lock_key", "ctl", "last_squeue", "cycled", "started")
 
     def __init__(self, kind, n, t):
         self.kind, self.n, self.started = kind, n, t
-        self.lock = self.ctl = None
+        self.lock = self.lock_key = self.ctl = None
         self.last_squeue = t
         self.cycled = False
 
@@ -1452,7 +1703,8 @@ class World(object):
         self.slurm = SlurmView(self, self.model)
         self.programs = Programs(self)
         self.procs = []      # running processes, innermost last
-        self.lock_holder = None
+        self.lock_holders = {}  # (dev, inode) of a lock file -> the process holding a lock on it
+        self.lock_path = None
         self.nproc = 0
         self.armed = []      # kill faults waiting for their moment: [kind, arg, count]
         self.crash_counts = {}
@@ -1465,6 +1717,7 @@ class World(object):
         self.store = self.plan = None
         self.sid = PLAN_ID
         self.requests = 0
+        self.refused = False  # the plan was refused (term_newline): nothing ran
 
     # -- plumbing ------------------------------------------------------------------
 
@@ -1499,13 +1752,36 @@ class World(object):
             self.t = target
 
     def host_clock(self):
+        """The monitor host's wall clock: SLURM's time, off by the skew (which jumps)."""
         return self.t + self.skew
+
+    def mono_clock(self):
+        """The monitor host's monotonic clock (time since its boot; every simulated process
+        runs on that one host): it never jumps."""
+        return self.t - T0 + MONO_AT_T0
 
     # -- crashes ---------------------------------------------------------------------
 
     def crash_point(self, name):
         """Replaces autoexp.crash_point during the run."""
+        if name in LOCKED_ACTS:
+            self.check_lock_kept(name)
         self.crash_opportunity("point", name)
+
+    def check_lock_kept(self, what):
+        """lock-lost-stops: a process whose lock file was deleted (or replaced) writes no
+        state and runs no sbatch or scancel any more (issue 11 item 4)."""
+        proc = self.procs[-1] if self.procs else None
+        if proc is None or proc.lock is None:
+            return
+        try:
+            there = os.stat(self.lock_path)
+            there = (there.st_dev, there.st_ino)
+        except OSError:
+            there = None
+        if there != proc.lock_key:
+            self.checker.fail("lock-lost-stops", "%s #%d reaches %s, but the lock file it locked is %s" % (
+                proc.kind, proc.n, what, "gone" if there is None else "another one now"))
 
     def crash_opportunity(self, where, name):
         if not self.armed or not self.procs:
@@ -1529,27 +1805,41 @@ class World(object):
 
     # -- processes -------------------------------------------------------------------
 
+    def lock_holder(self):
+        """The process holding a lock on the file now at the lock's path. (The simulated
+        processes are one OS process, whose POSIX locks never exclude each other: who holds
+        which file is kept here, by inode, as the kernel would.)"""
+        try:
+            st = os.stat(self.lock_path)
+        except OSError:
+            return None
+        return self.lock_holders.get((st.st_dev, st.st_ino))
+
     def start_process(self, kind, arg=None):
         """A command starts. If another autoexp process holds the lock, it does what the CLI
-        does then: cron is skipped (exit 75), cancel queues a request, monitor refuses."""
+        does then: cron is skipped (exit 75), cancel queues a request, monitor refuses.
+        A process whose lock was lost stops as the CLI does (exit 75)."""
         if self.done:
             return
-        if self.lock_holder is not None and not (kind == "cron" and "lock_deleted" in self.p.scenarios):
+        holder = self.lock_holder()
+        if holder is not None:
             if kind == "cron":
-                self.trace("cron", "reconcile: session locked by %s, skipped (exit 75)" % self.lock_holder.kind)
+                self.trace("cron", "reconcile: session locked by %s, skipped (exit 75)" % holder.kind)
             elif kind == "cancel":
                 self.requests += 1
                 names = self.cancel_names(arg)
                 Api.cancel_request(self.store, self.sid, names, self.host_clock(), self.requests)
                 self.trace("user", "cancel %s: session busy, request queued" % (" ".join(names) or "(all)"))
-            elif kind == "monitor" and self.lock_holder.kind != "monitor":
+            elif kind == "monitor" and holder.kind != "monitor":
                 self.at(self.t + 60, self.start_process, "monitor")
             return
         if kind == "monitor" and self.monitor_alive:
+            # (with its lock file deleted a second monitor could start; not simulated: the
+            # two would have to run at once, and the simulator runs one process at a time,
+            # the others nested in its waits; cron passes and cancels do run beside it)
             return
         self.nproc += 1
         proc = Proc(kind, self.nproc, self.t)
-        outer_holder = self.lock_holder
         self.procs.append(proc)
         self.trace("proc", "%s #%d starts" % (kind, proc.n))
         try:
@@ -1565,6 +1855,11 @@ class World(object):
                 self.schedule_monitor_restart("crash")
         except (SimStop, Violation):
             raise
+        except Api.LockedError as e:
+            # LockLostError: the CLI prints "Error: ..." and exits 75
+            self.trace("proc", "%s #%d exits %d: %s" % (kind, proc.n, Api.EXIT_LOCKED, str(e).replace(self.root, "<root>")))
+            if kind == "monitor":
+                self.schedule_monitor_restart("lost its lock")
         except Api.StateError as e:
             self.checker.fail("state-loads", "%s #%d: %s" % (kind, proc.n, e))
         except Exception as e:  # autoexp raised: a traceback for the user
@@ -1575,18 +1870,19 @@ class World(object):
         finally:
             self.procs.pop()
             if proc.lock is not None:
+                self.lock_holders.pop(proc.lock_key, None)
                 Api.unlock(proc.lock)
                 proc.lock = None
             if kind == "monitor":
                 self.monitor_alive = False
-            self.lock_holder = outer_holder
             self.trace("proc", "%s #%d ends" % (kind, proc.n))
         self.checker.check_files(full=True)
         self.maybe_done()
 
-    def take_lock(self, proc, command):
-        proc.lock = Api.lock(self.store, self.sid, command)
-        self.lock_holder = proc
+    def took_lock(self, proc, lock, command):
+        st = os.fstat(lock.fd)
+        proc.lock, proc.lock_key = lock, (st.st_dev, st.st_ino)
+        self.lock_holders[proc.lock_key] = proc
         # no-leftovers: taking the lock removes what a killed writer left
         left = [n for n in os.listdir(self.store.root) if n.endswith(".tmp")]
         folder = Api.paths(self.store, self.sid)[2]
@@ -1596,20 +1892,31 @@ class World(object):
             self.checker.fail("no-leftovers", "temporary files left after %s took the lock: %s" % (
                 command, ", ".join(sorted(left))))
 
+    def controller(self, proc, store):
+        return Api.controller(store, self.slurm, Sink(self), self.host_clock, self.sleeper(proc), self.mono_clock)
+
     def sleeper(self, proc):
+        """The Controller's sleep (called every PAUSE_STEP of a wait: the hot path)."""
+        bound = max(self.p.interval, self.p.unknown_backoff_max) + (self.p.n_jobs + 4) * 3 * (
+            self.p.slurm_timeout + 10) + 60
+        heap = self.heap
+
         def sleep(seconds):
             if proc.cycled:
                 proc.cycled = False
                 self.cycles += 1
                 self.checker.check_files()
                 self.maybe_done()
-            bound = max(self.p.interval, self.p.unknown_backoff_max) + (self.p.n_jobs + 4) * 3 * (
-                self.p.slurm_timeout + 10) + 60
             if self.t - proc.last_squeue > bound:
                 self.checker.fail("keeps-cycling", "monitor #%d has not called squeue for %.0fs (bound %.0fs)"
                                   % (proc.n, self.t - proc.last_squeue, bound))
-            self.crash_opportunity("sleep", "")
-            self.run_until(self.t + seconds)
+            if self.armed:
+                self.crash_opportunity("sleep", "")
+            target = self.t + seconds
+            if heap and heap[0][0] <= target:
+                self.run_until(target)
+            else:
+                self.t = target
         return sleep
 
     def note_squeue(self):
@@ -1619,30 +1926,32 @@ class World(object):
             proc.cycled = True
 
     def run_monitor(self, proc):
+        """`run`: submit what the session does not track, then monitor, under one lock."""
         now = self.host_clock()
-        self.take_lock(proc, "monitor")
-        ctl = Api.controller(self.store, self.slurm, Sink(self), self.host_clock, self.sleeper(proc))
-        proc.ctl = ctl
-        s = Api.submit(self.store, self.plan, self.sid, ctl, self.p.array, now)
+        store = Api.process_store(self.store)
+        s, lock, created = Api.open_or_create(store, self.plan, "run", now)
+        self.took_lock(proc, lock, "run")
+        proc.ctl = self.controller(proc, store)
+        Api.submit(store, self.plan, s, created, proc.ctl, self.p.array, now)
         self.checker.check_files()
-        ctl = Api.controller(self.store, self.slurm, Sink(self), self.host_clock, self.sleeper(proc))
-        proc.ctl = ctl
-        code = Api.monitor(ctl, s)
+        proc.ctl = self.controller(proc, store)
+        code = Api.monitor(proc.ctl, s)
         self.trace("proc", "monitor #%d exits %d" % (proc.n, code))
         if code != Api.EXIT_OK:
             self.schedule_monitor_restart("stopped")
 
     def run_cron(self, proc):
+        """`reconcile --all` from cron: a session with work is locked, read afresh, cycled once."""
         path = Api.paths(self.store, self.sid)[0]
         if not os.path.exists(path):
             return
         s = Api.load(self.store, path, with_plan=False)
-        if not Api.has_work(s):
+        if not Api.reconcile_wants(self.store, s):
             return
-        self.take_lock(proc, "reconcile")
-        s = Api.open_session(self.store, self.sid, self.host_clock())
-        ctl = Api.controller(self.store, self.slurm, Sink(self), self.host_clock, self.sleeper(proc))
-        ok = Api.cycle(ctl, s)
+        store = Api.process_store(self.store)
+        s, lock = Api.open_for_write(store, self.sid, "reconcile", self.host_clock())
+        self.took_lock(proc, lock, "reconcile")
+        ok = Api.cycle(self.controller(proc, store), s)
         self.trace("cron", "reconcile pass %s" % ("ok" if ok else "UNKNOWN"))
 
     def cancel_names(self, arg):
@@ -1652,10 +1961,10 @@ class World(object):
         path = Api.paths(self.store, self.sid)[0]
         if not os.path.exists(path):
             return
-        self.take_lock(proc, "cancel")
-        s = Api.open_session(self.store, self.sid, self.host_clock())
-        ctl = Api.controller(self.store, self.slurm, Sink(self), self.host_clock, self.sleeper(proc))
-        Api.cancel(ctl, s, self.cancel_names(arg), self.host_clock())
+        store = Api.process_store(self.store)
+        s, lock = Api.open_for_write(store, self.sid, "cancel", self.host_clock())
+        self.took_lock(proc, lock, "cancel")
+        Api.cancel(self.controller(proc, store), s, self.cancel_names(arg), self.host_clock())
         self.trace("user", "cancel %s done" % (" ".join(self.cancel_names(arg)) or "(all)"))
 
     def schedule_monitor_restart(self, why):
@@ -1671,7 +1980,21 @@ class World(object):
 
     def setup(self):
         p = self.p
-        self.store, self.plan = Api.plan(p.config(), self.root, PLAN_ID, self.host_clock())
+        try:
+            self.store, self.plan = Api.plan(p.config(), self.root, PLAN_ID, self.host_clock())
+        except Api.ConfigError as e:
+            if "term_newline" not in p.scenarios:
+                raise
+            self.trace("plan", "refused (exit 2): %s" % str(e).replace(self.root, "<root>"))
+            self.refused = True
+            raise SimStop()
+        if "term_newline" in p.scenarios:
+            self.checker.fail("plan-refuses", "a termination string with a newline in it (which can never match "
+                              "a log line) was accepted at plan time")
+        self.lock_path = Api.paths(self.store, self.sid)[4]
+        for f in self.scenario.faults:
+            if f.t <= 0:
+                self.apply_fault(f)  # there before the sweep starts
         for j in self.plan.jobs:
             self.model.names[j.name] = j.index
         self.at(self.t, self.start_process, "monitor")
@@ -1679,7 +2002,8 @@ class World(object):
             self.foreign(Fault(0.0, "foreign", -1, 3600.0 * (i + 1), ["plain", "pipe", "het", "other_plan",
                                                                      "same_name"][i % 5]))
         for f in self.scenario.faults:
-            self.at(T0 + f.t, self.apply_fault, f)
+            if f.t > 0:
+                self.at(T0 + f.t, self.apply_fault, f)
         if p.cron_every:
             self.at(T0 + p.cron_every * 0.37, self.cron_tick)
         self.at(self.quiet_at, self.quiet)
@@ -1779,9 +2103,19 @@ class World(object):
                     os.unlink(os.path.join(folder, n))
         elif kind == "foreign":
             self.foreign(f)
+        elif kind == "lock_delete":
+            # someone deletes the "stale" lock file (issue 11 item 4)
+            holder = self.lock_holder()
+            try:
+                os.unlink(self.lock_path)
+            except OSError:
+                return
+            self.trace("user", "deleted the lock file%s" % (" (held by %s #%d)" % (holder.kind, holder.n)
+                                                             if holder is not None else ""))
         elif kind == "clock_jump":
             self.skew += f.dur
-            self.trace("fault", "monitor host clock now %+.0fs off" % self.skew)
+            self.trace("fault", "monitor host clock now %+.0fs off%s" % (
+                self.skew, "" if self.procs else " (no autoexp process running: the next sees it through clock_ref)"))
         else:
             self.hand(f)
 
@@ -1826,6 +2160,11 @@ class World(object):
             # scancel it and sbatch its script again (a changed config, a bad node)
             if job is None or job.state != "RUNNING" or job.owner == "foreign":
                 return
+            if "replace_in_doubt" not in self.p.scenarios and self.checker.in_doubt(f.job):
+                return  # F10: a replacement while autoexp does not know the job is its own yet
+            if f.arg == "f10":
+                if job.owner != "autoexp" or not self.checker.in_doubt(f.job):
+                    return
             m.cancel(job, "hand")
             pj = self.plan.jobs[f.job]
             spec = sbatch_spec(pj.script_path, ())
@@ -1889,7 +2228,11 @@ class World(object):
         if job.gen == gen and job.state == "SUSPENDED":
             job.state = "RUNNING"
             self.model.snap(job)
+            paused = self.t - job.run.paused_at
             self.programs.resume(job)
+            self.trace("slurm", "%s %s RUNNING again after %.0fs SUSPENDED%s" % (
+                job.id, job.name, paused, " (longer than the inactivity threshold)"
+                if self.p.threshold and paused > self.p.threshold else ""))
 
     def programs_rotate(self, job, copy):
         path = self.programs.path(job)
@@ -1929,8 +2272,8 @@ class World(object):
             if job.state in ACTIVE:
                 self.checker.fail("no-healthy-cancel", "autoexp scancels %s, not one of its jobs" % job.id)
             return
-        if job.state not in ACTIVE or job.state == "COMPLETING":
-            return
+        if job.state not in ACTIVE or job.state == "COMPLETING" or job.runaway or job.forgotten:
+            return  # nothing runs (a runaway record, a job slurmctld forgot): the scancel is harmless
         if job.logical in self.user_cancelled or -1 in self.user_cancelled or job.bad:
             return
         run = job.run
@@ -1941,9 +2284,9 @@ class World(object):
             self.checker.fail("no-healthy-cancel", "autoexp scancels %s, which wrote the termination string" % job.id)
         if run.event_written:
             return
-        # Silence is measured by whole lines, as autoexp does today (item 1 of issue 11);
-        # tqdm_progress checks the promise itself: growth by size.
-        quiet = self.t - (run.last_write if "tqdm_progress" in self.p.scenarios else run.last_line)
+        # Silence is no growth of the file, whatever its line structure (SPEC 5.1; issue 11
+        # item 1: a progress bar's \r updates are activity)
+        quiet = self.t - run.last_write
         if self.p.threshold and (run.hung or run.prog.outcome == "hang") and quiet >= self.p.threshold:
             return
         self.checker.fail("no-healthy-cancel", "autoexp scancels %s (%s, %s), whose program is healthy "
@@ -1954,6 +2297,9 @@ class World(object):
 # 7. Invariants on the files
 # ============================================================================
 
+FULL_LOAD_EVERY = 64  # state versions between two StateStore.load cross-checks
+
+
 class Checker(object):
     """Reads the state file, journal and payloads after each step and checks them."""
 
@@ -1961,6 +2307,8 @@ class Checker(object):
         self.w = world
         self.state_key = None
         self.state = None
+        self.files = None  # StateFiles, once the state exists
+        self.full_key = None  # the state version StateStore.load last read
         self.state_existed = False
         self.journal_off = 0
         self.journal = {}  # seq -> event dict
@@ -2068,16 +2416,27 @@ class Checker(object):
     # -- the checks --------------------------------------------------------------------
 
     def full_load(self, path):
+        """StateStore.load, the whole session rebuilt as autoexp reads it; and the
+        incremental reading must agree with it."""
+        w = self.w
+        if self.full_key == self.state_key:
+            return  # this version was loaded already
+        self.full_key = self.state_key
         try:
-            Api.load(self.w.store, path)
+            full = Api.state_doc(Api.load(w.store, path))
         except Api.StateError as e:
-            self.fail("state-loads", str(e).replace(self.w.root, "<root>"))
+            self.fail("state-loads", str(e).replace(w.root, "<root>"))
+        if self.state is not None:
+            diff = StateFiles.differs(self.state, full, Api.journal_seq(Api.paths(w.store, w.sid)[1]))
+            if diff:
+                self.fail("state-loads", "the files read batch by batch are not what StateStore.load reads: %s"
+                          % diff)
 
     def check_files(self, full=False):
         w = self.w
-        path, journal, actions, _ = Api.paths(w.store, w.sid)
+        path, journal, actions = Api.paths(w.store, w.sid)[:3]
         try:
-            st = os.stat(path)
+            os.stat(path)
         except OSError:
             if self.state_existed:
                 self.fail("state-loads", "the state file disappeared")
@@ -2088,15 +2447,18 @@ class Checker(object):
         if key != self.state_key:
             self.state_key = key
             self.versions += 1
-            # Every version is parsed and cross-checked; StateStore.load itself (the costliest
-            # check: it rebuilds every object) runs on the first versions, every 8th, at each
-            # process end and at the end.
-            if self.versions <= 3 or self.versions % 8 == 0 or full:
-                self.full_load(path)
+            if self.files is None:
+                self.files = StateFiles(w.store, w.sid)
             try:
-                self.state = Api.state_doc(w.store, path)
-            except (ValueError, Api.StateError) as e:
-                self.fail("state-loads", "the state does not load: %s" % str(e).replace(w.root, "<root>"))
+                self.state = self.files.read()
+            except (IOError, OSError, ValueError, KeyError, TypeError) as e:
+                self.fail("state-loads", "the state does not read: %s: %s" % (
+                    type(e).__name__, str(e).replace(w.root, "<root>")))
+            # Every version is read (incrementally) and checked; StateStore.load itself (the
+            # costliest check: it rebuilds every object) runs on the first versions, every
+            # 64th, at each process end and at the end, and must read the same.
+            if self.versions <= 3 or self.versions % FULL_LOAD_EVERY == 0 or full:
+                self.full_load(path)
             self.check_actions_in_state()
         elif full:
             self.full_load(path)
@@ -2246,6 +2608,9 @@ def run_scenario(scenario, keep_trace=True):
     root = sim_dir()
     w = World(scenario, root, keep_trace)
     violation = None
+    saved_compact = os.environ.pop("AUTOEXP_COMPACT_BYTES", None)
+    if scenario.params.compact is not None:
+        os.environ["AUTOEXP_COMPACT_BYTES"] = str(scenario.params.compact)
     try:
         with Api.crash_hook(w.crash_point):
             w.trace("sim", "seed %d: %s" % (scenario.seed, scenario.params.describe()))
@@ -2256,13 +2621,16 @@ def run_scenario(scenario, keep_trace=True):
                 pass
             except Violation as v:
                 violation = v
-            if violation is None:
+            if violation is None and not w.refused:
                 try:
                     w.done = True
                     w.checker.final()
                 except Violation as v:
                     violation = v
     finally:
+        os.environ.pop("AUTOEXP_COMPACT_BYTES", None)
+        if saved_compact is not None:
+            os.environ["AUTOEXP_COMPACT_BYTES"] = saved_compact
         if os.environ.get("AUTOEXP_SIM_KEEP"):
             sys.stderr.write("kept %s\n" % root)
         else:
@@ -2272,23 +2640,23 @@ def run_scenario(scenario, keep_trace=True):
                   digest=w.digest.hexdigest(), stats={"detail": None if violation is None else violation.detail})
 
 
-def run_seed(seed, scenarios=(), keep_trace=False, jobs=None, keep=None, simplify=()):
-    sc = Scenario.generate(seed, scenarios)
+def run_seed(seed, scenarios=(), keep_trace=False, jobs=None, keep=None, simplify=(), mix=True):
+    sc = Scenario.generate(seed, scenarios, mix)
     if jobs is not None or keep is not None or simplify:
         sc = sc.smaller(jobs=jobs, keep=keep, simplify=simplify)
     return run_scenario(sc, keep_trace)
 
 
 def _run_one(args):
-    seed, scenarios = args
-    res = run_seed(seed, scenarios)
+    seed, scenarios, mix = args
+    res = run_seed(seed, scenarios, mix=mix)
     return res.seed, res.violation, (res.stats or {}).get("detail"), res.sim_seconds, res.steps, res.cycles, res.digest
 
 
-def run_many(seeds, scenarios=(), workers=1):
+def run_many(seeds, scenarios=(), workers=1, mix=True):
     """Run seeds (in `workers` processes); returns [(seed, violation, detail, sim_seconds,
     steps, cycles, digest)] in seed order."""
-    jobs = [(seed, tuple(scenarios)) for seed in seeds]
+    jobs = [(seed, tuple(scenarios), mix) for seed in seeds]
     if workers <= 1:
         out = [_run_one(j) for j in jobs]
     else:
@@ -2299,10 +2667,10 @@ def run_many(seeds, scenarios=(), workers=1):
     return sorted(out)
 
 
-def shrink(seed, scenarios=(), log=None):
+def shrink(seed, scenarios=(), log=None, mix=True):
     """Delta-debug a failing seed: fewer jobs, then fewer faults (ddmin), then simplifications,
     keeping the same broken invariant. Returns (jobs, kept fault indexes, simplify, Result)."""
-    base = Scenario.generate(seed, scenarios)
+    base = Scenario.generate(seed, scenarios, mix)
     first = run_scenario(base, keep_trace=False)
     if first.violation is None:
         return None
@@ -2350,10 +2718,12 @@ def shrink(seed, scenarios=(), log=None):
     return jobs, keep, simp, final
 
 
-def replay_command(seed, scenarios, jobs=None, keep=None, simplify=()):
+def replay_command(seed, scenarios, jobs=None, keep=None, simplify=(), mix=True):
     cmd = ["python3", "tests/sim.py", "--seed", str(seed)]
     for s in scenarios:
         cmd += ["--scenario", s]
+    if not scenarios and not mix:
+        cmd += ["--no-mix"]
     if jobs is not None:
         cmd += ["--jobs", str(jobs)]
     if keep is not None:
@@ -2368,6 +2738,8 @@ def main(argv=None):
     ap.add_argument("--seed", type=int)
     ap.add_argument("--seeds", help="A:B, a range of seeds")
     ap.add_argument("--scenario", action="append", default=[], choices=list(SCENARIOS))
+    ap.add_argument("--no-mix", dest="mix", action="store_false",
+                    help="without --scenario: no switch at all (not the default mix)")
     ap.add_argument("--replay", action="store_true", help="print the trace")
     ap.add_argument("--shrink", action="store_true", help="shrink a failing seed, print the short trace")
     ap.add_argument("--jobs", type=int)
@@ -2383,7 +2755,7 @@ def main(argv=None):
         lo, _, hi = args.seeds.partition(":")
         bad = 0
         for seed in range(int(lo), int(hi)):
-            res = run_seed(seed, args.scenario)
+            res = run_seed(seed, args.scenario, mix=args.mix)
             if res.violation:
                 bad += 1
                 print(res.line(), res.stats["detail"])
@@ -2392,26 +2764,28 @@ def main(argv=None):
     if args.seed is None:
         ap.error("give --seed N or --seeds A:B")
     if args.list:
-        sc = Scenario.generate(args.seed, args.scenario).smaller(jobs=args.jobs, keep=keep, simplify=simplify)
+        sc = Scenario.generate(args.seed, args.scenario, args.mix).smaller(jobs=args.jobs, keep=keep,
+                                                                          simplify=simplify)
         print(sc.params.describe())
         for i, f in enumerate(sc.faults):
             print("%3d %s" % (i, f.describe()))
         return 0
     if args.shrink:
-        out = shrink(args.seed, args.scenario, log=print)
+        out = shrink(args.seed, args.scenario, log=print, mix=args.mix)
         if out is None:
             print("seed %d does not fail" % args.seed)
             return 0
         jobs, keep, simp, res = out
-        base = Scenario.generate(args.seed, args.scenario)
+        base = Scenario.generate(args.seed, args.scenario, args.mix)
         print("\n".join(res.trace))
         print("faults kept:")
         for i in keep:
             print("  %3d %s" % (i, base.faults[i].describe()))
         print(res.line(), res.stats["detail"])
-        print("replay: " + replay_command(args.seed, args.scenario, jobs, keep, simp))
+        print("replay: " + replay_command(args.seed, args.scenario, jobs, keep, simp, args.mix))
         return 1
-    res = run_seed(args.seed, args.scenario, keep_trace=True, jobs=args.jobs, keep=keep, simplify=simplify)
+    res = run_seed(args.seed, args.scenario, keep_trace=True, jobs=args.jobs, keep=keep, simplify=simplify,
+                   mix=args.mix)
     if args.replay:
         print("\n".join(res.trace))
     print(res.line(), res.stats["detail"] or "")

@@ -1740,14 +1740,20 @@ def _split_free_fields(parts, line):
     return "|".join(parts), ""
 
 
-def parse_squeue(text, fmt=SQUEUE_FORMAT, skipped=None):
+def parse_squeue(text, fmt=SQUEUE_FORMAT, skipped=None, known=None):
     """Parse `squeue -h -o FMT` output (FMT: fixed fields, then %j and %k last).
 
     A malformed line that carries autoexp's tag, or output cut short, raises ValueError:
     a partial answer must never be mistaken for "these jobs are gone". A malformed line
     without a tag is another job of the user's (a newline in its name splits it in two):
-    it is skipped, and why is appended to `skipped` when given."""
+    it is skipped, and why is appended to `skipped` when given.
+
+    known: a dict the caller keeps from one answer to the next (same fmt): a line seen in
+    the last answer gives the same row objects again, unparsed, so a cycle in which little
+    changed parses little and holds one copy of each row. It is replaced by this answer's
+    lines only when the whole answer parsed."""
     _check_complete(text)
+    fresh = {} if known is not None else None
     codes = re.findall(r"%(\w)", fmt)
     fixed = codes.index("j")
     at = dict((c, i) for i, c in enumerate(codes[:fixed]))
@@ -1757,6 +1763,12 @@ def parse_squeue(text, fmt=SQUEUE_FORMAT, skipped=None):
     rows = []
     new = tuple.__new__
     for line in text.splitlines():
+        if known is not None:
+            seen = known.get(line)
+            if seen is not None:
+                rows.extend(seen)
+                fresh[line] = seen
+                continue
         parts = line.split("|")
         if len(parts) == width:  # the common case: name and comment without '|'
             name, comment = parts[fixed], parts[fixed + 1]
@@ -1794,9 +1806,15 @@ def parse_squeue(text, fmt=SQUEUE_FORMAT, skipped=None):
             submit = None
         reason = parts[i_reason] if i_reason is not None else ""
         if len(ids) == 1:
-            rows.append(new(QueueRow, (ids[0], raw, state, reason, name, comment, submit)))
+            made = (new(QueueRow, (ids[0], raw, state, reason, name, comment, submit)),)
         else:
-            rows.extend(new(QueueRow, (job_id, "", state, reason, name, comment, submit)) for job_id in ids)
+            made = tuple(new(QueueRow, (job_id, "", state, reason, name, comment, submit)) for job_id in ids)
+        rows.extend(made)
+        if fresh is not None:
+            fresh[line] = made
+    if known is not None:
+        known.clear()
+        known.update(fresh)
     return rows
 
 
@@ -1970,11 +1988,12 @@ class SlurmClient(object):
     """The only place that runs SLURM commands. Queries raise SlurmUnavailable when the
     answer is not trustworthy; runner(argv, timeout, env) is injectable for tests."""
 
-    __slots__ = ("runner", "env", "timeout", "user", "skipped", "squeue_format", "sacct_fields")
+    __slots__ = ("runner", "env", "timeout", "user", "skipped", "squeue_format", "sacct_fields", "_known_lines")
 
     def __init__(self, runner=None, env=None, timeout=60.0, user=None, squeue_format=SQUEUE_FORMAT,
                  sacct_fields=SACCT_FIELDS):
         self.skipped = []
+        self._known_lines = {}  # the last squeue answer's lines and their rows (parse_squeue)
         self.squeue_format, self.sacct_fields = squeue_format, sacct_fields
         self.runner = runner or run_command
         self.env = slurm_environment(env)
@@ -2001,7 +2020,7 @@ class SlurmClient(object):
         Lines of other jobs that cannot be read are skipped; `skipped` says why."""
         skipped = []
         rows = self._query(["squeue", "-h", "-r", "-t", "all", "-u", self.user, "-o", self.squeue_format],
-                           lambda text: parse_squeue(text, self.squeue_format, skipped))
+                           lambda text: parse_squeue(text, self.squeue_format, skipped, self._known_lines))
         self.skipped = skipped
         return rows
 
@@ -2357,6 +2376,11 @@ INTERNED_FIELDS = frozenset(("status", "origin", "submit_state", "last_slurm_sta
                              "last_event", "outcome", "exit_code", "log_mode"))
 
 
+# List fields mostly empty, and only ever replaced, never changed in place: an empty one is
+# the one shared (), so a 100k-job sweep holds 300k fewer lists.
+EMPTY_SHARED_FIELDS = frozenset(("log_matches", "actions", "seen_copies"))
+
+
 class Record(object):
     """A state-file record whose FIELDS table is its one list of fields: slots, defaults,
     the JSON form and what a reader requires all follow from it."""
@@ -2367,7 +2391,7 @@ class Record(object):
     def __init__(self, **fields):
         for f in self.FIELDS:
             value = fields.pop(f.name, f.default)
-            if isinstance(value, tuple):
+            if isinstance(value, tuple) and (value or f.name not in EMPTY_SHARED_FIELDS):
                 value = list(value)
             elif f.name in INTERNED_FIELDS and isinstance(value, str):
                 value = sys.intern(value)  # "RUNNING", "submitted": one string, not one per job
@@ -2432,7 +2456,9 @@ class Attempt(Record):
     @classmethod
     def from_dict(cls, d):
         fields = cls.fields_from(d, "an attempt")
-        fields["actions"] = [_times_from_json(a) for a in d.get("actions", ())]
+        fields["actions"] = [_times_from_json(a) for a in d.get("actions", ())] or ()
+        if fields["raw_id"] == fields["job_id"]:
+            fields["raw_id"] = fields["job_id"]  # one string for both
         return cls(**fields)
 
     @property
@@ -2492,7 +2518,7 @@ class Attempt(Record):
         for hit in hits:
             if hit.event in self.log_matches:
                 continue
-            self.log_matches.append(hit.event)
+            self.log_matches = list(self.log_matches) + [hit.event]
             new.append(hit)
             if hit.mode == MODE_SUCCESS:
                 self.success_seen = True
@@ -2716,7 +2742,7 @@ class Session(Record):
         stamp = iso_time(now).replace("-", "").replace(":", "")  # 20261129T082433.123Z
         rec = OrderedDict([("id", "%s_%s_%d_%s" % (stamp, job.name, att.attempt, action)),
                            ("time", now), ("action", action), ("mode", mode), ("reason", reason)])
-        att.actions.append(rec)
+        att.actions = list(att.actions) + [rec]
         if self.unwritten is not None:
             self.unwritten.append((job, att, rec))
         self.touch(job)
@@ -2820,6 +2846,20 @@ def observation_live(obs):
     return None
 
 
+_MONITOR_WORDS = {}
+
+
+def _monitor_word(slurm_state):
+    """A SLURM state as a monitor state ("RUNNING" -> "running"): one string per state,
+    not one per job and cycle."""
+    word = _MONITOR_WORDS.get(slurm_state)
+    if word is None:
+        word = slurm_state.lower()
+        if len(_MONITOR_WORDS) < 256:  # SLURM's states are few; anything else is not kept
+            word = _MONITOR_WORDS[slurm_state] = sys.intern(word)
+    return word
+
+
 def classify(obs, facts, now, mon):
     """Derive an attempt's mode from this cycle's observation and its accumulated facts.
 
@@ -2831,7 +2871,7 @@ def classify(obs, facts, now, mon):
     if obs.source == SRC_UNKNOWN:
         return Verdict(MON_UNKNOWN, None, obs.reason or "SLURM did not answer", None)
     live = observation_live(obs)
-    state = obs.state.lower() if obs.state else MON_MISSING
+    state = _monitor_word(obs.state) if obs.state else MON_MISSING
     if facts.success_seen:
         return Verdict(state, MODE_SUCCESS, "termination string found in the log", live)
     if facts.log_mode:
@@ -4307,7 +4347,9 @@ class Controller(object):
         if not (job.current is not None and job.current.in_doubt):
             # while no submission of its own is in doubt, any other job with its tag is a copy
             # that a later intent must never take for its own
-            job.seen_copies.extend(c.job_id for c in cands if c.job_id not in job.seen_copies)
+            copies = [c.job_id for c in cands if c.job_id not in job.seen_copies]
+            if copies:
+                job.seen_copies = list(job.seen_copies) + copies
         running = [r for r in cands if r.state in ACTIVE_STATES] + revived_rows(job, snap)
         untagged = False
         if job.current is not None and job.current.in_doubt:

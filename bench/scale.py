@@ -38,13 +38,14 @@ class StubSlurm(object):
         self.next_id = 1000
         self.calls = {"squeue": 0, "sacct": 0, "sbatch": 0, "scancel": 0}
         self.squeue_text = None
+        self.known = {}
 
     def squeue(self):
         self.calls["squeue"] += 1
         if self.squeue_text is None:
             self.squeue_text = "".join("%s|%s|%s|None|%s|%s|%s\n" % (j, j, d[2], d[3], d[0], d[1])
                                        for j, d in self.jobs.items() if d[2] != "GONE")
-        return autoexp.parse_squeue(self.squeue_text)
+        return autoexp.parse_squeue(self.squeue_text, known=self.known)
 
     def sacct(self, job_ids, since):
         self.calls["sacct"] += 1

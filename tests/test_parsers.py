@@ -331,3 +331,21 @@ def test_scancel_captures():
         cap = Capture(name)
         client = autoexp.SlurmClient(runner=lambda a, t, e, cap=cap: cap.completed(), user="u")
         assert client.scancel("16")[0] is ok, name
+
+
+def test_squeue_lines_seen_in_the_last_answer_give_the_same_rows_unparsed():
+    known = {}
+    first = "1|1|RUNNING|None|2026-12-01T10:00:00|a|autoexp:p:a\n2|2|PENDING|Priority|2026-12-01T10:00:00|b|autoexp:p:b\n"
+    rows1 = autoexp.parse_squeue(first, known=known)
+    assert len(known) == 2
+    second = first.replace("PENDING|Priority", "RUNNING|None") + "3_[0-1]|3|PENDING|None|2026-12-01T10:01:00|c|autoexp:p:c\n"
+    rows2 = autoexp.parse_squeue(second, known=known)
+    assert rows2[0] is rows1[0]                        # unchanged: the very same row
+    assert rows2[1] is not rows1[1] and rows2[1].state == "RUNNING"
+    assert [r.job_id for r in rows2[2:]] == ["3_0", "3_1"]
+    assert rows2 == autoexp.parse_squeue(second)       # the same answer as without it
+    assert len(known) == 3                             # the last answer's lines only
+    # an answer that does not parse leaves what was known as it was
+    with pytest.raises(ValueError):
+        autoexp.parse_squeue(second + "4|4|RUNNING|None|x|d|autoexp:p:d|extra\n", known=known)
+    assert autoexp.parse_squeue(second, known=known)[0] is rows1[0]

@@ -1806,12 +1806,15 @@ def parse_squeue(text, fmt=SQUEUE_FORMAT, skipped=None, known=None):
             submit = None
         reason = parts[i_reason] if i_reason is not None else ""
         if len(ids) == 1:
-            made = (new(QueueRow, (ids[0], raw, state, reason, name, comment, submit)),)
+            row = new(QueueRow, (ids[0], raw, state, reason, name, comment, submit))
+            rows.append(row)
+            if fresh is not None:
+                fresh[line] = (row,)
         else:
             made = tuple(new(QueueRow, (job_id, "", state, reason, name, comment, submit)) for job_id in ids)
-        rows.extend(made)
-        if fresh is not None:
-            fresh[line] = made
+            rows.extend(made)
+            if fresh is not None:
+                fresh[line] = made
     if known is not None:
         known.clear()
         known.update(fresh)

@@ -5,6 +5,9 @@ Each scenario replays the command recorded in tests/captures/NAME.txt (real SLUR
 and compares exit code, stdout and stderr byte for byte; only what cannot be equal
 is masked: timestamps, elapsed times and the pending reason of jobs that really
 waited for CPUs (the fake has none to wait for and holds them instead).
+The scenarios marked BOTH run twice: with jobs run by processes, and with
+simulate_jobs (jobs whose script the fake reads are played on paper; the
+others of the scenario still run), which must print the same.
 """
 
 import json
@@ -71,13 +74,14 @@ def fields(line, masked=(), subst=None):
 
 
 class Harness(object):
-    def __init__(self, tmp_path):
+    def __init__(self, tmp_path, simulate=False):
         self.tmp = str(tmp_path)
         self.work = os.path.join(self.tmp, "sj")
         os.makedirs(self.work)
+        self.simulate = simulate
         self.fs = fake_slurm.FakeSlurm(os.path.join(self.tmp, "state"))
         self.fs.configure(pending_seconds=0.05, completing_seconds=0.1, min_job_age=1.0,
-                          node_name="vm", requeue_delay=0.5)
+                          node_name="vm", requeue_delay=0.5, simulate_jobs=simulate)
         self.env = self.fs.env()
         self.env["FAKE_SLURM_PYTHON"] = sys.executable
 
@@ -129,10 +133,17 @@ class Harness(object):
 
 
 @pytest.fixture
-def h(tmp_path):
-    harness = Harness(tmp_path)
+def h(tmp_path, request):
+    harness = Harness(tmp_path, simulate=getattr(request, "param", "run") == "sim")
     yield harness
+    if harness.simulate:
+        assert any(j["simulated"] for j in harness.fs.jobs()), "no job was simulated"
     harness.fs.shutdown()
+
+
+# The same scenario with jobs run by processes and with jobs played on paper
+# (simulate_jobs: scripts in the subset the fake reads; the others still run).
+BOTH = pytest.mark.parametrize("h", ["run", "sim"], indirect=True)
 
 
 FMT = "%i|%j|%T|%r|%M|%l|%N"
@@ -144,6 +155,7 @@ SACCT8 = "JobID,JobIDRaw,JobName,State,ExitCode,Start,End,Comment"
 # --------------------------------------------------------------------------
 
 @pytest.mark.slow
+@BOTH
 def test_finished_and_purged_job_match_captures(h):
     h.fs.configure(min_job_age=1.5)
     h.same(cap("01_sbatch_trivial"))
@@ -180,6 +192,7 @@ def test_finished_and_purged_job_match_captures(h):
 # --------------------------------------------------------------------------
 
 @pytest.mark.slow
+@BOTH
 def test_running_job_and_array_formats(h):
     h.fs.configure(first_job_id=2)
     rc, out, err = h.replay(cap("10_sbatch_single"), subs=[("sleep 25", "sleep 2")])
@@ -266,6 +279,7 @@ def test_running_job_and_array_formats(h):
 # captures 31/32/39: exit codes
 # --------------------------------------------------------------------------
 
+@BOTH
 def test_exit_codes_match_captures(h):
     h.fs.configure(first_job_id=8)
     assert h.replay(cap("31_sbatch_fail"))[1] == "8\n"
@@ -297,6 +311,7 @@ def test_exit_codes_match_captures(h):
 # --------------------------------------------------------------------------
 
 @pytest.mark.slow
+@BOTH
 def test_cancel_running_and_pending_match_captures(h):
     h.fs.configure(first_job_id=9, completing_seconds=0.8)
     assert h.replay(cap("33_sbatch_cancel_running"))[1] == "9\n"
@@ -332,6 +347,7 @@ def test_cancel_running_and_pending_match_captures(h):
 
 
 @pytest.mark.slow
+@BOTH
 def test_sacct_lag_for_jobs_that_never_started(h):
     h.fs.configure(sacct_lag=0.6)
     jid = h.run("sbatch", "--parsable", "--hold", "--job-name=lagged",
@@ -362,6 +378,7 @@ def test_sacct_lag_for_jobs_that_never_started(h):
 
 
 @pytest.mark.slow
+@BOTH
 def test_sacct_lag_counts_from_start_and_end(h):
     lag = 1.0
     h.fs.configure(sacct_lag=lag, pending_seconds=0.4)
@@ -445,6 +462,7 @@ def test_timeout_with_scaled_time_limit(h):
 # --------------------------------------------------------------------------
 
 @pytest.mark.slow
+@BOTH
 def test_hold_release_match_captures(h):
     h.fs.configure(first_job_id=14, pending_seconds=2.0)
     assert h.replay(cap("40_sbatch_for_hold"))[1] == "14\n"
@@ -477,6 +495,7 @@ def test_hold_release_match_captures(h):
 # --------------------------------------------------------------------------
 
 @pytest.mark.slow
+@BOTH
 def test_requeue_match_captures(h):
     h.fs.configure(first_job_id=16, completing_seconds=0.6, requeue_delay=2.0)
     subs = [("sleep 30", "sleep 1")]
@@ -552,6 +571,7 @@ def test_throttled_array_and_task_cancel(h):
     assert not os.path.exists(os.path.join(h.work, "arr-thr-19_3.out"))
 
 
+@BOTH
 def test_whole_array_cancel(h):
     h.fs.configure(first_job_id=22)
     rc, out, err = h.replay(cap("95_sbatch_array_cancel_all"),
@@ -667,6 +687,7 @@ def test_ctld_and_dbd_down_match_captures(h):
 # --------------------------------------------------------------------------
 
 @pytest.mark.slow
+@BOTH
 def test_sacct_selection_matches_captures(h):
     h.fs.configure(first_job_id=3)
     assert h.run("sbatch", "--parsable", "--array=0-3", "--job-name=arr-job",
@@ -735,6 +756,7 @@ def test_state_dir_required_and_shims(tmp_path):
     assert p.returncode == 0 and os.path.isdir(env["FAKE_SLURM_DIR"])
 
 
+@BOTH
 def test_script_directives_env_and_paths(h):
     script = os.path.join(h.work, "job.sh")
     with open(script, "w") as f:
@@ -784,6 +806,7 @@ def test_script_directives_env_and_paths(h):
     assert h.job(jid)["name"] == "wrap"
 
 
+@BOTH
 def test_squeue_filters_and_widths(h):
     h.fs.configure(pending_seconds=30)
     a = h.run("sbatch", "--parsable", "-J", "alpha", "--comment=c1", "--time=1-02:03:04",
@@ -802,6 +825,7 @@ def test_squeue_filters_and_widths(h):
 
 
 @pytest.mark.slow
+@BOTH
 def test_rules_end_runs_as_asked(h):
     fs = h.fs
     fs.add_rule(name="to-*", action="TIMEOUT", after=0.2)
@@ -863,6 +887,7 @@ def test_hang_rule_stops_output_until_cancel(h):
 
 
 @pytest.mark.slow
+@BOTH
 def test_cancel_of_running_job_is_completing_first(h):
     h.fs.configure(completing_seconds=1.0)
     run = h.run("sbatch", "--parsable", "-J", "cg", "--wrap=sleep 30")[1].strip()
@@ -882,6 +907,7 @@ def test_cancel_of_running_job_is_completing_first(h):
 
 
 @pytest.mark.slow
+@BOTH
 def test_requeue_shows_requeued_in_sacct_while_completing(h):
     h.fs.configure(completing_seconds=2.0, requeue_delay=3.0, sacct_lag=0.8)
     h.fs.add_rule(name="rq", action="REQUEUE", after=0.2, nth=1)
@@ -904,6 +930,7 @@ def test_requeue_shows_requeued_in_sacct_while_completing(h):
     h.fs.cancel(jid)
 
 
+@BOTH
 def test_sacct_j_task_skips_a_pending_range(h):
     arr = h.run("sbatch", "--parsable", "--hold", "-J", "rng", "--array=0-3",
                 "--wrap=sleep 30")[1].strip()
@@ -949,6 +976,7 @@ def test_ctld_down_delay(h):
 
 
 @pytest.mark.slow
+@BOTH
 def test_dbd_stale_rows_after_outage(h):
     h.fs.configure(dbd_stale_seconds=1.0)
     fmt = ["-X", "-n", "-P", "-o", "JobID,JobName,State,End"]
@@ -1089,8 +1117,11 @@ def test_concurrent_commands_keep_state_consistent(h):
     assert sorted(int(x) for x in results) == list(range(1, 13))
     jobs = h.fs.wait(timeout=30)
     assert sorted(j["state"] for j in jobs) == ["COMPLETED"] * 12
-    with open(h.fs.store.state_path) as f:
+    with open(h.fs.store.meta_path) as f:
         json.load(f)
+    # a reader that starts from nothing (snapshot, if any, and every journal line) agrees
+    fresh = fake_slurm.Store(h.fs.dir).read()["jobs"]
+    assert [j["state"] for j in fresh] == ["COMPLETED"] * 12
     assert len(h.fs.calls("sbatch")) == 12
 
 

@@ -27,14 +27,15 @@ def mask(text):
 
 
 class Cluster(object):
-    """A fake cluster of one generation, driven through its commands."""
+    """A fake cluster of one generation, driven through its commands; simulate: jobs whose
+    script the fake can read are played on paper (simulate_jobs), not run."""
 
-    def __init__(self, tmp_path, version):
+    def __init__(self, tmp_path, version, simulate=False):
         self.work = str(tmp_path / "sj")
         os.makedirs(self.work)
         self.fs = fake_slurm.FakeSlurm(str(tmp_path / "state"))
         self.fs.configure(version=version, pending_seconds=0.05, completing_seconds=0.5, min_job_age=5,
-                          node_name="vm")
+                          node_name="vm", simulate_jobs=simulate)
         self.env = dict(self.fs.env(), FAKE_SLURM_PYTHON=sys.executable)
         self.env.pop("FAKE_SLURM_VERSION", None)
 
@@ -61,10 +62,11 @@ class Cluster(object):
         self.fs.wait(lambda jobs: any(j["job_id"] == job_id and j["state"] in states for j in jobs), timeout=20)
 
 
-@pytest.fixture(params=["22.05", "24.11"])
+@pytest.fixture(params=["22.05", "24.11", "22.05-sim", "24.11-sim"])
 def slurm(request, tmp_path):
-    c = Cluster(tmp_path, request.param)
-    c.version = request.param
+    version, _, sim = request.param.partition("-")
+    c = Cluster(tmp_path, version, simulate=bool(sim))
+    c.version = version
     yield c
     c.fs.shutdown()
 

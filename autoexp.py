@@ -168,6 +168,7 @@ THROTTLE_BACKOFF_MAX = 600.0  # cap of the wait after an sbatch refused for a qu
 CANCEL_RESEND_MIN = 60.0     # a cancel SLURM took is sent again only if the job outlives this
 SETTLE_MIN = 30.0            # least time a finalized job still RUNNING is watched for its end
 SAVE_EVERY = 1.0             # while submitting or cancelling, results are saved this often
+LOG_END_SLACK = 30.0         # a log written this long after SLURM's end of its job is still the job's (clocks differ)
 CLOCK_JUMP = 5.0             # wall clock and monotonic clock disagreeing by more: the wall clock jumped
 UNKNOWN_BACKOFF_DOUBLINGS = 20  # the wait between UNKNOWN cycles doubles at most this often
 PAUSE_STEP = 0.5             # the monitor's sleep granularity: how soon a signal is honoured
@@ -2092,6 +2093,7 @@ class LogRead(NamedTuple):
     eof: bool = True   # False: more than max_bytes were waiting; read again
     size: int = 0      # the file's size: activity is its growth, whatever the lines
     error: str = ""
+    mtime: float = 0.0  # when the file was last written
 
 
 RESTART_REPLACED, RESTART_TRUNCATED = "replaced", "truncated"
@@ -2157,7 +2159,7 @@ def read_log(path, offset, inode, head=None, final=False, max_bytes=MAX_LOG_READ
             if check_head and (not head or restarted or int(head.split(":", 1)[0]) < LOG_HEAD_BYTES):
                 head = log_head(f, st.st_size) or head
             if st.st_size == offset:
-                return LogRead([], offset, st.st_ino, head, restarted, size=st.st_size)
+                return LogRead([], offset, st.st_ino, head, restarted, size=st.st_size, mtime=st.st_mtime)
             f.seek(offset)
             data = f.read(min(st.st_size - offset, max_bytes))
     except (IOError, OSError) as e:
@@ -2168,14 +2170,15 @@ def read_log(path, offset, inode, head=None, final=False, max_bytes=MAX_LOG_READ
         end = len(data)
     elif end == 0:
         if len(data) < max_bytes:
-            return LogRead([], offset, st.st_ino, head, restarted, size=st.st_size)
+            return LogRead([], offset, st.st_ino, head, restarted, size=st.st_size, mtime=st.st_mtime)
         # one line longer than max_bytes: taken in pieces, never buffered whole
         lines = [data.decode("utf-8", "replace")]
         end = len(data) - min(overlap, len(data) // 2)
-        return LogRead(lines, offset + end, st.st_ino, head, restarted, eof=False, size=st.st_size)
+        return LogRead(lines, offset + end, st.st_ino, head, restarted, eof=False, size=st.st_size,
+                       mtime=st.st_mtime)
     lines = data[:end].decode("utf-8", "replace").splitlines()
     return LogRead(lines, offset + end, st.st_ino, head, restarted, eof=offset + end >= st.st_size,
-                   size=st.st_size)
+                   size=st.st_size, mtime=st.st_mtime)
 
 
 def find_by_inode(folder, inode):
@@ -3353,6 +3356,15 @@ def clock_skew(before, now, mono):
     return skew if abs(skew) > CLOCK_JUMP else 0.0
 
 
+def own_restart(att, mtime):
+    """An ended attempt whose log (shared by every attempt) started again: is the new
+    content its own? Yes when the file was last written before SLURM recorded the job's
+    end, give or take LOG_END_SLACK: a requeue under the same id ran it again while
+    nobody watched (the run truncated the log). Written later, or with no end known, it is
+    another job's: a successor's or a replacement's (simulator F6, F11)."""
+    return att.slurm_end is not None and mtime <= att.slurm_end + LOG_END_SLACK
+
+
 def steady_until(job, mon):
     """When a job next needs to be looked at if nothing about it changes (its squeue row,
     its log, the user): None, every cycle (something is under way: a submission, a restart,
@@ -4528,9 +4540,9 @@ class Controller(object):
                     self._event(s, job, att, EV_LOG_UNREADABLE, now, detail=read.error)
                 return False
             att.log_error = None
-            if final and read.restarted and shared:
+            if final and read.restarted and shared and not own_restart(att, read.mtime):
                 # this attempt's job has ended; a log shared by every attempt that starts
-                # again now is another job's (a successor, a replacement): not this one's
+                # again after that is another job's (a successor, a replacement)
                 return True
             if read.restarted == RESTART_REPLACED and att.log_inode is not None:
                 self._read_rotated(s, job, att, now, overlap)

@@ -457,3 +457,15 @@ CRASHY = dict(POL, crash=POL["crash"]._replace(max_attempts=10), timeout=POL["ti
 ])
 def test_deterministic_failures_stop(history, expected):
     assert autoexp.decide(history[-1].mode, CRASHY, history).action == expected
+
+
+@pytest.mark.parametrize("end, mtime, own", [
+    (1000.0, 990.0, True),     # written before the job's end: its own run (an unwatched requeue)
+    (1000.0, 1030.0, True),    # within LOG_END_SLACK: the file server's clock differs
+    (1000.0, 1031.0, False),   # written after: a successor's or a replacement's
+    (None, 990.0, False),      # no end known: not credited to this attempt
+])
+def test_own_restart_of_an_ended_attempts_shared_log(end, mtime, own):
+    assert autoexp.LOG_END_SLACK == 30.0
+    att = autoexp.Attempt(attempt=1, job_id="7", slurm_end=end)
+    assert autoexp.own_restart(att, mtime) is own

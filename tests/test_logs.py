@@ -153,6 +153,8 @@ def test_a_shared_log_rewritten_by_another_job_is_not_this_attempts(tmp_path):
     h.slurm.fail["sacct"] = 3  # the end is seen in squeue; sacct does not answer for a while
     with open(path, "w") as f:  # meanwhile another job (a copy started by hand) rewrites the file
         f.write("TRAINING FINISHED\n")
+    later = h.clock() + 120  # after the end SLURM records for this attempt's job
+    os.utime(path, (later, later))
     for _ in range(4):
         h.cycle()
     att = h.job(A).attempts[0]
@@ -317,3 +319,29 @@ def test_a_fifo_at_the_log_path_is_refused_not_waited_on(tmp_path):
     assert "not a regular file" in (att.log_error or "")
     assert [e["event"] for e in read_events(h.state_dir, "p1")].count("log_unreadable") == 1
     assert att.outcome is None  # an unreadable log is no evidence of a stall
+
+
+def test_a_shared_log_its_own_job_rewrote_before_ending_is_this_attempts(tmp_path):
+    """Found by the simulator (F11): the job was requeued under its id while no monitor ran;
+    its new run truncated the shared log, wrote the termination string and ended. The log
+    restarted, but it was last written before SLURM's end of this very job: its own lines,
+    read, so the finished job is not run again."""
+    cfg = config()
+    cfg["job"]["log"] = "logs/{name}.log"
+    h = Harness(tmp_path, cfg, names=[A])
+    jid = h.live_id(A)
+    h.slurm.set(jid, "RUNNING")
+    h.cycle()
+    path = h.log(A, "".join("step %d\n" % i for i in range(200)))
+    h.cycle()
+    assert h.job(A).current.log_offset > 100
+    h.clock.now += 3600  # unwatched: requeued by hand, run again, finished
+    with open(path, "w") as f:
+        f.write("step 0\nTRAINING FINISHED\n")
+    written = h.clock() - 5
+    os.utime(path, (written, written))
+    h.slurm.set(jid, "COMPLETED")
+    h.cycle()
+    att = h.job(A).attempts[0]
+    assert att.success_seen and att.outcome == "success" and h.job(A).status == "finalized"
+    assert h.slurm.count("sbatch") == 1

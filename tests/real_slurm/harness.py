@@ -6,10 +6,21 @@ import json
 import os
 import re
 import subprocess
+import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
+
+
+def _helpers():
+    """tests/helpers.py (it imports autoexp from the checkout): schema 2 keeps a session in
+    several files, so the tier reads state through the store rather than one json.load."""
+    tests = os.path.dirname(HERE)
+    if tests not in sys.path:
+        sys.path.insert(0, tests)
+    import helpers
+    return helpers
 ENABLED = os.environ.get("AUTOEXP_REAL_SLURM") == "1"
 SKIP_REASON = "real SLURM tier: set AUTOEXP_REAL_SLURM=1 (root on Debian/Ubuntu) to run it"
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -235,8 +246,12 @@ class RealProject(object):
         return os.path.join(self.state_dir, session + ".json")
 
     def state(self, session):
-        with open(self.state_path(session)) as f:
-            return json.load(f)
+        """The session as one document (header and "jobs"), read the way autoexp reads it."""
+        return _helpers().load_state(self.state_dir, session)
+
+    def state_bytes(self, session):
+        """Every byte of the session's state (header and job files): equal means unwritten."""
+        return _helpers().state_bytes(self.state_dir, session)
 
     def events(self, session):
         path = os.path.join(self.state_dir, session + ".events.jsonl")

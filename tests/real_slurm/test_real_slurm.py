@@ -299,16 +299,14 @@ def test_slurmctld_outage_takes_no_action_then_the_sweep_finishes(proj):
     wait_for(lambda: "SLURM did not answer" in proj.output(mon)[1], 60, "the monitor to say SLURM did not answer")
     t_noticed = time.time()
     events = proj.events(pid)
-    with open(proj.state_path(pid), "rb") as f:
-        state_bytes = f.read()
+    state_bytes = proj.state_bytes(pid)
     acct_before = proj.slurm.sacct("-S", "now-1hours", "--name=" + ",".join(names))  # sacct needs no slurmctld
     time.sleep(max(0.0, t_stop + 18 - time.time()))  # both jobs end meanwhile (they run 8 s)
     problems = []
     if proj.events(pid) != events:
         problems.append("events written while slurmctld was down: %s" % proj.events(pid)[len(events):])
-    with open(proj.state_path(pid), "rb") as f:
-        if f.read() != state_bytes:
-            problems.append("the state file was rewritten while slurmctld was down")
+    if proj.state_bytes(pid) != state_bytes:
+        problems.append("the state file was rewritten while slurmctld was down")
     acct_during = proj.slurm.sacct("-S", "now-1hours", "--name=" + ",".join(names))
     if sorted(r["JobID"] for r in acct_during) != sorted(r["JobID"] for r in acct_before):
         problems.append("jobs submitted while slurmctld was down: %s" % acct_during)

@@ -3368,9 +3368,13 @@ def own_restart(att, mtime):
 def steady_until(job, mon):
     """When a job next needs to be looked at if nothing about it changes (its squeue row,
     its log, the user): None, every cycle (something is under way: a submission, a restart,
-    a cancel, a lookup, a grace period), or a time (a RUNNING job's stall deadline), or
-    never (inf: a job SLURM runs or queues, or one that is done)."""
+    a cancel, a lookup, a grace period, an answer that did not come: UNKNOWN), or a time
+    (a RUNNING job's stall deadline), or never (inf: a job SLURM runs or queues, or one
+    that is done). An UNKNOWN job is due every cycle: the cycle that could not tell may
+    have been the only one in which its squeue row changed (simulator seed 564)."""
     att = job.current
+    if job.last_monitor_state == MON_UNKNOWN:
+        return None
     if job.status != ACTIVE:
         return None if job.unresolved_intent() or any(a.live for a in job.attempts) else float("inf")
     if (att is None or not att.live or att.outcome is not None or not att.job_id or att.missing_since is not None

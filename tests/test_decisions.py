@@ -469,3 +469,30 @@ def test_own_restart_of_an_ended_attempts_shared_log(end, mtime, own):
     assert autoexp.LOG_END_SLACK == 30.0
     att = autoexp.Attempt(attempt=1, job_id="7", slurm_end=end)
     assert autoexp.own_restart(att, mtime) is own
+
+
+INF = float("inf")
+
+
+@pytest.mark.parametrize("status, att, monitor, steady", [
+    ("active", None, None, None),                                                      # never submitted
+    ("active", dict(job_id=None), None, None),                                          # submission in doubt
+    ("active", dict(job_id="7", live=True, last_slurm_state="PENDING"), "running", INF),   # queued: its row tells
+    ("active", dict(job_id="7", live=True, last_slurm_state="RUNNING", running_since=NOW,
+                    last_log_growth_at=NOW), "running", NOW + 600),                     # stall deadline
+    ("active", dict(job_id="7", live=True, last_slurm_state="COMPLETING"), "running", INF),
+    # the cycle it left squeue, sacct did not answer: due again every cycle, not never
+    ("active", dict(job_id="7", live=True, last_slurm_state="COMPLETING"), "unknown", None),
+    ("active", dict(job_id="7", live=True, last_slurm_state="RUNNING"), "unknown", None),
+    ("active", dict(job_id="7", live=True, last_slurm_state="COMPLETING", missing_since=NOW), "missing", None),
+    ("active", dict(job_id="7", live=True, last_slurm_state="COMPLETED", acct_wait_since=NOW), "running", None),
+    ("active", dict(job_id="7", live=True, last_slurm_state="RUNNING", cancel_requested_at=NOW), "running", None),
+    ("finalized", dict(job_id="7", live=False, outcome="success"), "finished", INF),
+    ("finalized", dict(job_id="7", live=True, outcome="success"), "finished", None),    # still settling in SLURM
+    ("stopped", dict(job_id="7", live=False, outcome="failed"), "unknown", None),
+])
+def test_steady_until(status, att, monitor, steady):
+    """When a job is next looked at if nothing about it changes: None is every cycle."""
+    attempts = [attempt(1, submit_state=A.SUBMITTED if att.get("job_id") else A.INTENT, **att)] if att else []
+    j = job(*attempts, status=status, last_monitor_state=monitor)
+    assert A.steady_until(j, mon(inactivity_threshold_seconds=600)) == steady

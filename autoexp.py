@@ -2274,15 +2274,18 @@ def shared_log_path(template, job_name, user):
 
 
 def log_changed(att):
-    """Has the attempt's log changed size or inode since it was last read? One stat; an
-    unknown path or an unreadable log counts as changed (it is looked at, and says why)."""
+    """Has the attempt's log changed size, inode or modification time since it was last
+    read? One stat; an unknown path or an unreadable log counts as changed (it is looked
+    at, and says why). The time catches a log truncated and written again up to its old
+    size between two looks (a copytruncate rotation; simulator seed 1492)."""
     if att.resolved_log_path is None:
         return False
     try:
         st = os.stat(att.resolved_log_path)
     except OSError as e:
         return not (e.errno == errno.ENOENT and att.log_inode is None)
-    return st.st_size != att.log_size or st.st_ino != att.log_inode
+    return (st.st_size != att.log_size or st.st_ino != att.log_inode
+            or (att.log_mtime is not None and st.st_mtime != att.log_mtime))
 
 
 def log_end(path):
@@ -2426,7 +2429,8 @@ ATTEMPT_FIELDS = (
     Field("attempt", None, _INT), Field("job_id", None, _OPT_STR), Field("raw_id"), Field("array_task"),
     Field("origin"), Field("submit_state", None, _OPT_STR), Field("submit_error"), Field("intent_at"),
     Field("submitted_at"), Field("resolved_log_path"), Field("log_offset", 0, _INT), Field("log_inode"),
-    Field("log_head"), Field("log_size", 0), Field("log_error"), Field("last_log_growth_at"), Field("running_since"), Field("resumed_at"), Field("missing_since"),
+    Field("log_head"), Field("log_size", 0), Field("log_mtime"), Field("log_error"), Field("last_log_growth_at"),
+    Field("running_since"), Field("resumed_at"), Field("missing_since"),
     Field("acct_wait_since"), Field("slurm_submit"), Field("slurm_start"), Field("slurm_end"), Field("requeues", 0),
     Field("last_slurm_state"), Field("last_monitor_state"), Field("exit_code"), Field("live", False, (bool,)),
     Field("success_seen", False), Field("log_mode"), Field("log_reason"), Field("outcome", None, _OPT_STR),
@@ -2445,7 +2449,7 @@ JOB_TIMERS = ("next_submit_at", "last_updated")
 # change, or at least every LOG_CHECKPOINT seconds (a training sweep's logs all grow every
 # cycle). A new process re-reads at most that much of a log; lines that matched are never
 # matched again (log_matches is written at once), and growth is seen again by the log's size.
-LOG_PROGRESS_FIELDS = ("log_offset", "log_size", "log_inode", "log_head", "last_log_growth_at")
+LOG_PROGRESS_FIELDS = ("log_offset", "log_size", "log_mtime", "log_inode", "log_head", "last_log_growth_at")
 
 
 class Attempt(Record):
@@ -4553,9 +4557,13 @@ class Controller(object):
             if read.restarted and att.last_log_growth_at is not None:
                 self._event(s, job, att, EV_LOG_RESTARTED, now,
                             detail="log truncated or replaced; reading it from its start")
-            if read.size != att.log_size or read.offset != att.log_offset or read.restarted:
-                att.last_log_growth_at = now  # growth of the file, whatever its line structure
+            if (read.size != att.log_size or read.offset != att.log_offset or read.restarted
+                    or (att.log_mtime is not None and read.mtime != att.log_mtime)):
+                # growth of the file, whatever its line structure; or a write that left its
+                # size as it was (truncated and written again meanwhile)
+                att.last_log_growth_at = now
             att.log_offset, att.log_inode, att.log_head, att.log_size = read.offset, read.inode, read.head, read.size
+            att.log_mtime = read.mtime or None  # None: no file yet
             self._match_lines(s, job, att, read.lines, now)
             if read.eof or not final:
                 return True  # an ended job is read to its end before it is decided

@@ -253,6 +253,35 @@ def test_a_progress_bar_without_newlines_is_not_a_stall(tmp_path):
     assert h.job(A).status == "active"
 
 
+def test_a_log_truncated_and_written_again_to_its_old_size_is_activity(tmp_path):
+    # a copytruncate rotation between two looks, then the job writes as much again: same
+    # size, same inode, only the modification time tells that it was written (simulator
+    # seed 1492: a healthy job was cancelled as a stall)
+    h = Harness(tmp_path, timeout_stall_config(inactivity_threshold_seconds=60), names=[A])
+    running(h, A)
+    path = h.log(A, "step 1\n")
+    os.utime(path, (1000, 1000))
+    h.cycle()
+    jid = h.live_id(A)
+    assert h.job(A).current.log_size == 7 and h.job(A).current.log_mtime == 1000
+    for i in range(2, 7):
+        with open(path, "r+b") as f:
+            f.truncate(0)
+        with open(path, "ab") as f:
+            f.write(("step %d\n" % i).encode())
+        os.utime(path, (1000 + i, 1000 + i))
+        h.cycle(advance=40)
+    att = h.job(A).current
+    assert (att.job_id, att.outcome, att.live, att.log_size) == (jid, None, True, 7)
+    assert ("scancel", jid) not in h.slurm.calls
+    os.utime(path, (2000, 2000))
+    h.cycle(advance=40)
+    assert h.job(A).current.log_mtime == 2000
+    h.cycle(advance=40)
+    h.cycle(advance=40)  # then silent: a stall as before
+    assert h.job(A).current.outcome == "stall"
+
+
 def test_a_line_split_by_carriage_returns_is_matched_once_it_is_complete(tmp_path):
     h = Harness(tmp_path, timeout_stall_config(), names=[A])
     running(h, A)

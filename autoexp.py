@@ -3041,14 +3041,27 @@ def sacct_since(earliest):
 
 def seeks_by_name(job, snap, look):
     """Does the job need sacct's lookup by name? True for a live attempt neither squeue nor
-    sacct by id knows (a successor squeue can no longer show); None (only if squeue shows
-    no job with its tag) for a submission in doubt, or none yet; False otherwise."""
+    sacct by id knows (a successor squeue can no longer show), and for a submission in
+    doubt (its result may have ended already, and been replaced by a job squeue shows:
+    simulator F10); None (only if squeue shows no job with its tag) for a job with no
+    submission yet; False otherwise."""
     att = job.current
     if job.status != ACTIVE and not job.unresolved_intent():
         return False
-    if att is None or att.in_doubt:
+    if att is not None and att.in_doubt:
+        return True
+    if att is None:
         return None
     return att.live and look.acct_ok and att.job_id not in snap.by_id and att.job_id not in look.acct
+
+
+def restart_due(job, now):
+    """A restart whose backoff is over. Before it is submitted, sacct is asked about the job
+    by name: its ended attempt may have been requeued and run again meanwhile, and left
+    squeue already (rerun_rows); while sacct does not answer, nothing is submitted."""
+    att = job.current
+    return (job.status == ACTIVE and att is not None and not att.live and att.outcome is not None
+            and job.next_submit_at is not None and now >= job.next_submit_at)
 
 
 def attempt_since(job, plan_created):
@@ -3112,17 +3125,28 @@ def _newest_first(a, b):
     return -1 if submitted_after(a.submit, a.job_id, b.submit, b.job_id) else 1
 
 
-def rerun_rows(job, snap):
-    """Its own ended attempts that SLURM shows ended again in another way (TIMEOUT recorded,
-    COMPLETED now): requeued after autoexp recorded the end, and finished before it looked.
-    An id a later attempt already follows is not one."""
+def rerun_rows(job, snap, acct=None):
+    """Its own ended attempts that SLURM shows ended again: requeued after autoexp recorded
+    the end, and finished before it looked. squeue's row shows another end state (TIMEOUT
+    recorded, COMPLETED now); sacct's (asked when a restart is due: the rerun may have left
+    squeue already, simulator F8) an end later than the one recorded, or, with none
+    recorded, another end state. An id a later attempt already follows is not one."""
     rows = []
     for i, a in enumerate(job.attempts):
-        row = snap.by_id.get(a.job_id) if a.job_id else None
-        if (row is not None and not a.live and row.state in TERMINAL_MODE and a.last_slurm_state in TERMINAL_MODE
-                and row.state != a.last_slurm_state and row not in rows
-                and not any(b.job_id == a.job_id for b in job.attempts[i + 1:])):
-            rows.append(row)
+        if (not a.job_id or a.live or a.last_slurm_state not in TERMINAL_MODE
+                or any(b.job_id == a.job_id for b in job.attempts[i + 1:])):
+            continue
+        row = snap.by_id.get(a.job_id)
+        if row is not None:
+            if row.state in TERMINAL_MODE and row.state != a.last_slurm_state and row not in rows:
+                rows.append(row)
+            continue
+        arow = acct.get(a.job_id) if acct else None
+        if arow is None or arow.state not in TERMINAL_MODE:
+            continue
+        end = slurm_epoch(arow.end)
+        if (end > a.slurm_end) if (end is not None and a.slurm_end is not None) else arow.state != a.last_slurm_state:
+            rows.append(arow)
     return rows
 
 
@@ -3236,10 +3260,16 @@ def first_move(sight):
 
 def intent_move(job, sight, now, unqueued_after=0.0):
     """The current attempt's submission is in doubt: a newer job with its tag is that
-    submission (recover); else submit again once sacct could be asked and any backoff is over."""
+    submission (recover): the first of them submitted, since any later one was made beside
+    or instead of it (cancelled and resubmitted by hand, simulator F10), and is seen as such
+    once the attempt follows the first; else submit again once sacct could be asked and any
+    backoff is over."""
     newer = newer_than_history(job, sight.candidates)
+    if newer and not sight.named_ok:
+        return Move(WAIT, note="a job with its tag is queued, but sacct could not be asked whether an earlier one "
+                    "is this submission (%s); waiting" % sight.named_error)
     if newer:
-        return Move(RECOVER, newer[0], ORIGIN_RECOVERED)
+        return Move(RECOVER, newer[-1], ORIGIN_RECOVERED)
     if sight.unsure:
         return Move(WAIT, note="a job with its tag is in a state autoexp does not know; waiting")
     if not sight.named_ok:
@@ -3280,6 +3310,9 @@ def restart_move(job, sight, now):
     if sight.unsure:
         return Move(WAIT)
     if job.next_submit_at is not None and now >= job.next_submit_at:
+        if not sight.named_ok:
+            return Move(WAIT, note="cannot tell whether its last attempt ran again (%s); waiting"
+                        % sight.named_error)
         return Move(SUBMIT)
     return Move(HOLD)
 
@@ -3294,8 +3327,15 @@ def inactive_moves(job, sight, now, unqueued_after):
     att = job.current
     # the result of a submission in doubt, running or already ended (found by the simulator,
     # F5: a run that ended before the lookup found it was never recorded)
-    mine = newer_than_history(job, sight.candidates) if att is not None and att.in_doubt else []
+    # oldest first: the first submitted after the intent is its result (intent_move)
+    mine = newer_than_history(job, sight.candidates)[::-1] if att is not None and att.in_doubt else []
+    if mine and not sight.named_ok:
+        # which of them is the submission's result needs sacct (intent_move); a job the
+        # user cancelled still has its running copies cancelled
+        mine = None
     if job.status in (STOPPED, FINALIZED):
+        if mine is None:
+            return []
         if mine:
             return [Move(REACTIVATE, mine[0], ORIGIN_RECOVERED)]  # decided like any attempt
         if sight.running:
@@ -3358,6 +3398,17 @@ def clock_skew(before, now, mono):
         return 0.0
     skew = (now - before[0]) - (mono - before[1])
     return skew if abs(skew) > CLOCK_JUMP else 0.0
+
+
+def ran_after_read(att):
+    """Did the attempt's job run again after its log (one of this job only) was last read?
+    SLURM's start of the run it ended is later than the last write autoexp read: a requeue
+    under the same id ran it again between two looks, and the run truncated the log and
+    may have written past the old size (which alone shows a truncation). Then the log is
+    read again from its start; lines matched before are not matched again (simulator F8,
+    seed 109)."""
+    return (att.slurm_start is not None and att.log_mtime is not None and att.log_offset > 0
+            and att.slurm_start > att.log_mtime + LOG_END_SLACK)
 
 
 def own_restart(att, mtime):
@@ -4335,7 +4386,7 @@ class Controller(object):
             array = s.plan.array
             for job in focus:
                 gone = acct_targets([job], snap)
-                need = bool(gone) or seeks_by_name(job, snap, look)
+                need = bool(gone) or restart_due(job, now) or seeks_by_name(job, snap, look)
                 if need is None:
                     need = not self._candidates(s, job, snap, look)
                 if not need:
@@ -4380,7 +4431,7 @@ class Controller(object):
             untagged = any(untagged_successor(job, row, snap) for row in
                            look.named_for(job.name, array.name if array is not None else None, job.index))
         return Sight(cands, running, look.named_ok, look.named_error, untagged,
-                     bool(unsure_rows(job, cands, snap)), tuple(rerun_rows(job, snap)))
+                     bool(unsure_rows(job, cands, snap)), tuple(rerun_rows(job, snap, look.acct)))
 
     @staticmethod
     def _observe(att, snap, look, now):
@@ -4446,6 +4497,8 @@ class Controller(object):
             move = restart_move(job, sight, now)
             if move.kind == ADOPT:
                 self._adopt(s, job, move.row, move.origin, now)
+            elif move.kind == WAIT and move.note:
+                self.report.detail("%s: %s" % (job.name, move.note))
             elif move.kind == SUBMIT:
                 self._new_intent(s, job, now, todo, array=att.array_task is not None)
 
@@ -4539,6 +4592,10 @@ class Controller(object):
             return True  # same size, same file: nothing to read, and it is not opened
         overlap = s.matcher.overlap
         shared = self._shared_log(s, job, att)
+        if final and not shared and ran_after_read(att):
+            att.log_offset = att.log_size = 0
+            self._event(s, job, att, EV_LOG_RESTARTED, now,
+                        detail="the job ran again after its log was last read; reading it from its start")
         while True:
             read = read_log(att.resolved_log_path, att.log_offset, att.log_inode, att.log_head, final,
                             overlap=overlap, check_head=shared)

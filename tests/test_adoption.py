@@ -212,6 +212,31 @@ def test_an_ended_attempt_rerun_by_slurm_and_finished_is_decided_not_run_again(t
     assert [a.outcome for a in job.attempts] == ["node_fail", "success"]
 
 
+def test_a_rerun_that_finished_and_left_squeue_before_the_restart_is_decided_not_run_again(tmp_path):
+    """Found by the simulator (F8, requeue_after_end seed 23): the rerun also left squeue
+    before autoexp looked again; only sacct shows it (an end later than the one recorded).
+    Before a restart is submitted sacct is asked; while it does not answer, nothing is."""
+    h = Harness(tmp_path, config(), names=[A])
+    jid = h.live_id(A)
+    h.slurm.set(jid, "NODE_FAIL")
+    h.cycle()                                   # restart scheduled in 100 s
+    assert h.job(A).current.outcome == "node_fail"
+    h.clock.sleep(50)
+    h.log(A, "TRAINING FINISHED\n", job_id=jid)
+    h.slurm.set(jid, "COMPLETED")               # requeued, ran, completed within the backoff
+    h.slurm.purge(jid)                          # and left squeue (MinJobAge)
+    h.slurm.fail["sacct"] = 1
+    h.cycle(advance=100)                        # the restart is due, sacct cannot tell: it waits
+    assert h.slurm.count("sbatch") == 1 and h.job(A).status == "active"
+    h.cycle(advance=30)                         # sacct shows the rerun: adopted, not submitted again
+    assert [(a.job_id, a.origin, a.live) for a in h.job(A).attempts] == [(jid, "submitted", False),
+                                                                         (jid, "external", True)]
+    h.cycle(advance=30)                         # and decided like any attempt
+    job = h.job(A)
+    assert job.status == "finalized" and h.slurm.count("sbatch") == 1
+    assert [a.outcome for a in job.attempts] == ["node_fail", "success"]
+
+
 def test_a_runaway_accounting_record_is_lost_after_hours_not_never(tmp_path):
     """Found by the simulator (F9): slurmctld lost a running job while accounting keeps it
     RUNNING for ever; the job waited as "missing" for ever and the sweep never ended."""

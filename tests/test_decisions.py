@@ -117,6 +117,13 @@ def test_first_move(sg, kind, row_id):
     ([attempt(1, "5", outcome="timeout"), attempt(2)], ["9"], sight([row("9")]), None, A.SUBMIT, None),
     # sacct could not be asked: wait
     ([attempt(1)], [], sight(named_ok=False, named_error="boom"), None, A.WAIT, None),
+    # ... also when squeue shows a job with its tag: an earlier one, ended, may be the
+    # submission's result, and this one its replacement (simulator F10)
+    ([attempt(1, "5", outcome="timeout"), attempt(2)], [], sight([row("9")], named_ok=False, named_error="boom"),
+     None, A.WAIT, None),
+    # several newer than its history: the first submitted is the submission's (F10)
+    ([attempt(1, "5", outcome="timeout"), attempt(2)], [], sight([row("9"), row("8", "CANCELLED")]), None,
+     A.RECOVER, "8"),
     # the retry's backoff is not over
     ([attempt(1)], [], sight(), NOW + 5, A.HOLD, None),
     ([attempt(1)], [], sight(), NOW, A.SUBMIT, None),
@@ -161,6 +168,9 @@ def test_replacement(att, ob, sg, replaced_by):
     (sight([row("9")]), NOW + 60, A.ADOPT, "9"),                 # resubmitted by hand during the backoff
     (sight(revived=[row("5", "PENDING")]), NOW + 60, A.ADOPT, "5"),  # the ended attempt requeued
     (sight([row("9", "COMPLETED")]), NOW - 1, A.SUBMIT, None),   # an ended copy is no reason to wait
+    # sacct could not tell whether the ended attempt ran again: nothing submitted (F8)
+    (sight(named_ok=False, named_error="sacct down"), NOW - 1, A.WAIT, None),
+    (sight(named_ok=False, named_error="sacct down"), NOW + 1, A.HOLD, None),
 ])
 def test_restart_move(sg, next_at, kind, row_id):
     j = job(attempt(1, "5", outcome="timeout"), next_submit_at=next_at)
@@ -191,6 +201,16 @@ def test_restart_move(sg, next_at, kind, row_id):
     # ... and for a job cancelled meanwhile, recorded, never abandoned
     (A.CANCELLED, [attempt(1, outcome="cancelled", ended_at=NOW - 60)], sight([row("9", "COMPLETED")]),
      [(A.RECORD, "9", A.ORIGIN_RECOVERED)]),
+    # which job is the submission's needs sacct: without it nothing is recovered (F10) ...
+    (A.STOPPED, [attempt(1, outcome="submit_failed")], sight([row("9")], named_ok=False), []),
+    (A.CANCELLED, [attempt(1, outcome="cancelled", ended_at=NOW - 60)],
+     sight([row("9", "COMPLETED")], named_ok=False), []),
+    # ... but a cancelled job's running copies are still cancelled
+    (A.CANCELLED, [attempt(1, outcome="cancelled", ended_at=NOW - 60)], sight([row("9")], named_ok=False),
+     [(A.CANCEL_COPY, "9", None)]),
+    # the first submitted after the intent is the submission's result
+    (A.STOPPED, [attempt(1, outcome="submit_failed")], sight([row("9"), row("8", "CANCELLED")]),
+     [(A.REACTIVATE, "8", A.ORIGIN_RECOVERED)]),
 ])
 def test_inactive_moves(status, history, sg, expected):
     j = job(*history, status=status)
@@ -268,12 +288,14 @@ def test_acct_targets_are_the_live_jobs_squeue_no_longer_shows_running():
 
 @pytest.mark.parametrize("j, in_squeue, in_acct, expected", [
     (job(), False, False, None),                                   # never submitted: if squeue shows no tag
-    (job(attempt(1)), False, False, None),                         # a submission in doubt: the same
+    # a submission in doubt: always, since its result may have ended and been replaced by
+    # a job squeue shows (simulator F10)
+    (job(attempt(1)), False, False, True),
     (job(attempt(1, "5", live=True)), True, False, False),         # squeue has it
     (job(attempt(1, "5", live=True)), False, True, False),         # sacct by id has it
     (job(attempt(1, "5", live=True)), False, False, True),         # vanished: a successor?
     (job(attempt(1, "5", outcome="crash"), status=A.STOPPED), False, False, False),
-    (job(attempt(1, outcome="submit_failed"), status=A.STOPPED), False, False, None),  # unresolved
+    (job(attempt(1, outcome="submit_failed"), status=A.STOPPED), False, False, True),  # unresolved
 ])
 def test_seeks_by_name(j, in_squeue, in_acct, expected):
     snap = A.Snapshot([row("5")] if in_squeue else [])
@@ -301,6 +323,52 @@ def test_revived_rows_are_ended_attempts_slurm_runs_again():
     assert [r.job_id for r in A.revived_rows(j, snap)] == ["5"]
     snap = A.Snapshot([row("5", "COMPLETED")])
     assert A.revived_rows(j, snap) == []
+
+
+def _acct(job_id, state, end):
+    return A.AcctRow(job_id, job_id, "j", state, "0:0", NOW - 500, end, "")
+
+
+@pytest.mark.parametrize("recorded, sq, ac, rerun", [
+    # squeue shows the ended attempt ended again in another state: requeued and finished
+    (dict(last_slurm_state="TIMEOUT"), row("5", "COMPLETED"), None, True),
+    (dict(last_slurm_state="TIMEOUT"), row("5", "TIMEOUT"), None, False),
+    # it left squeue: sacct's record ends later than the end recorded (simulator F8)
+    (dict(last_slurm_state="PREEMPTED", slurm_end=NOW - 300), None, _acct("5", "COMPLETED", NOW - 10), True),
+    (dict(last_slurm_state="FAILED", slurm_end=NOW - 300), None, _acct("5", "FAILED", NOW - 10), True),
+    # the same run as recorded, however sacct names its state
+    (dict(last_slurm_state="PREEMPTED", slurm_end=NOW - 10), None, _acct("5", "COMPLETED", NOW - 10), False),
+    # no end recorded: another end state tells
+    (dict(last_slurm_state="TIMEOUT"), None, _acct("5", "COMPLETED", NOW - 10), True),
+    (dict(last_slurm_state="TIMEOUT"), None, _acct("5", "TIMEOUT", NOW - 10), False),
+    # running again, not ended: revived_rows follows it, not this
+    (dict(last_slurm_state="PREEMPTED", slurm_end=NOW - 300), None, _acct("5", "RUNNING", None), False),
+    # squeue's row wins over sacct's
+    (dict(last_slurm_state="PREEMPTED", slurm_end=NOW - 300), row("5", "PREEMPTED"), _acct("5", "COMPLETED", NOW), False),
+])
+def test_rerun_rows(recorded, sq, ac, rerun):
+    j = job(attempt(1, "5", outcome="preempted", **recorded))
+    snap = A.Snapshot([sq] if sq else [])
+    acct = {ac.job_id: ac} if ac else {}
+    assert [r.job_id for r in A.rerun_rows(j, snap, acct)] == (["5"] if rerun else [])
+
+
+def test_a_rerun_a_later_attempt_follows_is_not_one():
+    j = job(attempt(1, "5", outcome="preempted", last_slurm_state="PREEMPTED", slurm_end=NOW - 300),
+            attempt(2, "5", live=True))
+    assert A.rerun_rows(j, A.Snapshot([]), {"5": _acct("5", "COMPLETED", NOW)}) == []
+
+
+@pytest.mark.parametrize("status, live, outcome, next_at, due", [
+    ("active", False, "crash", NOW - 1, True),
+    ("active", False, "crash", NOW + 1, False),   # backoff running
+    ("active", False, "crash", None, False),
+    ("active", True, None, NOW - 1, False),       # still live
+    ("stopped", False, "crash", NOW - 1, False),
+])
+def test_restart_due(status, live, outcome, next_at, due):
+    j = job(attempt(1, "5", live=live, outcome=outcome), status=status, next_submit_at=next_at)
+    assert A.restart_due(j, NOW) is due
 
 
 class _S(object):
@@ -496,3 +564,17 @@ def test_steady_until(status, att, monitor, steady):
     attempts = [attempt(1, submit_state=A.SUBMITTED if att.get("job_id") else A.INTENT, **att)] if att else []
     j = job(*attempts, status=status, last_monitor_state=monitor)
     assert A.steady_until(j, mon(inactivity_threshold_seconds=600)) == steady
+
+
+@pytest.mark.parametrize("start, mtime, offset, again", [
+    (2000.0, 1000.0, 50, True),     # started after the last write read: it ran again
+    (1030.0, 1000.0, 50, False),    # within LOG_END_SLACK: clocks differ
+    (1031.0, 1000.0, 50, True),
+    (900.0, 1000.0, 50, False),     # the run autoexp read
+    (2000.0, None, 50, False),      # never read
+    (None, 1000.0, 50, False),      # no start known
+    (2000.0, 1000.0, 0, False),     # nothing consumed: read from the start anyway
+])
+def test_ran_after_read(start, mtime, offset, again):
+    att = A.Attempt(attempt=1, job_id="7", slurm_start=start, log_mtime=mtime, log_offset=offset)
+    assert A.ran_after_read(att) is again

@@ -282,6 +282,28 @@ def test_a_log_truncated_and_written_again_to_its_old_size_is_activity(tmp_path)
     assert h.job(A).current.outcome == "stall"
 
 
+def test_a_run_again_between_two_looks_that_wrote_past_the_old_size_is_read_from_its_start(tmp_path):
+    # requeued under its id, ran again and ended between two looks: the rerun truncated the
+    # log and wrote more than the first run had, the termination string before the old
+    # offset; SLURM's start of the run is later than the last write read (simulator F8)
+    h = Harness(tmp_path, timeout_stall_config(), names=[A])
+    running(h, A)
+    jid = h.live_id(A)
+    path = h.log(A, "run 1: step 1\nrun 1: step 2\n")
+    os.utime(path, (h.clock() - 600, h.clock() - 600))
+    h.cycle()
+    assert h.job(A).current.log_offset == 28
+    with open(path, "w") as f:
+        f.write("run 2\nTRAINING FINISHED\n" + "x" * 100 + "\n")
+    h.slurm.jobs[jid]["start"] = h.clock() + 60
+    h.clock.sleep(120)
+    h.slurm.set(jid, "COMPLETED")
+    h.cycle()
+    job = h.job(A)
+    assert job.status == "finalized" and job.current.outcome == "success" and h.slurm.count("sbatch") == 1
+    assert "log_restarted" in [e["event"] for e in read_events(h.state_dir, "p1")]
+
+
 def test_a_line_split_by_carriage_returns_is_matched_once_it_is_complete(tmp_path):
     h = Harness(tmp_path, timeout_stall_config(), names=[A])
     running(h, A)

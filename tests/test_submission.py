@@ -64,6 +64,30 @@ def test_sbatch_timeout_that_queued_the_job_is_adopted(tmp_path):
     assert h.slurm.count("sbatch") == 2 and len(h.slurm.by_name(A)) == 2
 
 
+def test_an_uncertain_submission_replaced_by_hand_is_recorded_then_its_replacement_followed(tmp_path):
+    """Found by the simulator (F10, replace_in_doubt seed 8): the sbatch answered with an
+    error but queued the job; before autoexp could look it up, the user cancelled it and
+    submitted it again under its tag. The first job is the attempt's result (recorded,
+    `replaced`), the hand-made one the next attempt; before the fix the replacement was
+    taken for the submission and the cancelled job was missing from the history."""
+    h = Harness(tmp_path, config(), names=[A])
+    first = h.live_id(A)
+    h.slurm.set(first, "TIMEOUT")
+    h.slurm.sbatch_mode = ["queued_error"]
+    h.cycle()
+    assert h.job(A).current.in_doubt
+    mine = h.slurm.by_name(A)[-1]                       # what the uncertain sbatch queued
+    h.slurm.set(mine, "CANCELLED", "0:15")              # cancelled by hand,
+    h.slurm.purge(mine)
+    hand = h.slurm.add(A, h.job(A).current and autoexp.session_tag("p1", A), "RUNNING")  # and resubmitted
+    h.cycle(advance=100)
+    h.cycle()
+    job = h.job(A)
+    assert [(a.job_id, a.origin, a.outcome) for a in job.attempts] == [
+        (first, "submitted", "timeout"), (mine, "recovered", "replaced"), (hand, "external", None)]
+    assert job.current.live and h.slurm.count("sbatch") == 2
+
+
 def test_a_queued_job_that_sbatch_called_failed_is_not_resubmitted_while_accounting_lags(tmp_path):
     h = Harness(tmp_path, config(submit_backoff_seconds=1), names=[A])
     h.slurm.set(h.live_id(A), "TIMEOUT")

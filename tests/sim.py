@@ -41,7 +41,9 @@ simulator keeps which process holds a lock on which file (by inode) and refuses 
 exactly when the kernel would. A process that gets LockLostError exits 75, as the CLI does.
 Clocks: every process runs on one host (one autoexp.clock_identity()) whose wall clock is
 SLURM's time plus a skew that jumps (clock_jumps), and whose monotonic clock (the Controller's
-mono=) never jumps; a jump while no process runs is seen through the session's clock_ref.
+mono=) never jumps; a jump while no process runs is seen through the session's clock_ref. Job
+logs are written on the compute nodes, whose clock is SLURM's: each write sets the file's mtime
+to the virtual time (os.utime), as do a job's start (O_TRUNC) and a rotation.
 After `fault_until` nothing fails any more (SLURM answers, no crash, programs succeed): the
 session must then converge.
 
@@ -498,7 +500,9 @@ MIX = OrderedDict([
     ("squeue_extra_column", 0.04), ("throttle_overflow", 0.015), ("term_at_4mib", 0.02), ("lock_deleted", 0.08),
     ("foreign_newline", 0.05), ("sbatch_notice", 0.05), ("suspend_stall", 0.05), ("cron_recovery", 0.05),
     ("slow_accounting", 0.05), ("throttle_then_error", 0.04), ("queued_last_try", 0.04),
-    ("unknown_state_requeue", 0.04), ("runaway_record", 0.04),
+    ("unknown_state_requeue", 0.04), ("runaway_record", 0.04), ("shared_log_replace", 0.04),
+    ("shared_log_rerun", 0.04), ("acct_down_at_end", 0.05), ("requeue_after_end", 0.04),
+    ("replace_in_doubt", 0.04),
 ])
 
 
@@ -1446,6 +1450,7 @@ class Programs(object):
         try:
             with open(path, "wb"):
                 pass  # SLURM opens --output with O_TRUNC when the job starts
+            os.utime(path, (w.t, w.t))
         except (IOError, OSError):
             pass
         t = w.t
@@ -1485,9 +1490,11 @@ class Programs(object):
 
     def write(self, job, data):
         run = job.run
+        path = self.path(job)
         try:
-            with open(self.path(job), "ab") as f:
+            with open(path, "ab") as f:
                 f.write(data)
+            os.utime(path, (self.w.t, self.w.t))  # written at the compute node's (SLURM's) time
         except (IOError, OSError):
             return
         t = self.w.t
@@ -2239,8 +2246,10 @@ class World(object):
         try:
             if copy:
                 shutil.copyfile(path, path + ".1")
+                os.utime(path + ".1", (self.t, self.t))
             with open(path, "r+b") as f:
                 f.truncate(0)
+            os.utime(path, (self.t, self.t))
         except (IOError, OSError):
             return
         self.trace("fault", "%s log %s" % (job.id, "rotated (copytruncate)" if copy else "truncated"))

@@ -87,12 +87,6 @@ class ExpectedViolation(AssertionError):
 # entry must move to FIXED (with seeds that show the situation) and the switch into sim.MIX.
 KNOWN = [
     ("rotate_tail", 0, "no-rerun"),              # item 21: copytruncate right after the termination string
-    ("shared_log_replace", 41, "no-rerun"),      # F6: a successor adopted once ended is read from the
-                                                 # shared log's end (true-success fixed; this since ebc62cc)
-    ("requeue_after_end", 23, "no-rerun"),       # F8: the rerun also left squeue before autoexp looked
-    ("replace_in_doubt", 8, "no-orphan"),        # F10
-    ("shared_log_rerun", 5, "no-rerun"),         # F11: since the F6 fix (1abd474)
-    ("acct_down_at_end", 19, "converges"),       # F12: since ebc62cc (a cycle steps only what changed)
 ]
 
 # Fixed bugs: (scenario switch, seed, the invariant the bug broke, a regular expression the
@@ -103,6 +97,15 @@ LOCK_LOST = (r"deleted the lock file \(held by monitor #(\d+)\)\n(?:(?!.*monitor
              r".*cron #\d+ starts")
 # The clock jumped while no autoexp process ran, and the next process saw it (clock_ref):
 CLOCK_REF = r"no autoexp process running: the next sees it through clock_ref\)\n(?:.*\n)*?.*the clock jumped"
+# A job replaced by hand (its log shared by every attempt):
+REPLACED = r"user   replaced \S+ by hand with \d+"
+# A job requeued under its id that then completed (its log shared by every attempt):
+RERUN = r"slurm  (\d+) sim-\d+ requeued[^\n]*\n(?:.*\n)*?.*slurm  \1 sim-\d+ COMPLETED"
+# An sbatch that answered with an error, then a job replaced by hand:
+DOUBT_REPLACED = r"sbatch -> uncertain[^\n]*\n(?:.*\n)*?.*user   replaced \S+ by hand with \d+"
+# sacct went down as a job ended:
+ENDED_ACCT_DOWN = (r"slurm  \d+(?:_\d+)? sim-\d+ (?:COMPLETED|FAILED|TIMEOUT|CANCELLED|OUT_OF_MEMORY)[^\n]*\n"
+                   r"[^\n]*fault +[\d.]+ sacct_down")
 FIXED = [
     # issue 11's items (fixed before the state's schema 2, which the simulator needs: their seeds
     # are chosen by what they show, not checked against the code before the fix)
@@ -142,6 +145,23 @@ FIXED = [
     ("unknown_state_requeue", 40, "one-live", r"as EXPEDITING"),
     ("runaway_record", 14, "converges", r"outcome lost: [^\n]*runaway"),
     ("runaway_record", 18, "converges", r"outcome lost: [^\n]*runaway"),
+    # F6: a successor adopted once ended was read from the shared log's end (fixed by the log's
+    # mtime, c2a6e76); F11: a rerun under the same id that ended between two looks was run
+    # again (5e1d44a, with the simulator writing logs at SLURM's time); F12: a job that left
+    # squeue while sacct was down was never looked at again (2185aed)
+    ("shared_log_replace", 41, "no-rerun", REPLACED),
+    ("shared_log_replace", 4, "no-rerun", REPLACED),
+    ("shared_log_rerun", 5, "no-rerun", RERUN),
+    ("shared_log_rerun", 20, "no-rerun", RERUN),
+    ("acct_down_at_end", 2, "converges", ENDED_ACCT_DOWN),
+    ("acct_down_at_end", 3, "converges", ENDED_ACCT_DOWN),
+    # F8: a rerun under the same id that also left squeue before autoexp looked (seed 23), or
+    # whose log it had read while the job was PENDING again (seed 109)
+    ("requeue_after_end", 23, "no-rerun", RERUN),
+    ("requeue_after_end", 109, "no-rerun", RERUN),
+    # F10: an uncertain sbatch's job, cancelled and resubmitted by hand before autoexp looked
+    ("replace_in_doubt", 8, "no-orphan", DOUBT_REPLACED),
+    ("replace_in_doubt", 35, "no-orphan", DOUBT_REPLACED),
 ]
 
 

@@ -2118,9 +2118,7 @@ def log_head(f, size):
     """'N:sha1' of a file's first N bytes: truncated and rewritten past its old size (same
     inode, larger), a file still changes its beginning."""
     f.seek(0)
-    data = f.read(min(size, LOG_HEAD_BYTES))
-    import hashlib
-    return "%d:%s" % (len(data), hashlib.sha1(data).hexdigest()) if data else None
+    return _head_of(f.read(min(size, LOG_HEAD_BYTES)))
 
 
 def read_log(path, offset, inode, head=None, final=False, max_bytes=MAX_LOG_READ, overlap=0, check_head=True):
@@ -2134,8 +2132,9 @@ def read_log(path, offset, inode, head=None, final=False, max_bytes=MAX_LOG_READ
     even across a cut. A file that shrank, has another inode or another beginning was
     truncated or replaced: it is read again from its start, once. A missing file is
     simply empty; the size returned is what activity is measured by. check_head false: the
-    first bytes are neither read nor compared (a log of one job only, whose truncation the
-    size shows), so the bytes read are the bytes appended.
+    first bytes are neither read again nor compared (a log of one job only, whose truncation
+    the size shows), so the bytes read are the bytes appended; the head is still taken
+    from a read that starts at 0 (it tells a rotated copy of the file, find_copy).
     """
     try:
         f, st = open_log(path)
@@ -2156,6 +2155,8 @@ def read_log(path, offset, inode, head=None, final=False, max_bytes=MAX_LOG_READ
                     restarted = RESTART_TRUNCATED
             if restarted:
                 offset = 0
+                if not check_head:
+                    head = None  # taken again from the new beginning (below)
             if check_head and (not head or restarted or int(head.split(":", 1)[0]) < LOG_HEAD_BYTES):
                 head = log_head(f, st.st_size) or head
             if st.st_size == offset:
@@ -2176,9 +2177,66 @@ def read_log(path, offset, inode, head=None, final=False, max_bytes=MAX_LOG_READ
         end = len(data) - min(overlap, len(data) // 2)
         return LogRead(lines, offset + end, st.st_ino, head, restarted, eof=False, size=st.st_size,
                        mtime=st.st_mtime)
+    if not check_head and offset == 0 and head is None:
+        head = _head_of(data[:LOG_HEAD_BYTES])
     lines = data[:end].decode("utf-8", "replace").splitlines()
     return LogRead(lines, offset + end, st.st_ino, head, restarted, eof=offset + end >= st.st_size,
                    size=st.st_size, mtime=st.st_mtime)
+
+
+def _head_of(data):
+    import hashlib
+    return "%d:%s" % (len(data), hashlib.sha1(data).hexdigest()) if data else None
+
+
+# The names a log rotation gives the copies of a log it truncates (logrotate's copytruncate:
+# `x.log.1`, the one before it `x.log.2`; with dateext `x.log-YYYYMMDD`, of the day it ran or
+# the day before).
+ROTATED_COPY_SUFFIXES = (".1", ".2", "-%Y%m%d")
+
+
+def find_copies(path, offset, inode, head, after, now):
+    """Copies of the log at path made by rotations that then truncated it (copytruncate)
+    since the last read, oldest first, and where to start reading the first: regular files
+    under the rotation's names, of another inode, written after the last read (`after`: the
+    log's mtime then). The oldest holds the lines not read yet from `offset` on when it
+    starts with the bytes read (`head`, when known), else it is read whole (a truncation the
+    size did not show came before it: lines matched before are not matched again); each
+    later one is a whole later generation of the file. A stat per name; a compressed copy is
+    not read. Returns ([path, ...], offset in the first)."""
+    names = []
+    for suffix in ROTATED_COPY_SUFFIXES:
+        if "%" in suffix:
+            names += [path + time.strftime(suffix, time.localtime(t)) for t in (now, now - 86400)]
+        else:
+            names.append(path + suffix)
+    found = []
+    for name in names:
+        try:
+            st = os.stat(name)
+        except OSError:
+            continue
+        if (stat.S_ISREG(st.st_mode) and st.st_ino != inode and (after is None or st.st_mtime > after)
+                and all(st.st_ino != other.st_ino for _, other in found)):
+            found.append((name, st))
+    found.sort(key=lambda c: (c[1].st_mtime, c[0]))
+    start = offset
+    if found:
+        name, st = found[0]
+        if head and st.st_size >= int(head.split(":", 1)[0]):
+            try:
+                f, _ = open_log(name)
+                with f:
+                    same = log_head(f, int(head.split(":", 1)[0])) == head
+            except (IOError, OSError, ValueError):
+                same = False
+        else:
+            same = not head
+        if not same:
+            start = 0
+        elif st.st_size <= offset:
+            found, start = found[1:], 0  # nothing past what was read
+    return [name for name, _ in found], start
 
 
 def find_by_inode(folder, inode):
@@ -4596,6 +4654,7 @@ class Controller(object):
             att.log_offset = att.log_size = 0
             self._event(s, job, att, EV_LOG_RESTARTED, now,
                         detail="the job ran again after its log was last read; reading it from its start")
+        self._read_copy(s, job, att, final, shared, now, overlap)
         while True:
             read = read_log(att.resolved_log_path, att.log_offset, att.log_inode, att.log_head, final,
                             overlap=overlap, check_head=shared)
@@ -4628,6 +4687,56 @@ class Controller(object):
     def _shared_log(self, s, job, att):
         template, name = log_template_of(s.plan, job.name, att.job_id, att.array_task)
         return shared_log_path(template, name, self.slurm.user) is not None
+
+    def _read_copy(self, s, job, att, final, shared, now, overlap):
+        """The log was truncated (same inode, shorter than what was read, or written without
+        growing), or its job ended: if a rotation copied it before truncating it
+        (copytruncate), the lines written between the last read and the copy are read there
+        first, to the copy's end."""
+        path = att.resolved_log_path
+        try:
+            st = os.stat(path)
+        except OSError:
+            st = None
+        # shorter than what was read; or written (its time changed) yet no longer: truncated
+        # and written again up to its old size; or first seen empty: perhaps copied and
+        # truncated before the first look
+        truncated = st is not None and ((st.st_ino == att.log_inode and (
+            st.st_size < max(att.log_offset, att.log_size)
+            or (st.st_size == att.log_size and att.log_mtime is not None and st.st_mtime != att.log_mtime)))
+            or (att.log_inode is None and st.st_size == 0))
+        if not (truncated or final):
+            return
+        after = att.log_mtime
+        if after is None:  # never read: a copy made before the job was submitted is not its own
+            try:
+                since = slurm_epoch(att.slurm_submit) if att.slurm_submit else None
+            except ValueError:
+                since = None
+            since = since or att.intent_at or att.submitted_at
+            after = since - LOG_END_SLACK if since is not None else None
+        copies, offset = find_copies(path, att.log_offset, att.log_inode, att.log_head, after, now)
+        if shared and final:
+            # a log of every attempt, copied after this one's job ended: its own lines only
+            # if written before that end (own_restart), else a successor's
+            try:
+                copies = [c for c in copies if own_restart(att, os.stat(c).st_mtime)]
+            except OSError:
+                return
+        for copy in copies:
+            self._event(s, job, att, EV_LOG_RESTARTED, now,
+                        detail="log copied to %s and truncated; reading its lines there" % os.path.basename(copy))
+            while True:
+                read = read_log(copy, offset, None, None, True, overlap=overlap, check_head=False)
+                if not read.ok:
+                    return
+                self._match_lines(s, job, att, read.lines, now)
+                if read.offset == offset or read.eof:
+                    break
+                offset = read.offset
+            offset = 0  # a later copy is a whole later generation of the file
+            if read.mtime:
+                att.log_mtime = max(att.log_mtime or 0.0, read.mtime)  # read up to this copy: not again
 
     def _read_rotated(self, s, job, att, now, overlap):
         """The log was replaced: if the old file is still in its folder (renamed by a log

@@ -9,6 +9,7 @@ termination string cut by a read boundary inside a huge line, a log rotated betw
 cycles, a FIFO at the log's path."""
 
 import os
+import shutil
 import time
 
 import pytest
@@ -354,6 +355,87 @@ def test_a_log_rotated_between_cycles_is_read_to_its_end(tmp_path):
     h.slurm.set(h.live_id(A), "COMPLETED")
     h.cycle()
     assert h.job(A).status == "finalized"
+
+
+def _copytruncate(path, suffix=".1", mtime=None):
+    # logrotate's copytruncate: the content copied to a new file, the log truncated in place
+    shutil.copyfile(path, path + suffix)
+    with open(path, "r+b") as f:
+        f.truncate(0)
+    if mtime is not None:
+        os.utime(path + suffix, (mtime, mtime))
+        os.utime(path, (mtime, mtime))
+
+
+@pytest.mark.parametrize("suffix", [".1", "-%Y%m%d"])
+def test_a_log_copied_and_truncated_between_cycles_has_its_last_lines_read_in_the_copy(tmp_path, suffix):
+    # simulator rotate_tail: the termination string written, then copytruncate, then the end
+    h = Harness(tmp_path, timeout_stall_config(), names=[A])
+    running(h, A)
+    suffix = time.strftime(suffix, time.localtime(h.clock()))  # dateext: the day it ran
+    t = h.clock()  # SLURM started the job a moment ago: the log is written from now on
+    path = h.log(A, "step 1\n")
+    os.utime(path, (t + 10, t + 10))
+    h.cycle()
+    with open(path, "a") as f:
+        f.write("step 2\nTRAINING FINISHED\n")
+    _copytruncate(path, suffix, mtime=t + 20)
+    h.slurm.set(h.live_id(A), "COMPLETED")
+    h.cycle()
+    job = h.job(A)
+    assert job.status == "finalized" and job.current.outcome == "success" and h.slurm.count("sbatch") == 1
+
+
+def test_a_log_copied_and_truncated_before_it_was_ever_read(tmp_path):
+    h = Harness(tmp_path, timeout_stall_config(), names=[A])
+    running(h, A)
+    path = h.log(A, "step 1\nTRAINING FINISHED\n")
+    _copytruncate(path, mtime=h.clock() + 10)
+    h.slurm.set(h.live_id(A), "COMPLETED")
+    h.cycle()
+    assert h.job(A).current.outcome == "success"
+
+
+def test_a_copy_read_once_and_an_old_copy_never(tmp_path):
+    h = Harness(tmp_path, timeout_stall_config(), names=[A])
+    running(h, A)
+    path = h.log(A, "step 1\n")
+    t = h.clock()
+    with open(path + ".1", "w") as f:
+        f.write("step 1\nTRAINING FINISHED\n")  # an older run's copy, written before the last read
+    os.utime(path + ".1", (t - 900, t - 900))
+    os.utime(path, (t + 10, t + 10))
+    h.cycle()
+    h.slurm.set(h.live_id(A), "COMPLETED")
+    h.cycle()
+    assert h.job(A).attempts[0].outcome == "incomplete"  # the old copy is not this run's
+
+
+def test_a_copy_that_starts_otherwise_is_read_whole(tmp_path):
+    # the file was truncated and rewritten past the old size before the copy (the size did
+    # not show it): the offset means nothing in the copy, which is read from its start;
+    # lines matched before are not matched again (simulator rotate_tail seed 120)
+    cfg = timeout_stall_config(log_events=[{"name": "w", "pattern": "WARN", "mode": "noise"}])
+    cfg["restart"]["noise"] = {"action": "ignore"}
+    h = Harness(tmp_path, cfg, names=[A])
+    running(h, A)
+    t = h.clock()
+    path = h.log(A, "WARN step 1\n")
+    os.utime(path, (t + 10, t + 10))
+    h.cycle()
+    assert h.job(A).current.log_head == autoexp._head_of(b"WARN step 1\n")
+    with open(path + ".1", "w") as f:
+        f.write("WARN other\nTRAINING FINISHED\n")
+    os.utime(path + ".1", (t + 20, t + 20))
+    with open(path, "r+b") as f:
+        f.truncate(0)
+    h.slurm.set(h.live_id(A), "COMPLETED")
+    h.cycle()
+    att = h.job(A).attempts[0]
+    assert att.success_seen and att.log_matches == ["w", "success"]
+    events = [e for e in read_events(h.state_dir, "p1")]
+    assert [e["event"] for e in events].count("log:w") == 1
+    assert any(e["event"] == "log_restarted" and "demo-s1-%s.log.1" % att.job_id in e["detail"] for e in events)
 
 
 @pytest.mark.timeout(20)

@@ -502,7 +502,7 @@ MIX = OrderedDict([
     ("slow_accounting", 0.05), ("throttle_then_error", 0.04), ("queued_last_try", 0.04),
     ("unknown_state_requeue", 0.04), ("runaway_record", 0.04), ("shared_log_replace", 0.04),
     ("shared_log_rerun", 0.04), ("acct_down_at_end", 0.05), ("requeue_after_end", 0.04),
-    ("replace_in_doubt", 0.04),
+    ("replace_in_doubt", 0.04), ("rotate_tail", 0.05),
 ])
 
 
@@ -2244,7 +2244,9 @@ class World(object):
     def programs_rotate(self, job, copy):
         path = self.programs.path(job)
         try:
-            if copy:
+            if copy:  # logrotate copytruncate with `rotate 2`: .1 becomes .2, the log is copied to .1
+                if os.path.exists(path + ".1"):
+                    os.replace(path + ".1", path + ".2")
                 shutil.copyfile(path, path + ".1")
                 os.utime(path + ".1", (self.t, self.t))
             with open(path, "r+b") as f:

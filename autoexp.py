@@ -2193,30 +2193,40 @@ def _head_of(data):
 # `x.log.1`, the one before it `x.log.2`; with dateext `x.log-YYYYMMDD`, of the day it ran or
 # the day before).
 ROTATED_COPY_SUFFIXES = (".1", ".2", "-%Y%m%d")
+ROTATED_COPY_DAYS = 14  # a monitor stopped for longer misses a dated copy older than that
 
 
-def find_copies(path, offset, inode, head, after, now):
+def find_copies(path, offset, inode, head, after, now, whole=True):
     """Copies of the log at path made by rotations that then truncated it (copytruncate)
     since the last read, oldest first, and where to start reading the first: regular files
     under the rotation's names, of another inode, written after the last read (`after`: the
     log's mtime then). The oldest holds the lines not read yet from `offset` on when it
     starts with the bytes read (`head`, when known), else it is read whole (a truncation the
-    size did not show came before it: lines matched before are not matched again); each
-    later one is a whole later generation of the file. A stat per name; a compressed copy is
-    not read. Returns ([path, ...], offset in the first)."""
+    size did not show came before it: lines matched before are not matched again) if
+    `whole`, else none is read (a log other jobs wrote too); each later one is a whole later
+    generation of the file. A stat per name (a dated copy: each day from the one before the
+    last read to the day after now, at most ROTATED_COPY_DAYS); a compressed copy, a symbolic
+    link, a copy in another folder are not read. Returns ([path, ...], offset in the first)."""
     names = []
     for suffix in ROTATED_COPY_SUFFIXES:
         if "%" in suffix:
-            names += [path + time.strftime(suffix, time.localtime(t)) for t in (now, now - 86400)]
+            first = max(min(after if after is not None else now, now) - 86400, now - ROTATED_COPY_DAYS * 86400)
+            days, t = [], now + 86400  # a host in another time zone may date it tomorrow
+            while t >= first and len(days) < ROTATED_COPY_DAYS + 2:
+                days.append(time.strftime(suffix, time.localtime(t)))
+                t -= 86400
+            names += [path + d for d in sorted(set(days))]
         else:
             names.append(path + suffix)
     found = []
     for name in names:
         try:
-            st = os.stat(name)
+            st = os.lstat(name)  # a symbolic link is not a rotation's copy
         except OSError:
             continue
-        if (stat.S_ISREG(st.st_mode) and st.st_ino != inode and (after is None or st.st_mtime > after)
+        # at or after the last read: file systems that keep whole seconds (Lustre) give the
+        # copy the time of the read's last write
+        if (stat.S_ISREG(st.st_mode) and st.st_ino != inode and (after is None or st.st_mtime >= after)
                 and all(st.st_ino != other.st_ino for _, other in found)):
             found.append((name, st))
     found.sort(key=lambda c: (c[1].st_mtime, c[0]))
@@ -2233,6 +2243,8 @@ def find_copies(path, offset, inode, head, after, now):
         else:
             same = not head
         if not same:
+            if not whole:
+                return [], 0
             start = 0
         elif st.st_size <= offset:
             found, start = found[1:], 0  # nothing past what was read
@@ -3184,11 +3196,13 @@ def _newest_first(a, b):
 
 
 def rerun_rows(job, snap, acct=None):
-    """Its own ended attempts that SLURM shows ended again: requeued after autoexp recorded
+    """Its own ended attempts that SLURM shows ran again: requeued after autoexp recorded
     the end, and finished before it looked. squeue's row shows another end state (TIMEOUT
     recorded, COMPLETED now); sacct's (asked when a restart is due: the rerun may have left
     squeue already, simulator F8) an end later than the one recorded, or, with none
-    recorded, another end state. An id a later attempt already follows is not one."""
+    recorded, another end state; or still active with a start later than the one recorded
+    (accounting has not stored the rerun's end yet: it is followed until it has, never run
+    beside). An id a later attempt already follows is not one."""
     rows = []
     for i, a in enumerate(job.attempts):
         if (not a.job_id or a.live or a.last_slurm_state not in TERMINAL_MODE
@@ -3200,6 +3214,11 @@ def rerun_rows(job, snap, acct=None):
                 rows.append(row)
             continue
         arow = acct.get(a.job_id) if acct else None
+        if arow is not None and arow.state in ACTIVE_STATES:
+            start, ref = slurm_epoch(arow.start), a.slurm_start or a.slurm_end
+            if start is not None and ref is not None and start > ref:
+                rows.append(arow)
+            continue
         if arow is None or arow.state not in TERMINAL_MODE:
             continue
         end = slurm_epoch(arow.end)
@@ -4626,6 +4645,15 @@ class Controller(object):
         template, name = log_template_of(s.plan, job.name, att.job_id, att.array_task)
         path = shared_log_path(template, name, self.slurm.user)
         if path is None:
+            # a log of one SLURM job: an attempt adopted under an id an earlier attempt had
+            # (that job requeued after autoexp recorded its end) shares that attempt's log,
+            # appended to with --open-mode=append (outside review: the rerun inherited its
+            # earlier run's lines)
+            same = [a for a in job.attempts if a is not att and att.job_id and a.job_id == att.job_id
+                    and a.resolved_log_path]
+            if same:
+                att.resolved_log_path = same[-1].resolved_log_path
+                self._continue_log(att, same[-1])
             return
         att.resolved_log_path = path
         earlier = [a for a in job.attempts if a is not att and a.resolved_log_path == path]
@@ -4634,8 +4662,12 @@ class Controller(object):
             if end is not None:
                 att.log_offset, att.log_inode, att.log_head = end
         elif earlier:  # adopted: it may have written already; start where the last one stopped
-            last = earlier[-1]
-            att.log_offset, att.log_inode, att.log_head = last.log_offset, last.log_inode, last.log_head
+            self._continue_log(att, earlier[-1])
+
+    @staticmethod
+    def _continue_log(att, last):
+        att.log_offset, att.log_inode, att.log_head = last.log_offset, last.log_inode, last.log_head
+        att.log_size, att.log_mtime = last.log_size, last.log_mtime
 
     def _read_log(self, s, job, att, obs, now):
         """Read the attempt's new log lines and record what they say; False if the log exists
@@ -4715,7 +4747,10 @@ class Controller(object):
                 since = None
             since = since or att.intent_at or att.submitted_at
             after = since - LOG_END_SLACK if since is not None else None
-        copies, offset = find_copies(path, att.log_offset, att.log_inode, att.log_head, after, now)
+        # a log other attempts wrote too (shared, or an earlier attempt's under the same id)
+        # is never read whole from a copy: its beginning may be theirs
+        alone = not shared and not any(a is not att and a.resolved_log_path == path for a in job.attempts)
+        copies, offset = find_copies(path, att.log_offset, att.log_inode, att.log_head, after, now, whole=alone)
         if shared and final:
             # a log of every attempt, copied after this one's job ended: its own lines only
             # if written before that end (own_restart), else a successor's

@@ -237,6 +237,57 @@ def test_a_rerun_that_finished_and_left_squeue_before_the_restart_is_decided_not
     assert [a.outcome for a in job.attempts] == ["node_fail", "success"]
 
 
+def test_a_rerun_that_left_squeue_and_accounting_still_calls_running_is_followed_not_run_beside(tmp_path):
+    """Outside review: the restart was due while sacct still said RUNNING for the rerun
+    (a later start than the one recorded; its end not stored yet): autoexp submitted
+    beside it, and the rerun's success was never recorded."""
+    h = Harness(tmp_path, config(), names=[A])
+    jid = h.live_id(A)
+    h.slurm.set(jid, "NODE_FAIL")
+    h.cycle()                                   # restart scheduled in 100 s
+    h.clock.sleep(50)
+    h.slurm.set(jid, "RUNNING")                 # requeued and run again,
+    h.slurm.jobs[jid]["start"] = h.clock()
+    h.slurm.purge(jid)                          # gone from squeue, accounting lags: RUNNING
+    h.log(A, "TRAINING FINISHED\n", job_id=jid)
+    h.cycle(advance=60)
+    assert h.slurm.count("sbatch") == 1
+    h.slurm.set(jid, "COMPLETED")               # accounting catches up
+    for _ in range(3):
+        h.cycle(advance=30)
+    job = h.job(A)
+    assert h.slurm.count("sbatch") == 1 and job.status == "finalized"
+    assert [(a.job_id, a.outcome) for a in job.attempts] == [(jid, "node_fail"), (jid, "success")]
+
+
+def test_a_rerun_appending_to_its_log_does_not_inherit_the_run_befores_lines(tmp_path):
+    """Outside review: a rerun under the same id followed as the next attempt read the
+    shared %j log (--open-mode=append) from its start, took the run before's NCCL line for
+    its own, and the healthy rerun was cancelled."""
+    cfg = config(log_events=[{"name": "nccl", "pattern": "NCCL error", "mode": "nccl"}])
+    cfg["restart"]["nccl"] = {"action": "restart", "max_attempts": 3, "backoff_seconds": 120}
+    h = Harness(tmp_path, cfg, names=[A])
+    jid = h.live_id(A)
+    h.slurm.set(jid, "RUNNING")
+    h.cycle()
+    path = h.log(A, "step\n" * 10, job_id=jid)
+    h.cycle()
+    with open(path, "a") as f:
+        f.write("NCCL error: remote peer closed\n")
+    h.slurm.set(jid, "NODE_FAIL")
+    h.cycle()
+    h.clock.now += 30
+    h.slurm.set(jid, "RUNNING")                 # requeued by SLURM, appending to its log
+    h.slurm.jobs[jid]["start"] = h.clock()
+    with open(path, "a") as f:
+        f.write("rerun: healthy step\n")
+    for _ in range(4):
+        h.cycle(advance=30)
+    att = h.job(A).attempts[-1]
+    assert len(h.job(A).attempts) == 2 and att.job_id == jid and att.origin == "external"
+    assert att.live and att.outcome is None and not att.log_matches and ("scancel", jid) not in h.slurm.calls
+
+
 def test_a_runaway_accounting_record_is_lost_after_hours_not_never(tmp_path):
     """Found by the simulator (F9): slurmctld lost a running job while accounting keeps it
     RUNNING for ever; the job waited as "missing" for ever and the sweep never ended."""

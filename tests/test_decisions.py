@@ -341,8 +341,13 @@ def _acct(job_id, state, end):
     # no end recorded: another end state tells
     (dict(last_slurm_state="TIMEOUT"), None, _acct("5", "COMPLETED", NOW - 10), True),
     (dict(last_slurm_state="TIMEOUT"), None, _acct("5", "TIMEOUT", NOW - 10), False),
-    # running again, not ended: revived_rows follows it, not this
-    (dict(last_slurm_state="PREEMPTED", slurm_end=NOW - 300), None, _acct("5", "RUNNING", None), False),
+    # left squeue, accounting lags and still calls it running: with a later start than the
+    # one recorded, it ran again (followed, never run beside: outside review) ...
+    (dict(last_slurm_state="PREEMPTED", slurm_start=NOW - 900, slurm_end=NOW - 300), None,
+     A.AcctRow("5", "5", "j", "RUNNING", "", NOW - 60, None, ""), True),
+    # ... with the recorded start, it is the run already decided (accounting late with its end)
+    (dict(last_slurm_state="PREEMPTED", slurm_start=NOW - 900, slurm_end=NOW - 300), None,
+     A.AcctRow("5", "5", "j", "RUNNING", "", NOW - 900, None, ""), False),
     # squeue's row wins over sacct's
     (dict(last_slurm_state="PREEMPTED", slurm_end=NOW - 300), row("5", "PREEMPTED"), _acct("5", "COMPLETED", NOW), False),
 ])

@@ -438,6 +438,99 @@ def test_a_copy_that_starts_otherwise_is_read_whole(tmp_path):
     assert any(e["event"] == "log_restarted" and "demo-s1-%s.log.1" % att.job_id in e["detail"] for e in events)
 
 
+def _write(path, text, mtime, mode="a"):
+    with open(path, mode) as f:
+        f.write(text)
+    os.utime(path, (mtime, mtime))
+
+
+def test_a_copy_in_the_same_second_as_the_last_read_is_read(tmp_path):
+    # Lustre keeps whole seconds: the last read, the last write and the copy share one
+    # (outside review)
+    h = Harness(tmp_path, timeout_stall_config(), names=[A])
+    running(h, A)
+    t = int(h.clock())
+    path = h.log(A, "step 1\n")
+    os.utime(path, (t, t))
+    h.cycle()
+    with open(path, "a") as f:
+        f.write("step 2\nTRAINING FINISHED\n")
+    _copytruncate(path, mtime=t)
+    h.slurm.set(h.live_id(A), "COMPLETED")
+    h.cycle()
+    assert [a.outcome for a in h.job(A).attempts] == ["success"]
+
+
+@pytest.mark.parametrize("days", [2, 5, -1])
+def test_a_dated_copy_is_found_after_the_monitor_was_away_for_days(tmp_path, days):
+    # rotated the day of the last read; the monitor looks again `days` later (-1: the host
+    # that rotated dates the copy a day ahead, another time zone) (outside review)
+    h = Harness(tmp_path, timeout_stall_config(), names=[A])
+    running(h, A)
+    t = h.clock()
+    path = h.log(A, "step 1\n")
+    os.utime(path, (t, t))
+    h.cycle()
+    with open(path, "a") as f:
+        f.write("step 2\nTRAINING FINISHED\n")
+    dated = time.strftime("-%Y%m%d", time.localtime(h.clock() + (86400 if days < 0 else 0)))
+    _copytruncate(path, dated, mtime=t + 30)
+    h.slurm.set(h.live_id(A), "COMPLETED")
+    h.cycle(advance=max(days, 0) * 86400 + 10)
+    assert [a.outcome for a in h.job(A).attempts] == ["success"]
+
+
+def test_a_symbolic_link_at_a_copys_name_is_not_read(tmp_path):
+    h = Harness(tmp_path, timeout_stall_config(), names=[A])
+    running(h, A)
+    t = h.clock()
+    path = h.log(A, "step 1\n")
+    os.utime(path, (t, t))
+    h.cycle()
+    other = str(tmp_path / "elsewhere.log")
+    _write(other, "step 1\nTRAINING FINISHED\n", t + 30)
+    os.symlink(other, path + ".1")
+    with open(path, "r+b") as f:
+        f.truncate(0)
+    h.slurm.set(h.live_id(A), "COMPLETED")
+    h.cycle()
+    assert h.job(A).attempts[0].outcome == "incomplete"
+
+
+def test_a_shared_logs_copy_of_the_attempt_before_is_never_read_for_the_next(tmp_path):
+    # the log of every attempt copied while the next one was pending, then both files
+    # touched (a scratch purge guard): the copy starts otherwise than the running attempt's
+    # log and holds the attempt before's lines; it is not read whole (outside review)
+    cfg = timeout_stall_config(log_events=[{"name": "nccl", "pattern": "NCCL error", "mode": "nccl"}])
+    cfg["job"]["log"] = "logs/{name}.log"
+    cfg["restart"]["nccl"] = {"action": "restart", "max_attempts": 3}
+    h = Harness(tmp_path, cfg, names=[A])
+    first = h.live_id(A)
+    h.slurm.set(first, "RUNNING")
+    h.cycle()
+    path = h.job(A).current.resolved_log_path
+    _write(path, "step\n" * 10 + "NCCL error\n", h.clock())
+    h.slurm.set(first, "TIMEOUT")
+    h.cycle()
+    h.cycle()
+    assert len(h.job(A).attempts) == 2
+    second = h.live_id(A)
+    h.clock.now += 60
+    _copytruncate(path, mtime=h.clock())        # the daily rotation while it is pending
+    h.clock.now += 60
+    h.slurm.set(second, "RUNNING")
+    _write(path, "attempt 2 healthy\n" * 3, h.clock(), mode="w")
+    h.cycle()
+    h.cycle()
+    h.clock.now += 60
+    for p in (path, path + ".1"):
+        os.utime(p, (h.clock(), h.clock()))
+    h.cycle()
+    h.cycle()
+    att = h.job(A).attempts[1]
+    assert att.live and att.outcome is None and not att.log_matches and ("scancel", second) not in h.slurm.calls
+
+
 @pytest.mark.timeout(20)
 def test_a_fifo_at_the_log_path_is_refused_not_waited_on(tmp_path):
     # nor another file that is not a regular one: reading it never blocks

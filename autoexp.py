@@ -2154,9 +2154,7 @@ def read_log(path, offset, inode, head=None, final=False, max_bytes=MAX_LOG_READ
                 if st.st_size < n or log_head(f, n) != head:
                     restarted = RESTART_TRUNCATED
             if restarted:
-                offset = 0
-                if not check_head:
-                    head = None  # taken again from the new beginning (below)
+                offset, head = 0, None  # taken again from the new beginning (below)
             if check_head and (not head or restarted or int(head.split(":", 1)[0]) < LOG_HEAD_BYTES):
                 head = log_head(f, st.st_size) or head
             if st.st_size == offset:
@@ -4747,10 +4745,13 @@ class Controller(object):
                 since = None
             since = since or att.intent_at or att.submitted_at
             after = since - LOG_END_SLACK if since is not None else None
-        # a log other attempts wrote too (shared, or an earlier attempt's under the same id)
-        # is never read whole from a copy: its beginning may be theirs
-        alone = not shared and not any(a is not att and a.resolved_log_path == path for a in job.attempts)
-        copies, offset = find_copies(path, att.log_offset, att.log_inode, att.log_head, after, now, whole=alone)
+        # a log other attempts wrote too is not read whole from a copy while the job runs:
+        # the copy's beginning may be theirs (a rotation while this one was pending). Once
+        # the job has ended, a copy of a log shared by every attempt written before that end
+        # is its own (own_restart, below); one an earlier attempt had under the same id never is.
+        same_id = any(a is not att and a.resolved_log_path == path for a in job.attempts) and not shared
+        whole = not same_id and (not shared or final)
+        copies, offset = find_copies(path, att.log_offset, att.log_inode, att.log_head, after, now, whole=whole)
         if shared and final:
             # a log of every attempt, copied after this one's job ended: its own lines only
             # if written before that end (own_restart), else a successor's

@@ -244,6 +244,12 @@ def test_job_resubmitted_by_hand_is_adopted_by_reconcile(proj):
     proj.slurm.scancel(old)
     new = run(["sbatch", "--parsable", proj.script(pid, "rs-hand-s1")], cwd="/").stdout.strip()
     wait_for(lambda: proj.slurm.state_of(old) in ("CANCELLED", None), 30, "job %s to end CANCELLED" % old)
+    # while no monitor ran: accounting has the cancel by the time cron looks. autoexp asks
+    # sacct by name, and SLURM 22.05 lists a fresh job under the name `allocation` for
+    # seconds; it decides an end only on sacct's record (else it waits for the next pass)
+    wait_for(lambda: any(r["JobID"] == old and r["State"].startswith("CANCELLED")
+                         for r in proj.slurm.sacct("-S", "now-1hours", "--name=rs-hand-s1") or []),
+             60, "sacct to list job %s under its name, cancelled" % old)
     res = proj.ok("reconcile", "--session", pid)
     assert "adopted" in res.stdout, res.stdout
     atts = proj.history(pid)["rs-hand-s1"]["attempts"]

@@ -147,8 +147,8 @@ FIXED = [
     ("unknown_state_requeue", 40, "one-live", r"as EXPEDITING"),
     ("runaway_record", 14, "converges", r"outcome lost: [^\n]*runaway"),
     ("runaway_record", 18, "converges", r"outcome lost: [^\n]*runaway"),
-    # F6: a successor adopted once ended was read from the shared log's end (fixed by the log's
-    # mtime, c2a6e76); F11: a rerun under the same id that ended between two looks was run
+    # F6: a successor adopted once ended was read from the shared log's end (passes since this
+    # round's log fixes, 5e1d44a and c2a6e76, with the simulator writing logs at SLURM's time); F11: a rerun under the same id that ended between two looks was run
     # again (5e1d44a, with the simulator writing logs at SLURM's time); F12: a job that left
     # squeue while sacct was down was never looked at again (2185aed)
     ("shared_log_replace", 41, "no-rerun", REPLACED),

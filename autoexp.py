@@ -617,6 +617,7 @@ class Policy(NamedTuple):
     max_attempts: int = 3
     backoff_seconds: float = 0.0
     backoff_max_seconds: float = 3600.0
+    sbatch: Optional[dict] = None  # restarts only: sbatch options of the next attempt (SPEC 5.4)
 
 
 POLICY_KEYS = Policy._fields
@@ -958,10 +959,74 @@ def validate_restart(restart, monitoring, c):
         for field in ("backoff_seconds", "backoff_max_seconds"):
             if field in pol:
                 c.number(pol[field], k + "." + field, minimum=0, maximum=MAX_SECONDS)
+        if "sbatch" in pol:
+            if pol["action"] != RESTART:
+                c.fail(k + ".sbatch", "only a restart submits a next attempt; remove sbatch or use "
+                       "action restart")
+            pol = dict(pol, sbatch=_validate_policy_sbatch(pol["sbatch"], k + ".sbatch", c))
         out[mode] = OrderedDict((f, pol[f]) for f in POLICY_KEYS if f in pol)
     for mode in custom:
         out.setdefault(mode, {"action": UNLISTED_POLICY.action})
     return out
+
+
+def _validate_policy_sbatch(sb, key, c):
+    """A restart policy's per-attempt sbatch options: long option names autoexp does not own;
+    each value a string or an integer, a list of them (attempt N takes the N-th, the last
+    beyond the list) or true for a flag. `{attempt}` and `{attempt*K}` are the only
+    placeholders: every value an attempt can take is rendered and checked here."""
+    c.obj(sb, key, list(sb))
+    out = OrderedDict()
+    for k, v in sb.items():
+        if k.startswith("_"):
+            continue
+        kk = key + "." + k
+        if not SBATCH_KEY_RE.match(k):
+            c.fail(kk, "is not a long sbatch option name like 'mem' or 'time'")
+        owned = owned_sbatch_option("--" + k)
+        if owned or k in ("array", "export"):
+            c.fail(kk, "sets --%s, which autoexp sets itself (or which would change every attempt's "
+                   "environment); it cannot differ per attempt" % (owned or k))
+        if v is True:
+            out[k] = v
+            continue
+        values = v if isinstance(v, list) else [v]
+        if not values or len(values) > MAX_ATTEMPTS:
+            c.fail(kk, "a list of values needs 1 to %d entries" % MAX_ATTEMPTS)
+        for i, item in enumerate(values):
+            where = kk if not isinstance(v, list) else "%s[%d]" % (kk, i)
+            if isinstance(item, bool) or not isinstance(item, (str, int)):
+                c.fail(where, "must be a string or an integer (or true for a flag), not %s; an option "
+                       "cannot be unset for one attempt" % _type_name(item))
+            item = str(item)
+            if len(item) > MAX_VALUE_CHARS:
+                c.fail(where, "is longer than %d characters" % MAX_VALUE_CHARS)
+            for m in re.finditer(r"\{([^{}]*)\}", item):
+                if not ATTEMPT_PLACEHOLDER_RE.match(m.group(0)):
+                    c.fail(where, "{%s}: only {attempt} and {attempt*N} (N an integer up to %d) are allowed "
+                           "here" % (m.group(1), MAX_ATTEMPT_FACTOR))
+            for attempt in (1, MAX_ATTEMPTS):
+                check_directive_value(attempt_value(item, attempt), where, c)
+        out[k] = v
+    return out
+
+
+ATTEMPT_PLACEHOLDER_RE = re.compile(r"^\{attempt(?:\*([1-9][0-9]{0,5}))?\}$")
+MAX_ATTEMPT_FACTOR = 999999  # {attempt*N}: N x MAX_ATTEMPTS stays a plain integer SLURM reads
+
+
+def attempt_value(spec, attempt):
+    """One per-attempt option value for attempt number `attempt` (1, 2, ...): the list's
+    N-th entry (its last beyond it), with {attempt} and {attempt*K} replaced."""
+    if spec is True:
+        return True
+    if isinstance(spec, list):
+        spec = spec[min(attempt, len(spec)) - 1]
+
+    def repl(m):
+        inner = ATTEMPT_PLACEHOLDER_RE.match(m.group(0))
+        return str(attempt * int(inner.group(1) or 1)) if inner else m.group(0)
+    return re.sub(r"\{[^{}]*\}", repl, str(spec))
 
 
 def make_monitoring(d):
@@ -982,7 +1047,8 @@ def make_monitoring(d):
 
 
 def make_policies(d):
-    types = {"max_attempts": int, "backoff_seconds": float, "backoff_max_seconds": float}
+    types = {"max_attempts": int, "backoff_seconds": float, "backoff_max_seconds": float,
+             "sbatch": lambda v: v}
     return dict((mode, Policy(**dict((k, types.get(k, str)(v)) for k, v in p.items() if k in POLICY_KEYS)))
                 for mode, p in d.items())
 
@@ -1469,6 +1535,32 @@ def owned_args(name, log, with_error, tag, workdir):
     return args + ["--comment=" + tag, "--chdir=" + workdir]
 
 
+def script_directive(text, name, short):
+    """The value a job script's #SBATCH lines give option --name (or -short), or None: read
+    the way sbatch reads them (up to the first command; quotes; '#' starts a comment)."""
+    value = None
+    for line in text.splitlines()[1:]:
+        if not line.startswith("#"):
+            if line.strip():
+                break
+            continue
+        if not line.startswith("#SBATCH"):
+            continue
+        try:
+            words = shlex.split(line[len("#SBATCH"):], comments=True)
+        except ValueError:
+            continue
+        for i, w in enumerate(words):
+            nxt = words[i + 1] if i + 1 < len(words) else None
+            if w.startswith("--" + name + "="):
+                value = w.split("=", 1)[1]
+            elif w == "--" + name or w == "-" + short:
+                value = nxt
+            elif w.startswith("-" + short) and not w.startswith("--"):
+                value = w[len(short) + 1:]
+    return value
+
+
 def _check_template_directives(text, path, c):
     for lineno, line in enumerate(text.splitlines(), 1):
         if not line.startswith("#SBATCH"):
@@ -1505,17 +1597,18 @@ def _render_template_script(text, values, header, exports, source):
     return "\n".join(out) + "\n"
 
 
-def sbatch_command(plan, tasks):
+def sbatch_command(plan, tasks, options=()):
     """(script, args) of one submission: a single job (tasks is [(name, None)]) or the array
-    tasks given as [(name, index), ...], resubmitted with --array=<their indexes>."""
+    tasks given as [(name, index), ...], resubmitted with --array=<their indexes>; options
+    are the attempt's own (attempt_sbatch_options), after autoexp's."""
     if tasks[0][1] is None:
         pj = plan.by_name[tasks[0][0]]
-        return pj.script_path, list(pj.sbatch_args)
+        return pj.script_path, list(pj.sbatch_args) + list(options)
     array = plan.array
     spec = ",".join(str(task) for _, task in tasks)
     if array.max_running:
         spec += "%%%d" % array.max_running
-    return array.script_path, list(array.sbatch_args) + ["--array=" + spec]
+    return array.script_path, list(array.sbatch_args) + list(options) + ["--array=" + spec]
 
 
 def default_plan_id(project, t, n=1):
@@ -2051,9 +2144,14 @@ class SlurmClient(object):
             rows += self._sacct(["--name=" + chunk], since)
         return rows
 
-    def sbatch(self, script, args=()):
+    def sbatch(self, script, args=(), env=None):
+        """env: variables added to sbatch's environment, which the job inherits (--export's
+        default, ALL)."""
+        argv = ["sbatch", "--parsable"] + list(args) + [script]
         try:
-            return classify_sbatch(self._run(["sbatch", "--parsable"] + list(args) + [script]))
+            if env:
+                return classify_sbatch(self.runner(argv, self.timeout, dict(self.env, **env)))
+            return classify_sbatch(self._run(argv))
         except SlurmUnavailable as e:
             return SubmitResult(SB_UNCERTAIN, None, str(e))
 
@@ -2455,7 +2553,7 @@ INTERNED_FIELDS = frozenset(("status", "origin", "submit_state", "last_slurm_sta
 
 # List fields mostly empty, and only ever replaced, never changed in place: an empty one is
 # the one shared (), so a 100k-job sweep holds 300k fewer lists.
-EMPTY_SHARED_FIELDS = frozenset(("log_matches", "actions", "seen_copies"))
+EMPTY_SHARED_FIELDS = frozenset(("log_matches", "actions", "seen_copies", "sbatch_options"))
 
 
 class Record(object):
@@ -2503,7 +2601,7 @@ ATTEMPT_FIELDS = (
     Field("last_slurm_state"), Field("last_monitor_state"), Field("exit_code"), Field("live", False, (bool,)),
     Field("success_seen", False), Field("log_mode"), Field("log_reason"), Field("outcome", None, _OPT_STR),
     Field("reason"), Field("ended_at"), Field("cancel_requested_at"), Field("cancel_result"),
-    Field("log_matches", ()), Field("actions", (), (list,)))
+    Field("log_matches", ()), Field("actions", (), (list,)), Field("sbatch_options", ()))
 
 
 # The times durations are measured from (stall, grace periods, backoffs, resends): moved
@@ -3390,6 +3488,47 @@ def restart_move(job, sight, now):
                         % sight.named_error)
         return Move(SUBMIT)
     return Move(HOLD)
+
+
+def split_node_list(text):
+    """'a,gpu[01-03,7],b' -> ['a', 'gpu[01-03,7]', 'b']: commas inside brackets are SLURM's."""
+    items, depth, cur = [], 0, []
+    for ch in text or "":
+        if ch == "[":
+            depth += 1
+        elif ch == "]":
+            depth = max(0, depth - 1)
+        if ch == "," and depth == 0:
+            items.append("".join(cur))
+            cur = []
+        else:
+            cur.append(ch)
+    items.append("".join(cur))
+    return [i.strip() for i in items if i.strip()]
+
+
+def attempt_sbatch_options(job, policies, exclude=(), script_exclude=None):
+    """The sbatch options of the job's next attempt, beyond its script's: the `sbatch` of the
+    restart policy of each of its ended attempts, rendered for the attempt that followed it,
+    in order, so that a resource raised stays raised through a later restart of another
+    mode and a later value of one option wins; then one --exclude that merges the script's
+    own (the command line replaces a directive), the policies' and `exclude` (the nodes
+    excluded for this attempt). Attempt 1 of a job with nothing excluded has none."""
+    opts = OrderedDict()
+    for att in job.attempts:
+        pol = policy_for(policies, att.outcome) if att.outcome else None
+        if pol is None or pol.action != RESTART or not pol.sbatch:
+            continue
+        for k, spec in pol.sbatch.items():
+            opts.pop(k, None)  # a later value goes last, as sbatch reads the last one given
+            opts[k] = attempt_value(spec, att.attempt + 1)
+    policy_exclude = opts.pop("exclude", None)
+    extra = split_node_list(policy_exclude if policy_exclude is not True else "") + list(exclude)
+    out = ["--" + k if v is True else "--%s=%s" % (k, v) for k, v in opts.items()]
+    if extra:
+        merged = OrderedDict.fromkeys(split_node_list(script_exclude or "") + extra)
+        out.append("--exclude=" + ",".join(merged))
+    return out
 
 
 def inactive_moves(job, sight, now, unqueued_after):
@@ -4848,14 +4987,27 @@ class Controller(object):
         self._event(s, job, att, EV_ADOPTED, now, detail="SLURM job %s (%s, found by its tag)" % (row.job_id, row.state))
         return att
 
-    def _new_intent(self, s, job, now, todo, array):
-        att = job.new_attempt(origin=ORIGIN_SUBMITTED, submit_state=INTENT, intent_at=now,
+    def _new_intent(self, s, job, now, todo, array, exclude=()):
+        options = attempt_sbatch_options(job, s.policies, exclude)
+        if any(o.startswith("--exclude=") for o in options):
+            # the command line's --exclude replaces the script's: merge what it excludes
+            options = attempt_sbatch_options(job, s.policies, exclude, self._script_exclude(s, job))
+        att = job.new_attempt(origin=ORIGIN_SUBMITTED, submit_state=INTENT, intent_at=now, sbatch_options=options,
                               array_task=job.index if array and s.plan.array is not None else None)
         self._log_baseline(s, job, att)
         job.next_submit_at = None
         job.last_monitor_state = MON_SUBMITTING
         self._event(s, job, att, EV_INTENT, now, detail="submission %d decided" % att.attempt)
         todo.submit.append(job)
+
+    @staticmethod
+    def _script_exclude(s, job):
+        script = s.plan.array.script_path if job.array and s.plan.array else s.plan.by_name[job.name].script_path
+        try:
+            with open(script) as f:
+                return script_directive(f.read(MAX_CONFIG_BYTES), "exclude", "x")
+        except (IOError, OSError, UnicodeDecodeError):
+            return None  # sbatch cannot read it either: its error is what the user sees
 
     def _cancel_copy(self, s, job, row, now, todo):
         """A live SLURM job under the tag of a job the user cancelled: recorded as an
@@ -4944,10 +5096,11 @@ class Controller(object):
         self._each_saved(s, submit_groups(jobs), lambda group: self._sbatch(s, group), stoppable=True)
 
     def _sbatch(self, s, jobs):
-        script, args = sbatch_command(s.plan, [(j.name, j.current.array_task) for j in jobs])
+        first = jobs[0].current
+        script, args = sbatch_command(s.plan, [(j.name, j.current.array_task) for j in jobs], first.sbatch_options)
         self.store.check_lock(s)
         crash_point("before_sbatch")
-        res = self.slurm.sbatch(script, args)
+        res = self.slurm.sbatch(script, args, job_environment(s, first))
         crash_point("after_sbatch")
         now = self.clock()
         for job in jobs:
@@ -4999,15 +5152,28 @@ class Controller(object):
 
 
 def submit_groups(jobs):
-    """One sbatch per single job, and one for all the array tasks."""
-    singles = [j for j in jobs if j.current.array_task is None]
-    tasks = sorted((j for j in jobs if j.current.array_task is not None), key=lambda j: j.index)
-    return [[j] for j in singles] + ([tasks] if tasks else [])
+    """One sbatch per single job, and one for the array tasks of each attempt number and
+    set of options (the job learns its attempt number from sbatch's environment)."""
+    singles = [[j] for j in jobs if j.current.array_task is None]
+    groups = OrderedDict()
+    for j in sorted((j for j in jobs if j.current.array_task is not None), key=lambda j: j.index):
+        groups.setdefault((j.current.attempt, tuple(j.current.sbatch_options)), []).append(j)
+    return singles + [groups[k] for k in sorted(groups)]
+
+
+def job_environment(s, att):
+    """What a job learns of its place in the sweep, beside the AUTOEXP_PLAN and AUTOEXP_JOB
+    its script exports: through sbatch's environment, since the script is the same for
+    every attempt."""
+    return {"AUTOEXP_SESSION": s.session_id, "AUTOEXP_ATTEMPT": str(att.attempt)}
 
 
 def describe_submit(plan, jobs):
-    script, args = sbatch_command(plan, [(j.name, j.current.array_task) for j in jobs])
-    return " ".join(shlex.quote(a) for a in ["sbatch", "--parsable"] + args + [script])
+    script, args = sbatch_command(plan, [(j.name, j.current.array_task) for j in jobs],
+                                  jobs[0].current.sbatch_options)
+    line = " ".join(shlex.quote(a) for a in ["sbatch", "--parsable"] + args + [script])
+    n = jobs[0].current.attempt
+    return line + ("   # attempt %d (AUTOEXP_ATTEMPT=%d)" % (n, n) if n > 1 else "")
 
 
 # ============================================================================
@@ -5509,6 +5675,7 @@ def _history_doc(s, name):
                 ("slurm_state", att.last_slurm_state), ("exit_code", att.exit_code),
                 ("outcome", att.outcome), ("reason", att.reason or att.submit_error),
                 ("live", live)]))
+            attempts[-1]["sbatch_options"] = list(att.sbatch_options)
         jobs.append(OrderedDict([("name", job.name), ("status", job.status), ("job_id", live_id),
                                  ("attempts", attempts)]))
     if name and not jobs:
@@ -5533,6 +5700,9 @@ def cmd_history(args, rt):
         for line in _table(rows, (" ", "ATT", "SLURM_ID", "TASK", "ORIGIN", "SUBMITTED", "ENDED",
                                   "SLURM_STATE", "OUTCOME", "REASON", "LOG")):
             rt.report.result("  " + line)
+        for a in job["attempts"]:
+            if a["sbatch_options"]:
+                rt.report.result("  attempt %d was submitted with %s" % (a["attempt"], " ".join(a["sbatch_options"])))
     return EXIT_OK
 
 

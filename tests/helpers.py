@@ -388,7 +388,7 @@ class ScriptedSlurm(object):
             raise autoexp.SlurmUnavailable("sacct failed (exit 1): Connection refused")
         return [self._acct_row(j, d) for j, d in self.jobs.items() if d["name"] in names and self._in_window(d, since)]
 
-    def sbatch(self, script, args=()):
+    def sbatch(self, script, args=(), env=None):
         mode = self.sbatch_mode.pop(0) if self.sbatch_mode else "ok"
         self.calls.append(("sbatch", script, tuple(args)))
         if mode == "error":

@@ -1271,7 +1271,7 @@ class SlurmView(object):
     def sacct_by_name(self, names, since):
         return self._sacct(lambda: self.m.sacct_names_text(names, since))
 
-    def sbatch(self, script, args=()):
+    def sbatch(self, script, args=(), env=None):
         w, m = self.w, self.m
         w.crash_opportunity("slurm", "sbatch:before")
         spec = sbatch_spec(script, args)

@@ -320,3 +320,35 @@ def test_a_deeply_nested_state_file_is_one_broken_session(tmp_path):
     code = autoexp.main(["--state-dir", h.state_dir, "status"], out=_Sink(out), err=_Sink(err))
     assert code == autoexp.EXIT_USAGE and "zz.json" in "".join(err) and "nested too deeply" in "".join(err)
     assert "session p1" in "".join(out)
+
+
+@pytest.mark.parametrize("sbatch, message", [
+    ({"mem": "{attempt**2}G"}, "only {attempt} and {attempt*N}"),
+    ({"mem": "{lr}G"}, "only {attempt} and {attempt*N}"),
+    ({"mem": "{attempt*0}G"}, "only {attempt} and {attempt*N}"),
+    ({"mem": "{attempt*9999999}G"}, "only {attempt} and {attempt*N}"),
+    ({"job-name": "x"}, "autoexp sets itself"),
+    ({"out": "x"}, "autoexp sets itself"),
+    ({"export": "NONE"}, "autoexp sets itself"),
+    ({"mem": False}, "cannot be unset"),
+    ({"mem": None}, "cannot be unset"),
+    ({"mem": 1.5}, "must be a string or an integer"),
+    ({"mem": []}, "1 to 1000 entries"),
+    ({"mem": "a\nb"}, "control character"),
+    ({"m": "1"}, "long sbatch option name"),
+    ({"mem": "x" * 5000}, "longer than"),
+])
+def test_bad_per_attempt_sbatch_options_are_refused(sbatch, message):
+    c = autoexp._Checker("cfg.json")
+    mon = autoexp.validate_monitoring({}, c)
+    with pytest.raises(autoexp.ConfigError) as e:
+        autoexp.validate_restart({"oom": {"action": "restart", "sbatch": sbatch}}, mon, c)
+    assert message in str(e.value) and "restart.oom.sbatch" in str(e.value)
+
+
+def test_per_attempt_sbatch_options_need_a_restart():
+    c = autoexp._Checker("cfg.json")
+    with pytest.raises(autoexp.ConfigError) as e:
+        autoexp.validate_restart({"oom": {"action": "stop", "sbatch": {"mem": "1G"}}},
+                                 autoexp.validate_monitoring({}, c), c)
+    assert "only a restart submits" in str(e.value)

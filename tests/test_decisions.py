@@ -583,3 +583,83 @@ def test_steady_until(status, att, monitor, steady):
 def test_ran_after_read(start, mtime, offset, again):
     att = A.Attempt(attempt=1, job_id="7", slurm_start=start, log_mtime=mtime, log_offset=offset)
     assert A.ran_after_read(att) is again
+
+
+# -- per-attempt sbatch options (SPEC 5.4) ---------------------------------------------
+
+def policies(**restart):
+    """The session's policies for a restart section, validated as a config would be."""
+    c = A._Checker("test")
+    d = A.validate_restart(restart, A.validate_monitoring({}, c), c)
+    return A.make_policies(d)
+
+
+@pytest.mark.parametrize("spec, attempt, expected", [
+    ("{attempt*64}G", 2, "128G"),
+    ("{attempt*64}G", 3, "192G"),
+    ("{attempt}", 7, "7"),
+    ("48:00:00", 2, "48:00:00"),
+    (["64G", "128G", "256G"], 2, "128G"),
+    (["64G", "128G", "256G"], 3, "256G"),
+    (["64G", "128G", "256G"], 9, "256G"),  # beyond the list: its last entry
+    ([16, 32], 1, "16"),
+    (True, 4, True),
+    ("{attempt*2}x{attempt}", 3, "6x3"),
+])
+def test_attempt_value(spec, attempt, expected):
+    assert A.attempt_value(spec, attempt) == expected
+
+
+def ended_attempt(n, outcome):
+    return attempt(n, job_id=str(100 + n), outcome=outcome)
+
+
+OOM_MEM = {"oom": {"action": "restart", "max_attempts": 5, "sbatch": {"mem": "{attempt*64}G"}},
+           "timeout": {"action": "restart", "sbatch": {"time": "48:00:00"}},
+           "crash": {"action": "restart", "sbatch": {"partition": ["gpu", "gpu", "big"], "exclude": "bad1"}},
+           "stall": {"action": "restart"}}
+
+
+@pytest.mark.parametrize("outcomes, exclude, script_exclude, expected", [
+    ([], (), None, []),                                   # a first submission: the plan's own
+    (["oom"], (), None, ["--mem=128G"]),
+    (["oom", "oom"], (), None, ["--mem=192G"]),           # a later value of one option wins
+    (["oom", "timeout"], (), None, ["--mem=128G", "--time=48:00:00"]),  # raised stays raised
+    (["timeout", "oom"], (), None, ["--time=48:00:00", "--mem=192G"]),
+    (["stall"], (), None, []),                            # a restart without sbatch adds nothing
+    (["replaced", "success"], (), None, []),              # outcomes no policy restarts
+    (["crash"], (), None, ["--partition=gpu", "--exclude=bad1"]),
+    (["crash", "crash"], (), None, ["--partition=big", "--exclude=bad1"]),
+    (["crash"], ("n7",), "gpu[01-02],n3", ["--partition=gpu", "--exclude=gpu[01-02],n3,bad1,n7"]),
+    ([], ("n7", "n8"), None, ["--exclude=n7,n8"]),
+    ([], ("n7",), "n7,n2", ["--exclude=n7,n2"]),          # merged without repeats
+    ([], (), "n2", []),                                   # the script's own --exclude suffices
+])
+def test_attempt_sbatch_options(outcomes, exclude, script_exclude, expected):
+    j = job(*[ended_attempt(i + 1, o) for i, o in enumerate(outcomes)])
+    assert A.attempt_sbatch_options(j, policies(**OOM_MEM), exclude, script_exclude) == expected
+
+
+def test_attempt_sbatch_options_keep_the_order_of_the_restarts_that_set_them():
+    pol = policies(oom={"action": "restart", "sbatch": {"mem": ["64G", "100G"], "exclusive": True}})
+    assert A.attempt_sbatch_options(job(ended_attempt(1, "oom")), pol) == ["--mem=100G", "--exclusive"]
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("#!/bin/bash\n#SBATCH --exclude=a,b\necho\n", "a,b"),
+    ("#!/bin/bash\n#SBATCH -x n1\n", "n1"),
+    ("#!/bin/bash\n#SBATCH -xn1\n", "n1"),
+    ("#!/bin/bash\n#SBATCH --exclude \"gpu[1-2]\"  # why\n", "gpu[1-2]"),
+    ("#!/bin/bash\n#SBATCH --time=1\n", None),
+    ("#!/bin/bash\necho hi\n#SBATCH --exclude=late\n", None),  # after the first command: not a directive
+    ("#!/bin/bash\n# SBATCH --exclude=off\n", None),
+])
+def test_script_directive(text, expected):
+    assert A.script_directive(text, "exclude", "x") == expected
+
+
+@pytest.mark.parametrize("node_list, expected", [
+    ("a,b", ["a", "b"]), ("gpu[01-03,7],c", ["gpu[01-03,7]", "c"]), ("", []), (None, []), (" a , ", ["a"]),
+])
+def test_split_node_list(node_list, expected):
+    assert A.split_node_list(node_list) == expected

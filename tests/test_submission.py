@@ -219,7 +219,7 @@ def test_a_thousand_queue_limit_refusals_never_overflow(tmp_path):
     h.slurm.set(h.live_id(A), "TIMEOUT")
     job = h.job(A)
     job.submit_refusals = 1100  # as after days of refusals
-    h.slurm.sbatch = lambda script, args=(): autoexp.SubmitResult(autoexp.SB_THROTTLED, None,
+    h.slurm.sbatch = lambda script, args=(), env=None: autoexp.SubmitResult(autoexp.SB_THROTTLED, None,
                                                                   "QOSMaxSubmitJobPerUserLimit")
     h.cycle()
     h.cycle(advance=5)

@@ -1210,7 +1210,8 @@ def extra_log_templates(job, extra_logs, values, workdir, source):
         if not path.startswith("/dev/"):
             out.append(check_log_template(os.path.normpath(os.path.join(workdir, path)), "job.sbatch.error "
                                           "(autoexp watches the job's error file as well)", c))
-    log_values = OrderedDict((k, v.replace("%", "%%")) for k, v in values.items())
+    # autoexp expands the %-patterns of these itself, as SLURM does job.log's: a value's % is literal
+    log_values = OrderedDict((k, v.replace("%", "%%")) for k, v in values.items()) if extra_logs else None
     for i, template in enumerate(extra_logs):
         key = "monitoring.extra_logs[%d]" % i
         path = render_template(template, log_values, "%s: %s" % (source, key))

@@ -107,6 +107,10 @@ MODE_SUCCESS, MODE_INCOMPLETE, MODE_CANCELLED, MODE_STALL, MODE_LOST = (
 # Outcomes of an attempt that are not modes: no policy decides them.
 OUTCOME_REPLACED, OUTCOME_SUBMIT_FAILED = "replaced", "submit_failed"
 
+# How a log_events pattern is matched: a regular expression, or a plain substring.
+MATCH_REGEX, MATCH_SUBSTRING = "regex", "substring"
+LOG_EVENT_MATCHES = (MATCH_REGEX, MATCH_SUBSTRING)
+
 # What a policy does with a mode; payloads also carry the user's "cancel".
 RESTART, FINALIZE, STOP, IGNORE = "restart", "finalize", "stop", "ignore"
 ACTIONS = (RESTART, FINALIZE, STOP, IGNORE)
@@ -183,6 +187,7 @@ MAX_SWEEP_JOBS = 100000      # jobs one plan may hold: the grid's size is checke
 MAX_CONFIG_BYTES = 16 << 20  # a config larger than this is refused before it is parsed
 MAX_VALUE_CHARS = 4096       # a sweep value, a termination string, a log_events pattern
 MAX_LOG_EVENTS = 100         # log_events entries
+MAX_EXTRA_LOGS = 8           # monitoring.extra_logs entries (job.sbatch.error's file comes on top)
 MAX_ATTEMPTS = 1000          # a policy's max_attempts
 MAX_SECONDS = 30 * 86400.0   # any duration a user gives: backoffs, thresholds, grace periods
 JOURNAL_TAIL_BYTES = 65536   # how much of the journal's end is read to find its last seq
@@ -574,14 +579,15 @@ def sbatch_quote(value):
 TOP_KEYS = ("project", "state_dir", "sweep", "job", "monitoring", "restart", "description")
 JOB_KEYS = ("name", "command", "template", "log", "sbatch", "env", "workdir", "array_log",
             "array_max_running")
-LOG_EVENT_KEYS = ("name", "pattern", "mode")
+LOG_EVENT_KEYS = ("name", "pattern", "mode", "match")
+LOG_EVENT_REQUIRED = ("name", "pattern", "mode")
 RESERVED_PARAMS = ("project", "name", "index", "plan_id")
 
 
 class Key(NamedTuple):
     """One monitoring key: its type, default and bounds, and what it means."""
     name: str
-    kind: str  # "number", "integer", "string", "bool" or "log_events"
+    kind: str  # "number", "integer", "string", "bool", "log_events" or "paths"
     default: object
     minimum: Optional[float] = None  # numbers: the least value allowed
     exclusive: bool = False  # numbers: 0 itself is not allowed (> 0), whatever the minimum
@@ -597,7 +603,9 @@ MONITORING_SCHEMA = (
     Key("inactivity_threshold_seconds", "number", None, 0, True, MAX_SECONDS, nullable=True,
         help="a RUNNING job whose log has not grown for this long is a stall"),
     Key("log_events", "log_events", [], maximum=MAX_LOG_EVENTS,
-        help="{name, pattern, mode}: a matching log line puts the attempt in mode"),
+        help="{name, pattern, mode, match}: a matching log line puts the attempt in mode"),
+    Key("extra_logs", "paths", [], maximum=MAX_EXTRA_LOGS,
+        help="more files to watch besides the log (templates, like job.log)"),
     Key("lost_after_seconds", "number", None, 0, False, MAX_SECONDS, nullable=True,
         help="grace before a job neither squeue nor sacct knows is lost (null: max(3 x interval, 300))"),
     Key("slurm_timeout_seconds", "number", 60, 0, True, 3600, help="timeout of each SLURM command"),
@@ -819,6 +827,7 @@ class LogEvent(NamedTuple):
     name: str
     pattern: str
     mode: str
+    match: str = MATCH_REGEX
 
 
 class Monitoring(namedtuple("_Monitoring", [k.name for k in MONITORING_SCHEMA])):
@@ -853,6 +862,7 @@ def validate_monitoring(mon, c, key="monitoring"):
     if term is not None and ("\n" in term or "\r" in term):
         c.fail(key + ".termination_string", "contains a line break, so no log line can ever contain it")
     _validate_log_events(out["log_events"], c, key + ".log_events")
+    _validate_extra_logs(out["extra_logs"], c, key + ".extra_logs")
     return out
 
 
@@ -900,14 +910,14 @@ def risky_regex(pattern):
 
 def _validate_log_events(events, c, key):
     if not isinstance(events, list):
-        c.fail(key, "must be a list of {name, pattern, mode}")
+        c.fail(key, "must be a list of {name, pattern, mode[, match]}")
     if len(events) > MAX_LOG_EVENTS:
         c.fail(key, "has %d entries; at most %d are allowed" % (len(events), MAX_LOG_EVENTS))
     seen = set()
     for i, ev in enumerate(events):
         k = "%s[%d]" % (key, i)
         c.obj(ev, k, LOG_EVENT_KEYS)
-        for field in LOG_EVENT_KEYS:
+        for field in LOG_EVENT_REQUIRED:
             if field not in ev:
                 c.fail(k, "missing %r" % field)
         name = c.string(ev["name"], k + ".name")
@@ -921,17 +931,38 @@ def _validate_log_events(events, c, key):
         pattern = c.string(ev["pattern"], k + ".pattern")
         if len(pattern) > MAX_VALUE_CHARS:
             c.fail(k + ".pattern", "is longer than %d characters" % MAX_VALUE_CHARS)
-        try:
-            re.compile(pattern)
-            why = risky_regex(pattern)
-        except (re.error, RecursionError, OverflowError) as e:
-            c.fail(k + ".pattern", "invalid regular expression %r: %s" % (pattern, e))
-        if why:
-            c.fail(k + ".pattern", "%r has %s, which can take exponential time on some lines; write it "
-                   "without nesting (e.g. 'a+' rather than '(a+)+')" % (pattern, why))
+        match = ev.get("match", MATCH_REGEX)
+        if match not in LOG_EVENT_MATCHES:
+            c.fail(k + ".match", "must be %s, not %r" % (" or ".join(LOG_EVENT_MATCHES), match))
+        if match == MATCH_SUBSTRING:
+            if "\n" in pattern or "\r" in pattern:
+                c.fail(k + ".pattern", "contains a line break, so no log line can ever contain it")
+        else:
+            try:
+                re.compile(pattern)
+                why = risky_regex(pattern)
+            except (re.error, RecursionError, OverflowError) as e:
+                c.fail(k + ".pattern", "invalid regular expression %r: %s (for a plain string, give "
+                       "\"match\": \"substring\")" % (pattern, e))
+            if why:
+                c.fail(k + ".pattern", "%r has %s, which can take exponential time on some lines; write it "
+                       "without nesting (e.g. 'a+' rather than '(a+)+')" % (pattern, why))
         mode = c.string(ev["mode"], k + ".mode")
         if not IDENT_RE.match(mode):
             c.fail(k + ".mode", "%r must be an identifier" % mode)
+
+
+def _validate_extra_logs(paths, c, key):
+    if not isinstance(paths, list):
+        c.fail(key, "must be a list of paths")
+    if len(paths) > MAX_EXTRA_LOGS:
+        c.fail(key, "has %d entries; at most %d are allowed" % (len(paths), MAX_EXTRA_LOGS))
+    for i, path in enumerate(paths):
+        k = "%s[%d]" % (key, i)
+        c.string(path, k)
+        if len(path) > MAX_VALUE_CHARS:
+            c.fail(k, "is longer than %d characters" % MAX_VALUE_CHARS)
+        check_log_template(path, k, c)
 
 
 def validate_restart(restart, monitoring, c):
@@ -1033,9 +1064,11 @@ def make_monitoring(d):
     """The typed Monitoring of a validated monitoring dict."""
     values = []
     for spec in MONITORING_SCHEMA:
-        v = d[spec.name]
+        v = d.get(spec.name, spec.default)  # a session written before the key existed
         if spec.kind == "log_events":
-            v = tuple(LogEvent(e["name"], e["pattern"], e["mode"]) for e in v)
+            v = tuple(LogEvent(e["name"], e["pattern"], e["mode"], e.get("match", MATCH_REGEX)) for e in v)
+        elif spec.kind == "paths":
+            v = tuple(v)
         elif v is not None and spec.kind == "number":
             v = float(v)
         elif v is not None and spec.kind == "integer":
@@ -1228,6 +1261,37 @@ def check_log_template(path, key, c):
     return path
 
 
+def extra_log_templates(job, extra_logs, values, workdir, source):
+    """The files a job writes besides its log that autoexp watches too, as absolute paths
+    with SLURM's %-patterns unexpanded: job.sbatch.error's file (the job's stderr; not
+    /dev/null or another device), then monitoring.extra_logs, rendered with the job's
+    values as job.log is. Refused (ConfigError) like job.log when a path cannot be
+    followed; plan-time and watch-time rendering give the same paths."""
+    c = _Checker(source)
+    out = []
+    error = job.get("sbatch", {}).get("error")
+    if isinstance(error, (str, int, float)) and not isinstance(error, bool):
+        # rendered as its #SBATCH line is: SLURM itself expands the %-patterns of the result
+        path = render_template(format_value(error), values, "%s: job.sbatch.error" % source)
+        if not path.startswith("/dev/"):
+            out.append(check_log_template(os.path.normpath(os.path.join(workdir, path)), "job.sbatch.error "
+                                          "(autoexp watches the job's error file as well)", c))
+    # autoexp expands the %-patterns of these itself, as SLURM does job.log's: a value's % is literal
+    log_values = OrderedDict((k, v.replace("%", "%%")) for k, v in values.items()) if extra_logs else None
+    for i, template in enumerate(extra_logs):
+        key = "monitoring.extra_logs[%d]" % i
+        path = render_template(template, log_values, "%s: %s" % (source, key))
+        out.append(check_log_template(os.path.normpath(os.path.join(workdir, path)), key, c))
+    return out
+
+
+def job_values(params, project, index, plan_id, name):
+    """The placeholders' values of one planned job (as build_plan gives them)."""
+    values = OrderedDict((k, format_value(v)) for k, v in params.items())
+    values.update(project=project, index=str(index), plan_id=plan_id, name=name)
+    return values
+
+
 def render_sbatch_line(key, value):
     if value is True:
         return "#SBATCH --%s" % key
@@ -1407,6 +1471,7 @@ def build_plan(config, source, plan_id, state_dir, workdir, created_at):
         log = render_template(log_tpl, log_values, "%s: job.log" % source)
         log = check_log_template(os.path.normpath(os.path.join(workdir, log)), "job.log", c)
         sbatch = _render_sbatch_options(job, values, source, c)
+        extra_log_templates(job, config["monitoring"]["extra_logs"], values, workdir, source)  # checked now
         sbatch_sets.append(sbatch)
         tag = session_tag(plan_id, name)
         script_path = os.path.join(plan_dir, "jobs", name + ".sbatch")
@@ -2378,7 +2443,9 @@ class LogMatcher(object):
 
     def __init__(self, monitoring):
         self.termination = monitoring.termination_string
-        self.patterns = [(e.name, re.compile(e.pattern), e.mode) for e in monitoring.log_events]
+        # a substring is escaped into a pattern: one scan for both kinds
+        self.patterns = [(e.name, re.compile(re.escape(e.pattern) if e.match == MATCH_SUBSTRING else e.pattern),
+                          e.mode) for e in monitoring.log_events]
 
     @property
     def overlap(self):
@@ -2452,6 +2519,23 @@ def log_changed(att):
         return not (e.errno == errno.ENOENT and att.log_inode is None)
     return (st.st_size != att.log_size or st.st_ino != att.log_inode
             or (att.log_mtime is not None and st.st_mtime != att.log_mtime))
+
+
+def extra_log_changed(rec):
+    """log_changed for one record of an attempt's extra_logs: a file watched besides the
+    log. One not resolved yet has not changed."""
+    if rec["path"] is None:
+        return False
+    try:
+        st = os.stat(rec["path"])
+    except OSError as e:
+        return not (e.errno == errno.ENOENT and rec["inode"] is None)
+    return (st.st_size != rec["size"] or st.st_ino != rec["inode"]
+            or (rec["mtime"] is not None and st.st_mtime != rec["mtime"]))
+
+
+def extra_logs_changed(att):
+    return any(extra_log_changed(rec) for rec in att.extra_logs)
 
 
 def log_end(path):
@@ -2553,7 +2637,7 @@ INTERNED_FIELDS = frozenset(("status", "origin", "submit_state", "last_slurm_sta
 
 # List fields mostly empty, and only ever replaced, never changed in place: an empty one is
 # the one shared (), so a 100k-job sweep holds 300k fewer lists.
-EMPTY_SHARED_FIELDS = frozenset(("log_matches", "actions", "seen_copies", "sbatch_options"))
+EMPTY_SHARED_FIELDS = frozenset(("log_matches", "actions", "seen_copies", "sbatch_options", "extra_logs"))
 
 
 class Record(object):
@@ -2601,7 +2685,7 @@ ATTEMPT_FIELDS = (
     Field("last_slurm_state"), Field("last_monitor_state"), Field("exit_code"), Field("live", False, (bool,)),
     Field("success_seen", False), Field("log_mode"), Field("log_reason"), Field("outcome", None, _OPT_STR),
     Field("reason"), Field("ended_at"), Field("cancel_requested_at"), Field("cancel_result"),
-    Field("log_matches", ()), Field("actions", (), (list,)), Field("sbatch_options", ()))
+    Field("log_matches", ()), Field("actions", (), (list,)), Field("sbatch_options", ()), Field("extra_logs", ()))
 
 
 # The times durations are measured from (stall, grace periods, backoffs, resends): moved
@@ -2615,7 +2699,11 @@ JOB_TIMERS = ("next_submit_at", "last_updated")
 # change, or at least every LOG_CHECKPOINT seconds (a training sweep's logs all grow every
 # cycle). A new process re-reads at most that much of a log; lines that matched are never
 # matched again (log_matches is written at once), and growth is seen again by the log's size.
-LOG_PROGRESS_FIELDS = ("log_offset", "log_size", "log_mtime", "log_inode", "log_head", "last_log_growth_at")
+LOG_PROGRESS_FIELDS = ("log_offset", "log_size", "log_mtime", "log_inode", "log_head", "last_log_growth_at",
+                       "extra_logs")
+# One record of extra_logs, a file watched besides the log: its template (%-patterns
+# unexpanded), its path once known, and the same progress as the log's own fields.
+EXTRA_LOG_KEYS = ("template", "path", "offset", "inode", "head", "size", "mtime", "error")
 
 
 class Attempt(Record):
@@ -2633,6 +2721,12 @@ class Attempt(Record):
     def from_dict(cls, d):
         fields = cls.fields_from(d, "an attempt")
         fields["actions"] = [_times_from_json(a) for a in d.get("actions", ())] or ()
+        extra = fields["extra_logs"]
+        if not isinstance(extra, (list, tuple)) or not all(
+                isinstance(r, dict) and isinstance(r.get("offset", 0), int) for r in extra):
+            raise ValueError("an attempt: 'extra_logs' is not a list of {%s}" % ", ".join(EXTRA_LOG_KEYS))
+        fields["extra_logs"] = [OrderedDict((k, r.get(k, 0 if k in ("offset", "size") else None))
+                                            for k in EXTRA_LOG_KEYS) for r in extra] or ()
         if fields["raw_id"] == fields["job_id"]:
             fields["raw_id"] = fields["job_id"]  # one string for both
         return cls(**fields)
@@ -2700,7 +2794,7 @@ class Attempt(Record):
                 self.success_seen = True
             elif self.log_mode is None and policy_for(policies, hit.mode).action != IGNORE:
                 self.log_mode = hit.mode
-                self.log_reason = "log matched %s: %s" % (hit.event, hit.line.strip()[:200])
+                self.log_reason = "log_events %r matched: %s" % (hit.event, hit.line.strip()[:200])
         return new
 
     def take(self, row, origin, now):
@@ -3036,6 +3130,15 @@ def _monitor_word(slurm_state):
     return word
 
 
+def success_reason(termination):
+    """The reason of an attempt that wrote the termination string: the string named (cut
+    short), so that a reader sees which line decided."""
+    if not termination:
+        return "termination string found in the log"
+    shown = termination if len(termination) <= 80 else termination[:77] + "..."
+    return "termination string %r found in the log" % shown
+
+
 def classify(obs, facts, now, mon):
     """Derive an attempt's mode from this cycle's observation and its accumulated facts.
 
@@ -3049,7 +3152,7 @@ def classify(obs, facts, now, mon):
     live = observation_live(obs)
     state = _monitor_word(obs.state) if obs.state else MON_MISSING
     if facts.success_seen:
-        return Verdict(state, MODE_SUCCESS, "termination string found in the log", live)
+        return Verdict(state, MODE_SUCCESS, success_reason(mon.termination_string), live)
     if facts.log_mode:
         return Verdict(state, facts.log_mode, facts.log_reason, live)
     if obs.source in ANSWERED and obs.state in TERMINAL_MODE:
@@ -4552,7 +4655,7 @@ class Controller(object):
             att = job.current
             if att is None or not att.live or not att.job_id:
                 continue
-            if by_id.get(att.job_id) != prev.get(att.job_id) or log_changed(att):
+            if by_id.get(att.job_id) != prev.get(att.job_id) or log_changed(att) or extra_logs_changed(att):
                 names.add(job.name)
         prefix = "autoexp:%s:" % s.session_id
         array_tag = s.plan.array.tag if s.plan.array is not None else None
@@ -4750,7 +4853,10 @@ class Controller(object):
         self._note(s, job, att, obs, now)
         # while SLURM's answer is UNKNOWN the log is not read: whose lines they are (this
         # job's, or a successor's writing the same path) cannot be told (simulator F6)
-        log_ok = self._read_log(s, job, att, obs, now) if deciding and obs.source != SRC_UNKNOWN else True
+        log_ok = True
+        if deciding and obs.source != SRC_UNKNOWN:
+            log_ok = self._read_log(s, job, att, obs, now)
+            log_ok = self._read_extra_logs(s, job, att, obs, now) and log_ok
         facts = att.facts()
         if not log_ok:
             facts = facts._replace(last_activity=now)  # an unreadable log is no evidence of a stall
@@ -4779,6 +4885,7 @@ class Controller(object):
         one must not read the lines of the ones before it. (SLURM truncates the file when
         the job starts, unless --open-mode=append: a file that shrinks is then read from
         its start.)"""
+        self._extra_baseline(s, job, att)
         template, name = log_template_of(s.plan, job.name, att.job_id, att.array_task)
         path = shared_log_path(template, name, self.slurm.user)
         if path is None:
@@ -4926,6 +5033,121 @@ class Controller(object):
             offset = read.offset
             if read.eof:
                 return
+
+    # -- the files watched besides the log (job.sbatch.error's, monitoring.extra_logs) ---
+
+    @staticmethod
+    def _has_extra_logs(s):
+        error = s.plan.config["job"].get("sbatch", {}).get("error")
+        return bool(s.monitoring.extra_logs) or (
+            isinstance(error, (str, int, float)) and not isinstance(error, bool) and not str(error).startswith("/dev/"))
+
+    def _extra_baseline(self, s, job, att, lazily=False):
+        """The attempt's extra_logs records, made once per attempt (a change of
+        monitoring.extra_logs applies from the next attempt on). Where each starts, as for
+        the log: a file every attempt writes (no %j/%A/%a) from its end when the attempt's
+        submission is decided, or where an earlier attempt on it stopped when the job was
+        adopted; a file of one SLURM job once its id is known (_read_extra_logs)."""
+        if att.extra_logs or not self._has_extra_logs(s):
+            return
+        pj = s.plan.by_name.get(job.name)
+        if pj is None:
+            return
+        log_template, name = log_template_of(s.plan, job.name, att.job_id, att.array_task)
+        try:
+            templates = extra_log_templates(s.plan.config["job"], s.monitoring.extra_logs,
+                                            job_values(pj.params, s.plan.project, pj.index, s.plan.plan_id, pj.name),
+                                            s.plan.workdir, "session %s" % s.session_id)
+        except ConfigError as e:  # an extra_logs override naming a placeholder this job lacks
+            att.extra_logs = [OrderedDict((k, 0 if k in ("offset", "size") else None) for k in EXTRA_LOG_KEYS)]
+            att.extra_logs[0]["error"] = str(e)
+            self._event(s, job, att, EV_LOG_UNREADABLE, self.clock(), detail=str(e))
+            return
+        fresh = att.origin == ORIGIN_SUBMITTED and att.job_id is None and not lazily
+        records = []
+        for template in templates:
+            if template == log_template or any(r["template"] == template for r in records):
+                continue
+            rec = OrderedDict((k, 0 if k in ("offset", "size") else None) for k in EXTRA_LOG_KEYS)
+            rec["template"] = template
+            path = shared_log_path(template, name, self.slurm.user)
+            if path is not None:
+                rec["path"] = path
+                earlier = self._earlier_extra(job, att, path)
+                if fresh or (earlier is None and att is not job.attempts[0]):
+                    # its lines so far are earlier attempts' (or cannot be told from theirs)
+                    end = log_end(path)
+                    if end is not None:
+                        rec["offset"], rec["inode"], rec["head"] = end
+                        rec["size"] = end[0]
+                elif earlier is not None:
+                    self._continue_extra(rec, earlier)
+            records.append(rec)
+        att.extra_logs = records
+
+    @staticmethod
+    def _earlier_extra(job, att, path):
+        for a in reversed(job.attempts):
+            if a is att:
+                continue
+            for rec in a.extra_logs:
+                if rec.get("path") == path:
+                    return rec
+        return None
+
+    @staticmethod
+    def _continue_extra(rec, last):
+        for k in ("offset", "inode", "head", "size", "mtime"):
+            rec[k] = last.get(k)
+
+    def _read_extra_logs(self, s, job, att, obs, now):
+        """Read the attempt's other watched files (extra_logs) and record what they say, as
+        for the log: each log_events name fires once per attempt whichever file has it, and
+        any file's growth is activity. Simpler than the log's: a file truncated or replaced
+        is read from its start, without looking for a rotation's copy. False if one exists
+        but could not be read (no evidence of a stall)."""
+        if not att.extra_logs:
+            self._extra_baseline(s, job, att, lazily=True)
+        final = obs.source in ANSWERED and obs.state not in ACTIVE_STATES
+        ok = True
+        for rec in att.extra_logs:
+            if rec["path"] is None:
+                if rec["template"] is None:
+                    continue
+                name = log_template_of(s.plan, job.name, att.job_id, att.array_task)[1]
+                rec["path"] = resolve_log_path(rec["template"], att.job_id, att.raw_id, name, self.slurm.user)
+                if rec["path"] is None:
+                    continue
+                earlier = self._earlier_extra(job, att, rec["path"])
+                if earlier is not None:  # the same SLURM job run again (requeued): go on where it stopped
+                    self._continue_extra(rec, earlier)
+            if not final and not extra_log_changed(rec):
+                continue  # same size, same file: not opened
+            # a file of one job only is not compared by its first bytes (as the log)
+            shared = shared_log_path(rec["template"], job.name, self.slurm.user) is not None
+            while True:
+                read = read_log(rec["path"], rec["offset"], rec["inode"], rec["head"], final,
+                                overlap=s.matcher.overlap, check_head=shared)
+                if not read.ok:
+                    if read.error and rec["error"] != read.error:
+                        rec["error"] = read.error
+                        self._event(s, job, att, EV_LOG_UNREADABLE, now,
+                                    detail="%s: %s" % (rec["path"], read.error))
+                    ok = False
+                    break
+                rec["error"] = None
+                if read.restarted and rec["offset"]:
+                    self._event(s, job, att, EV_LOG_RESTARTED, now, detail="%s truncated or replaced; reading it "
+                                "from its start" % os.path.basename(rec["path"]))
+                if (read.size != rec["size"] or read.offset != rec["offset"] or read.restarted
+                        or (rec["mtime"] is not None and read.mtime != rec["mtime"])):
+                    att.last_log_growth_at = now
+                rec["offset"], rec["inode"], rec["head"], rec["size"] = read.offset, read.inode, read.head, read.size
+                rec["mtime"] = read.mtime or None
+                self._match_lines(s, job, att, read.lines, now)
+                if read.eof or not final:
+                    break
+        return ok
 
     def _match_lines(self, s, job, att, lines, now):
         for hit in att.absorb(s.matcher.scan(lines), s.policies):

@@ -971,7 +971,7 @@ def make_monitoring(d):
     """The typed Monitoring of a validated monitoring dict."""
     values = []
     for spec in MONITORING_SCHEMA:
-        v = d[spec.name]
+        v = d.get(spec.name, spec.default)  # a session saved before a key existed has its default
         if spec.kind == "log_events":
             v = tuple(LogEvent(e["name"], e["pattern"], e["mode"]) for e in v)
         elif v is not None and spec.kind == "number":

@@ -132,6 +132,7 @@ ANSWERED = (SRC_SQUEUE, SRC_SACCT)
 # What `status` shows as MONITOR besides SLURM's own (lower-cased) state and the modes.
 MON_UNKNOWN, MON_MISSING, MON_RUNNING = "unknown", "missing", "running"
 MON_SUBMITTING, MON_SUBMITTED, MON_RESTARTING = "submitting", "submitted", "restarting"
+MON_WAITING = "waiting"  # its submission (first or restart) waits for a slot under monitoring.max_running
 
 # What sbatch's answer means for the submission.
 SB_OK, SB_UNCERTAIN, SB_THROTTLED, SB_PERMANENT = "ok", "uncertain", "throttled", "permanent"
@@ -616,6 +617,8 @@ MONITORING_SCHEMA = (
     Key("submit_backoff_seconds", "number", 60, 0, False, 86400,
         help="first wait before such a retry; doubles each time"),
     Key("debug_sync", "bool", False, help="print every job's status and states after each cycle"),
+    Key("max_running", "integer", None, 1, False, MAX_SWEEP_JOBS, nullable=True,
+        help="at most this many of the session's jobs queued or running at once; the others wait for a slot"),
 )
 
 
@@ -1662,17 +1665,20 @@ def _render_template_script(text, values, header, exports, source):
     return "\n".join(out) + "\n"
 
 
-def sbatch_command(plan, tasks, options=()):
+def sbatch_command(plan, tasks, options=(), max_running=None):
     """(script, args) of one submission: a single job (tasks is [(name, None)]) or the array
     tasks given as [(name, index), ...], resubmitted with --array=<their indexes>; options
-    are the attempt's own (attempt_sbatch_options), after autoexp's."""
+    are the attempt's own (attempt_sbatch_options), after autoexp's. An array is throttled
+    by SLURM: %N is the smaller of job.array_max_running and the session's
+    monitoring.max_running."""
     if tasks[0][1] is None:
         pj = plan.by_name[tasks[0][0]]
         return pj.script_path, list(pj.sbatch_args) + list(options)
     array = plan.array
     spec = ",".join(str(task) for _, task in tasks)
-    if array.max_running:
-        spec += "%%%d" % array.max_running
+    limits = [n for n in (array.max_running, max_running) if n]
+    if limits:
+        spec += "%%%d" % min(limits)
     return array.script_path, list(array.sbatch_args) + list(options) + ["--array=" + spec]
 
 
@@ -3669,6 +3675,50 @@ def inactive_moves(job, sight, now, unqueued_after):
     return moves
 
 
+# -- the session's throttle: monitoring.max_running ----------------------------------------
+
+class Want(NamedTuple):
+    """A job that wants a new submission this cycle: its first one, or a restart."""
+    index: int
+    restart: bool
+    name: str = ""
+
+
+def live_count(rows, in_doubt):
+    """How many of a session's jobs may be queued or running now, counted from what SLURM
+    shows this cycle, never from memory: each SLURM job with one of the session's tags that
+    squeue lists in a state that can still run (or in one autoexp does not know: safety
+    first), plus each job whose submission is in doubt (an intent without an id) that no such
+    row shows: it may be queued where nobody has looked yet.
+
+    rows: (job name, or None for an array task of no job, SLURM state) of the session's
+    tagged squeue rows; in_doubt: the names of the jobs with a submission in doubt."""
+    live = [name for name, state in rows if state not in TERMINAL_MODE]
+    shown = set(live)
+    return len(live) + len(set(n for n in in_doubt if n not in shown))
+
+
+def slots_free(live, max_running):
+    """How many new submissions max_running allows now: None without a limit; never below 0
+    (a job resubmitted by hand, or requeued by SLURM, may put the session over it)."""
+    if max_running is None:
+        return None
+    return max(0, max_running - live)
+
+
+def grant_slots(wanting, live, max_running):
+    """Which of the jobs wanting a new submission (Want) get their intent this cycle, and
+    which wait for a slot: restarts first (a job that ran already is carried to its end
+    before another starts: its checkpoint, its partial results), then by job index, so
+    the order is the same in every process (a monitor, cron's reconcile). Returns (granted,
+    waiting), each in that order."""
+    order = sorted(wanting, key=lambda w: (not w.restart, w.index))
+    free = slots_free(live, max_running)
+    if free is None:
+        return order, []
+    return order[:free], order[free:]
+
+
 class SubmitVerdict(NamedTuple):
     """What an sbatch that did not give an id means for the job."""
     action: str  # STOP or RESTART (retry)
@@ -4477,10 +4527,11 @@ class Todo(object):
     """Side effects decided in a cycle; they run only after the state that announces them
     (the intent) is on disk."""
 
-    __slots__ = ("submit", "cancel", "requests_done", "_cancelling")
+    __slots__ = ("submit", "cancel", "requests_done", "_cancelling", "want")
 
     def __init__(self):
         self.submit, self.cancel, self.requests_done, self._cancelling = [], [], [], set()
+        self.want = []  # (Want, job, array): new submissions that wait for max_running's verdict
 
     def add_cancel(self, job, att):
         # One attempt can be asked for twice in a cycle (a user's cancel request taken,
@@ -4629,6 +4680,8 @@ class Controller(object):
             self._step(s, job, snap, look, now, todo)
             due[job.name] = steady_until(job, mon)
             crash_point("between_jobs")
+        if todo.want:
+            self._grant(s, self._live(s, snap), now, todo)
         if mon.debug_sync:
             for job in s.jobs:
                 self.report.result("debug %s %s: status=%s slurm=%s monitor=%s attempts=%d" % (
@@ -4777,7 +4830,7 @@ class Controller(object):
             if move.kind == ADOPT:
                 self._adopt(s, job, move.row, move.origin, now)
             elif move.kind == SUBMIT:
-                self._new_intent(s, job, now, todo, array=job.array)
+                self._want(s, job, now, todo, job.array, restart=False)
             return
         if att.job_id is None:
             if not att.in_doubt:
@@ -4817,7 +4870,7 @@ class Controller(object):
             elif move.kind == WAIT and move.note:
                 self.report.detail("%s: %s" % (job.name, move.note))
             elif move.kind == SUBMIT:
-                self._new_intent(s, job, now, todo, array=att.array_task is not None)
+                self._want(s, job, now, todo, att.array_task is not None, restart=True)
 
     def _step_inactive(self, s, job, sight, snap, look, now, todo):
         """Finalized, stopped or cancelled: no decisions, but a pending cancel is seen through,
@@ -5231,6 +5284,51 @@ class Controller(object):
         except (IOError, OSError, UnicodeDecodeError):
             return None  # sbatch cannot read it either: its error is what the user sees
 
+    def _want(self, s, job, now, todo, array, restart):
+        """A new submission: decided at once without max_running, and for the first
+        submission of an array's tasks (one sbatch, throttled by SLURM with %N); else once
+        every job in focus was stepped, if a slot is free (_grant)."""
+        if s.monitoring.max_running is None or (array and not restart):
+            self._new_intent(s, job, now, todo, array=array)
+        else:
+            todo.want.append((Want(job.index, restart, job.name), job, array))
+
+    def _grant(self, s, live, now, todo):
+        """max_running: intents for as many of the waiting submissions as there are free
+        slots, live being counted from this cycle's squeue and the intents in doubt
+        (section 7). Returns the jobs that wait."""
+        limit = s.monitoring.max_running
+        wants = dict((w.name, (job, array)) for w, job, array in todo.want)
+        granted, waiting = grant_slots([w for w, _, _ in todo.want], live, limit)
+        for w in granted:
+            job, array = wants[w.name]
+            self._new_intent(s, job, now, todo, array=array)
+        for w in waiting:
+            job = wants[w.name][0]
+            if job.last_monitor_state != MON_WAITING:
+                job.last_monitor_state = MON_WAITING
+                self.report.detail("%s: waits for a slot (max_running %d)" % (job.name, limit))
+        return [wants[w.name][0] for w in waiting]
+
+    @staticmethod
+    def _live(s, snap):
+        """The session's live count (section 7's live_count) from this cycle's squeue."""
+        prefix = "autoexp:%s:" % s.session_id
+        array_tag = s.plan.array.tag if s.plan is not None and s.plan.array is not None else None
+        by_index, rows = None, []
+        for row in snap.tagged:
+            tag = row.comment
+            if not tag.startswith(prefix):
+                continue
+            if tag == array_tag:
+                if by_index is None:
+                    by_index = dict((j.index, j.name) for j in s.jobs)
+                name = by_index.get(split_job_id(row.job_id)[1])
+            else:
+                name = tag[len(prefix):]
+            rows.append((name, row.state))
+        return live_count(rows, [j.name for j in s.jobs if any(a.in_doubt for a in j.attempts)])
+
     def _cancel_copy(self, s, job, row, now, todo):
         """A live SLURM job under the tag of a job the user cancelled: recorded as an
         attempt of its own, and cancelled like the others."""
@@ -5272,7 +5370,7 @@ class Controller(object):
             for job, att in todo.cancel:
                 self.report.result("would run: scancel %s   # %s" % (att.job_id, job.name))
             for group in submit_groups(todo.submit):
-                self.report.result("would submit: %s" % describe_submit(s.plan, group))
+                self.report.result("would submit: %s" % describe_submit(s.plan, group, s.monitoring.max_running))
             return
         intents = bool(todo.submit or todo.cancel)
         if intents:
@@ -5319,7 +5417,8 @@ class Controller(object):
 
     def _sbatch(self, s, jobs):
         first = jobs[0].current
-        script, args = sbatch_command(s.plan, [(j.name, j.current.array_task) for j in jobs], first.sbatch_options)
+        script, args = sbatch_command(s.plan, [(j.name, j.current.array_task) for j in jobs], first.sbatch_options,
+                                      s.monitoring.max_running)
         self.store.check_lock(s)
         crash_point("before_sbatch")
         res = self.slurm.sbatch(script, args, job_environment(s, first))
@@ -5356,12 +5455,17 @@ class Controller(object):
         s.add_jobs([Job(name=pj.name, index=pj.index, array=bool(array and s.plan.array is not None))
                     for pj in plan_jobs])
 
-    def preview(self, s, jobs, now):
-        """The sbatch lines a first submission of these jobs would run (dry run)."""
+    def preview(self, s, jobs, now, live=0):
+        """The sbatch lines a first submission of these jobs would run now (dry run): under
+        max_running, as many as the live count (from the state: no SLURM is asked) leaves."""
         todo = Todo()
         for job in jobs:
-            self._new_intent(s, job, now, todo, array=job.array)
+            self._want(s, job, now, todo, job.array, restart=False)
+        waiting = self._grant(s, live, now, todo) if todo.want else []
         self.commit(s, now, todo, False)
+        if waiting:
+            self.report.result("would wait for a slot (max_running %d, %d live): %s" % (
+                s.monitoring.max_running, live, ", ".join(j.name for j in waiting)))
 
     def _event(self, s, job, att, kind, now, mode=None, detail=None):
         rec = s.add_event(job, att, kind, now, mode, detail)
@@ -5390,9 +5494,9 @@ def job_environment(s, att):
     return {"AUTOEXP_SESSION": s.session_id, "AUTOEXP_ATTEMPT": str(att.attempt)}
 
 
-def describe_submit(plan, jobs):
+def describe_submit(plan, jobs, max_running=None):
     script, args = sbatch_command(plan, [(j.name, j.current.array_task) for j in jobs],
-                                  jobs[0].current.sbatch_options)
+                                  jobs[0].current.sbatch_options, max_running)
     line = " ".join(shlex.quote(a) for a in ["sbatch", "--parsable"] + args + [script])
     n = jobs[0].current.attempt
     return line + ("   # attempt %d (AUTOEXP_ATTEMPT=%d)" % (n, n) if n > 1 else "")
@@ -5626,6 +5730,9 @@ def submit_plan(args, rt, store, plan, keep_lock=False, command="submit"):
     s, lock, created = store.open_or_create(plan, command, rt.clock())
     try:
         rt.hint = resume_hint([s], store)
+        if _max_running_override(args):
+            s.apply_monitor_overrides(_max_running_override(args))
+            store.save(s, rt.clock())
         if not created:
             names = _untracked(args, s, names)
         if not names:
@@ -5670,18 +5777,29 @@ def _untracked(args, s, names):
 def preview_submit(args, rt, store, plan, names):
     """--dry-run: the sbatch lines a submission would run; nothing is written."""
     path = store.session_path(plan.plan_id)
+    s = Session.new(path, plan, rt.clock())
+    live = 0
     if os.path.exists(path):
         tracked = store.load(path, with_plan=False)
         already = [n for n in names if tracked.job(n) is not None]
         if already and _flatten(args.only):
             raise ConfigError("already submitted in session %s: %s" % (plan.plan_id, ", ".join(already)))
         names = [n for n in names if tracked.job(n) is None]
-    s = Session.new(path, plan, rt.clock())
+        s.apply_monitor_overrides(tracked.monitor_overrides)
+        live = sum(1 for j in tracked.jobs if any(a.live or a.in_doubt for a in j.attempts))
+    s.apply_monitor_overrides(_max_running_override(args))
     s.plan = plan
     controller = rt.controller(store, report=rt.report.quieter(), dry_run=True)
     controller.register(s, [plan.by_name[n] for n in names], args.array)
-    controller.preview(s, s.jobs, rt.clock())
+    controller.preview(s, s.jobs, rt.clock(), live)
     return EXIT_OK
+
+
+def _max_running_override(args):
+    """`submit --max-running N` as a monitoring override: kept in the session, so that every
+    later monitor and reconcile honours it."""
+    n = getattr(args, "max_running", None)
+    return ["max_running=%d" % n] if n is not None else []
 
 
 def _submit_and_say(rt, store, s, plan, names, array):
@@ -5690,7 +5808,7 @@ def _submit_and_say(rt, store, s, plan, names, array):
     store.save(s, rt.clock())  # registered: a monitor or reconcile submits them if this stops here
     answered = controller.cycle([s])
     controller.flush([s])
-    failed = 0
+    failed = waiting = 0
     width = max(len(n) for n in names)
     for n in names:
         job = s.job(n)
@@ -5698,6 +5816,9 @@ def _submit_and_say(rt, store, s, plan, names, array):
         if att is not None and att.job_id:
             found = "" if att.origin == ORIGIN_SUBMITTED else "   (already in SLURM: %s)" % att.origin
             rt.report.result("%-*s %s%s" % (width, n, att.job_id, found))
+        elif att is None and job.last_monitor_state == MON_WAITING:
+            waiting += 1
+            rt.report.result("%-*s %s" % (width, n, waiting_reason(s)))
         else:
             failed += 1
             why = (job.reason or (att.submit_error if att else None) or
@@ -5706,6 +5827,9 @@ def _submit_and_say(rt, store, s, plan, names, array):
     if failed:
         rt.report.warn("%d of %d job(s) not submitted; `autoexp monitor --session %s` (or reconcile) submits "
                        "them, after looking each up by its tag" % (failed, len(names), s.session_id))
+    if waiting:
+        rt.report.info("%d job(s) wait for a slot; `autoexp monitor --session %s` (or reconcile) submits each "
+                       "when one frees" % (waiting, s.session_id))
     return EXIT_FAILURE if failed == len(names) else EXIT_OK
 
 
@@ -5838,9 +5962,14 @@ def _status_doc(s):
             ("job_id", job.job_id), ("last_job_id", att.job_id if att else None), ("live", bool(att and att.live)),
             ("slurm_state", att.last_slurm_state if att else None),
             ("monitor_state", job.last_monitor_state), ("last_event", job.last_event),
-            ("log_path", att.resolved_log_path if att else None), ("reason", job.reason)]))
+            ("log_path", att.resolved_log_path if att else None),
+            ("reason", job.reason or (waiting_reason(s) if job.last_monitor_state == MON_WAITING else None))]))
     return OrderedDict([("session_id", s.session_id), ("project", s.project),
                         ("updated_at", iso_time(s.updated_at)), ("counts", count_by_status(s)), ("jobs", jobs)])
+
+
+def waiting_reason(s):
+    return "queued by autoexp (max_running %s)" % s.monitoring.max_running
 
 
 def _table(rows, header):
@@ -5872,8 +6001,10 @@ def cmd_status(args, rt):
         doc = _status_doc(s)
         if n:
             report.result("")
-        report.result("session %s (project %s), updated %s: %s" % (
-            s.session_id, s.project, short_time(s.updated_at), count_summary(s)))
+        waiting = sum(1 for j in s.jobs if j.status == ACTIVE and j.last_monitor_state == MON_WAITING)
+        report.result("session %s (project %s), updated %s: %s%s" % (
+            s.session_id, s.project, short_time(s.updated_at), count_summary(s),
+            "; %d %s" % (waiting, waiting_reason(s)) if waiting else ""))
         rows = [(j["name"], j["status"], j["attempts"], j["last_job_id"] or "-", j["slurm_state"] or "-",
                  j["monitor_state"] or "-", j["last_event"] or "-", j["log_path"] or "-") for j in doc["jobs"]]
         for line in _table(rows, ("JOB", "STATUS", "ATT", "SLURM_ID", "SLURM_STATE", "MONITOR", "LAST_EVENT", "LOG")):
@@ -5974,6 +6105,17 @@ def positive_seconds(text):
     return value
 
 
+def max_running_count(text):
+    spec = [k for k in MONITORING_SCHEMA if k.name == "max_running"][0]
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not spec.minimum <= value <= spec.maximum:
+        raise argparse.ArgumentTypeError("%r is not a whole number from %d to %d" % (text, spec.minimum, spec.maximum))
+    return value
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse, whose usage errors go through main() like every other error: one line, exit 2."""
 
@@ -6008,6 +6150,9 @@ def build_parser():
         p.add_argument("--array", action="store_true", help="submit the jobs as one job array")
         p.add_argument("--dry-run", action="store_true", help="print the sbatch command lines, submit nothing")
         p.add_argument("--only", nargs="+", action="append", metavar="NAME", help="submit only these jobs")
+        p.add_argument("--max-running", type=max_running_count, metavar="N",
+                       help="at most N of the session's jobs queued or running at once, the rest submitted as "
+                       "slots free up (kept in the session: monitoring.max_running); with --array: SLURM's %%N")
 
     def monitor_options(p, overrides=True):
         p.add_argument("--once", action="store_true", help="run one cycle and exit")

@@ -103,6 +103,10 @@ process; squeue/sacct answers and job changes check what concerns them; the last
                     what a deleted lock file must not break (issue 11 item 4).
   plan-refuses      (term_newline) A termination string with a newline is refused at plan
                     time (ConfigError, exit 2): it could never match a log line.
+  max-running       (monitoring.max_running, in a quarter of the default mix's seeds) autoexp's
+                    own single sbatch finds fewer than max_running of the session's SLURM jobs it
+                    submitted live; a job SLURM requeued since that process last asked squeue is
+                    not counted (SPEC 8: a requeue may put the session over the limit).
 
 Scenario switches (--scenario NAME): KNOWN_BUGS (issue 11's items the simulator can produce)
 and FINDINGS (what it found beyond them); each makes its situation happen. Once its bug is fixed
@@ -563,7 +567,7 @@ class Params(object):
                  "shared_log", "submit_retries", "submit_backoff", "unknown_backoff_max", "slurm_timeout",
                  "crash_policy", "crash_backoff", "min_job_age", "acct_lag", "name_lag", "job_comment",
                  "max_submit", "first_id", "cron_every", "skew", "fault_until", "scenarios", "foreign_start",
-                 "compact")
+                 "compact", "max_running")
 
     def __init__(self, **kw):
         for k in self.__slots__:
@@ -594,6 +598,8 @@ class Params(object):
                             {"name": "nan", "pattern": "loss is nan", "mode": "diverged"},
                             {"name": "warn", "pattern": "^WARNING", "mode": "noise"}]),
         ])
+        if self.max_running is not None:
+            mon["max_running"] = self.max_running
         restart = OrderedDict([
             ("crash", {"action": self.crash_policy, "max_attempts": 2, "backoff_seconds": self.crash_backoff}),
             ("noise", {"action": "ignore"}),
@@ -648,7 +654,14 @@ class Scenario(object):
             # AUTOEXP_COMPACT_BYTES: how much the state's batches grow before a new generation
             # of job files is written (None: autoexp's default, 1 MiB); small, generations
             # roll often (state_before_rename and state_after_rename are reached every time)
-            compact=random.Random("autoexp-sim:%d:store" % seed).choice([None, None, 0, 4096, 65536]))
+            compact=random.Random("autoexp-sim:%d:store" % seed).choice([None, None, 0, 4096, 65536]),
+            max_running=None)
+        if not scenarios:
+            # monitoring.max_running in a quarter of the default mix's seeds, from a stream of its
+            # own (the other draws stay what they were); a scenario switch keeps the seed it shows
+            rt = random.Random("autoexp-sim:%d:max_running" % seed)
+            if rt.random() < 0.25:
+                p.max_running = rt.randint(1, max(1, n_jobs - 1))
         if r.random() < 0.25:
             p.max_submit = r.randint(2, n_jobs + 3)
             if p.array:
@@ -902,7 +915,7 @@ class MJob(object):
     __slots__ = ("id", "base", "task", "raw", "name", "comment", "owner", "logical", "state", "reason",
                  "exit_code", "submit_t", "start_t", "end_t", "snaps", "out_tpl", "run", "in_squeue",
                  "gen", "acct_lag", "succeeded", "pending_cancel", "runaway", "array_key", "forgotten", "bad",
-                 "successor")
+                 "successor", "requeued_t")
 
     def __init__(self, jid, base, task, name, comment, owner, logical, t):
         self.id, self.base, self.task = jid, base, task
@@ -923,6 +936,7 @@ class MJob(object):
         self.forgotten = False  # gone from the controller and from accounting
         self.bad = False  # a run of it wrote a log event line (a requeue does not take that back)
         self.successor = None  # the id it goes on under, once REVOKED by an id change
+        self.requeued_t = None  # when SLURM last put it back to PENDING
 
 
 class SlurmModel(object):
@@ -1077,6 +1091,7 @@ class SlurmModel(object):
             job.run.ended = True
         job.state, job.reason, job.in_squeue = "PENDING", "BeginTime", True
         job.succeeded = False
+        job.requeued_t = w.t
         self.snap(job)
         w.trace("slurm", "%s %s requeued (%s)" % (job.id, job.name, why))
         w.check_one_live(job)
@@ -1313,6 +1328,8 @@ class SlurmView(object):
         queued = kind in (None, "queued", "timeout_queued")
         base = None
         if queued:
+            if m.p.max_running is not None and not spec.get("array"):
+                w.check_max_running()
             for lg in logicals:
                 w.check_no_rerun(lg)
             base = w.submit_job(spec, "autoexp")
@@ -2268,6 +2285,19 @@ class World(object):
         if len(live) > 1:
             self.checker.fail("one-live", "logical job %d has %d live SLURM jobs: %s" % (
                 job.logical, len(live), ", ".join("%s(%s,%s)" % (j.id, j.state, j.owner) for j in live)))
+
+    def check_max_running(self):
+        """max-running: autoexp's own single submission finds fewer than max_running of its
+        session's jobs live. A job SLURM requeued since the process last saw squeue is not
+        counted (autoexp could not know it; SPEC 8 says a requeue may go over the limit)."""
+        proc = self.procs[-1] if self.procs else None
+        seen = getattr(proc, "last_squeue", None)
+        live = [j for j in self.model.order if j.owner == "autoexp" and j.logical is not None
+                and j.state in ACTIVE and not j.forgotten and not j.runaway
+                and not (j.requeued_t is not None and seen is not None and j.requeued_t >= seen)]
+        if len(live) >= self.p.max_running:
+            self.checker.fail("max-running", "sbatch with %d of the session's jobs live (max_running %d): %s" % (
+                len(live), self.p.max_running, ", ".join("%s(%s)" % (j.id, j.state) for j in live)))
 
     def check_no_rerun(self, logical):
         if logical is None:

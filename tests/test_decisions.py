@@ -663,3 +663,52 @@ def test_script_directive(text, expected):
 ])
 def test_split_node_list(node_list, expected):
     assert A.split_node_list(node_list) == expected
+
+
+# -- the session's throttle: monitoring.max_running ---------------------------------
+
+@pytest.mark.parametrize("rows, in_doubt, live", [
+    ([], [], 0),
+    ([("a", "PENDING"), ("b", "RUNNING"), ("c", "COMPLETING")], [], 3),     # queued and running count
+    ([("a", "COMPLETED"), ("b", "FAILED"), ("c", "CANCELLED"), ("d", "TIMEOUT")], [], 0),  # ended: free
+    ([("a", "WEIRD_NEW_STATE")], [], 1),                                  # a state autoexp does not know: live
+    ([("a", "SUSPENDED"), ("a", "PENDING")], [], 2),                        # a copy beside it: SLURM runs two
+    ([], ["a", "b"], 2),                                                    # intents in doubt: maybe queued
+    ([("a", "PENDING")], ["a"], 1),                                         # its intent is that row: once
+    ([("a", "COMPLETED")], ["a"], 1),                                       # ended row, another intent in doubt
+    ([("a", "RUNNING")], ["a", "a", "b"], 2),
+    ([(None, "PENDING"), (None, "RUNNING")], [], 2),                        # array tasks of no job still count
+])
+def test_live_count(rows, in_doubt, live):
+    assert A.live_count(rows, in_doubt) == live
+
+
+@pytest.mark.parametrize("live, limit, free", [
+    (0, None, None), (50, None, None),   # no limit
+    (0, 4, 4), (3, 4, 1), (4, 4, 0),
+    (6, 4, 0),                           # over it (a hand submission, a requeue): nothing new, never negative
+    (0, 1, 1),
+])
+def test_slots_free(live, limit, free):
+    assert A.slots_free(live, limit) == free
+
+
+W = A.Want
+
+
+@pytest.mark.parametrize("wanting, live, limit, granted, waiting", [
+    # no limit: everyone, restarts first then by index
+    ([W(2, False, "c"), W(0, False, "a")], 9, None, ["a", "c"], []),
+    # 6 first submissions, limit 2, nothing live: the first two by index
+    ([W(i, False, "j%d" % i) for i in (5, 3, 1, 0, 2, 4)], 0, 2, ["j0", "j1"], ["j2", "j3", "j4", "j5"]),
+    # one slot left: a restart goes before a first submission of a smaller index
+    ([W(0, False, "a"), W(3, True, "d")], 1, 2, ["d"], ["a"]),
+    # restarts among themselves by index
+    ([W(4, True, "e"), W(1, True, "b"), W(0, False, "a")], 0, 2, ["b", "e"], ["a"]),
+    ([W(0, False, "a")], 2, 2, [], ["a"]),           # full
+    ([W(0, True, "a")], 5, 2, [], ["a"]),            # over the limit: even a restart waits
+    ([], 0, 2, [], []),
+])
+def test_grant_slots(wanting, live, limit, granted, waiting):
+    g, w = A.grant_slots(wanting, live, limit)
+    assert [x.name for x in g] == granted and [x.name for x in w] == waiting

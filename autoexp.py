@@ -3280,10 +3280,11 @@ class Lookup(object):
     name (named), and whether each query answered."""
 
     __slots__ = ("acct", "acct_ok", "acct_error", "named", "named_by_id", "named_by_name", "named_ok",
-                 "named_error")
+                 "named_error", "deferred")
 
     def __init__(self):
         self.acct, self.acct_ok, self.acct_error = {}, True, ""
+        self.deferred = set()  # (session id, job name): waits for a slot, not looked up (max_running)
         self.named, self.named_by_id, self.named_by_name, self.named_ok, self.named_error = [], {}, {}, True, ""
 
     def set_named(self, rows):
@@ -4754,7 +4755,10 @@ class Controller(object):
         names, since = set(), None
         for s, _, focus in work:
             array = s.plan.array
+            self._defer(s, focus, snap, look, now)
             for job in focus:
+                if (s.session_id, job.name) in look.deferred:
+                    continue
                 gone = acct_targets([job], snap)
                 need = bool(gone) or restart_due(job, now) or seeks_by_name(job, snap, look)
                 if need is None:
@@ -4775,6 +4779,28 @@ class Controller(object):
                 look.acct_error = look.named_error = str(e)
                 self._sacct_down(str(e))
         return look
+
+    def _defer(self, s, focus, snap, look, now):
+        """max_running: the jobs that would ask sacct by name only before a submission (never
+        submitted, or a restart due; nothing live, nothing with their tag in squeue) and get
+        no slot this cycle, in the order slots are granted, wait without a lookup: thousands
+        of jobs waiting for a few slots cost sacct nothing. Those looked up are the ones that
+        can be granted; one that then does not want its slot (it adopts a rerun) leaves it
+        free until the next cycle."""
+        limit = s.monitoring.max_running
+        if limit is None:
+            return
+        wants = []
+        for job in focus:
+            att = job.current
+            if job.status != ACTIVE or any(a.live for a in job.attempts) or self._candidates(s, job, snap, look):
+                continue
+            if att is None and not job.array:
+                wants.append(Want(job.index, False, job.name))
+            elif att is not None and not att.in_doubt and restart_due(job, now):
+                wants.append(Want(job.index, True, job.name))
+        if wants:
+            look.deferred.update((s.session_id, w.name) for w in grant_slots(wants, self._live(s, snap), limit)[1])
 
     @staticmethod
     def _candidates(s, job, snap, look):
@@ -4814,6 +4840,9 @@ class Controller(object):
 
     def _step(self, s, job, snap, look, now, todo):
         s.touch(job)
+        if (s.session_id, job.name) in look.deferred:
+            self._waiting(s, job)
+            return
         sight = self._sight(s, job, snap, look)
         if job.status == ACTIVE:
             self._step_active(s, job, sight, snap, look, now, todo)
@@ -5304,11 +5333,13 @@ class Controller(object):
             job, array = wants[w.name]
             self._new_intent(s, job, now, todo, array=array)
         for w in waiting:
-            job = wants[w.name][0]
-            if job.last_monitor_state != MON_WAITING:
-                job.last_monitor_state = MON_WAITING
-                self.report.detail("%s: waits for a slot (max_running %d)" % (job.name, limit))
+            self._waiting(s, wants[w.name][0])
         return [wants[w.name][0] for w in waiting]
+
+    def _waiting(self, s, job):
+        if job.last_monitor_state != MON_WAITING:
+            job.last_monitor_state = MON_WAITING
+            self.report.detail("%s: waits for a slot (max_running %d)" % (job.name, s.monitoring.max_running))
 
     @staticmethod
     def _live(s, snap):

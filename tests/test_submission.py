@@ -7,7 +7,7 @@ stops), a failed array task resubmitted alone, a job recovered after MaxJobId wr
 
 import pytest
 
-from helpers import A, B, Harness, autoexp, controller_config as config, live, timeout_stall_config
+from helpers import A, B, Harness, autoexp, controller_config as config, finish, live, timeout_stall_config
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -225,3 +225,29 @@ def test_a_thousand_queue_limit_refusals_never_overflow(tmp_path):
     h.cycle(advance=5)
     assert job.submit_refusals >= 1101 and job.submit_failures == 0 and job.status == "active"
     assert job.next_submit_at - h.clock() <= autoexp.THROTTLE_BACKOFF_MAX
+
+
+def test_jobs_waiting_for_a_slot_cost_no_sacct_lookup(tmp_path):
+    """max_running: only the jobs that can get a slot this cycle are looked up by name before
+    their submission; the others wait without one (a sweep of thousands waiting for a few
+    slots must not send thousands of names to sacct every cycle)."""
+    cfg = config(max_running=2)
+    cfg["sweep"] = {"seed": list(range(1, 9))}
+    h = Harness(tmp_path, cfg)
+    # (the plan's array name p1 is asked with them: the job may have run as its task)
+    names = lambda: [tuple(n for n in c[1] if n != "p1") for c in h.slurm.calls if c[0] == "sacct_by_name"]
+    assert names() == [("demo-s1", "demo-s2")]  # submit's cycle: two slots, two lookups
+    assert sorted(j.name for j in h.session.jobs if j.current) == ["demo-s1", "demo-s2"]
+    waiting = [j.name for j in h.session.jobs if j.last_monitor_state == autoexp.MON_WAITING]
+    assert waiting == ["demo-s%d" % i for i in range(3, 9)]
+    before = len(names())
+    h.cycle()
+    h.cycle()
+    assert len(names()) == before  # both slots taken: nobody is looked up
+    finish(h, "demo-s1")
+    h.cycle()  # s1 ends: its own record and one slot: s3 is looked up, submitted
+    asked = names()[before:]
+    assert [n for n in sorted(set(sum(asked, ()))) if n != "demo-s1"] == ["demo-s3"]
+    assert h.job("demo-s3").current is not None and h.job("demo-s4").current is None
+    assert h.job("demo-s4").last_monitor_state == autoexp.MON_WAITING
+    assert h.slurm.count("sbatch") == 3

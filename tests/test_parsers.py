@@ -8,6 +8,7 @@ as strptime would, across daylight saving; an squeue line with a column autoexp 
 for, or an unreadable one with autoexp's tag, is UNKNOWN."""
 
 import errno
+import os
 import re
 import subprocess
 import time
@@ -349,3 +350,51 @@ def test_squeue_lines_seen_in_the_last_answer_give_the_same_rows_unparsed():
     with pytest.raises(ValueError):
         autoexp.parse_squeue(second + "4|4|RUNNING|None|x|u|/w|d|autoexp:p:d|extra\n", known=known)
     assert autoexp.parse_squeue(second, known=known)[0] is rows1[0]
+
+
+# --- user and working directory: a job resubmitted by hand without its tag ------------
+
+def test_squeue_user_and_working_directory_and_a_directory_holding_a_bar():
+    fmt = autoexp.SQUEUE_FORMAT
+    rows = autoexp.parse_squeue(
+        "5|5|PENDING|None|2026-12-01T10:00:00|alice|/proj/run|j|\n"              # by hand: no tag
+        "6|6|PENDING|None|2026-12-01T10:00:00|alice|/proj/a|b|j|\n"              # '|' in the directory
+        "7|7|PENDING|None|2026-12-01T10:00:00|alice|/proj/a|b|j|autoexp:p1:j\n", fmt)
+    by = dict((r.job_id, r) for r in rows)
+    assert (by["5"].user, by["5"].workdir, by["5"].name, by["5"].comment) == ("alice", "/proj/run", "j", "")
+    assert by["6"].user == "alice" and by["6"].workdir is None          # cannot be told: never matched
+    assert by["7"].comment == "autoexp:p1:j" and by["7"].workdir is None
+
+
+def test_sacct_user_and_working_directory_and_a_directory_holding_a_bar():
+    f = autoexp.SACCT_FIELDS
+    t = "2026-12-01T10:00:00"
+    rows = autoexp.parse_sacct(
+        "5|5|j|RUNNING|0:0|%s|%s|Unknown|alice|/proj/run|\n"
+        "6|6|j|COMPLETED|0:0|%s|%s|%s|alice|/proj/a|b|autoexp:p1:j\n"   # the tag shows where the directory ends
+        "7|7|j|COMPLETED|0:0|%s|%s|%s|alice|/proj/a|b|my|note\n" % (t, t, t, t, t, t, t, t), f)
+    by = dict((r.job_id, r) for r in rows)
+    assert (by["5"].user, by["5"].workdir, by["5"].comment) == ("alice", "/proj/run", "")
+    assert (by["6"].workdir, by["6"].comment) == ("/proj/a|b", "autoexp:p1:j")
+    assert by["7"].workdir is None and by["7"].user == "alice"
+
+
+@pytest.mark.parametrize("version", ["22.05", "24.11"])
+def test_the_fake_slurm_shows_user_and_working_directory_as_autoexp_asks(tmp_path, version):
+    from helpers import fake_slurm
+    fs = fake_slurm.FakeSlurm(str(tmp_path / "fs"), subreaper=False)
+    fs.configure(version=version)
+    wd = str(tmp_path / "wd")
+    rc, out, err = fs.run("sbatch", "--parsable", "--hold", "--job-name=j", "--chdir=" + wd, "--wrap", "true")
+    assert rc == 0, err
+    jid = out.strip()
+
+    def runner(argv, timeout, env):
+        rc, out, err = fs.run(argv[0], *argv[1:])
+        return autoexp.Completed(argv, rc, out, err, False)
+    client = autoexp.SlurmClient(runner=runner, user=fake_slurm.user_name(os.getuid()))
+    row = [r for r in client.squeue() if r.job_id == jid][0]
+    assert (row.name, row.comment, row.user, row.workdir) == ("j", "", client.user, wd)
+    fs.cancel(jid)  # 22.05's accounting shows a held job only once it ended
+    acct = client.sacct_by_name(["j"], time.time() - 60)
+    assert [(r.job_id, r.user, r.workdir) for r in acct] == [(jid, client.user, wd)]

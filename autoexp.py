@@ -72,6 +72,7 @@ typical use:
   autoexp monitor --session PLAN_ID       watch until every job is done (Ctrl-C resumes later)
   autoexp run sweep.json                  all three at once
   autoexp status | history | cancel       look, and stop jobs
+  autoexp retry --session ID NAME...      submit a stopped or cancelled job again
   */5 * * * * python3 autoexp.pyz --state-dir DIR reconcile      (crontab: no monitor needed)
 
 SPEC.md (next to autoexp.py) lists every config key, file and exit code."""
@@ -4957,7 +4958,8 @@ class Controller(object):
                     "without its tag after its last attempt ended; autoexp cannot tell which is its next "
                     "attempt and adopts none (cancel all but one, or use `autoexp retry`)" % ", ".join(ids))
             self.report.warn("%s: %s" % (job.name, text))
-            self._event(s, job, job.current, EV_RESUBMITS_AMBIGUOUS, self.clock(), detail=text)
+            self._event(s, job, job.current, EV_RESUBMITS_AMBIGUOUS, self.clock(),
+                        detail="SLURM jobs %s resubmitted by hand; none adopted" % ", ".join(ids))
 
     @staticmethod
     def _observe(att, snap, look, now):

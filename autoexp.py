@@ -72,6 +72,7 @@ typical use:
   autoexp monitor --session PLAN_ID       watch until every job is done (Ctrl-C resumes later)
   autoexp run sweep.json                  all three at once
   autoexp status | history | cancel       look, and stop jobs
+  autoexp retry --session ID NAME...      submit a stopped or cancelled job again
   */5 * * * * python3 autoexp.pyz --state-dir DIR reconcile      (crontab: no monitor needed)
 
 SPEC.md (next to autoexp.py) lists every config key, file and exit code."""
@@ -145,10 +146,11 @@ EV_OUTCOME, EV_RESTART_SCHEDULED, EV_FINALIZED, EV_STOPPED = "outcome", "restart
 EV_CANCEL_REQUESTED, EV_SCANCEL, EV_SCANCEL_FAILED, EV_USER_CANCEL = (
     "cancel_requested", "scancel", "scancel_failed", "user_cancel")
 EV_ADOPTED, EV_REACTIVATED = "adopted", "reactivated"
+EV_RESUBMITS_AMBIGUOUS, EV_RETRIED = "resubmits_ambiguous", "retried"
 EVENT_KINDS = (EV_INTENT, EV_SUBMITTED, EV_SUBMIT_ERROR, EV_STATE, EV_REQUEUED, EV_MISSING,
                EV_LOG_PREFIX + "<name>", EV_LOG_RESTARTED, EV_LOG_UNREADABLE, EV_OUTCOME, EV_RESTART_SCHEDULED,
                EV_FINALIZED, EV_STOPPED, EV_CANCEL_REQUESTED, EV_SCANCEL, EV_SCANCEL_FAILED,
-               EV_USER_CANCEL, EV_ADOPTED, EV_REACTIVATED)
+               EV_USER_CANCEL, EV_ADOPTED, EV_REACTIVATED, EV_RESUBMITS_AMBIGUOUS, EV_RETRIED)
 
 # SLURM job states, from squeue(1) and sacct(1). Anything still able to run is active.
 ACTIVE_STATES = frozenset((
@@ -1861,6 +1863,8 @@ class QueueRow(NamedTuple):
     name: str
     comment: str
     submit: Optional[str] = None  # SLURM's submit time, 'YYYY-MM-DDTHH:MM:SS' (compares as text)
+    user: Optional[str] = None  # who submitted it (%u)
+    workdir: Optional[str] = None  # its working directory (%Z); None when the line cannot say it
 
 
 class AcctRow(NamedTuple):
@@ -1873,13 +1877,17 @@ class AcctRow(NamedTuple):
     end: object
     comment: str
     submit: Optional[str] = None
+    user: Optional[str] = None
+    workdir: Optional[str] = None
 
 
 # What autoexp asks squeue and sacct for. squeue's name and comment are free text (they
 # may hold '|'), so they come last; sacct is only asked about autoexp's own jobs, whose
-# names are safe, and its comment comes last.
-SQUEUE_FORMAT = "%i|%A|%T|%r|%V|%j|%k"
-SACCT_FIELDS = "JobID,JobIDRaw,JobName,State,ExitCode,Submit,Start,End,Comment"
+# names are safe, and its comment comes last. The user and the working directory tell a
+# job resubmitted by hand without its tag (resubmits_by_hand): a directory holding '|'
+# makes its line irregular, and such a line's directory is not told (None), never guessed.
+SQUEUE_FORMAT = "%i|%A|%T|%r|%V|%u|%Z|%j|%k"
+SACCT_FIELDS = "JobID,JobIDRaw,JobName,State,ExitCode,Submit,Start,End,User,WorkDir,Comment"
 TAG_RE = re.compile(r"^autoexp:[A-Za-z0-9][A-Za-z0-9._+-]*:(?:[A-Za-z0-9][A-Za-z0-9._+-]*|@array)$")
 UNSET_TIMES = ("", "Unknown", "None", "N/A")
 
@@ -1924,6 +1932,7 @@ def parse_squeue(text, fmt=SQUEUE_FORMAT, skipped=None, known=None):
     at = dict((c, i) for i, c in enumerate(codes[:fixed]))
     i_id, i_raw, i_state = at["i"], at["A"], at["T"]
     i_reason, i_submit = at.get("r"), at.get("V")
+    i_user, i_workdir = at.get("u"), at.get("Z")
     width = fixed + 2
     rows = []
     new = tuple.__new__
@@ -1935,7 +1944,8 @@ def parse_squeue(text, fmt=SQUEUE_FORMAT, skipped=None, known=None):
                 fresh[line] = seen
                 continue
         parts = line.split("|")
-        if len(parts) == width:  # the common case: name and comment without '|'
+        regular = len(parts) == width
+        if regular:  # the common case: name, comment (and directory) without '|'
             name, comment = parts[fixed], parts[fixed + 1]
         elif not line.strip():
             continue
@@ -1970,13 +1980,16 @@ def parse_squeue(text, fmt=SQUEUE_FORMAT, skipped=None, known=None):
         if submit in UNSET_TIMES:
             submit = None
         reason = parts[i_reason] if i_reason is not None else ""
+        user = parts[i_user] if i_user is not None else None
+        workdir = parts[i_workdir] if i_workdir is not None and regular else None
         if len(ids) == 1:
-            row = new(QueueRow, (ids[0], raw, state, reason, name, comment, submit))
+            row = new(QueueRow, (ids[0], raw, state, reason, name, comment, submit, user, workdir))
             rows.append(row)
             if fresh is not None:
                 fresh[line] = (row,)
         else:
-            made = tuple(new(QueueRow, (job_id, "", state, reason, name, comment, submit)) for job_id in ids)
+            made = tuple(new(QueueRow, (job_id, "", state, reason, name, comment, submit, user, workdir))
+                         for job_id in ids)
             rows.extend(made)
             if fresh is not None:
                 fresh[line] = made
@@ -2026,7 +2039,12 @@ def parse_sacct(text, fields=SACCT_FIELDS):
     at = dict((n, i) for i, n in enumerate(names))
     i_id, i_raw, i_name, i_state, i_exit = at["JobID"], at["JobIDRaw"], at["JobName"], at["State"], at["ExitCode"]
     i_start, i_end, i_comment, i_submit = at["Start"], at["End"], at["Comment"], at.get("Submit")
+    i_user, i_workdir = at.get("User"), at.get("WorkDir")
     last = len(names) - 1
+    # a '|' in the directory (just before the comment) shows as one in the comment: a tag
+    # holds none, so what precedes a tag there is the directory's; else the directory is
+    # not told (None)
+    dir_before_comment = i_workdir is not None and i_workdir == last - 1 and i_comment == last
     rows = []
     new, states, unset = tuple.__new__, _STATE_WORDS, UNSET_TIMES
     for line in text.splitlines():
@@ -2052,11 +2070,20 @@ def parse_sacct(text, fields=SACCT_FIELDS):
             end = _slurm_time_text(end)
         submit = _slurm_time_text(parts[i_submit]) if i_submit is not None else None
         name, exit_code, comment = parts[i_name], parts[i_exit], parts[i_comment]
+        user = parts[i_user] if i_user is not None else None
+        workdir = parts[i_workdir] if i_workdir is not None else None
+        if dir_before_comment and "|" in comment:
+            head, _, tail = comment.rpartition("|")
+            if TAG_RE.match(tail):
+                workdir, comment = workdir + "|" + head, tail
+            else:
+                workdir = None
         if len(ids) == 1:
-            rows.append(new(AcctRow, (ids[0], raw, name, state, exit_code, start, end, comment, submit)))
+            rows.append(new(AcctRow, (ids[0], raw, name, state, exit_code, start, end, comment, submit, user,
+                                      workdir)))
         else:
-            rows.extend(new(AcctRow, (job_id, "", name, state, exit_code, start, end, comment, submit))
-                        for job_id in ids)
+            rows.extend(new(AcctRow, (job_id, "", name, state, exit_code, start, end, comment, submit, user,
+                                      workdir)) for job_id in ids)
     return rows
 
 
@@ -2643,7 +2670,8 @@ INTERNED_FIELDS = frozenset(("status", "origin", "submit_state", "last_slurm_sta
 
 # List fields mostly empty, and only ever replaced, never changed in place: an empty one is
 # the one shared (), so a 100k-job sweep holds 300k fewer lists.
-EMPTY_SHARED_FIELDS = frozenset(("log_matches", "actions", "seen_copies", "sbatch_options", "extra_logs"))
+EMPTY_SHARED_FIELDS = frozenset(("log_matches", "actions", "seen_copies", "sbatch_options", "extra_logs",
+                                 "resubmits_warned"))
 
 
 class Record(object):
@@ -2827,7 +2855,7 @@ JOB_FIELDS = (
     Field("attempts", (), (list,)), Field("array", False), Field("last_monitor_state"),
     Field("last_slurm_state"), Field("last_event"), Field("last_updated"), Field("next_submit_at"),
     Field("reason"), Field("submit_failures", 0), Field("submit_refusals", 0), Field("duplicate_warned", False),
-    Field("seen_copies", ()))
+    Field("seen_copies", ()), Field("attempts_base", 0), Field("resubmits_warned", ()))
 
 
 class Job(Record):
@@ -3233,6 +3261,13 @@ def decide(mode, policies, history):
         mode, used, policy.max_attempts, " in %ds" % delay if delay else ""))
 
 
+def counted_attempts(job):
+    """The attempts its policies count (max_attempts, deterministic repeats): all of them,
+    or those since an `autoexp retry --reset-attempts` (attempts_base before it)."""
+    base = job.attempts_base if 0 <= job.attempts_base <= len(job.attempts) else 0
+    return job.attempts[base:]
+
+
 # -- what SLURM shows of a job ---------------------------------------------------------
 
 class Snapshot(object):
@@ -3240,7 +3275,7 @@ class Snapshot(object):
     array task. Built for 100k rows in a few tens of ms: no list per row unless a tag is
     shared (an array's tasks, a duplicate)."""
 
-    __slots__ = ("by_id", "tagged", "_one", "_many", "_tasks")
+    __slots__ = ("by_id", "tagged", "_one", "_many", "_tasks", "_untagged")
 
     def __init__(self, rows):
         self.by_id = dict(zip([r.job_id for r in rows], rows))
@@ -3255,6 +3290,19 @@ class Snapshot(object):
                 if counts[r.comment] > 1:
                     self._many.setdefault(r.comment, []).append(r)
         self._tasks = None
+        self._untagged = None
+
+    def untagged(self, name=None):
+        """The rows with no autoexp tag (of this name), indexed the first time: where a job
+        resubmitted by hand without its tag shows (resubmits_by_hand)."""
+        if self._untagged is None:
+            self._untagged = {}
+            for r in self.by_id.values():
+                if not r.comment.startswith("autoexp:"):
+                    self._untagged.setdefault(r.name, []).append(r)
+        if name is None:
+            return [r for rows in self._untagged.values() for r in rows]
+        return self._untagged.get(name, ())
 
     def with_tag(self, tag):
         """The rows carrying this tag, in squeue's order."""
@@ -3457,6 +3505,50 @@ def untagged_successor(job, row, snap):
             and row.job_id not in job.known_ids() and bool(newer_than_history(job, [row])))
 
 
+def resubmits_by_hand(job, rows, user, workdirs):
+    """squeue rows that may be the job resubmitted by hand without its tag (`sbatch
+    --job-name=NAME` of another script): of its name, with no autoexp tag (another
+    session's tag is never this job), able to run, submitted by the same user from its
+    plan's working directory (workdirs: the directory and its resolved path), and not in
+    its history. A name alone is never enough: two plans of one project share names."""
+    known = job.known_ids()
+    return [r for r in rows
+            if r.name == job.name and not r.comment.startswith("autoexp:") and r.state in ACTIVE_STATES
+            and user and r.user == user and r.workdir and r.workdir in workdirs and r.job_id not in known]
+
+
+def attempt_end(att):
+    """When an ended attempt ended: SLURM's end when sacct gave it, else when autoexp saw
+    it end; None while it runs or was never submitted."""
+    if att is None or att.live or att.outcome is None or not att.job_id:
+        return None
+    return att.slurm_end if att.slurm_end is not None else att.ended_at
+
+
+def submitted_since(rows, end):
+    """The rows SLURM says were submitted at or after `end` (an epoch; SLURM's times have
+    whole seconds); none when the end, or a row's submit time, is unknown."""
+    if end is None:
+        return []
+    out = []
+    for r in rows:
+        try:
+            at = slurm_epoch(r.submit) if r.submit else None
+        except ValueError:
+            at = None
+        if at is not None and at >= int(end):
+            out.append(r)
+    return out
+
+
+def hand_resubmit(job, sight, end=None):
+    """The one job resubmitted by hand after the job's latest attempt ended (end: that
+    end, when the attempt has not recorded it yet), or None: none, or several, which
+    cannot be told apart (the controller says which it saw, once)."""
+    rows = submitted_since(sight.by_hand, end if end is not None else attempt_end(job.current))
+    return rows[0] if len(rows) == 1 else None
+
+
 def observe(row, arow, look, wait_since, now):
     """One attempt's observation from its squeue row and sacct row (either may be None);
     returns (Observation, acct_wait_since). UNKNOWN whenever a query that could have told
@@ -3513,10 +3605,14 @@ class Sight(NamedTuple):
     # its own ended attempts that SLURM ran again and that ended again since (a requeue
     # after autoexp recorded the end, finished before it looked again)
     reruns: tuple = ()
+    # jobs of its name, user and directory without its tag (resubmits_by_hand), whenever
+    # submitted: hand_resubmit picks the one submitted after its latest attempt ended
+    by_hand: tuple = ()
 
 
 ADOPT, RECOVER, SUBMIT, WAIT, HOLD, REACTIVATE, CANCEL_COPY, ABANDON, RECORD = (
     "adopt", "recover", "submit", "wait", "hold", "reactivate", "cancel_copy", "abandon", "record")
+BY_HAND = "resubmitted by hand without its tag (same name, user and working directory)"
 
 
 class Move(NamedTuple):
@@ -3579,6 +3675,11 @@ def replacement(att, obs, sight):
             and (obs.source == SRC_MISSING or obs.state in ("CANCELLED", "REVOKED"))
             and submitted_after(c[0].submit, c[0].job_id, att.slurm_submit, att.job_id)):
         return c[0]
+    if (att.outcome is None and not c and sight.by_hand and obs.source in ANSWERED
+            and obs.state in ("CANCELLED", "REVOKED")):
+        # cancelled, then resubmitted by hand without the tag after SLURM ended it
+        rows = submitted_since(sight.by_hand, obs.end if obs.end is not None else att.slurm_end)
+        return rows[0] if len(rows) == 1 else None
     return None
 
 
@@ -3592,6 +3693,9 @@ def restart_move(job, sight, now):
         return Move(ADOPT, sight.reruns[0], ORIGIN_EXTERNAL)  # decided like any attempt (simulator F8)
     if sight.unsure:
         return Move(WAIT)
+    hand = hand_resubmit(job, sight)
+    if hand is not None:
+        return Move(ADOPT, hand, ORIGIN_EXTERNAL, note=BY_HAND)
     if job.next_submit_at is not None and now >= job.next_submit_at:
         if not sight.named_ok:
             return Move(WAIT, note="cannot tell whether its last attempt ran again (%s); waiting"
@@ -3664,6 +3768,9 @@ def inactive_moves(job, sight, now, unqueued_after):
             return [Move(REACTIVATE, mine[0], ORIGIN_RECOVERED)]  # decided like any attempt
         if sight.running:
             return [Move(REACTIVATE, sight.running[0], ORIGIN_EXTERNAL)]
+        hand = hand_resubmit(job, sight) if att is not None and not att.in_doubt else None
+        if hand is not None:
+            return [Move(REACTIVATE, hand, ORIGIN_EXTERNAL, note=BY_HAND)]
     moves = []
     if job.status == CANCELLED and mine and mine[0].state not in ACTIVE_STATES:
         moves.append(Move(RECORD, mine[0], ORIGIN_RECOVERED))  # cancelled meanwhile: kept on record
@@ -3718,6 +3825,24 @@ def grant_slots(wanting, live, max_running):
     if free is None:
         return order, []
     return order[:free], order[free:]
+
+
+def retry_refusal(job):
+    """Why `autoexp retry` must not submit the job now, or None: only a job that is done
+    with SLURM (stopped or cancelled, nothing of it live or in doubt) gets a new attempt;
+    anything else would run it twice."""
+    if job.status == ACTIVE:
+        return "it is active (autoexp follows or restarts it already)"
+    if job.status == FINALIZED:
+        return "it is finalized (its run succeeded)"
+    if job.unresolved_intent():
+        return ("its last sbatch failed yet may have queued it; `autoexp reconcile` looks it up by its "
+                "tag first, retry it once that lookup found nothing")
+    live = [a.job_id for a in job.attempts if a.live and a.job_id]
+    if live:
+        return ("SLURM job %s may still run (its cancel is not carried out yet); `autoexp reconcile` "
+                "sees it through, retry it then" % live[-1])
+    return None
 
 
 class SubmitVerdict(NamedTuple):
@@ -4549,7 +4674,7 @@ class Controller(object):
     __slots__ = ("store", "slurm", "report", "clock", "mono", "sleep", "dry_run", "stop", "ticks", "cycle_mono",
                  "due", "prev_rows",
                  "unknown_since", "unknown_failures", "sacct_down_since", "sacct_failed", "changes",
-                 "json_changes", "name_sessions", "skipped_said")
+                 "json_changes", "name_sessions", "skipped_said", "cycle_sessions")
 
     def __init__(self, store, slurm, report, clock=time.time, sleep=time.sleep, dry_run=False, stop=None,
                  mono=None):
@@ -4577,6 +4702,7 @@ class Controller(object):
         self.json_changes = None  # a list when `--json` wants every change as a document
         self.name_sessions = False  # event lines say SESSION/JOB when several sessions are watched
         self.skipped_said = False
+        self.cycle_sessions = ()  # the sessions of this cycle: a job one of them has is no other's
 
     @property
     def stop_requested(self):
@@ -4625,6 +4751,7 @@ class Controller(object):
         """One observe-decide-act-persist pass over the sessions; False if SLURM was UNKNOWN."""
         now, self.cycle_mono = self.clock(), self.mono()
         self.name_sessions = len(sessions) > 1
+        self.cycle_sessions = sessions
         try:
             rows = self.slurm.squeue()
         except SlurmUnavailable as e:
@@ -4725,6 +4852,9 @@ class Controller(object):
                     name = tag[len(prefix):]
                 if name is not None:
                     names.add(name)
+        for row in snap.untagged():  # a job resubmitted by hand without its tag
+            if row != prev.get(row.job_id) and s.job(row.name) is not None:
+                names.add(row.name)
         return [job for job in s.jobs if job.name in names]
 
     def _mind_the_clock(self, s, now):
@@ -4826,8 +4956,36 @@ class Controller(object):
             array = s.plan.array
             untagged = any(untagged_successor(job, row, snap) for row in
                            look.named_for(job.name, array.name if array is not None else None, job.index))
+        by_hand = ()
+        named = snap.untagged(job.name)
+        if named and job.status in (ACTIVE, STOPPED, FINALIZED):
+            by_hand = tuple(r for r in resubmits_by_hand(job, named, self.slurm.user, self._workdirs(s))
+                            if not self._claimed_elsewhere(s, r.job_id))
         return Sight(cands, running, look.named_ok, look.named_error, untagged,
-                     bool(unsure_rows(job, cands, snap)), tuple(rerun_rows(job, snap, look.acct)))
+                     bool(unsure_rows(job, cands, snap)), tuple(rerun_rows(job, snap, look.acct)), by_hand)
+
+    @staticmethod
+    def _workdirs(s):
+        wd = s.plan.workdir if s.plan is not None else None
+        return (wd, os.path.realpath(wd)) if wd else ()
+
+    def _claimed_elsewhere(self, s, job_id):
+        """An attempt of another session watched by this process has this SLURM job."""
+        return any(job_id in j.known_ids() for o in self.cycle_sessions if o is not s for j in o.jobs)
+
+    def _say_ambiguous(self, s, job, sight):
+        """Several jobs resubmitted by hand after the latest attempt ended, none adopted:
+        said once for each set of them, not every cycle."""
+        rows = submitted_since(sight.by_hand, attempt_end(job.current)) if job.status != CANCELLED else []
+        ids = sorted(r.job_id for r in rows) if len(rows) > 1 else []
+        if ids and ids != list(job.resubmits_warned):
+            job.resubmits_warned = ids
+            text = ("SLURM jobs %s are all of its name, user and working directory, submitted by hand "
+                    "without its tag after its last attempt ended; autoexp cannot tell which is its next "
+                    "attempt and adopts none (cancel all but one, or use `autoexp retry`)" % ", ".join(ids))
+            self.report.warn("%s: %s" % (job.name, text))
+            self._event(s, job, job.current, EV_RESUBMITS_AMBIGUOUS, self.clock(),
+                        detail="SLURM jobs %s resubmitted by hand; none adopted" % ", ".join(ids))
 
     @staticmethod
     def _observe(att, snap, look, now):
@@ -4848,6 +5006,8 @@ class Controller(object):
             self._step_active(s, job, sight, snap, look, now, todo)
         else:
             self._step_inactive(s, job, sight, snap, look, now, todo)
+        if sight.by_hand:
+            self._say_ambiguous(s, job, sight)
         for att in job.attempts[:-1]:  # an earlier attempt whose cancel SLURM has not carried out
             if att.live and att.job_id and att.cancel_requested_at:
                 self._watch(s, job, att, self._observe(att, snap, look, now), now, todo)
@@ -4882,9 +5042,11 @@ class Controller(object):
                 # cancelled (or vanished) and resubmitted outside autoexp: follow the new job
                 self._note(s, job, att, obs, now)
                 att.live = False
+                hand = row in sight.by_hand
                 self._finish(s, job, att, now, OUTCOME_REPLACED, "replaced by SLURM job %s, submitted outside "
-                             "autoexp" % row.job_id)
-                att = self._adopt(s, job, row, ORIGIN_EXTERNAL, now)
+                             "autoexp%s" % (row.job_id, " (%s)" % BY_HAND if hand else ""))
+                att = self._adopt(s, job, row, ORIGIN_EXTERNAL, now, how=BY_HAND if hand else "")
+                sight = sight._replace(by_hand=())
                 obs = self._observe(att, snap, look, now)
                 sight = sight._replace(running=[r for r in sight.running if r.job_id != att.job_id])
             elif sight.running and observation_live(obs) and not job.duplicate_warned:
@@ -4895,7 +5057,7 @@ class Controller(object):
         if job.status == ACTIVE and att.outcome is not None and not att.live:
             move = restart_move(job, sight, now)
             if move.kind == ADOPT:
-                self._adopt(s, job, move.row, move.origin, now)
+                self._adopt(s, job, move.row, move.origin, now, how=move.note)
             elif move.kind == WAIT and move.note:
                 self.report.detail("%s: %s" % (job.name, move.note))
             elif move.kind == SUBMIT:
@@ -4912,9 +5074,10 @@ class Controller(object):
                     att.outcome = att.reason = None
                     att = self._adopt(s, job, move.row, move.origin, now, att=att)
                 else:
-                    att = self._adopt(s, job, move.row, move.origin, now)
+                    att = self._adopt(s, job, move.row, move.origin, now, how=move.note)
                 job.status, job.reason = ACTIVE, None
-                self._event(s, job, att, EV_REACTIVATED, now, detail="SLURM job %s carries its tag" % move.row.job_id)
+                self._event(s, job, att, EV_REACTIVATED, now, detail="SLURM job %s %s" % (
+                    move.row.job_id, move.note or "carries its tag"))
                 return
             if move.kind == CANCEL_COPY:
                 self._cancel_copy(s, job, move.row, now, todo)
@@ -5240,7 +5403,7 @@ class Controller(object):
     def _conclude(self, s, job, att, verdict, now, todo):
         """The attempt reached a mode: record its outcome and apply the policy for it."""
         mode = verdict.mode
-        history = [a.ended(a.outcome, a.ended_at or now) for a in job.attempts[:-1] if a.outcome]
+        history = [a.ended(a.outcome, a.ended_at or now) for a in counted_attempts(job)[:-1] if a.outcome]
         decision = decide(mode, s.policies, history + [att.ended(mode, now)])
         self._finish(s, job, att, now, mode, verdict.reason)
         s.add_action(job, att, decision.action, mode, decision.reason, now)
@@ -5279,8 +5442,9 @@ class Controller(object):
         self._event(s, job, att, EV_CANCEL_REQUESTED, now, detail=why)
         todo.add_cancel(job, att)
 
-    def _adopt(self, s, job, row, origin, now, att=None):
-        """Take a SLURM job found by tag as this job's attempt (a new one unless att is given)."""
+    def _adopt(self, s, job, row, origin, now, att=None, how=""):
+        """Take a SLURM job found by tag (or resubmitted by hand: how says so) as this job's
+        attempt (a new one unless att is given)."""
         if att is None:
             # not ours to date: it can be as old as the attempt before it (or the plan), and
             # sacct's -S window starts from here
@@ -5288,7 +5452,8 @@ class Controller(object):
         att.take(row, origin, now)
         job.next_submit_at, job.submit_failures, job.submit_refusals = None, 0, 0
         self._log_baseline(s, job, att)
-        self._event(s, job, att, EV_ADOPTED, now, detail="SLURM job %s (%s, found by its tag)" % (row.job_id, row.state))
+        self._event(s, job, att, EV_ADOPTED, now, detail="SLURM job %s (%s, %s)" % (
+            row.job_id, row.state, how or "found by its tag"))
         return att
 
     def _new_intent(self, s, job, now, todo, array, exclude=()):
@@ -5303,6 +5468,26 @@ class Controller(object):
         job.last_monitor_state = MON_SUBMITTING
         self._event(s, job, att, EV_INTENT, now, detail="submission %d decided" % att.attempt)
         todo.submit.append(job)
+        return att
+
+    def retry(self, s, job, now, todo, reset):
+        """`autoexp retry`: a stopped or cancelled job (retry_refusal said none) is active
+        again with a new attempt, submitted like every other (intent first); with reset,
+        its policies count attempts from this one."""
+        last = job.current
+        array = last.array_task is not None if last is not None else job.array
+        job.status, job.reason = ACTIVE, None
+        job.next_submit_at, job.submit_failures, job.submit_refusals = None, 0, 0
+        if reset:
+            job.attempts_base = len(job.attempts)
+        s.touch(job)
+        self.due.get(s.session_id, {}).pop(job.name, None)
+        att = self._new_intent(s, job, now, todo, array=array)
+        counted = len(counted_attempts(job))
+        self._event(s, job, att, EV_RETRIED, now, detail="autoexp retry%s: attempt %d (%s)" % (
+            " --reset-attempts" if reset else "", att.attempt,
+            "max_attempts counted from this one" if reset else
+            "max_attempts counted from attempt %d: %d attempt(s) so far" % (job.attempts_base + 1, counted)))
 
     @staticmethod
     def _script_exclude(s, job):
@@ -6121,6 +6306,50 @@ def cmd_cancel(args, rt):
         lock.release()
 
 
+def cmd_retry(args, rt):
+    """A stopped or cancelled job gets a new attempt: under the session lock, its intent
+    written before the sbatch, like every submission."""
+    store = store_for(args, args.session)
+    path = store.resolve(args.session)
+    s = store.load(path)
+    names = list(OrderedDict.fromkeys(args.names))
+    unknown = [n for n in names if s.job(n) is None]
+    if unknown:
+        raise ConfigError("no job %s in session %s" % (", ".join(unknown), s.session_id))
+    lock = None
+    if not args.dry_run:
+        s, lock = store.open_for_write(path, "retry", rt.clock())
+    try:
+        refused = [(n, retry_refusal(s.job(n))) for n in names]
+        refused = [(n, why) for n, why in refused if why]
+        if refused:
+            raise ConfigError("cannot retry %s; nothing was submitted" % "; ".join(
+                "%s: %s" % (n, why) for n, why in refused))
+        controller = rt.controller(store, [s], report=rt.report.quieter(), dry_run=args.dry_run)
+        todo = Todo()
+        now = controller.clock()
+        for n in names:
+            controller.retry(s, s.job(n), now, todo, args.reset_attempts)
+        controller.commit(s, now, todo)
+        if args.dry_run:
+            return EXIT_OK
+        failed = 0
+        for n in names:
+            job = s.job(n)
+            att = job.current
+            if att.job_id:
+                rt.report.result("%s %s" % (n, att.job_id))
+            else:
+                failed += 1
+                rt.report.result("%s not submitted: %s" % (n, job.reason or att.submit_error or "unknown"))
+        if failed < len(names):
+            rt.report.info("`autoexp monitor --session %s` (or reconcile) follows them" % s.session_id)
+        return EXIT_FAILURE if failed == len(names) else EXIT_OK
+    finally:
+        if lock is not None:
+            lock.release()
+
+
 # -- the parser and main -----------------------------------------------------------
 
 def positive_seconds(text):
@@ -6226,6 +6455,14 @@ def build_parser():
     p = add("cancel", cmd_cancel, "scancel the live attempts and mark the jobs cancelled (not restarted)")
     p.add_argument("--session", metavar="ID|PATH", required=True)
     p.add_argument("names", nargs="*", metavar="NAME", help="jobs to cancel (default: every active job)")
+    p = add("retry", cmd_retry, "submit a new attempt of stopped or cancelled jobs (then monitor or reconcile "
+            "follows them)")
+    p.add_argument("--session", metavar="ID|PATH", required=True)
+    p.add_argument("names", nargs="+", metavar="NAME", help="the stopped or cancelled jobs to submit again")
+    p.add_argument("--reset-attempts", action="store_true",
+                   help="count max_attempts from this attempt (default: from the job's first; a retried "
+                   "job whose attempts are used up then stops at its next failure)")
+    p.add_argument("--dry-run", action="store_true", help="print the sbatch command lines, submit nothing")
     return parser
 
 

@@ -324,11 +324,12 @@ class ScriptedSlurm(object):
         self.calls = []
 
     # steering
-    def add(self, name, comment, state="PENDING", job_id=None):
+    def add(self, name, comment, state="PENDING", job_id=None, user=None, workdir=None):
+        """user: the submitter (default: this SLURM's user); workdir: its working directory."""
         job_id = job_id or str(self._new_id())
         self.jobs[job_id] = dict(name=name, comment=comment, state=state, exit_code="0:0",
                                  in_squeue=True, in_sacct=True, raw_id=job_id.split("_")[0], start=self.clock(),
-                                 submit=autoexp.local_time(self.clock()))
+                                 submit=autoexp.local_time(self.clock()), user=user or self.user, workdir=workdir)
         return job_id
 
     def set(self, job_id, state, exit_code="0:0"):
@@ -363,14 +364,15 @@ class ScriptedSlurm(object):
     def squeue(self):
         if self._failing("squeue"):
             raise autoexp.SlurmUnavailable("squeue failed (exit 1): slurm_load_jobs error: Unable to contact slurm controller")
-        return [autoexp.QueueRow(j, d["raw_id"], d["state"], "None", d["name"], d["comment"], d["submit"])
+        return [autoexp.QueueRow(j, d["raw_id"], d["state"], "None", d["name"], d["comment"], d["submit"],
+                                 d["user"], d["workdir"])
                 for j, d in self.jobs.items() if d["in_squeue"]]
 
     def _acct_row(self, j, d):
         done = d["state"] not in autoexp.ACTIVE_STATES
         return autoexp.AcctRow(j, d["raw_id"], d["name"], d["state"], d["exit_code"], d["start"],
                                (d.get("end") or self.clock()) if done else None, d["comment"] if done else "",
-                               d["submit"])
+                               d["submit"], d["user"], d["workdir"])
 
     @staticmethod
     def _in_window(d, since):

@@ -1132,8 +1132,9 @@ class SlurmModel(object):
                     self.shown_unknown.add(job.id)
                     self.w.trace("slurm", "squeue shows %s, requeued, as EXPEDITING (a state word autoexp "
                                  "does not know)" % job.id)
-            lines.append("%s|%s|%s|%s|%s|%s|%s%s" % (job.id, raw, state, job.reason, local(job.submit_t), job.name,
-                                                     job.comment or "(null)", extra if job.owner != "foreign" else ""))
+            lines.append("%s|%s|%s|%s|%s|%s|%s|%s|%s%s" % (
+                job.id, raw, state, job.reason, local(job.submit_t), self.user, self.workdir_of(job), job.name,
+                job.comment or "(null)", extra if job.owner != "foreign" else ""))
         return "".join(l + "\n" for l in lines)
 
     def acct_view(self, job, t):
@@ -1158,8 +1159,14 @@ class SlurmModel(object):
         end_s = local(end) if end and state not in ACTIVE else "Unknown"
         shown = "CANCELLED by 4242" if state == "CANCELLED" else state
         raw = job.raw if job.raw is not None else job.base
-        return "%s|%s|%s|%s|%s|%s|%s|%s|%s" % (jid or job.id, raw, name, shown, exit_code, local(job.submit_t), start_s,
-                                               end_s, comment)
+        return "%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s" % (jid or job.id, raw, name, shown, exit_code, local(job.submit_t),
+                                                     start_s, end_s, self.user, self.workdir_of(job), comment)
+
+    @staticmethod
+    def workdir_of(job):
+        """autoexp's jobs run in one folder; the user's other jobs (an untagged one of one of
+        our names among them) elsewhere, so none is taken for a hand resubmission."""
+        return "/sim/work" if job.owner != "foreign" else "/home/simuser/elsewhere"
 
     @staticmethod
     def in_window(view, since):

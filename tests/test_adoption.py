@@ -300,3 +300,98 @@ def test_a_runaway_accounting_record_is_lost_after_hours_not_never(tmp_path):
     assert h.job(A).current.outcome is None     # accounting may lag: not lost after an hour
     h.cycle(advance=3 * 3600)
     assert h.job(A).attempts[0].outcome == "lost" and "runaway" in h.job(A).attempts[0].reason
+
+
+# --- resubmitted by hand without the tag (same name, user and working directory) ------
+
+def _stopped(h):
+    """The job's attempt is cancelled outside autoexp: the default policy stops it."""
+    jid = h.live_id(A)
+    h.slurm.set(jid, "CANCELLED")
+    h.cycle()
+    assert h.job(A).status == "stopped"
+    return jid
+
+
+def test_a_stopped_job_resubmitted_by_hand_without_its_tag_is_reactivated(tmp_path):
+    h = Harness(tmp_path, config(), names=[A])
+    old = _stopped(h)
+    h.clock.now += 30
+    new = h.slurm.add(A, "", "RUNNING", workdir=h.workdir)
+    h.cycle()
+    job = h.job(A)
+    assert job.status == "active" and [a.job_id for a in job.attempts] == [old, new]
+    assert job.current.origin == "external" and h.slurm.count("sbatch") == 1
+    ev = [e for e in read_events(h.state_dir, "p1") if e["event"] == "reactivated"]
+    assert len(ev) == 1 and "resubmitted by hand" in ev[0]["detail"]
+    finish(h, A)
+    h.cycle()
+    assert h.job(A).status == "finalized"
+
+
+def test_two_hand_resubmissions_adopt_none_and_are_said_once(tmp_path):
+    h = Harness(tmp_path, config(), names=[A])
+    _stopped(h)
+    h.clock.now += 30
+    one = h.slurm.add(A, "", "PENDING", workdir=h.workdir)
+    two = h.slurm.add(A, "", "PENDING", workdir=h.workdir)
+    for _ in range(3):
+        h.cycle()
+    job = h.job(A)
+    assert job.status == "stopped" and len(job.attempts) == 1
+    said = [l for l in h.out if "cannot tell which" in l]
+    assert len(said) == 1 and one in said[0] and two in said[0]
+    assert [e["event"] for e in read_events(h.state_dir, "p1")].count("resubmits_ambiguous") == 1
+    h.slurm.set(two, "CANCELLED")  # the user removes one: the other is the job's now
+    h.cycle()
+    assert h.job(A).status == "active" and h.job(A).current.job_id == one
+
+
+@pytest.mark.parametrize("kw", [{"workdir": "/somewhere/else"}, {"user": "someone-else"}, {"before": True}])
+def test_an_unrelated_job_of_the_same_name_is_not_adopted(tmp_path, kw):
+    h = Harness(tmp_path, config(), names=[A])
+    jid = h.live_id(A)
+    h.slurm.set(jid, "RUNNING")
+    h.cycle()
+    if kw.pop("before", False):
+        other = h.slurm.add(A, "", "PENDING", workdir=h.workdir)  # submitted while the attempt still ran
+        h.clock.now += 10
+    h.slurm.set(jid, "CANCELLED")
+    h.cycle()
+    assert h.job(A).status == "stopped"
+    if kw:
+        h.clock.now += 30
+        other = h.slurm.add(A, "", "PENDING", workdir=kw.get("workdir", h.workdir), user=kw.get("user"))
+    h.cycle()
+    h.slurm.set(other, "RUNNING")
+    h.cycle()
+    job = h.job(A)
+    assert job.status == "stopped" and [a.job_id for a in job.attempts] == [jid]
+    assert not [l for l in h.out if "cannot tell which" in l]
+
+
+def test_a_hand_resubmission_during_the_backoff_is_followed_not_doubled(tmp_path):
+    h = Harness(tmp_path, config(), names=[A])
+    jid = h.live_id(A)
+    h.slurm.set(jid, "NODE_FAIL")   # restarted after a 100 s backoff
+    h.cycle()
+    h.clock.now += 20
+    hand = h.slurm.add(A, "", "RUNNING", workdir=h.workdir)
+    h.cycle(advance=50)
+    h.cycle(advance=60)
+    assert live(h) == [hand] and h.slurm.count("sbatch") == 1
+    assert h.job(A).current.job_id == hand and h.job(A).current.origin == "external"
+
+
+def test_a_job_cancelled_with_autoexp_neither_adopts_nor_cancels_a_job_of_its_name(tmp_path):
+    h = Harness(tmp_path, config(), names=[A])
+    jid = h.live_id(A)
+    h.ctl.cancel_jobs(h.session, [A], h.clock(), autoexp.Todo())
+    h.slurm.set(jid, "CANCELLED")
+    h.cycle()
+    h.clock.now += 30
+    hand = h.slurm.add(A, "", "RUNNING", workdir=h.workdir)
+    h.cycle()
+    h.cycle()
+    assert h.job(A).status == "cancelled" and hand not in [a.job_id for a in h.job(A).attempts]
+    assert h.slurm.jobs[hand]["state"] == "RUNNING" and ("scancel", hand) not in h.slurm.calls

@@ -712,3 +712,122 @@ W = A.Want
 def test_grant_slots(wanting, live, limit, granted, waiting):
     g, w = A.grant_slots(wanting, live, limit)
     assert [x.name for x in g] == granted and [x.name for x in w] == waiting
+# -- a job resubmitted by hand without its tag ------------------------------------------
+
+WD = "/proj/run"
+T_END = NOW - 100          # the latest attempt's end (SLURM's)
+
+
+def hand(job_id, submit_at=NOW - 50, name="j", comment="", state="PENDING", user="me", workdir=WD):
+    return A.QueueRow(job_id, job_id, state, "None", name, comment, A.local_time(submit_at), user, workdir)
+
+
+def ended_job(**kw):
+    return job(attempt(1, "5", outcome="timeout", ended_at=NOW - 90, slurm_end=T_END), **kw)
+
+
+@pytest.mark.parametrize("candidate, adopted", [
+    (hand("9"), True),                                      # its name, user and directory, after the end
+    (hand("9", workdir="/proj/other"), False),              # another directory
+    (hand("9", user="someone"), False),                     # another user
+    (hand("9", workdir=None), False),                       # a line whose directory could not be told
+    (hand("9", name="j2"), False),                          # another name
+    (hand("9", comment="autoexp:p2:j"), False),             # another session's tag: never by name
+    (hand("9", comment="my own note"), True),               # a comment of the user's is no tag
+    (hand("9", state="COMPLETED"), False),                  # ended already: nothing to follow
+    (hand("5"), False),                                     # its own attempt
+])
+def test_resubmits_by_hand(candidate, adopted):
+    found = A.resubmits_by_hand(ended_job(), [candidate], "me", (WD, "/real/proj/run"))
+    assert (found == [candidate]) is adopted
+
+
+@pytest.mark.parametrize("submits, expected", [
+    ([NOW - 50], "9"),                 # one, after the end
+    ([T_END], "9"),                    # in the very second it ended (SLURM's whole seconds)
+    ([T_END - 1], None),               # submitted before the attempt ended: not its resubmission
+    ([NOW - 50, NOW - 40], None),      # two: cannot be told apart, neither is adopted
+    ([T_END - 30, NOW - 40], "10"),    # one before the end, one after: the one after
+])
+def test_hand_resubmit_needs_exactly_one_submitted_after_the_end(submits, expected):
+    rows = tuple(hand(str(9 + i), at) for i, at in enumerate(submits))
+    sg = A.Sight([], [], True, by_hand=rows)
+    found = A.hand_resubmit(ended_job(), sg)
+    assert (found.job_id if found else None) == expected
+
+
+def test_hand_resubmit_of_a_running_or_unsubmitted_attempt_is_none():
+    sg = A.Sight([], [], True, by_hand=(hand("9"),))
+    assert A.hand_resubmit(job(attempt(1, "5", live=True)), sg) is None  # not ended
+    assert A.hand_resubmit(job(attempt(1)), sg) is None                  # never submitted
+    # without SLURM's end, when autoexp saw it end
+    j = job(attempt(1, "5", outcome="timeout", ended_at=NOW - 60))
+    assert A.hand_resubmit(j, sg).job_id == "9"
+    assert A.hand_resubmit(j, A.Sight([], [], True, by_hand=(hand("9", NOW - 70),))) is None
+
+
+@pytest.mark.parametrize("status, sg, expected", [
+    # a stopped job with one hand resubmission: reactivated with it, by hand
+    (A.STOPPED, A.Sight([], [], True, by_hand=(hand("9"),)), [(A.REACTIVATE, "9", A.BY_HAND)]),
+    (A.FINALIZED, A.Sight([], [], True, by_hand=(hand("9"),)), [(A.REACTIVATE, "9", A.BY_HAND)]),
+    # two: none
+    (A.STOPPED, A.Sight([], [], True, by_hand=(hand("9"), hand("10", NOW - 40))), []),
+    # a job cancelled with autoexp never adopts one, and never cancels one for its name
+    (A.CANCELLED, A.Sight([], [], True, by_hand=(hand("9"),)), []),
+    # a running job with its tag comes first
+    (A.STOPPED, A.Sight([row("8")], [row("8")], True, by_hand=(hand("9"),)), [(A.REACTIVATE, "8", "")]),
+])
+def test_inactive_moves_of_a_hand_resubmission(status, sg, expected):
+    moves = A.inactive_moves(ended_job(status=status), sg, NOW, 30.0)
+    assert [(m.kind, m.row.job_id, m.note) for m in moves] == expected
+
+
+@pytest.mark.parametrize("by_hand, next_at, kind", [
+    ((hand("9"),), NOW + 100, A.ADOPT),                      # during the backoff: followed, not doubled
+    ((hand("9"),), NOW - 1, A.ADOPT),                        # backoff over: still followed
+    ((hand("9"), hand("10", NOW - 40)), NOW - 1, A.SUBMIT),  # ambiguous: the policy's restart goes on
+    ((hand("9", T_END - 5),), NOW - 1, A.SUBMIT),            # from before the end: not its resubmission
+])
+def test_restart_move_with_a_hand_resubmission(by_hand, next_at, kind):
+    move = A.restart_move(ended_job(next_submit_at=next_at), A.Sight([], [], True, by_hand=by_hand), NOW)
+    assert move.kind == kind
+    if kind == A.ADOPT:
+        assert move.row.job_id == "9" and move.note == A.BY_HAND
+
+
+def test_replacement_by_a_hand_resubmission_needs_the_cancel_and_one_job():
+    att = attempt(1, "5", live=True, slurm_submit=A.local_time(NOW - 500))
+    cancelled = A.Observation(A.SRC_SQUEUE, "CANCELLED", "", "0:15", "5", NOW - 400, T_END, None)
+    timed_out = cancelled._replace(state="TIMEOUT")
+    one = A.Sight([], [], True, by_hand=(hand("9"),))
+    two = A.Sight([], [], True, by_hand=(hand("9"), hand("10", NOW - 40)))
+    early = A.Sight([], [], True, by_hand=(hand("9", T_END - 5),))
+    assert A.replacement(att, cancelled, one).job_id == "9"
+    assert A.replacement(att, cancelled, two) is None
+    assert A.replacement(att, cancelled, early) is None
+    assert A.replacement(att, timed_out, one) is None      # an end of its own: decided by its policy
+
+
+# -- retry ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("j, refused", [
+    (ended_job(status=A.STOPPED), None),
+    (ended_job(status=A.CANCELLED), None),
+    (job(status=A.CANCELLED), None),                                    # cancelled before any submission
+    (ended_job(), "it is active"),
+    (ended_job(status=A.FINALIZED), "finalized"),
+    (job(attempt(1), status=A.STOPPED), "may have queued it"),          # a submission in doubt
+    (job(attempt(1, "5", live=True, cancel_requested_at=NOW), status=A.CANCELLED), "SLURM job 5 may still run"),
+])
+def test_retry_refusal(j, refused):
+    why = A.retry_refusal(j)
+    assert (why is None) if refused is None else (refused in why)
+
+
+def test_counted_attempts_start_at_attempts_base():
+    j = job(*[attempt(i, str(i), outcome="timeout") for i in (1, 2, 3)] + [attempt(4, "4")])
+    assert [a.attempt for a in A.counted_attempts(j)] == [1, 2, 3, 4]
+    j.attempts_base = 3
+    assert [a.attempt for a in A.counted_attempts(j)] == [4]
+    j.attempts_base = 99   # a hand-edited value past the end counts everything
+    assert len(A.counted_attempts(j)) == 4

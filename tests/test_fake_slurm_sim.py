@@ -22,8 +22,8 @@ import fake_slurm  # noqa: E402
 
 pytestmark = pytest.mark.timeout(120)
 
-SQUEUE_FMT = "%i|%A|%T|%r|%V|%j|%k"  # autoexp's
-SACCT_FIELDS = "JobID,JobIDRaw,JobName,State,ExitCode,Submit,Start,End,Comment"  # autoexp's
+SQUEUE_FMT = "%i|%A|%T|%r|%V|%u|%Z|%j|%k"  # autoexp's
+SACCT_FIELDS = "JobID,JobIDRaw,JobName,State,ExitCode,Submit,Start,End,User,WorkDir,Comment"  # autoexp's
 
 
 class Cluster(object):
@@ -129,7 +129,7 @@ def test_a_simulated_job_runs_on_paper_at_exact_times(c):
     assert job["end_time"] == job["start_time"] + 3
     assert c.read("paper-%s.out" % jid) == "seed %s\nTRAINING FINISHED\n" % jid
     row = c.out("sacct", "-X", "-P", "-n", "-o", SACCT_FIELDS, "-j", jid)[0].split("|")
-    assert row[:5] == [jid, jid, "paper", "COMPLETED", "0:0"] and row[8] == "tag"
+    assert row[:5] == [jid, jid, "paper", "COMPLETED", "0:0"] and row[-1] == "tag"
     assert c.out("sacct", "-P", "-n", "-o", "JobID,State", "-j", jid) == \
         [jid + "|COMPLETED", jid + ".batch|COMPLETED"]
     assert c.out("squeue", "-h", "-t", "all", "-o", "%i|%T|%r") == [jid + "|COMPLETED|None"]

@@ -386,8 +386,9 @@ class ScriptedSlurm(object):
                     if j in self.jobs and self._in_window(self.jobs[j], since))
 
     def sacct_by_name(self, names, since):
-        self.calls.append(("sacct_by_name", tuple(sorted(names))))
-        if self._failing("sacct"):
+        failing = self._failing("sacct")
+        self.calls[-1] = ("sacct", tuple(sorted(names)))  # (a lookup by id is just ("sacct",))
+        if failing:
             raise autoexp.SlurmUnavailable("sacct failed (exit 1): Connection refused")
         return [self._acct_row(j, d) for j, d in self.jobs.items() if d["name"] in names and self._in_window(d, since)]
 

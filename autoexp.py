@@ -1152,6 +1152,9 @@ def make_monitoring(d):
 def make_policies(d):
     types = {"max_attempts": int, "backoff_seconds": float, "backoff_max_seconds": float,
              "sbatch": lambda v: v}
+    merged = OrderedDict(DEFAULT_POLICIES)
+    merged.update(d)  # a session an older autoexp wrote lacks the modes added since
+    d = merged
     return dict((mode, Policy(**dict((k, types.get(k, str)(v)) for k, v in p.items() if k in POLICY_KEYS)))
                 for mode, p in d.items())
 

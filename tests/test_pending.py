@@ -183,3 +183,14 @@ def test_the_fake_keeps_a_job_pending_with_slurms_reason_text(fake, version):
     fake.unpend(ids[0])
     fake.wait(lambda jobs: jobs[0]["state"] == "COMPLETED", timeout=10)
     assert fake.jobs()[1]["state"] == "PENDING"
+
+
+def test_a_session_written_before_these_keys_gets_their_defaults():
+    """A session's config is stored whole when it is made: one an older autoexp wrote has no
+    max_pending_seconds and no policy for the pending modes, and must still load."""
+    old_mon = dict((k.name, k.default) for k in helpers.autoexp.MONITORING_SCHEMA if k.name != "max_pending_seconds")
+    assert helpers.autoexp.make_monitoring(old_mon).max_pending_seconds is None
+    old_restart = dict((m, p) for m, p in helpers.autoexp.DEFAULT_POLICIES.items() if m not in ("blocked",
+                                                                                                 "pending_too_long"))
+    pols = helpers.autoexp.make_policies(old_restart)
+    assert (pols["blocked"].action, pols["pending_too_long"].action) == ("stop", "ignore")

@@ -4,6 +4,7 @@ A blocking reason cancels and stops the job with the reason in words; a waiting 
 shown, never acted on; max_pending_seconds says so by an event, or with a `restart` policy
 cancels the pending job before its next attempt; an UNKNOWN squeue decides nothing."""
 
+import os
 import time
 
 import pytest
@@ -171,7 +172,9 @@ def test_the_fake_keeps_a_job_pending_with_slurms_reason_text(fake, version):
     fake.configure(version=version)
     fake.add_pending("stuck", "ReqNodeNotAvail")
     fake.add_pending("limit", "QOSMaxWallDurationPerJobLimit")
-    ids = [fake.run("sbatch", "--parsable", "-J", n, "--wrap", "true")[1].strip() for n in ("stuck", "limit", "free")]
+    out = os.path.join(fake.dir, "%j.out")
+    ids = [fake.run("sbatch", "--parsable", "-J", n, "-o", out, "--wrap", "true")[1].strip()
+           for n in ("stuck", "limit", "free")]
     fake.wait(lambda jobs: [j["state"] for j in jobs] == ["PENDING", "PENDING", "COMPLETED"], timeout=10)
     out = fake.run("squeue", "-h", "-t", "all", "-o", "%i|%T|%r|%R")[1]
     assert "%s|PENDING|ReqNodeNotAvail, UnavailableNodes:fake0|(ReqNodeNotAvail, UnavailableNodes:fake0)" % ids[0] \

@@ -102,9 +102,13 @@ STATUSES = (ACTIVE, FINALIZED, STOPPED, CANCELLED)
 
 # Modes: how an attempt ended (or must end). log_events may add their own.
 MODES = ("success", "incomplete", "crash", "timeout", "node_fail", "oom", "preempted",
-         "cancelled", "stall", "lost")
+         "cancelled", "stall", "lost", "blocked", "pending_too_long")
 MODE_SUCCESS, MODE_INCOMPLETE, MODE_CANCELLED, MODE_STALL, MODE_LOST = (
     "success", "incomplete", "cancelled", "stall", "lost")
+# Modes of a job still PENDING: decided while it waits, so `ignore` leaves it waiting (an
+# event only) instead of stopping it, and any other action cancels it first.
+MODE_BLOCKED, MODE_PENDING_TOO_LONG = "blocked", "pending_too_long"
+PENDING_MODES = (MODE_BLOCKED, MODE_PENDING_TOO_LONG)
 # Outcomes of an attempt that are not modes: no policy decides them.
 OUTCOME_REPLACED, OUTCOME_SUBMIT_FAILED = "replaced", "submit_failed"
 
@@ -147,10 +151,12 @@ EV_CANCEL_REQUESTED, EV_SCANCEL, EV_SCANCEL_FAILED, EV_USER_CANCEL = (
     "cancel_requested", "scancel", "scancel_failed", "user_cancel")
 EV_ADOPTED, EV_REACTIVATED = "adopted", "reactivated"
 EV_RESUBMITS_AMBIGUOUS, EV_RETRIED = "resubmits_ambiguous", "retried"
+EV_BLOCKED, EV_PENDING_TOO_LONG = MODE_BLOCKED, MODE_PENDING_TOO_LONG  # once per attempt, whatever the policy
 EVENT_KINDS = (EV_INTENT, EV_SUBMITTED, EV_SUBMIT_ERROR, EV_STATE, EV_REQUEUED, EV_MISSING,
                EV_LOG_PREFIX + "<name>", EV_LOG_RESTARTED, EV_LOG_UNREADABLE, EV_OUTCOME, EV_RESTART_SCHEDULED,
                EV_FINALIZED, EV_STOPPED, EV_CANCEL_REQUESTED, EV_SCANCEL, EV_SCANCEL_FAILED,
-               EV_USER_CANCEL, EV_ADOPTED, EV_REACTIVATED, EV_RESUBMITS_AMBIGUOUS, EV_RETRIED)
+               EV_USER_CANCEL, EV_ADOPTED, EV_REACTIVATED, EV_RESUBMITS_AMBIGUOUS, EV_RETRIED, EV_BLOCKED,
+               EV_PENDING_TOO_LONG)
 
 # SLURM job states, from squeue(1) and sacct(1). Anything still able to run is active.
 ACTIVE_STATES = frozenset((
@@ -163,6 +169,62 @@ TERMINAL_MODE = OrderedDict([
     ("COMPLETED", "success"), ("FAILED", "crash"), ("SPECIAL_EXIT", "crash"), ("LAUNCH_FAILED", "crash"),
     ("TIMEOUT", "timeout"), ("DEADLINE", "timeout"), ("NODE_FAIL", "node_fail"), ("BOOT_FAIL", "node_fail"),
     ("OUT_OF_MEMORY", "oom"), ("PREEMPTED", "preempted"), ("CANCELLED", "cancelled"), ("REVOKED", "cancelled")])
+
+# squeue's pending reasons (%r) that mean the job can never start as submitted: the
+# partition, its QOS or its account refuses the request itself, and only a change of the
+# request (or of the cluster's configuration) lets it run. The names are SLURM's own
+# (job_state_reason_string, the same in 22.05 and 24.11); a job pending with one of them
+# is `blocked`. Left out on purpose: ReqNodeNotAvail (its "UnavailableNodes:..." are down,
+# drained or reserved, and squeue cannot tell whether they come back), per-user and group
+# limits (other jobs' ending frees them), holds, Priority, Resources and the like.
+BLOCKED_REASONS = OrderedDict([
+    ("PartitionTimeLimit", "the job's --time is above the partition's time limit; lower it or choose another "
+     "partition"),
+    ("PartitionNodeLimit", "the job asks for more (or fewer) nodes than the partition has or allows; change "
+     "--nodes or the partition"),
+    ("PartitionConfig", "the partition cannot give what the job asks for (CPUs or memory per node, its QOS or "
+     "account); change the request or the partition"),
+    ("BadConstraints", "no node can satisfy the job's request (--constraint, --mem, --cpus-per-task and the "
+     "like); change it"),
+    ("QOSMaxWallDurationPerJobLimit", "the job's --time is above its QOS's limit per job; lower it or choose "
+     "another QOS"),
+    ("QOSMaxCpuPerJobLimit", "the job asks for more CPUs than its QOS allows per job; ask for fewer"),
+    ("QOSMaxNodePerJobLimit", "the job asks for more nodes than its QOS allows per job; ask for fewer"),
+    ("QOSMaxMemoryPerJob", "the job asks for more memory than its QOS allows per job; ask for less"),
+    ("QOSMaxGRESPerJob", "the job asks for more GPUs (GRES) than its QOS allows per job; ask for fewer"),
+    ("QOSMaxCpuMinutesPerJobLimit", "the job's CPUs x --time is above its QOS's limit per job; lower either"),
+    ("AssocMaxWallDurationPerJobLimit", "the job's --time is above its account's limit per job; lower it"),
+    ("AssocMaxCpuPerJobLimit", "the job asks for more CPUs than its account allows per job; ask for fewer"),
+    ("AssocMaxNodePerJobLimit", "the job asks for more nodes than its account allows per job; ask for fewer"),
+    ("AssocMaxMemPerJob", "the job asks for more memory than its account allows per job; ask for less"),
+    ("AssocMaxGRESPerJob", "the job asks for more GPUs (GRES) than its account allows per job; ask for fewer"),
+    ("AssocMaxCpuMinutesPerJobLimit", "the job's CPUs x --time is above its account's limit per job; lower either"),
+    ("InvalidAccount", "the job's account is not valid for this user; fix --account"),
+    ("InvalidQOS", "the job's QOS is not valid for this user or account; fix --qos"),
+    ("QOSNotAllowed", "the job's QOS may not be used in its partition; change --qos or the partition"),
+    ("AccountNotAllowed", "the job's account may not use its partition; change --account or the partition"),
+    ("DependencyNeverSatisfied", "a job it depends on ended so that its --dependency can never be met; fix or "
+     "remove the dependency"),
+])
+# Common reasons that only say the job waits its turn, in plain words for status and events.
+WAITING_REASONS = OrderedDict([
+    ("Priority", "jobs of higher priority are ahead of it"),
+    ("Resources", "it waits for nodes to become free"),
+    ("Dependency", "it waits for the jobs it depends on"),
+    ("BeginTime", "its start time (or a requeue's delay) has not come yet"),
+    ("JobHeldUser", "it is held; `scontrol release` lets it run"),
+    ("JobHeldAdmin", "an administrator holds it"),
+    ("ReqNodeNotAvail", "nodes it needs are down, drained or reserved"),
+    ("Reservation", "it waits for its reservation"),
+    ("JobArrayTaskLimit", "its array already runs as many tasks as it may at once"),
+    ("Licenses", "it waits for a license"),
+    ("PartitionDown", "its partition is down"),
+    ("PartitionInactive", "its partition is inactive"),
+    ("QOSMaxJobsPerUserLimit", "the user runs as many jobs as the QOS allows"),
+    ("AssocMaxJobsLimit", "the account runs as many jobs as it may"),
+])
+BLOCKED_LOOKS = 2   # answered squeue looks in a row showing a blocking reason before it is believed
+MAX_REASON_CHARS = 200  # of squeue's reason text, what an attempt keeps (free text from slurmctld)
 
 # Named times, in seconds.
 ACCOUNTING_GRACE = 30.0      # how long a job squeue shows ended waits for sacct's record of it
@@ -605,6 +667,8 @@ MONITORING_SCHEMA = (
         help="a log line containing it means success"),
     Key("inactivity_threshold_seconds", "number", None, 0, True, MAX_SECONDS, nullable=True,
         help="a RUNNING job whose log has not grown for this long is a stall"),
+    Key("max_pending_seconds", "number", None, 0, True, MAX_SECONDS, nullable=True,
+        help="a job PENDING for this long (since this monitor first saw it so) is pending_too_long"),
     Key("log_events", "log_events", [], maximum=MAX_LOG_EVENTS,
         help="{name, pattern, mode, match}: a matching log line puts the attempt in mode"),
     Key("extra_logs", "paths", [], maximum=MAX_EXTRA_LOGS,
@@ -648,6 +712,10 @@ DEFAULT_POLICIES = OrderedDict([
     ("cancelled", {"action": STOP}),
     ("stall", {"action": RESTART, "max_attempts": 2}),
     ("lost", {"action": RESTART, "max_attempts": 3}),
+    # a blocked job can never start as submitted: cancelled, and its reason said
+    ("blocked", {"action": STOP}),
+    # waiting long is no fault of the job: an event says so, it keeps its place in the queue
+    ("pending_too_long", {"action": IGNORE}),
 ])
 
 
@@ -1087,6 +1155,9 @@ def make_monitoring(d):
 def make_policies(d):
     types = {"max_attempts": int, "backoff_seconds": float, "backoff_max_seconds": float,
              "sbatch": lambda v: v}
+    merged = OrderedDict(DEFAULT_POLICIES)
+    merged.update(d)  # a session an older autoexp wrote lacks the modes added since
+    d = merged
     return dict((mode, Policy(**dict((k, types.get(k, str)(v)) for k, v in p.items() if k in POLICY_KEYS)))
                 for mode, p in d.items())
 
@@ -2606,6 +2677,10 @@ class Facts(NamedTuple):
     running_since: Optional[float] = None
     last_activity: Optional[float] = None
     missing_since: Optional[float] = None
+    pending_reason: Optional[str] = None  # squeue's last reason while PENDING (not "None")
+    pending_looks: int = 0  # answered looks in a row that showed it PENDING with that reason (at most BLOCKED_LOOKS)
+    pending_since: Optional[float] = None  # when this monitor first saw it PENDING (this time)
+    pending_warned: bool = False  # a pending mode was noted under an `ignore` policy
 
 
 class Ended(NamedTuple):
@@ -2625,6 +2700,7 @@ class Field(NamedTuple):
 
 _STR, _INT, _OPT_STR = (str,), (int,), (str, type(None))
 TIME_FIELDS = frozenset(("intent_at", "submitted_at", "ended_at", "running_since", "resumed_at", "missing_since",
+                         "pending_since",
                          "slurm_start", "slurm_end", "acct_wait_since",
                          "last_log_growth_at", "cancel_requested_at", "next_submit_at",
                          "last_updated", "created_at", "updated_at", "time"))
@@ -2665,7 +2741,7 @@ def _require(d, fields, where):
 # Fields whose values come from a small vocabulary (states, origins, events): each value is
 # kept once in memory however many jobs hold it.
 INTERNED_FIELDS = frozenset(("status", "origin", "submit_state", "last_slurm_state", "last_monitor_state",
-                             "last_event", "outcome", "exit_code", "log_mode"))
+                             "last_event", "outcome", "exit_code", "log_mode", "pending_reason"))
 
 
 # List fields mostly empty, and only ever replaced, never changed in place: an empty one is
@@ -2716,6 +2792,7 @@ ATTEMPT_FIELDS = (
     Field("log_head"), Field("log_size", 0), Field("log_mtime"), Field("log_error"), Field("last_log_growth_at"),
     Field("running_since"), Field("resumed_at"), Field("missing_since"),
     Field("acct_wait_since"), Field("slurm_submit"), Field("slurm_start"), Field("slurm_end"), Field("requeues", 0),
+    Field("pending_reason"), Field("pending_looks", 0), Field("pending_since"), Field("pending_warned", False),
     Field("last_slurm_state"), Field("last_monitor_state"), Field("exit_code"), Field("live", False, (bool,)),
     Field("success_seen", False), Field("log_mode"), Field("log_reason"), Field("outcome", None, _OPT_STR),
     Field("reason"), Field("ended_at"), Field("cancel_requested_at"), Field("cancel_result"),
@@ -2724,7 +2801,7 @@ ATTEMPT_FIELDS = (
 
 # The times durations are measured from (stall, grace periods, backoffs, resends): moved
 # together when the wall clock jumps.
-ATTEMPT_TIMERS = ("intent_at", "running_since", "last_log_growth_at", "resumed_at", "missing_since",
+ATTEMPT_TIMERS = ("intent_at", "running_since", "last_log_growth_at", "resumed_at", "missing_since", "pending_since",
                   "acct_wait_since", "ended_at", "cancel_requested_at")
 JOB_TIMERS = ("next_submit_at", "last_updated")
 
@@ -2806,6 +2883,7 @@ class Attempt(Record):
             if obs.state != self.last_slurm_state:
                 events.append((EV_STATE, "%s -> %s" % (self.last_slurm_state or "new", obs.state)))
                 self.last_slurm_state = obs.state
+            self._note_pending(obs, now)
             if obs.exit_code:
                 self.exit_code = obs.exit_code
             self.missing_since = None
@@ -2813,6 +2891,25 @@ class Attempt(Record):
             self.missing_since = now
             events.append((EV_MISSING, obs.reason or "not in squeue or sacct"))
         return events
+
+    def _note_pending(self, obs, now):
+        """Keep squeue's reason while PENDING (the last one stays after the job starts),
+        how many answered looks in a row showed it, and since when it pends. Only squeue
+        knows the reason: sacct's rows leave all this as it was."""
+        if obs.state != "PENDING":
+            self.pending_since, self.pending_looks = None, 0
+            return
+        if obs.source != SRC_SQUEUE:
+            return
+        if self.pending_since is None:
+            self.pending_since = now
+        reason = obs.reason[:MAX_REASON_CHARS]
+        if reason in ("", "None"):
+            self.pending_looks = 0  # SLURM has not looked at it yet: no reason, none kept
+        elif reason == self.pending_reason and self.pending_looks:
+            self.pending_looks = min(self.pending_looks + 1, BLOCKED_LOOKS)  # capped: a steady job writes nothing
+        else:
+            self.pending_reason, self.pending_looks = reason, 1
 
     def absorb(self, hits, policies):
         """Record log matches: each name once per attempt; the termination string is
@@ -2847,7 +2944,8 @@ class Attempt(Record):
         # mtimes come from another host's clock.
         activity = [t for t in (self.running_since, self.last_log_growth_at, self.resumed_at) if t]
         return Facts(self.success_seen, self.log_mode, self.log_reason or "", self.running_since,
-                     max(activity) if activity else None, self.missing_since)
+                     max(activity) if activity else None, self.missing_since, self.pending_reason,
+                     self.pending_looks, self.pending_since, self.pending_warned)
 
 
 JOB_FIELDS = (
@@ -3173,13 +3271,58 @@ def success_reason(termination):
     return "termination string %r found in the log" % shown
 
 
+_REASON_NAME_RE = re.compile(r"[A-Za-z]+")
+
+
+def reason_name(text):
+    """The reason's name at the start of squeue's %r text: slurmctld may print a longer
+    description instead ("ReqNodeNotAvail, UnavailableNodes:n[1-2]", "RaisedSignal:9(Killed)"),
+    or free text ("Job is at or exceeds ..."), whose first word is then no reason's name."""
+    m = _REASON_NAME_RE.match(text or "")
+    return m.group(0) if m and (m.end() == len(text) or text[m.end()] in ",:(") else ""
+
+
+def blocked_reason(text):
+    """The plain sentence of a pending reason that means the job can never start as
+    submitted (BLOCKED_REASONS), or None for any other text."""
+    name = reason_name(text)
+    return "%s: %s" % (name, BLOCKED_REASONS[name]) if name in BLOCKED_REASONS else None
+
+
+def plain_reason(text):
+    """squeue's reason with its meaning in words when autoexp knows it; else as SLURM said it."""
+    name = reason_name(text)
+    words = BLOCKED_REASONS.get(name) or WAITING_REASONS.get(name)
+    return "%s (%s)" % (text, words) if words else text
+
+
+def pending_verdict(obs, facts, now, mon):
+    """A job squeue shows PENDING: blocked once its reason says it can never start and two
+    answered looks in a row showed it (one could be a reason of a passing moment);
+    pending_too_long once it has waited max_pending_seconds since this monitor first saw it
+    pending. None: it just waits. Once a pending mode was noted under `ignore`, no other is."""
+    if obs.source != SRC_SQUEUE or obs.state != "PENDING" or facts.pending_warned:
+        return None
+    why = blocked_reason(facts.pending_reason) if facts.pending_looks >= BLOCKED_LOOKS else None
+    if why:
+        return Verdict(_monitor_word(obs.state), MODE_BLOCKED, why, True)
+    limit = mon.max_pending_seconds
+    if limit and facts.pending_since is not None and now - facts.pending_since >= limit:
+        reason = "PENDING for %ds (max_pending_seconds %g)" % (now - facts.pending_since, limit)
+        if facts.pending_reason and facts.pending_looks:
+            reason += "; SLURM's reason: %s" % plain_reason(facts.pending_reason)
+        return Verdict(_monitor_word(obs.state), MODE_PENDING_TOO_LONG, reason, True)
+    return None
+
+
 def classify(obs, facts, now, mon):
     """Derive an attempt's mode from this cycle's observation and its accumulated facts.
 
     Level-triggered: the same inputs give the same verdict, whatever happened before.
     Precedence: UNKNOWN decides nothing; then the termination string (the run is done
     whatever SLURM says about the exit), a log_events mode, SLURM's terminal state,
-    inactivity while RUNNING (stall) and, after a grace period, lost.
+    after a grace period, lost; a PENDING job blocked or pending too long
+    (pending_verdict), and inactivity while RUNNING (stall).
     """
     if obs.source == SRC_UNKNOWN:
         return Verdict(MON_UNKNOWN, None, obs.reason or "SLURM did not answer", None)
@@ -3207,6 +3350,9 @@ def classify(obs, facts, now, mon):
         if waited >= mon.lost_after:
             return Verdict(MODE_LOST, MODE_LOST, "neither squeue nor sacct has known the job for %ds" % waited, None)
         return Verdict(MON_MISSING, None, "not in squeue or sacct (for %ds)" % waited, None)
+    pending = pending_verdict(obs, facts, now, mon)
+    if pending is not None:
+        return pending
     if obs.state == "RUNNING" and mon.inactivity_threshold_seconds:
         quiet = now - (facts.last_activity or facts.running_since or now)
         if quiet >= mon.inactivity_threshold_seconds:
@@ -3215,14 +3361,14 @@ def classify(obs, facts, now, mon):
 
 
 class Decision(NamedTuple):
-    action: str  # RESTART, FINALIZE or STOP
+    action: str  # RESTART, FINALIZE or STOP; IGNORE for a pending mode (the job keeps waiting)
     delay: float
     reason: str
 
 
 # Modes that say something about the cluster or the clock, not about the job itself.
 CIRCUMSTANTIAL_MODES = frozenset(("success", "incomplete", "timeout", "node_fail", "preempted",
-                                  "cancelled", "stall", "lost"))
+                                  "cancelled", "stall", "lost", "pending_too_long"))
 
 
 def repeats_deterministically(history):
@@ -3246,6 +3392,9 @@ def decide(mode, policies, history):
     in the mode, up to backoff_max_seconds.
     """
     policy = policy_for(policies, mode)
+    if policy.action == IGNORE and mode in PENDING_MODES:
+        # the job has not ended: it keeps its place in the queue, and an event says why
+        return Decision(IGNORE, 0.0, "policy for %s: ignore (it keeps waiting)" % mode)
     if policy.action == FINALIZE:
         return Decision(FINALIZE, 0.0, "policy for %s: finalize" % mode)
     if policy.action in (STOP, IGNORE):
@@ -3917,7 +4066,8 @@ def steady_until(job, mon):
     """When a job next needs to be looked at if nothing about it changes (its squeue row,
     its log, the user): None, every cycle (something is under way: a submission, a restart,
     a cancel, a lookup, a grace period, an answer that did not come: UNKNOWN), or a time
-    (a RUNNING job's stall deadline), or never (inf: a job SLURM runs or queues, or one
+    (a RUNNING job's stall deadline, a PENDING one's max_pending_seconds), or never (inf: a
+    job SLURM runs or queues, or one
     that is done). An UNKNOWN job is due every cycle: the cycle that could not tell may
     have been the only one in which its squeue row changed (simulator seed 564)."""
     att = job.current
@@ -3931,6 +4081,11 @@ def steady_until(job, mon):
         return None
     if mon.inactivity_threshold_seconds and att.last_slurm_state == "RUNNING":
         return att.facts().last_activity + mon.inactivity_threshold_seconds
+    if att.last_slurm_state == "PENDING" and not att.pending_warned:
+        if att.pending_looks and blocked_reason(att.pending_reason):
+            return None  # the next answered look confirms it: blocked
+        if mon.max_pending_seconds and att.pending_since is not None:
+            return att.pending_since + mon.max_pending_seconds
     return float("inf")
 
 
@@ -5405,6 +5560,15 @@ class Controller(object):
         mode = verdict.mode
         history = [a.ended(a.outcome, a.ended_at or now) for a in counted_attempts(job)[:-1] if a.outcome]
         decision = decide(mode, s.policies, history + [att.ended(mode, now)])
+        if mode in PENDING_MODES:
+            # said once per attempt, whatever the policy; any action but `ignore` goes on
+            # below and cancels the job first, since it may still start: a restart waits
+            # until SLURM shows it ended (never two live attempts)
+            kind = EV_BLOCKED if mode == MODE_BLOCKED else EV_PENDING_TOO_LONG
+            self._event(s, job, att, kind, now, detail="%s; %s" % (verdict.reason, decision.reason))
+            if decision.action == IGNORE:
+                att.pending_warned = True
+                return
         self._finish(s, job, att, now, mode, verdict.reason)
         s.add_action(job, att, decision.action, mode, decision.reason, now)
         if decision.action == RESTART:
@@ -6177,6 +6341,7 @@ def _status_doc(s):
             ("name", job.name), ("status", job.status), ("attempts", len(job.attempts)),
             ("job_id", job.job_id), ("last_job_id", att.job_id if att else None), ("live", bool(att and att.live)),
             ("slurm_state", att.last_slurm_state if att else None),
+            ("pending_reason", plain_reason(att.pending_reason) if att and att.pending_reason else None),
             ("monitor_state", job.last_monitor_state), ("last_event", job.last_event),
             ("log_path", att.resolved_log_path if att else None),
             ("reason", job.reason or (waiting_reason(s) if job.last_monitor_state == MON_WAITING else None))]))
@@ -6186,6 +6351,13 @@ def _status_doc(s):
 
 def waiting_reason(s):
     return "queued by autoexp (max_running %s)" % s.monitoring.max_running
+
+
+def _state_cell(j):
+    """SLURM_STATE as `status` shows it: a PENDING job's reason with it, in words."""
+    if j["slurm_state"] == "PENDING" and j["pending_reason"]:
+        return "PENDING: %s" % j["pending_reason"]
+    return j["slurm_state"] or "-"
 
 
 def _table(rows, header):
@@ -6221,7 +6393,7 @@ def cmd_status(args, rt):
         report.result("session %s (project %s), updated %s: %s%s" % (
             s.session_id, s.project, short_time(s.updated_at), count_summary(s),
             "; %d %s" % (waiting, waiting_reason(s)) if waiting else ""))
-        rows = [(j["name"], j["status"], j["attempts"], j["last_job_id"] or "-", j["slurm_state"] or "-",
+        rows = [(j["name"], j["status"], j["attempts"], j["last_job_id"] or "-", _state_cell(j),
                  j["monitor_state"] or "-", j["last_event"] or "-", j["log_path"] or "-") for j in doc["jobs"]]
         for line in _table(rows, ("JOB", "STATUS", "ATT", "SLURM_ID", "SLURM_STATE", "MONITOR", "LAST_EVENT", "LOG")):
             report.result(line)
@@ -6242,6 +6414,7 @@ def _history_doc(s, name):
                 ("origin", att.origin), ("submitted_at", iso_time(att.submitted_at)),
                 ("ended_at", iso_time(att.ended_at)), ("log_path", att.resolved_log_path),
                 ("slurm_state", att.last_slurm_state), ("exit_code", att.exit_code),
+                ("pending_reason", plain_reason(att.pending_reason) if att.pending_reason else None),
                 ("outcome", att.outcome), ("reason", att.reason or att.submit_error),
                 ("live", live)]))
             attempts[-1]["sbatch_options"] = list(att.sbatch_options)
@@ -6264,10 +6437,11 @@ def cmd_history(args, rt):
         rows = [("*" if a["live"] else " ", a["attempt"], a["job_id"] or "-",
                  "-" if a["array_task"] is None else a["array_task"], a["origin"] or "-",
                  short_time(parse_iso(a["submitted_at"])), short_time(parse_iso(a["ended_at"])),
-                 a["slurm_state"] or "-", a["outcome"] or "-", a["reason"] or "-", a["log_path"] or "-")
+                 a["slurm_state"] or "-", a["pending_reason"] or "-", a["outcome"] or "-", a["reason"] or "-",
+                 a["log_path"] or "-")
                 for a in job["attempts"]]
         for line in _table(rows, (" ", "ATT", "SLURM_ID", "TASK", "ORIGIN", "SUBMITTED", "ENDED",
-                                  "SLURM_STATE", "OUTCOME", "REASON", "LOG")):
+                                  "SLURM_STATE", "PENDING_REASON", "OUTCOME", "REASON", "LOG")):
             rt.report.result("  " + line)
         for a in job["attempts"]:
             if a["sbatch_options"]:

@@ -831,3 +831,166 @@ def test_counted_attempts_start_at_attempts_base():
     assert [a.attempt for a in A.counted_attempts(j)] == [4]
     j.attempts_base = 99   # a hand-edited value past the end counts everything
     assert len(A.counted_attempts(j)) == 4
+
+
+
+
+# -- pending jobs: blocked, pending_too_long ------------------------------------------
+
+@pytest.mark.parametrize("text, name, blocked", [
+    ("PartitionTimeLimit", "PartitionTimeLimit", True),
+    ("PartitionNodeLimit", "PartitionNodeLimit", True),
+    ("PartitionConfig", "PartitionConfig", True),   # 22.05's -c beyond every node (real capture 16)
+    ("BadConstraints", "BadConstraints", True),
+    ("QOSMaxWallDurationPerJobLimit", "QOSMaxWallDurationPerJobLimit", True),
+    ("QOSMaxGRESPerJob", "QOSMaxGRESPerJob", True),
+    ("AssocMaxWallDurationPerJobLimit", "AssocMaxWallDurationPerJobLimit", True),
+    ("InvalidAccount", "InvalidAccount", True),
+    ("InvalidQOS", "InvalidQOS", True),
+    ("DependencyNeverSatisfied", "DependencyNeverSatisfied", True),
+    # waiting its turn: never blocked
+    ("Priority", "Priority", False),
+    ("Resources", "Resources", False),
+    ("Dependency", "Dependency", False),
+    ("BeginTime", "BeginTime", False),
+    ("JobHeldUser", "JobHeldUser", False),
+    ("QOSMaxJobsPerUserLimit", "QOSMaxJobsPerUserLimit", False),   # per user: other jobs' end frees it
+    ("AssocGrpGRES", "AssocGrpGRES", False),                       # a group limit: the same
+    ("JobArrayTaskLimit", "JobArrayTaskLimit", False),
+    # slurmctld's descriptions instead of a bare name (state_desc): the name at their start
+    ("ReqNodeNotAvail, UnavailableNodes:node[1-4]", "ReqNodeNotAvail", False),
+    ("ReqNodeNotAvail, Reserved for maintenance", "ReqNodeNotAvail", False),
+    ("RaisedSignal:9(Killed)", "RaisedSignal", False),
+    # free text is no reason's name, even when a blocking name is inside it
+    ("Job is at or exceeds QOS normal's max TRES(cpu) minutes", "", False),
+    ("Nodes required for job are DOWN, DRAINED or reserved for jobs in higher priority partitions", "", False),
+    ("PartitionTimeLimitX", "PartitionTimeLimitX", False),   # names are SLURM's, exactly
+    ("partitiontimelimit", "partitiontimelimit", False),
+    ("", "", False),
+    ("None", "None", False),
+])
+def test_pending_reasons(text, name, blocked):
+    assert A.reason_name(text) == name
+    why = A.blocked_reason(text)
+    assert (why is not None) == blocked
+    if blocked:
+        assert why.startswith(name + ": ") and why == "%s: %s" % (name, A.BLOCKED_REASONS[name])
+
+
+def test_a_blocked_reason_in_plain_words():
+    assert A.blocked_reason("PartitionTimeLimit") == (
+        "PartitionTimeLimit: the job's --time is above the partition's time limit; lower it or choose another "
+        "partition")
+    assert A.plain_reason("Priority") == "Priority (jobs of higher priority are ahead of it)"
+    assert A.plain_reason("ReqNodeNotAvail, UnavailableNodes:n1") == (
+        "ReqNodeNotAvail, UnavailableNodes:n1 (nodes it needs are down, drained or reserved)")
+    assert A.plain_reason("SomethingNew") == "SomethingNew"   # as SLURM said it
+
+
+PMON = monitoring(interval_seconds=10, max_pending_seconds=600)
+
+
+def pfacts(reason=None, looks=0, since=None, warned=False):
+    return Facts(pending_reason=reason, pending_looks=looks, pending_since=since, pending_warned=warned)
+
+
+@pytest.mark.parametrize("ob, facts, mon_, mode", [
+    # a blocking reason seen in two answered looks in a row: blocked
+    (Obs("squeue", "PENDING", "PartitionTimeLimit"), pfacts("PartitionTimeLimit", 2, 990), MON, "blocked"),
+    (Obs("squeue", "PENDING", "InvalidQOS"), pfacts("InvalidQOS", 2, 990), MON, "blocked"),
+    # ... one look is not enough: a reason of a passing moment
+    (Obs("squeue", "PENDING", "PartitionTimeLimit"), pfacts("PartitionTimeLimit", 1, 990), MON, None),
+    # transient reasons never, however long they last (without max_pending_seconds)
+    (Obs("squeue", "PENDING", "Priority"), pfacts("Priority", 2, 0), MON, None),
+    (Obs("squeue", "PENDING", "Resources"), pfacts("Resources", 2, 0), MON, None),
+    (Obs("squeue", "PENDING", "ReqNodeNotAvail, UnavailableNodes:n1"),
+     pfacts("ReqNodeNotAvail, UnavailableNodes:n1", 2, 0), MON, None),
+    # never from anything but an answered squeue showing it PENDING
+    (Obs("unknown"), pfacts("PartitionTimeLimit", 2, 0), PMON, None),
+    (Obs("sacct", "PENDING"), pfacts("PartitionTimeLimit", 2, 0), PMON, None),
+    (Obs("missing", "PENDING"), pfacts("PartitionTimeLimit", 2, 0), PMON, None),
+    (Obs("squeue", "RUNNING"), pfacts("PartitionTimeLimit", 0, None), PMON, None),  # the last reason stays
+    # pending too long: from when this monitor first saw it pending
+    (Obs("squeue", "PENDING", "Priority"), pfacts("Priority", 2, 400), PMON, "pending_too_long"),
+    (Obs("squeue", "PENDING", "None"), pfacts(None, 0, 400), PMON, "pending_too_long"),
+    (Obs("squeue", "PENDING", "Priority"), pfacts("Priority", 2, 401), PMON, None),   # 599 s
+    (Obs("squeue", "PENDING", "Priority"), pfacts("Priority", 2, None), PMON, None),
+    (Obs("squeue", "PENDING", "Priority"), pfacts("Priority", 2, 0), MON, None),       # off by default
+    # blocked comes first: it says more
+    (Obs("squeue", "PENDING", "PartitionTimeLimit"), pfacts("PartitionTimeLimit", 2, 0), PMON, "blocked"),
+    # noted once under `ignore`: nothing more is decided while it waits
+    (Obs("squeue", "PENDING", "Priority"), pfacts("Priority", 2, 0, True), PMON, None),
+    (Obs("squeue", "PENDING", "PartitionTimeLimit"), pfacts("PartitionTimeLimit", 2, 0, True), PMON, None),
+])
+def test_pending_verdicts(ob, facts, mon_, mode):
+    v = A.classify(ob, facts, CLASSIFY_NOW, mon_)
+    assert v.mode == mode
+    if mode:
+        assert v.live is True and v.monitor_state == "pending"
+
+
+def test_pending_verdicts_say_why_in_words():
+    v = A.classify(Obs("squeue", "PENDING", "Priority"), pfacts("Priority", 2, 100), CLASSIFY_NOW, PMON)
+    assert v.reason == ("PENDING for 900s (max_pending_seconds 600); SLURM's reason: Priority (jobs of higher "
+                        "priority are ahead of it)")
+    v = A.classify(Obs("squeue", "PENDING", "QOSMaxGRESPerJob"), pfacts("QOSMaxGRESPerJob", 2, 999),
+                   CLASSIFY_NOW, PMON)
+    assert v.reason == A.blocked_reason("QOSMaxGRESPerJob")
+
+
+@pytest.mark.parametrize("before, ob, after", [
+    # (reason, looks, since) before and after one observation at NOW
+    ((None, 0, None), Obs("squeue", "PENDING", "None"), (None, 0, NOW)),
+    ((None, 0, NOW - 5), Obs("squeue", "PENDING", "PartitionTimeLimit"), ("PartitionTimeLimit", 1, NOW - 5)),
+    (("PartitionTimeLimit", 1, NOW - 5), Obs("squeue", "PENDING", "PartitionTimeLimit"),
+     ("PartitionTimeLimit", 2, NOW - 5)),
+    (("PartitionTimeLimit", 2, NOW - 5), Obs("squeue", "PENDING", "PartitionTimeLimit"),
+     ("PartitionTimeLimit", 2, NOW - 5)),                                   # capped: a steady job changes nothing
+    (("Priority", 2, NOW - 5), Obs("squeue", "PENDING", "PartitionTimeLimit"), ("PartitionTimeLimit", 1, NOW - 5)),
+    (("PartitionTimeLimit", 1, NOW - 5), Obs("squeue", "PENDING", "None"), ("PartitionTimeLimit", 0, NOW - 5)),
+    (("PartitionTimeLimit", 0, NOW - 5), Obs("squeue", "PENDING", "PartitionTimeLimit"),
+     ("PartitionTimeLimit", 1, NOW - 5)),                                   # not in a row: counted again
+    (("Priority", 2, NOW - 5), Obs("squeue", "RUNNING", "None"), ("Priority", 0, None)),   # kept after the start
+    (("Priority", 2, NOW - 5), Obs("sacct", "PENDING"), ("Priority", 2, NOW - 5)),         # sacct knows no reason
+    (("Priority", 2, NOW - 5), Obs("unknown"), ("Priority", 2, NOW - 5)),
+    ((None, 0, None), Obs("squeue", "PENDING", "x" * 500), ("x" * A.MAX_REASON_CHARS, 1, NOW)),  # bounded
+])
+def test_the_pending_reason_an_attempt_keeps(before, ob, after):
+    att = attempt(1, "7", live=True, last_slurm_state="PENDING", pending_reason=before[0], pending_looks=before[1],
+                  pending_since=before[2])
+    att.note(ob, NOW)
+    assert (att.pending_reason, att.pending_looks, att.pending_since) == after
+
+
+PEND_POL = A.make_policies(A.validate_restart({}, {"log_events": []}, A._Checker("t")))
+
+
+@pytest.mark.parametrize("mode, pol, expected", [
+    ("blocked", {}, "stop"),                                          # default: cancelled and stopped
+    ("pending_too_long", {}, "ignore"),                               # default: an event only
+    ("pending_too_long", {"action": "restart"}, "restart"),
+    ("pending_too_long", {"action": "stop"}, "stop"),
+    ("blocked", {"action": "ignore"}, "ignore"),                      # it has not ended: it keeps waiting
+    ("stall", {"action": "ignore"}, "stop"),                          # an ended attempt: ignore stops
+])
+def test_decide_pending_modes(mode, pol, expected):
+    pols = A.make_policies(A.validate_restart({mode: pol} if pol else {}, {"log_events": []}, A._Checker("t")))
+    assert A.decide(mode, pols, [A.Ended(mode, "|", None)]).action == expected
+
+
+def test_pending_too_long_restarts_use_their_budget():
+    pols = A.make_policies(A.validate_restart({"pending_too_long": {"action": "restart"}}, {"log_events": []},
+                                              A._Checker("t")))
+    assert A.decide("pending_too_long", pols, [A.Ended("pending_too_long", "|", None)] * 3).action == "stop"
+
+
+@pytest.mark.parametrize("att, mon_, steady", [
+    (dict(pending_reason="Priority", pending_looks=2, pending_since=NOW), mon(), INF),           # its row tells
+    (dict(pending_reason="PartitionTimeLimit", pending_looks=1, pending_since=NOW), mon(), None),  # to confirm
+    (dict(pending_reason="Priority", pending_looks=2, pending_since=NOW), mon(max_pending_seconds=60), NOW + 60),
+    (dict(pending_reason="Priority", pending_since=NOW, pending_warned=True), mon(max_pending_seconds=60), INF),
+    (dict(pending_reason="PartitionTimeLimit", pending_looks=2, pending_warned=True), mon(), INF),
+])
+def test_steady_until_of_a_pending_job(att, mon_, steady):
+    a = attempt(1, "7", live=True, last_slurm_state="PENDING", **att)
+    assert A.steady_until(job(a, status="active", last_monitor_state="pending"), mon_) == steady

@@ -1063,6 +1063,9 @@ def validate_restart(restart, monitoring, c):
         for field in ("backoff_seconds", "backoff_max_seconds"):
             if field in pol:
                 c.number(pol[field], k + "." + field, minimum=0, maximum=MAX_SECONDS)
+        if mode in PENDING_MODES and action == FINALIZE:
+            c.fail(k + ".action", "a %s job never ran: finalize would leave it queued and unwatched; use "
+                   "stop, restart or ignore" % mode)
         if "sbatch" in pol:
             if pol["action"] != RESTART:
                 c.fail(k + ".sbatch", "only a restart submits a next attempt; remove sbatch or use "
@@ -5707,6 +5710,11 @@ class Controller(object):
             else:
                 name = tag[len(prefix):]
             rows.append((name, row.state))
+        for job in s.jobs:  # a job resubmitted by hand without the tag, adopted: live all the same
+            att = job.current
+            row = snap.by_id.get(att.job_id) if att is not None and att.live and att.job_id else None
+            if row is not None and not row.comment.startswith(prefix):
+                rows.append((job.name, row.state))
         return live_count(rows, [j.name for j in s.jobs if any(a.in_doubt for a in j.attempts)])
 
     def _cancel_copy(self, s, job, row, now, todo):

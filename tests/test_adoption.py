@@ -8,7 +8,7 @@ after its state file was lost follows what SLURM still knows."""
 import os
 import pytest
 
-from helpers import A, Harness, autoexp, controller_config as config, finish, live, read_events
+from helpers import A, B, Harness, autoexp, controller_config as config, finish, live, read_events
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -395,3 +395,26 @@ def test_a_job_cancelled_with_autoexp_neither_adopts_nor_cancels_a_job_of_its_na
     h.cycle()
     assert h.job(A).status == "cancelled" and hand not in [a.job_id for a in h.job(A).attempts]
     assert h.slurm.jobs[hand]["state"] == "RUNNING" and ("scancel", hand) not in h.slurm.calls
+
+
+def test_a_job_resubmitted_by_hand_without_its_tag_holds_a_max_running_slot(tmp_path):
+    # max_running counts from squeue by tag; an adopted untagged job is live all the same
+    cfg = config(max_running=1)
+    cfg["sweep"]["seed"] = [1, 2, 3]
+    h = Harness(tmp_path, cfg)
+    C = "demo-s3"
+    old = _stopped(h)  # A's slot goes to B
+    assert h.job(B).current is not None and h.job(C).current is None
+    h.clock.now += 30
+    new = h.slurm.add(A, "", "RUNNING", workdir=h.workdir)
+    h.cycle()
+    assert [a.job_id for a in h.job(A).attempts] == [old, new] and h.job(A).status == "active"
+    finish(h, B)
+    for _ in range(3):
+        h.cycle()
+    assert h.job(B).status == "finalized"
+    assert h.job(C).current is None and h.slurm.count("sbatch") == 2  # A's hand job holds the slot
+    assert h.job(C).last_monitor_state == autoexp.MON_WAITING
+    finish(h, A)
+    h.cycle()
+    assert h.job(C).current is not None and h.slurm.count("sbatch") == 3

@@ -352,3 +352,11 @@ def test_per_attempt_sbatch_options_need_a_restart():
         autoexp.validate_restart({"oom": {"action": "stop", "sbatch": {"mem": "1G"}}},
                                  autoexp.validate_monitoring({}, c), c)
     assert "only a restart submits" in str(e.value)
+
+
+@pytest.mark.parametrize("mode", ["blocked", "pending_too_long"])
+def test_a_job_that_never_ran_cannot_be_finalized(mode):
+    c = autoexp._Checker("cfg.json")
+    with pytest.raises(autoexp.ConfigError) as e:
+        autoexp.validate_restart({mode: {"action": "finalize"}}, autoexp.validate_monitoring({}, c), c)
+    assert "never ran" in str(e.value) and "restart.%s.action" % mode in str(e.value)

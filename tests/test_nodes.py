@@ -61,8 +61,9 @@ def test_node_list_is_recorded_per_attempt_and_shown_in_history(project, nodes):
 def test_node_fail_excludes_its_nodes_merged_with_the_users_exclude(project, nodes):
     nodes.add_rule(name="nd-s1", action="NODE_FAIL", nth=1, after=0.1)
     project.ok("run", project.config(config(exclude="gpu08")), "--plan-id", "nf")
-    # one --exclude: sbatch honours only the last one given, so the user's must be in it
-    assert excludes(nodes, "nd-s1") == ["gpu08", "gpu08,gpu01,gpu02"]
+    # the user's exclude is the script's #SBATCH line; sbatch's command line replaces it, so
+    # the restart's one --exclude carries it too
+    assert excludes(nodes, "nd-s1") == [None, "gpu08,gpu01,gpu02"]
     assert [j["nodes"] for j in nodes.submissions("nd-s1")] == ["gpu[01-02]", "gpu[03-04]"]
     att = project.state("nf")["jobs"][0]["attempts"][1]
     assert att["excluded_nodes"] == ["gpu01", "gpu02"]
@@ -142,9 +143,10 @@ def test_a_config_with_a_bad_node_exclusion_is_refused(project, nodes):
 def test_the_fake_honours_exclude_and_refuses_when_too_few_nodes_are_left(nodes, tmp_path):
     script = tmp_path / "j.sh"
     script.write_text(u"#!/bin/sh\nsleep 0.1\n")
-    rc, out, err = nodes.run("sbatch", "--parsable", "-N", "3", "-x", "gpu[01-06]", str(script))
+    log = "--output=%s" % (tmp_path / "j.out")
+    rc, out, err = nodes.run("sbatch", "--parsable", log, "-N", "3", "-x", "gpu[01-06]", str(script))
     assert rc == 1 and "Requested node configuration is not available" in err
-    rc, out, err = nodes.run("sbatch", "--parsable", "-N", "2", "--exclude=gpu[01-06]", str(script))
+    rc, out, err = nodes.run("sbatch", "--parsable", log, "-N", "2", "--exclude=gpu[01-06]", str(script))
     assert rc == 0
     job = [j for j in nodes.jobs() if j["job_id"] == out.strip()][0]
     assert job["nodes"] == "gpu[07-08]"

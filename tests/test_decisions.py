@@ -861,8 +861,8 @@ def test_expand_hostlist_refuses_what_is_malformed_or_too_long(text):
 
 def test_node_list_is_parsed_from_squeue_and_sacct_as_slurm_prints_it():
     fmt = A.SQUEUE_FORMAT
-    rows = A.parse_squeue("1|1|RUNNING|None|2026-12-01T10:00:00|gpu[01-04]|a|autoexp:p:a\n"
-                          "2|2|PENDING|Priority|2026-12-01T10:00:00||b|autoexp:p:b\n", fmt)
+    rows = A.parse_squeue("1|1|RUNNING|None|2026-12-01T10:00:00|gpu[01-04]|u|/w|a|autoexp:p:a\n"
+                          "2|2|PENDING|Priority|2026-12-01T10:00:00||u|/w|b|autoexp:p:b\n", fmt)
     assert [r.nodes for r in rows] == ["gpu[01-04]", None]
     # 24.11's capture 88 (Partition between End and NodeList): pending "None assigned", then the node
     fields = "JobID,JobIDRaw,JobName,State,ExitCode,Submit,Start,End,Partition,NodeList,Comment"

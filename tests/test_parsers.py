@@ -359,12 +359,13 @@ def test_squeue_lines_seen_in_the_last_answer_give_the_same_rows_unparsed():
 def test_squeue_user_and_working_directory_and_a_directory_holding_a_bar():
     fmt = autoexp.SQUEUE_FORMAT
     rows = autoexp.parse_squeue(
-        "5|5|PENDING|None|2026-12-01T10:00:00|alice|/proj/run|j|\n"              # by hand: no tag
-        "6|6|PENDING|None|2026-12-01T10:00:00|alice|/proj/a|b|j|\n"              # '|' in the directory
-        "7|7|PENDING|None|2026-12-01T10:00:00|alice|/proj/a|b|j|autoexp:p1:j\n", fmt)
+        "5|5|PENDING|None|2026-12-01T10:00:00||alice|/proj/run|j|\n"              # by hand: no tag
+        "6|6|RUNNING|None|2026-12-01T10:00:00|g[1-2]|alice|/proj/a|b|j|\n"       # '|' in the directory
+        "7|7|PENDING|None|2026-12-01T10:00:00||alice|/proj/a|b|j|autoexp:p1:j\n", fmt)
     by = dict((r.job_id, r) for r in rows)
     assert (by["5"].user, by["5"].workdir, by["5"].name, by["5"].comment) == ("alice", "/proj/run", "j", "")
     assert by["6"].user == "alice" and by["6"].workdir is None          # cannot be told: never matched
+    assert [by[i].nodes for i in "567"] == [None, "g[1-2]", None]       # the node list before it stays in place
     assert by["7"].comment == "autoexp:p1:j" and by["7"].workdir is None
 
 
@@ -372,13 +373,14 @@ def test_sacct_user_and_working_directory_and_a_directory_holding_a_bar():
     f = autoexp.SACCT_FIELDS
     t = "2026-12-01T10:00:00"
     rows = autoexp.parse_sacct(
-        "5|5|j|RUNNING|0:0|%s|%s|Unknown|alice|/proj/run|\n"
-        "6|6|j|COMPLETED|0:0|%s|%s|%s|alice|/proj/a|b|autoexp:p1:j\n"   # the tag shows where the directory ends
-        "7|7|j|COMPLETED|0:0|%s|%s|%s|alice|/proj/a|b|my|note\n" % (t, t, t, t, t, t, t, t), f)
+        "5|5|j|RUNNING|0:0|%s|%s|Unknown|g1|alice|/proj/run|\n"
+        "6|6|j|COMPLETED|0:0|%s|%s|%s|g[1-2]|alice|/proj/a|b|autoexp:p1:j\n"   # the tag shows where the directory ends
+        "7|7|j|COMPLETED|0:0|%s|%s|%s|None assigned|alice|/proj/a|b|my|note\n" % (t, t, t, t, t, t, t, t), f)
     by = dict((r.job_id, r) for r in rows)
     assert (by["5"].user, by["5"].workdir, by["5"].comment) == ("alice", "/proj/run", "")
     assert (by["6"].workdir, by["6"].comment) == ("/proj/a|b", "autoexp:p1:j")
     assert by["7"].workdir is None and by["7"].user == "alice"
+    assert [by[i].nodes for i in "567"] == ["g1", "g[1-2]", None]
 
 
 @pytest.mark.parametrize("version", ["22.05", "24.11"])

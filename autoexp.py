@@ -152,11 +152,16 @@ EV_CANCEL_REQUESTED, EV_SCANCEL, EV_SCANCEL_FAILED, EV_USER_CANCEL = (
 EV_ADOPTED, EV_REACTIVATED = "adopted", "reactivated"
 EV_RESUBMITS_AMBIGUOUS, EV_RETRIED = "resubmits_ambiguous", "retried"
 EV_BLOCKED, EV_PENDING_TOO_LONG = MODE_BLOCKED, MODE_PENDING_TOO_LONG  # once per attempt, whatever the policy
+EV_NODES_EXCLUDED, EV_EXCLUSION_CAPPED = "nodes_excluded", "exclusion_capped"
 EVENT_KINDS = (EV_INTENT, EV_SUBMITTED, EV_SUBMIT_ERROR, EV_STATE, EV_REQUEUED, EV_MISSING,
                EV_LOG_PREFIX + "<name>", EV_LOG_RESTARTED, EV_LOG_UNREADABLE, EV_OUTCOME, EV_RESTART_SCHEDULED,
                EV_FINALIZED, EV_STOPPED, EV_CANCEL_REQUESTED, EV_SCANCEL, EV_SCANCEL_FAILED,
                EV_USER_CANCEL, EV_ADOPTED, EV_REACTIVATED, EV_RESUBMITS_AMBIGUOUS, EV_RETRIED, EV_BLOCKED,
-               EV_PENDING_TOO_LONG)
+               EV_PENDING_TOO_LONG, EV_NODES_EXCLUDED, EV_EXCLUSION_CAPPED)
+
+# Node exclusion (SPEC 5.5): where an exclusion holds.
+SCOPE_JOB, SCOPE_SESSION = "job", "session"
+EXCLUSION_SCOPES = (SCOPE_JOB, SCOPE_SESSION)
 
 # SLURM job states, from squeue(1) and sacct(1). Anything still able to run is active.
 ACTIVE_STATES = frozenset((
@@ -248,6 +253,8 @@ MAX_ARG_BYTES = 100000       # one command-line argument (the kernel's limit is 
 MAX_MATCH_CHARS = 4096       # of each log line, what a log_events pattern is matched against
 LOG_HEAD_BYTES = 256         # a log's first bytes, hashed to see it truncated and rewritten
 MAX_ARRAY_EXPANSION = 100000  # array tasks one parsed id may expand to
+MAX_HOSTLIST_EXPANSION = 65536  # node names one SLURM hostlist ("gpu[001-128]") may expand to
+MAX_EXCLUDED_NODES = 10000   # node_exclusion.max_nodes: --exclude stays one short argument
 MAX_SWEEP_JOBS = 100000      # jobs one plan may hold: the grid's size is checked before it is expanded
 MAX_CONFIG_BYTES = 16 << 20  # a config larger than this is refused before it is parsed
 MAX_VALUE_CHARS = 4096       # a sweep value, a termination string, a log_events pattern
@@ -641,10 +648,10 @@ def sbatch_quote(value):
 
 # One table per config section: validation, defaults, --help and SPEC section 2 all come
 # from these (tests/test_spec.py holds SPEC's tables against them).
-TOP_KEYS = ("project", "state_dir", "sweep", "job", "monitoring", "restart", "description")
+TOP_KEYS = ("project", "state_dir", "sweep", "job", "monitoring", "restart", "node_exclusion", "description")
 JOB_KEYS = ("name", "command", "template", "log", "sbatch", "env", "workdir", "array_log",
             "array_max_running")
-LOG_EVENT_KEYS = ("name", "pattern", "mode", "match")
+LOG_EVENT_KEYS = ("name", "pattern", "mode", "match", "exclude_nodes")
 LOG_EVENT_REQUIRED = ("name", "pattern", "mode")
 RESERVED_PARAMS = ("project", "name", "index", "plan_id")
 
@@ -685,6 +692,18 @@ MONITORING_SCHEMA = (
     Key("debug_sync", "bool", False, help="print every job's status and states after each cycle"),
     Key("max_running", "integer", None, 1, False, MAX_SWEEP_JOBS, nullable=True,
         help="at most this many of the session's jobs queued or running at once; the others wait for a slot"),
+)
+
+# node_exclusion (SPEC 5.5): which failures keep a job off the nodes it ran on, for how long.
+NODE_EXCLUSION_SCHEMA = (
+    Key("on", "modes", ["node_fail"], help="modes whose attempt's nodes are excluded from later attempts"),
+    Key("scope", "string", SCOPE_JOB, help="job: the failed job's later attempts; session: every job's"),
+    Key("max_attempts", "integer", None, 1, False, MAX_ATTEMPTS, nullable=True,
+        help="an exclusion holds for this many later attempts (null: no limit)"),
+    Key("max_hours", "number", None, 0, True, MAX_SECONDS / 3600, nullable=True,
+        help="an exclusion holds for this many hours (null: no limit)"),
+    Key("max_nodes", "integer", 16, 0, False, MAX_EXCLUDED_NODES,
+        help="at most this many nodes excluded at once (0: none); further ones are not"),
 )
 
 
@@ -901,6 +920,43 @@ class LogEvent(NamedTuple):
     pattern: str
     mode: str
     match: str = MATCH_REGEX
+    exclude_nodes: bool = False  # a match keeps the job off its nodes (or off the one named by (?P<node>))
+
+
+class NodeExclusion(namedtuple("_NodeExclusion", [k.name for k in NODE_EXCLUSION_SCHEMA])):
+    """The session's node_exclusion config, typed (one field per NODE_EXCLUSION_SCHEMA key)."""
+
+    __slots__ = ()
+
+
+def validate_node_exclusion(ne, monitoring, c, key="node_exclusion"):
+    """Fill defaults into a node_exclusion dict and check it against the modes there are."""
+    c.obj(ne, key, [k.name for k in NODE_EXCLUSION_SCHEMA])
+    out = OrderedDict()
+    for spec in NODE_EXCLUSION_SCHEMA:
+        out[spec.name] = ne.get(spec.name, spec.default)
+        c.key(spec, out[spec.name], key + "." + spec.name)
+    modes = set(MODES) | set(ev["mode"] for ev in monitoring["log_events"])
+    if not isinstance(out["on"], list) or not all(isinstance(m, str) for m in out["on"]):
+        c.fail(key + ".on", "must be a list of mode names")
+    for m in out["on"]:
+        if m not in modes:
+            c.fail(key + ".on", "%r is not a mode (built-in modes: %s; a log_events entry may add its own)"
+                   % (m, ", ".join(MODES)))
+    out["on"] = list(out["on"])
+    if out["scope"] not in EXCLUSION_SCOPES:
+        c.fail(key + ".scope", "must be one of %s, not %r" % ("/".join(EXCLUSION_SCOPES), out["scope"]))
+    return out
+
+
+def make_node_exclusion(d):
+    """The typed NodeExclusion of a validated dict; a session planned before node_exclusion
+    existed (no such key) gets the defaults."""
+    if d is None:
+        d = validate_node_exclusion(OrderedDict(), {"log_events": []}, _Checker("node_exclusion"))
+    return NodeExclusion(tuple(d["on"]), d["scope"],
+                         None if d["max_attempts"] is None else int(d["max_attempts"]),
+                         None if d["max_hours"] is None else float(d["max_hours"]), int(d["max_nodes"]))
 
 
 class Monitoring(namedtuple("_Monitoring", [k.name for k in MONITORING_SCHEMA])):
@@ -1023,6 +1079,8 @@ def _validate_log_events(events, c, key):
         mode = c.string(ev["mode"], k + ".mode")
         if not IDENT_RE.match(mode):
             c.fail(k + ".mode", "%r must be an identifier" % mode)
+        if "exclude_nodes" in ev and not isinstance(ev["exclude_nodes"], bool):
+            c.fail(k + ".exclude_nodes", "must be true or false")
 
 
 def _validate_extra_logs(paths, c, key):
@@ -1142,7 +1200,8 @@ def make_monitoring(d):
     for spec in MONITORING_SCHEMA:
         v = d.get(spec.name, spec.default)  # a session written before the key existed
         if spec.kind == "log_events":
-            v = tuple(LogEvent(e["name"], e["pattern"], e["mode"], e.get("match", MATCH_REGEX)) for e in v)
+            v = tuple(LogEvent(e["name"], e["pattern"], e["mode"], e.get("match", MATCH_REGEX),
+                               bool(e.get("exclude_nodes"))) for e in v)
         elif spec.kind == "paths":
             v = tuple(v)
         elif v is not None and spec.kind == "number":
@@ -1477,6 +1536,7 @@ def resolve_config(raw, source, overrides):
     mon = validate_monitoring(config.get("monitoring", OrderedDict()), c)
     config["monitoring"] = mon
     config["restart"] = validate_restart(config.get("restart", OrderedDict()), mon, c)
+    config["node_exclusion"] = validate_node_exclusion(config.get("node_exclusion", OrderedDict()), mon, c)
     expand_sweep(config.get("sweep"), c)  # fail early on a bad sweep
     return config
 
@@ -1939,6 +1999,7 @@ class QueueRow(NamedTuple):
     submit: Optional[str] = None  # SLURM's submit time, 'YYYY-MM-DDTHH:MM:SS' (compares as text)
     user: Optional[str] = None  # who submitted it (%u)
     workdir: Optional[str] = None  # its working directory (%Z); None when the line cannot say it
+    nodes: Optional[str] = None  # the job's nodes as SLURM prints them ('gpu[01-04]'); None: none yet
 
 
 class AcctRow(NamedTuple):
@@ -1953,6 +2014,7 @@ class AcctRow(NamedTuple):
     submit: Optional[str] = None
     user: Optional[str] = None
     workdir: Optional[str] = None
+    nodes: Optional[str] = None
 
 
 # What autoexp asks squeue and sacct for. squeue's name and comment are free text (they
@@ -1960,10 +2022,75 @@ class AcctRow(NamedTuple):
 # names are safe, and its comment comes last. The user and the working directory tell a
 # job resubmitted by hand without its tag (resubmits_by_hand): a directory holding '|'
 # makes its line irregular, and such a line's directory is not told (None), never guessed.
-SQUEUE_FORMAT = "%i|%A|%T|%r|%V|%u|%Z|%j|%k"
-SACCT_FIELDS = "JobID,JobIDRaw,JobName,State,ExitCode,Submit,Start,End,User,WorkDir,Comment"
+# A node list (%N, NodeList) never holds '|': before the directory, its place is fixed.
+SQUEUE_FORMAT = "%i|%A|%T|%r|%V|%N|%u|%Z|%j|%k"
+SACCT_FIELDS = "JobID,JobIDRaw,JobName,State,ExitCode,Submit,Start,End,NodeList,User,WorkDir,Comment"
 TAG_RE = re.compile(r"^autoexp:[A-Za-z0-9][A-Za-z0-9._+-]*:(?:[A-Za-z0-9][A-Za-z0-9._+-]*|@array)$")
 UNSET_TIMES = ("", "Unknown", "None", "N/A")
+# A job without nodes yet: squeue prints nothing, sacct "None assigned" (captures 88, NOTES).
+UNSET_NODES = ("", "None assigned", "(null)", "(None)", "None", "N/A")
+NODE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def _node_list(text):
+    text = text.strip()
+    return None if text in UNSET_NODES else text
+
+
+def _split_hostlist(text):
+    """The items of a hostlist at its top-level commas (those outside brackets)."""
+    items, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        if ch == "[":
+            depth += 1
+        elif ch == "]":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            items.append(text[start:i])
+            start = i + 1
+        if depth not in (0, 1):
+            raise ValueError("hostlist %r has unbalanced brackets" % text[:120])
+    if depth:
+        raise ValueError("hostlist %r has unbalanced brackets" % text[:120])
+    items.append(text[start:])
+    return [item for item in items if item]
+
+
+def expand_hostlist(text, limit=MAX_HOSTLIST_EXPANSION):
+    """SLURM's compressed node list, 'gpu[01-04,07],cpu1' -> ['gpu01', .., 'gpu07', 'cpu1'],
+    in order, each once (zero padding kept; several bracket groups multiply, 'r[1-2]n[1-2]').
+    ValueError on a malformed list, a name that is no plain host name, or more than `limit`
+    names (a hostile or damaged list must not exhaust memory)."""
+    names = []
+    for item in _split_hostlist(text or ""):
+        parts, rest = [""], item
+        while rest:
+            i = rest.find("[")
+            if i < 0:
+                parts = [p + rest for p in parts]
+                break
+            j = rest.index("]", i)
+            prefix, choices = rest[:i], []
+            for r in rest[i + 1:j].split(","):
+                lo, sep, hi = r.partition("-")
+                hi = hi if sep else lo
+                if not (lo.isdigit() and hi.isdigit() and len(lo) <= 18 and len(hi) <= 18):
+                    raise ValueError("hostlist %r has a bad range %r" % (text[:120], r))
+                a, b = int(lo), int(hi)
+                if b < a or len(choices) + b - a + 1 > limit:
+                    raise ValueError("hostlist %r has a range %r that is reversed or too long" % (text[:120], r))
+                choices.extend("%0*d" % (len(lo), n) for n in range(a, b + 1))
+            if len(parts) * len(choices) + len(names) > limit:
+                raise ValueError("hostlist %r names more than %d nodes" % (text[:120], limit))
+            parts = [p + prefix + c for p in parts for c in choices]
+            rest = rest[j + 1:]
+        names.extend(parts)
+        if len(names) > limit:
+            raise ValueError("hostlist %r names more than %d nodes" % (text[:120], limit))
+    for name in names:
+        if not NODE_NAME_RE.match(name):
+            raise ValueError("hostlist %r holds %r, which is not a node name" % (text[:120], name[:120]))
+    return list(OrderedDict.fromkeys(names))
 
 
 def _check_complete(text):
@@ -2005,7 +2132,7 @@ def parse_squeue(text, fmt=SQUEUE_FORMAT, skipped=None, known=None):
     fixed = codes.index("j")
     at = dict((c, i) for i, c in enumerate(codes[:fixed]))
     i_id, i_raw, i_state = at["i"], at["A"], at["T"]
-    i_reason, i_submit = at.get("r"), at.get("V")
+    i_reason, i_submit, i_nodes = at.get("r"), at.get("V"), at.get("N")
     i_user, i_workdir = at.get("u"), at.get("Z")
     width = fixed + 2
     rows = []
@@ -2056,13 +2183,14 @@ def parse_squeue(text, fmt=SQUEUE_FORMAT, skipped=None, known=None):
         reason = parts[i_reason] if i_reason is not None else ""
         user = parts[i_user] if i_user is not None else None
         workdir = parts[i_workdir] if i_workdir is not None and regular else None
+        nodes = _node_list(parts[i_nodes]) if i_nodes is not None else None
         if len(ids) == 1:
-            row = new(QueueRow, (ids[0], raw, state, reason, name, comment, submit, user, workdir))
+            row = new(QueueRow, (ids[0], raw, state, reason, name, comment, submit, user, workdir, nodes))
             rows.append(row)
             if fresh is not None:
                 fresh[line] = (row,)
         else:
-            made = tuple(new(QueueRow, (job_id, "", state, reason, name, comment, submit, user, workdir))
+            made = tuple(new(QueueRow, (job_id, "", state, reason, name, comment, submit, user, workdir, nodes))
                          for job_id in ids)
             rows.extend(made)
             if fresh is not None:
@@ -2114,6 +2242,7 @@ def parse_sacct(text, fields=SACCT_FIELDS):
     i_id, i_raw, i_name, i_state, i_exit = at["JobID"], at["JobIDRaw"], at["JobName"], at["State"], at["ExitCode"]
     i_start, i_end, i_comment, i_submit = at["Start"], at["End"], at["Comment"], at.get("Submit")
     i_user, i_workdir = at.get("User"), at.get("WorkDir")
+    i_nodes = at.get("NodeList")
     last = len(names) - 1
     # a '|' in the directory (just before the comment) shows as one in the comment: a tag
     # holds none, so what precedes a tag there is the directory's; else the directory is
@@ -2152,12 +2281,13 @@ def parse_sacct(text, fields=SACCT_FIELDS):
                 workdir, comment = workdir + "|" + head, tail
             else:
                 workdir = None
+        nodes = _node_list(parts[i_nodes]) if i_nodes is not None else None
         if len(ids) == 1:
             rows.append(new(AcctRow, (ids[0], raw, name, state, exit_code, start, end, comment, submit, user,
-                                      workdir)))
+                                      workdir, nodes)))
         else:
             rows.extend(new(AcctRow, (job_id, "", name, state, exit_code, start, end, comment, submit, user,
-                                      workdir)) for job_id in ids)
+                                      workdir, nodes)) for job_id in ids)
     return rows
 
 
@@ -2539,6 +2669,8 @@ class LogHit(NamedTuple):
     event: str
     mode: str
     line: str
+    exclude: bool = False  # its log_events entry says exclude_nodes
+    node: Optional[str] = None  # what the pattern's group `node` captured, when it is a node name
 
 
 class LogMatcher(object):
@@ -2552,7 +2684,7 @@ class LogMatcher(object):
         self.termination = monitoring.termination_string
         # a substring is escaped into a pattern: one scan for both kinds
         self.patterns = [(e.name, re.compile(re.escape(e.pattern) if e.match == MATCH_SUBSTRING else e.pattern),
-                          e.mode) for e in monitoring.log_events]
+                          e.mode, e.exclude_nodes) for e in monitoring.log_events]
 
     @property
     def overlap(self):
@@ -2565,9 +2697,13 @@ class LogMatcher(object):
             if self.termination and self.termination in line:
                 hits.append(LogHit(MODE_SUCCESS, MODE_SUCCESS, line))
             head = line[:MAX_MATCH_CHARS]
-            for name, rx, mode in self.patterns:
-                if rx.search(head):
-                    hits.append(LogHit(name, mode, line))
+            for name, rx, mode, exclude in self.patterns:
+                m = rx.search(head)
+                if m:
+                    node = m.groupdict().get("node") if exclude else None
+                    # a log line is not trusted with an sbatch argument: a plain host name or nothing
+                    hits.append(LogHit(name, mode, line, exclude,
+                                       node if node and NODE_NAME_RE.match(node) else None))
         return hits
 
 
@@ -2670,6 +2806,7 @@ class Observation(NamedTuple):
     start: Optional[float] = None  # from sacct: when SLURM started and ended the job
     end: Optional[float] = None
     submit: Optional[str] = None  # SLURM's submit time (QueueRow.submit)
+    nodes: Optional[str] = None  # SLURM's node list of the job, as printed (QueueRow.nodes)
 
 
 class Facts(NamedTuple):
@@ -2750,7 +2887,7 @@ INTERNED_FIELDS = frozenset(("status", "origin", "submit_state", "last_slurm_sta
 # List fields mostly empty, and only ever replaced, never changed in place: an empty one is
 # the one shared (), so a 100k-job sweep holds 300k fewer lists.
 EMPTY_SHARED_FIELDS = frozenset(("log_matches", "actions", "seen_copies", "sbatch_options", "extra_logs",
-                                 "resubmits_warned"))
+                                 "resubmits_warned", "blamed_nodes", "excluded_nodes"))
 
 
 class Record(object):
@@ -2799,7 +2936,9 @@ ATTEMPT_FIELDS = (
     Field("last_slurm_state"), Field("last_monitor_state"), Field("exit_code"), Field("live", False, (bool,)),
     Field("success_seen", False), Field("log_mode"), Field("log_reason"), Field("outcome", None, _OPT_STR),
     Field("reason"), Field("ended_at"), Field("cancel_requested_at"), Field("cancel_result"),
-    Field("log_matches", ()), Field("actions", (), (list,)), Field("sbatch_options", ()), Field("extra_logs", ()))
+    Field("log_matches", ()), Field("actions", (), (list,)), Field("sbatch_options", ()), Field("extra_logs", ()),
+    Field("nodes"), Field("exclude_event"), Field("blamed_nodes", ()), Field("excluded_nodes", ()),
+    Field("exclusion_note"))
 
 
 # The times durations are measured from (stall, grace periods, backoffs, resends): moved
@@ -2870,6 +3009,8 @@ class Attempt(Record):
                 self.raw_id = obs.raw_id
             if obs.submit:
                 self.slurm_submit = obs.submit
+            if obs.nodes:
+                self.nodes = obs.nodes
             if obs.start:
                 self.slurm_start = obs.start
             if obs.end:
@@ -2924,6 +3065,10 @@ class Attempt(Record):
                 continue
             self.log_matches = list(self.log_matches) + [hit.event]
             new.append(hit)
+            if hit.exclude:
+                self.exclude_event = self.exclude_event or hit.event
+                if hit.node and hit.node not in self.blamed_nodes:
+                    self.blamed_nodes = list(self.blamed_nodes) + [hit.node]
             if hit.mode == MODE_SUCCESS:
                 self.success_seen = True
             elif self.log_mode is None and policy_for(policies, hit.mode).action != IGNORE:
@@ -3018,11 +3163,12 @@ SESSION_FIELDS = (
     Field("schema_version", None, _INT), Field("kind", None, _STR), Field("session_id", None, _STR), Field("project", None, _STR),
     Field("manifest_path", None, _STR), Field("created_at", None, _STR), Field("updated_at"),
     Field("config", None, (dict,)), Field("monitor_overrides", ()), Field("event_seq", 0, _INT),
-    Field("outbox", ()), Field("clock_ref"), Field("generation", 0), Field("batch", 0))
+    Field("outbox", ()), Field("clock_ref"), Field("generation", 0), Field("batch", 0),
+    Field("excluded_nodes", ()))
 # A schema-2 header must say where its jobs are; a schema-1 document has them inline.
 HEADER_FIELDS = (Field("generation", None, _INT), Field("batch", None, _INT))
 # What a batch carries of the session besides its jobs: what changes from cycle to cycle.
-BATCH_SESSION_FIELDS = ("event_seq", "outbox", "updated_at", "clock_ref")
+BATCH_SESSION_FIELDS = ("event_seq", "outbox", "updated_at", "clock_ref", "excluded_nodes")
 
 
 class Session(Record):
@@ -3032,7 +3178,7 @@ class Session(Record):
     __slots__ = tuple(f.name for f in SESSION_FIELDS) + (
         "jobs", "path", "plan", "journal_seq", "_monitoring", "_policies", "_matcher", "_by_name",
         "digests", "touched", "header_dirty", "persisted_seq", "snapshot_bytes", "delta_bytes", "unwritten",
-        "stable", "written_at", "snapshot_batch", "header_events")
+        "stable", "written_at", "snapshot_batch", "header_events", "_node_exclusion")
 
     def __init__(self, path, jobs=(), **fields):
         Record.__init__(self, **fields)
@@ -3042,7 +3188,7 @@ class Session(Record):
         self.path = path
         self.plan = None
         self.journal_seq = None  # what the journal file already holds; read on first sync
-        self._monitoring = self._policies = self._matcher = self._by_name = None
+        self._monitoring = self._policies = self._matcher = self._by_name = self._node_exclusion = None
         # What the files hold (section 8): the line each job was last written as (by its
         # hash), the jobs this process may have changed since, whether the header changed.
         self.digests, self.touched, self.header_dirty = {}, set(), False
@@ -3069,6 +3215,12 @@ class Session(Record):
         if self._policies is None:
             self._policies = make_policies(self.config["restart"])
         return self._policies
+
+    @property
+    def node_exclusion(self):
+        if self._node_exclusion is None:
+            self._node_exclusion = make_node_exclusion(self.config.get("node_exclusion"))
+        return self._node_exclusion
 
     @property
     def matcher(self):
@@ -3112,6 +3264,8 @@ class Session(Record):
                         setattr(att, f, getattr(att, f) + seconds)
                 if att.cancel_result and att.cancel_result.get("time"):
                     att.cancel_result["time"] = iso_time(parse_iso(att.cancel_result["time"]) + seconds)
+        for entry in self.excluded_nodes:  # an exclusion's hours count from its time
+            entry["time"] = iso_time(parse_iso(entry["time"]) + seconds)
 
     def add_jobs(self, jobs):
         self.jobs.extend(jobs)
@@ -3420,6 +3574,106 @@ def counted_attempts(job):
     return job.attempts[base:]
 
 
+# -- node exclusion (SPEC 5.5) ----------------------------------------------------------
+
+class Exclusion(NamedTuple):
+    """What a job's next attempt is kept off."""
+    nodes: tuple  # node names for --exclude (beside the user's own), oldest cause first
+    notes: tuple  # why, one per node: "gpu03 (node_fail of #1)"
+    capped: Optional[str] = None  # the cap's message when nodes were left out
+    used: tuple = ()  # indexes of the session's exclusions applied: their `uses` go up
+
+
+def blamed_nodes(att, ne):
+    """(node names, why) an ended attempt lays at its nodes' door: those a log_events entry
+    with exclude_nodes named in its `node` group; else all the attempt's nodes, after such
+    an entry matched without naming one or after a mode of `node_exclusion.on`. No names
+    when nothing is blamed, or its node list is unknown or unreadable (why then says what
+    would have been blamed)."""
+    if ne.max_nodes == 0:
+        return [], None
+    if att.exclude_event:
+        if att.blamed_nodes:
+            return list(att.blamed_nodes), "log:%s" % att.exclude_event
+        why = "log:%s" % att.exclude_event
+    elif att.outcome in ne.on:
+        why = att.outcome
+    else:
+        return [], None
+    try:
+        return (expand_hostlist(att.nodes) if att.nodes else []), why
+    except ValueError:
+        return [], why
+
+
+def exclusion_live(entry, ne, now):
+    """A session-wide exclusion still holds: fewer uses than max_attempts, younger than max_hours."""
+    if ne.max_attempts is not None and entry.get("uses", 0) >= ne.max_attempts:
+        return False
+    return ne.max_hours is None or now - parse_iso(entry["time"]) < ne.max_hours * 3600.0
+
+
+def _capped(kept, dropped, ne):
+    if not dropped:
+        return None
+    return ("node exclusion cap reached: %d node(s) excluded already (node_exclusion.max_nodes %d); "
+            "not excluded: %s" % (len(kept), ne.max_nodes, ",".join(dropped)))
+
+
+def node_exclusions(attempts, entries, ne, now):
+    """The nodes a job's next attempt is kept off. scope job: the nodes its own ended
+    attempts are blamed for (blamed_nodes), each for max_attempts later attempts and
+    max_hours after that attempt ended; scope session: the session's live exclusions
+    (entries, recorded by record_exclusions). Never more than max_nodes: the oldest causes
+    are kept, the rest said (capped) and not excluded, so that a job is never kept off
+    every node of its partition."""
+    cands = []  # (node, note, index of the session entry)
+    if ne.scope == SCOPE_JOB:
+        n = len(attempts)
+        for att in attempts:
+            if att.outcome is None:
+                continue
+            if ne.max_attempts is not None and n - att.attempt >= ne.max_attempts:
+                continue
+            if ne.max_hours is not None and (att.ended_at is None or now - att.ended_at >= ne.max_hours * 3600.0):
+                continue
+            names, why = blamed_nodes(att, ne)
+            cands.extend((name, "%s (%s of #%d)" % (name, why, att.attempt), None) for name in names)
+    else:
+        cands = [(e["node"], "%s (%s)" % (e["node"], e["why"]), i)
+                 for i, e in enumerate(entries) if exclusion_live(e, ne, now)]
+    seen, kept, dropped = set(), [], []
+    for cand in cands:
+        if cand[0] in seen:
+            continue
+        seen.add(cand[0])
+        (kept if len(kept) < ne.max_nodes else dropped).append(cand)
+    return Exclusion(tuple(c[0] for c in kept), tuple(c[1] for c in kept),
+                     _capped(kept, [c[0] for c in dropped], ne), tuple(c[2] for c in kept if c[2] is not None))
+
+
+def record_exclusions(entries, job_name, att, ne, now):
+    """Scope session: the session's exclusions after att ended -> (entries, nodes added,
+    capped message). Expired entries are dropped; a node already excluded keeps its entry;
+    no more than max_nodes are ever held."""
+    names, why = blamed_nodes(att, ne)
+    live = [e for e in entries if exclusion_live(e, ne, now)]
+    held = set(e["node"] for e in live)
+    added, dropped = [], []
+    for name in names:
+        if name in held:
+            continue
+        held.add(name)
+        if len(live) >= ne.max_nodes:
+            dropped.append(name)
+            continue
+        live.append(OrderedDict([("node", name), ("time", iso_time(now)), ("job", job_name),
+                                 ("attempt", att.attempt), ("why", "%s of %s #%d" % (why, job_name, att.attempt)),
+                                 ("uses", 0)]))
+        added.append(name)
+    return live, added, _capped(live, dropped, ne)
+
+
 # -- what SLURM shows of a job ---------------------------------------------------------
 
 class Snapshot(object):
@@ -3720,7 +3974,7 @@ def observe(row, arow, look, wait_since, now):
                     return Observation(SRC_UNKNOWN, reason="ended; waiting for sacct's record of it"), wait_since
         obs = Observation(SRC_SQUEUE, row.state, row.reason, arow.exit_code if arow else "", row.raw_id,
                           slurm_epoch(arow.start) if arow else None, slurm_epoch(arow.end) if arow else None,
-                          row.submit)
+                          row.submit, row.nodes or (arow.nodes if arow else None))
     elif arow is None:
         if not (look.acct_ok and look.named_ok):
             return Observation(SRC_UNKNOWN, reason="sacct failed: %s" % (look.acct_error or look.named_error)), \
@@ -3730,10 +3984,11 @@ def observe(row, arow, look, wait_since, now):
         # squeue lists every job the controller holds; an active sacct row for a job it
         # does not list is accounting lagging behind: not lost, not ended either.
         return Observation(SRC_MISSING, arow.state, "sacct still says %s" % arow.state, arow.exit_code,
-                           arow.raw_id, slurm_epoch(arow.start), slurm_epoch(arow.end), arow.submit), wait_since
+                           arow.raw_id, slurm_epoch(arow.start), slurm_epoch(arow.end), arow.submit,
+                           arow.nodes), wait_since
     else:
         obs = Observation(SRC_SACCT, arow.state, "", arow.exit_code, arow.raw_id, slurm_epoch(arow.start),
-                          slurm_epoch(arow.end), arow.submit)
+                          slurm_epoch(arow.end), arow.submit, arow.nodes)
     if obs.state not in ACTIVE_STATES and obs.state not in TERMINAL_MODE:
         return Observation(SRC_UNKNOWN, reason="SLURM reports state %s, which autoexp does not know"
                            % obs.state), wait_since
@@ -5573,6 +5828,8 @@ class Controller(object):
                 att.pending_warned = True
                 return
         self._finish(s, job, att, now, mode, verdict.reason)
+        if s.node_exclusion.scope == SCOPE_SESSION:
+            self._exclude_session_wide(s, job, att, now)
         s.add_action(job, att, decision.action, mode, decision.reason, now)
         if decision.action == RESTART:
             job.next_submit_at = now + decision.delay
@@ -5623,17 +5880,28 @@ class Controller(object):
             row.job_id, row.state, how or "found by its tag"))
         return att
 
-    def _new_intent(self, s, job, now, todo, array, exclude=()):
-        options = attempt_sbatch_options(job, s.policies, exclude)
+    def _new_intent(self, s, job, now, todo, array):
+        # the nodes its earlier attempts (or, scope session, any job's) are blamed for
+        ex = node_exclusions(job.attempts, s.excluded_nodes, s.node_exclusion, now)
+        options = attempt_sbatch_options(job, s.policies, ex.nodes)
         if any(o.startswith("--exclude=") for o in options):
             # the command line's --exclude replaces the script's: merge what it excludes
-            options = attempt_sbatch_options(job, s.policies, exclude, self._script_exclude(s, job))
+            options = attempt_sbatch_options(job, s.policies, ex.nodes, self._script_exclude(s, job))
         att = job.new_attempt(origin=ORIGIN_SUBMITTED, submit_state=INTENT, intent_at=now, sbatch_options=options,
                               array_task=job.index if array and s.plan.array is not None else None)
         self._log_baseline(s, job, att)
         job.next_submit_at = None
         job.last_monitor_state = MON_SUBMITTING
         self._event(s, job, att, EV_INTENT, now, detail="submission %d decided" % att.attempt)
+        if ex.nodes:
+            att.excluded_nodes, att.exclusion_note = list(ex.nodes), "; ".join(ex.notes)
+            self._event(s, job, att, EV_NODES_EXCLUDED, now, detail="--exclude=%s: %s" % (
+                ",".join(ex.nodes), att.exclusion_note))
+        if ex.capped:
+            self._event(s, job, att, EV_EXCLUSION_CAPPED, now, detail=ex.capped)
+        if ex.used:
+            s.excluded_nodes = [OrderedDict(e, uses=e.get("uses", 0) + 1) if i in ex.used else e
+                                for i, e in enumerate(s.excluded_nodes)]
         todo.submit.append(job)
         return att
 
@@ -5716,6 +5984,17 @@ class Controller(object):
             if row is not None and not row.comment.startswith(prefix):
                 rows.append((job.name, row.state))
         return live_count(rows, [j.name for j in s.jobs if any(a.in_doubt for a in j.attempts)])
+
+    def _exclude_session_wide(self, s, job, att, now):
+        """Scope session: the nodes att is blamed for are kept off every job's next attempts."""
+        entries, added, capped = record_exclusions(s.excluded_nodes, job.name, att, s.node_exclusion, now)
+        if entries != list(s.excluded_nodes):
+            s.excluded_nodes = entries
+        if added:
+            self._event(s, job, att, EV_NODES_EXCLUDED, now, detail="session-wide: %s" % "; ".join(
+                "%s (%s)" % (e["node"], e["why"]) for e in entries if e["node"] in added))
+        if capped:
+            self._event(s, job, att, EV_EXCLUSION_CAPPED, now, detail=capped)
 
     def _cancel_copy(self, s, job, row, now, todo):
         """A live SLURM job under the tag of a job the user cancelled: recorded as an
@@ -6352,9 +6631,13 @@ def _status_doc(s):
             ("pending_reason", plain_reason(att.pending_reason) if att and att.pending_reason else None),
             ("monitor_state", job.last_monitor_state), ("last_event", job.last_event),
             ("log_path", att.resolved_log_path if att else None),
-            ("reason", job.reason or (waiting_reason(s) if job.last_monitor_state == MON_WAITING else None))]))
+            ("reason", job.reason or (waiting_reason(s) if job.last_monitor_state == MON_WAITING else None)),
+            ("nodes", att.nodes if att else None),
+            ("excluded_nodes", list(att.excluded_nodes) if att else []),
+            ("exclusion_note", att.exclusion_note if att else None)]))
     return OrderedDict([("session_id", s.session_id), ("project", s.project),
-                        ("updated_at", iso_time(s.updated_at)), ("counts", count_by_status(s)), ("jobs", jobs)])
+                        ("updated_at", iso_time(s.updated_at)), ("counts", count_by_status(s)), ("jobs", jobs),
+                        ("excluded_nodes", [dict(e) for e in s.excluded_nodes])])
 
 
 def waiting_reason(s):
@@ -6405,6 +6688,12 @@ def cmd_status(args, rt):
                  j["monitor_state"] or "-", j["last_event"] or "-", j["log_path"] or "-") for j in doc["jobs"]]
         for line in _table(rows, ("JOB", "STATUS", "ATT", "SLURM_ID", "SLURM_STATE", "MONITOR", "LAST_EVENT", "LOG")):
             report.result(line)
+        for e in doc["excluded_nodes"]:
+            report.result("excluded from every job: %s since %s (%s; used by %d attempt(s))" % (
+                e["node"], short_time(parse_iso(e["time"])), e["why"], e.get("uses", 0)))
+        for j in doc["jobs"]:
+            if j["excluded_nodes"]:
+                report.result("%s: attempt %d excludes %s" % (j["name"], j["attempts"], j["exclusion_note"]))
     return code
 
 
@@ -6424,7 +6713,8 @@ def _history_doc(s, name):
                 ("slurm_state", att.last_slurm_state), ("exit_code", att.exit_code),
                 ("pending_reason", plain_reason(att.pending_reason) if att.pending_reason else None),
                 ("outcome", att.outcome), ("reason", att.reason or att.submit_error),
-                ("live", live)]))
+                ("live", live), ("nodes", att.nodes), ("excluded_nodes", list(att.excluded_nodes)),
+                ("exclusion_note", att.exclusion_note)]))
             attempts[-1]["sbatch_options"] = list(att.sbatch_options)
         jobs.append(OrderedDict([("name", job.name), ("status", job.status), ("job_id", live_id),
                                  ("attempts", attempts)]))
@@ -6445,15 +6735,17 @@ def cmd_history(args, rt):
         rows = [("*" if a["live"] else " ", a["attempt"], a["job_id"] or "-",
                  "-" if a["array_task"] is None else a["array_task"], a["origin"] or "-",
                  short_time(parse_iso(a["submitted_at"])), short_time(parse_iso(a["ended_at"])),
-                 a["slurm_state"] or "-", a["pending_reason"] or "-", a["outcome"] or "-", a["reason"] or "-",
-                 a["log_path"] or "-")
+                 a["slurm_state"] or "-", a["pending_reason"] or "-", a["nodes"] or "-", a["outcome"] or "-",
+                 a["reason"] or "-", a["log_path"] or "-")
                 for a in job["attempts"]]
         for line in _table(rows, (" ", "ATT", "SLURM_ID", "TASK", "ORIGIN", "SUBMITTED", "ENDED",
-                                  "SLURM_STATE", "PENDING_REASON", "OUTCOME", "REASON", "LOG")):
+                                  "SLURM_STATE", "PENDING_REASON", "NODES", "OUTCOME", "REASON", "LOG")):
             rt.report.result("  " + line)
         for a in job["attempts"]:
             if a["sbatch_options"]:
                 rt.report.result("  attempt %d was submitted with %s" % (a["attempt"], " ".join(a["sbatch_options"])))
+            if a["excluded_nodes"]:
+                rt.report.result("  #%d excluded: %s" % (a["attempt"], a["exclusion_note"]))
     return EXIT_OK
 
 

@@ -1132,8 +1132,9 @@ class SlurmModel(object):
                     self.shown_unknown.add(job.id)
                     self.w.trace("slurm", "squeue shows %s, requeued, as EXPEDITING (a state word autoexp "
                                  "does not know)" % job.id)
-            lines.append("%s|%s|%s|%s|%s|%s|%s|%s|%s%s" % (
-                job.id, raw, state, job.reason, local(job.submit_t), self.user, self.workdir_of(job), job.name,
+            nodes = "sim[1-2]" if job.run is not None and state != "PENDING" else ""  # %N: none while pending
+            lines.append("%s|%s|%s|%s|%s|%s|%s|%s|%s|%s%s" % (
+                job.id, raw, state, job.reason, local(job.submit_t), nodes, self.user, self.workdir_of(job), job.name,
                 job.comment or "(null)", extra if job.owner != "foreign" else ""))
         return "".join(l + "\n" for l in lines)
 
@@ -1159,8 +1160,10 @@ class SlurmModel(object):
         end_s = local(end) if end and state not in ACTIVE else "Unknown"
         shown = "CANCELLED by 4242" if state == "CANCELLED" else state
         raw = job.raw if job.raw is not None else job.base
-        return "%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s" % (jid or job.id, raw, name, shown, exit_code, local(job.submit_t),
-                                                     start_s, end_s, self.user, self.workdir_of(job), comment)
+        nodes = "sim[1-2]" if start and state != "PENDING" else "None assigned"
+        return "%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s" % (jid or job.id, raw, name, shown, exit_code,
+                                                        local(job.submit_t), start_s, end_s, nodes, self.user,
+                                                        self.workdir_of(job), comment)
 
     @staticmethod
     def workdir_of(job):

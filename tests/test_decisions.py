@@ -994,3 +994,151 @@ def test_pending_too_long_restarts_use_their_budget():
 def test_steady_until_of_a_pending_job(att, mon_, steady):
     a = attempt(1, "7", live=True, last_slurm_state="PENDING", **att)
     assert A.steady_until(job(a, status="active", last_monitor_state="pending"), mon_) == steady
+
+
+# -- node exclusion (SPEC 5.5) -------------------------------------------------------
+
+@pytest.mark.parametrize("text, names", [
+    ("gpu01", ["gpu01"]),
+    ("gpu[01-04]", ["gpu01", "gpu02", "gpu03", "gpu04"]),
+    ("gpu[01-02,07],cpu1", ["gpu01", "gpu02", "gpu07", "cpu1"]),      # padding kept, items in order
+    ("gpu[8-10]", ["gpu8", "gpu9", "gpu10"]),
+    ("r[1-2]n[1-2]", ["r1n1", "r1n2", "r2n1", "r2n2"]),                # groups multiply
+    ("n[1-2],n1", ["n1", "n2"]),                                       # each once
+    ("", []),
+])
+def test_expand_hostlist(text, names):
+    assert A.expand_hostlist(text) == names
+
+
+@pytest.mark.parametrize("text", [
+    "gpu[01-04", "gpu01]", "gpu[a-b]", "gpu[4-1]", "n[[1]]", "gpu[1-99999999999]",
+    "gpu$(reboot)", "n[1-300]", "n[1-20]x[1-20]",
+])
+def test_expand_hostlist_refuses_what_is_malformed_or_too_long(text):
+    with pytest.raises(ValueError):
+        A.expand_hostlist(text, limit=256)
+
+
+def test_node_list_is_parsed_from_squeue_and_sacct_as_slurm_prints_it():
+    fmt = A.SQUEUE_FORMAT
+    rows = A.parse_squeue("1|1|RUNNING|None|2026-12-01T10:00:00|gpu[01-04]|u|/w|a|autoexp:p:a\n"
+                          "2|2|PENDING|Priority|2026-12-01T10:00:00||u|/w|b|autoexp:p:b\n", fmt)
+    assert [r.nodes for r in rows] == ["gpu[01-04]", None]
+    # 24.11's capture 88 (Partition between End and NodeList): pending "None assigned", then the node
+    fields = "JobID,JobIDRaw,JobName,State,ExitCode,Submit,Start,End,Partition,NodeList,Comment"
+    acct = A.parse_sacct("47|47|namecheck2|PENDING|0:0|2026-12-01T14:49:14|Unknown|Unknown|debug|None assigned|\n"
+                         "48|48|namecheck2|FAILED|2:0|2026-12-01T14:49:22|2026-12-01T14:49:23|"
+                         "2026-12-01T14:49:23|debug|vm|c1\n", fields)
+    assert [(r.nodes, r.comment) for r in acct] == [(None, ""), ("vm", "c1")]
+    obs, _ = A.observe(None, acct[1], look(), None, NOW)
+    assert obs.nodes == "vm"
+    obs, _ = A.observe(rows[0], None, look(), None, NOW)
+    assert obs.nodes == "gpu[01-04]"
+
+
+def ne(**kw):
+    d = A.validate_node_exclusion(kw, {"log_events": [{"mode": "nccl"}]}, A._Checker("test"))
+    return A.make_node_exclusion(d)
+
+
+def ended_on(n, nodes, outcome="node_fail", ended_at=NOW - 100, **kw):
+    return attempt(n, str(n), nodes=nodes, outcome=outcome, ended_at=ended_at, **kw)
+
+
+@pytest.mark.parametrize("att, cfg, names, why", [
+    (ended_on(1, "gpu[01-02]"), ne(), ["gpu01", "gpu02"], "node_fail"),           # all nodes by default
+    (ended_on(1, "gpu[01-02]", "timeout"), ne(), [], None),                         # not a mode of `on`
+    (ended_on(1, "gpu[01-02]", "timeout"), ne(on=["timeout"]), ["gpu01", "gpu02"], "timeout"),
+    (ended_on(1, "gpu[01-02]", "crash", exclude_event="nccl"), ne(), ["gpu01", "gpu02"], "log:nccl"),
+    (ended_on(1, "gpu[01-02]", "crash", exclude_event="ecc", blamed_nodes=["gpu02"]), ne(), ["gpu02"], "log:ecc"),
+    (ended_on(1, None), ne(), [], "node_fail"),                                     # never had nodes
+    (ended_on(1, "gpu[01-"), ne(), [], "node_fail"),                                # unreadable list
+    (ended_on(1, "gpu[01-02]"), ne(max_nodes=0), [], None),                         # exclusion off
+])
+def test_blamed_nodes(att, cfg, names, why):
+    assert A.blamed_nodes(att, cfg) == (names, why)
+
+
+@pytest.mark.parametrize("attempts, cfg, nodes, capped", [
+    # one node failure: the next attempt avoids both nodes
+    ([ended_on(1, "gpu[01-02]")], ne(), ("gpu01", "gpu02"), None),
+    # a crash is the job's own fault: nothing
+    ([ended_on(1, "gpu01", "crash")], ne(), (), None),
+    # exclusions add up, oldest first, each node once
+    ([ended_on(1, "gpu01"), ended_on(2, "gpu[01-02]")], ne(), ("gpu01", "gpu02"), None),
+    # max_attempts 1: attempt 1's exclusion held for attempt 2 only, not for attempt 3
+    ([ended_on(1, "gpu01"), ended_on(2, "gpu02", "timeout")], ne(max_attempts=1), (), None),
+    ([ended_on(1, "gpu01"), ended_on(2, "gpu02")], ne(max_attempts=1), ("gpu02",), None),
+    ([ended_on(1, "gpu01"), ended_on(2, "gpu02", "timeout")], ne(max_attempts=2), ("gpu01",), None),
+    # max_hours: counted from the attempt's end
+    ([ended_on(1, "gpu01", ended_at=NOW - 7200)], ne(max_hours=1), (), None),
+    ([ended_on(1, "gpu01", ended_at=NOW - 1800)], ne(max_hours=1), ("gpu01",), None),
+    # the cap: the oldest causes kept, the rest said and not excluded
+    ([ended_on(1, "gpu[01-02]"), ended_on(2, "gpu[03-04]")], ne(max_nodes=3), ("gpu01", "gpu02", "gpu03"),
+     "not excluded: gpu04"),
+    ([ended_on(1, "gpu[01-02]")], ne(max_nodes=0), (), None),
+    # scope session: the job's own attempts count only through the session's entries
+    ([ended_on(1, "gpu01")], ne(scope="session"), (), None),
+])
+def test_node_exclusions_scope_job(attempts, cfg, nodes, capped):
+    ex = A.node_exclusions(attempts, (), cfg, NOW)
+    assert ex.nodes == nodes
+    assert len(ex.notes) == len(nodes)
+    assert (ex.capped is None) if capped is None else (capped in ex.capped and "max_nodes" in ex.capped)
+
+
+def test_node_exclusion_notes_say_why():
+    ex = A.node_exclusions([ended_on(1, "gpu01"), ended_on(2, "gpu02", "crash", exclude_event="ecc",
+                                                           blamed_nodes=["gpu02"])], (), ne(), NOW)
+    assert ex.notes == ("gpu01 (node_fail of #1)", "gpu02 (log:ecc of #2)")
+
+
+def entry(node, age=0.0, uses=0):
+    return {"node": node, "time": A.iso_time(NOW - age), "job": "k", "attempt": 1, "why": "node_fail of k #1",
+            "uses": uses}
+
+
+@pytest.mark.parametrize("entries, cfg, nodes, used", [
+    ([entry("gpu01"), entry("gpu02")], ne(scope="session"), ("gpu01", "gpu02"), (0, 1)),
+    ([entry("gpu01", uses=2), entry("gpu02", uses=1)], ne(scope="session", max_attempts=2), ("gpu02",), (1,)),
+    ([entry("gpu01", age=7200), entry("gpu02", age=60)], ne(scope="session", max_hours=1), ("gpu02",), (1,)),
+    ([entry("gpu01"), entry("gpu02")], ne(scope="session", max_nodes=1), ("gpu01",), (0,)),
+    ([entry("gpu01")], ne(scope="job"), (), ()),                   # scope job ignores the session's
+])
+def test_node_exclusions_scope_session(entries, cfg, nodes, used):
+    ex = A.node_exclusions([], entries, cfg, NOW)
+    assert (ex.nodes, ex.used) == (nodes, used)
+
+
+@pytest.mark.parametrize("entries, att, cfg, held, added, capped", [
+    ([], ended_on(3, "gpu[01-02]"), ne(scope="session"), ["gpu01", "gpu02"], ["gpu01", "gpu02"], False),
+    ([entry("gpu01")], ended_on(3, "gpu[01-02]"), ne(scope="session"), ["gpu01", "gpu02"], ["gpu02"], False),
+    ([entry("gpu01", age=7200)], ended_on(3, "gpu02"), ne(scope="session", max_hours=1), ["gpu02"], ["gpu02"],
+     False),                                                          # the expired entry is dropped
+    ([entry("gpu01")], ended_on(3, "gpu[02-03]"), ne(scope="session", max_nodes=2), ["gpu01", "gpu02"],
+     ["gpu02"], True),
+    ([], ended_on(3, "gpu01", "crash"), ne(scope="session"), [], [], False),
+])
+def test_record_exclusions(entries, att, cfg, held, added, capped):
+    out, new, cap = A.record_exclusions(entries, "j", att, cfg, NOW)
+    assert [e["node"] for e in out] == held and new == added and bool(cap) == capped
+    for e in out:
+        if e["node"] in added:
+            assert e["why"] == "node_fail of j #3" and e["uses"] == 0 and A.parse_iso(e["time"]) == NOW
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"scope": "cluster"}, "must be one of job/session"),
+    ({"on": ["nosuch"]}, "'nosuch' is not a mode"),
+    ({"on": "node_fail"}, "must be a list"),
+    ({"max_nodes": -1}, "at least 0"),
+    ({"max_nodes": 10 ** 6}, "at most 10000"),
+    ({"max_hours": 0}, "greater than 0"),
+    ({"max_attempts": 0}, "at least 1"),
+    ({"bogus": 1}, "unknown key"),
+])
+def test_node_exclusion_config_is_checked(bad, message):
+    with pytest.raises(A.ConfigError) as e:
+        A.validate_node_exclusion(bad, {"log_events": []}, A._Checker("c.json"))
+    assert message in str(e.value)

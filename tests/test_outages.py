@@ -70,7 +70,7 @@ def test_an_squeue_answer_with_a_column_not_asked_for_decides_nothing(tmp_path):
     # decides nothing then
     h = Harness(tmp_path, timeout_stall_config(), names=[A])
     jid = h.live_id(A)
-    text = "%s|%s|RUNNING|None|2026-12-01T10:00:00|u|/w|%s|autoexp:p1:%s|x\n" % (jid, jid, A, A)
+    text = "%s|%s|RUNNING|None|2026-12-01T10:00:00|n1|u|/w|%s|autoexp:p1:%s|x\n" % (jid, jid, A, A)
     h.slurm.squeue = lambda: autoexp.SlurmClient(runner=lambda a, t, e: autoexp.Completed(a, 0, text, "", False),
                                                  user="u").squeue()
     assert h.cycle() is False and h.slurm.count("sbatch") == 1
@@ -93,8 +93,8 @@ def test_a_foreign_squeue_line_that_cannot_be_read_is_skipped_and_said(tmp_path)
     # answer about autoexp's jobs (an unreadable line with autoexp's tag is UNKNOWN: test_parsers)
     h = Harness(tmp_path, timeout_stall_config(), names=[A])
     jid = h.live_id(A)
-    text = ("%s|%s|RUNNING|None|2026-12-01T10:00:00|u|/w|%s|autoexp:p1:%s\n"
-            "99|99|RUNNING|None|2026-12-01T10:00:00|u|/w|my\nnotebook|(null)\n" % (jid, jid, A, A))
+    text = ("%s|%s|RUNNING|None|2026-12-01T10:00:00|n1|u|/w|%s|autoexp:p1:%s\n"
+            "99|99|RUNNING|None|2026-12-01T10:00:00|n1|u|/w|my\nnotebook|(null)\n" % (jid, jid, A, A))
     client = autoexp.SlurmClient(runner=lambda a, t, e: autoexp.Completed(a, 0, text, "", False), user="u")
     h.slurm.squeue = client.squeue
     h.ctl.slurm = _WithSkipped(h.slurm, client)

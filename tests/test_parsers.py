@@ -176,7 +176,7 @@ def test_parse_squeue_garbage_is_an_error(text):
 
 def test_an_squeue_line_with_an_extra_trailing_column_is_unknown_not_a_silent_loss_of_tags():
     # fields autoexp did not ask for: the answer is UNKNOWN (the cycle then decides nothing: test_outages)
-    text = "7|7|RUNNING|None|2026-12-01T10:00:00|u|/w|demo-s1|autoexp:p1:demo-s1|extra\n"
+    text = "7|7|RUNNING|None|2026-12-01T10:00:00|n1|u|/w|demo-s1|autoexp:p1:demo-s1|extra\n"
     client = autoexp.SlurmClient(runner=lambda a, t, e: autoexp.Completed(a, 0, text, "", False), user="u")
     with pytest.raises(autoexp.SlurmUnavailable) as e:
         client.squeue()
@@ -232,7 +232,7 @@ def test_squeue_command_line_and_environment():
             "SLURM_CLUSTERS": "a,b", "SBATCH_WAIT": "1", "SLURM_BITSTR_LEN": "10"}
     client = autoexp.SlurmClient(runner=runner, env=base, timeout=7, user="alice")
     assert client.squeue() == []
-    assert seen["argv"] == ["squeue", "-h", "-r", "-t", "all", "-u", "alice", "-o", "%i|%A|%T|%r|%V|%u|%Z|%j|%k"]
+    assert seen["argv"] == ["squeue", "-h", "-r", "-t", "all", "-u", "alice", "-o", "%i|%A|%T|%r|%V|%N|%u|%Z|%j|%k"]
     env = seen["env"]
     assert env["SLURM_TIME_FORMAT"] == "standard" and env["LC_ALL"] == "C"
     assert env["SLURM_BITSTR_LEN"] == "0"
@@ -336,19 +336,21 @@ def test_scancel_captures():
 
 def test_squeue_lines_seen_in_the_last_answer_give_the_same_rows_unparsed():
     known = {}
-    first = "1|1|RUNNING|None|2026-12-01T10:00:00|u|/w|a|autoexp:p:a\n2|2|PENDING|Priority|2026-12-01T10:00:00|u|/w|b|autoexp:p:b\n"
+    first = "1|1|RUNNING|None|2026-12-01T10:00:00|n1|u|/w|a|autoexp:p:a\n2|2|PENDING|Priority|2026-12-01T10:00:00||u|/w|b|autoexp:p:b\n"
     rows1 = autoexp.parse_squeue(first, known=known)
     assert len(known) == 2
-    second = first.replace("PENDING|Priority", "RUNNING|None") + "3_[0-1]|3|PENDING|None|2026-12-01T10:01:00|u|/w|c|autoexp:p:c\n"
+    second = first.replace("PENDING|Priority|2026-12-01T10:00:00|", "RUNNING|None|2026-12-01T10:00:00|n2") + \
+        "3_[0-1]|3|PENDING|None|2026-12-01T10:01:00||u|/w|c|autoexp:p:c\n"
     rows2 = autoexp.parse_squeue(second, known=known)
     assert rows2[0] is rows1[0]                        # unchanged: the very same row
-    assert rows2[1] is not rows1[1] and rows2[1].state == "RUNNING"
+    assert rows2[1] is not rows1[1] and rows2[1].state == "RUNNING" and rows2[1].nodes == "n2"
+    assert rows1[0].nodes == "n1" and rows1[1].nodes is None  # pending: no nodes yet
     assert [r.job_id for r in rows2[2:]] == ["3_0", "3_1"]
     assert rows2 == autoexp.parse_squeue(second)       # the same answer as without it
     assert len(known) == 3                             # the last answer's lines only
     # an answer that does not parse leaves what was known as it was
     with pytest.raises(ValueError):
-        autoexp.parse_squeue(second + "4|4|RUNNING|None|x|u|/w|d|autoexp:p:d|extra\n", known=known)
+        autoexp.parse_squeue(second + "4|4|RUNNING|None|x|n1|u|/w|d|autoexp:p:d|extra\n", known=known)
     assert autoexp.parse_squeue(second, known=known)[0] is rows1[0]
 
 
@@ -357,12 +359,13 @@ def test_squeue_lines_seen_in_the_last_answer_give_the_same_rows_unparsed():
 def test_squeue_user_and_working_directory_and_a_directory_holding_a_bar():
     fmt = autoexp.SQUEUE_FORMAT
     rows = autoexp.parse_squeue(
-        "5|5|PENDING|None|2026-12-01T10:00:00|alice|/proj/run|j|\n"              # by hand: no tag
-        "6|6|PENDING|None|2026-12-01T10:00:00|alice|/proj/a|b|j|\n"              # '|' in the directory
-        "7|7|PENDING|None|2026-12-01T10:00:00|alice|/proj/a|b|j|autoexp:p1:j\n", fmt)
+        "5|5|PENDING|None|2026-12-01T10:00:00||alice|/proj/run|j|\n"              # by hand: no tag
+        "6|6|RUNNING|None|2026-12-01T10:00:00|g[1-2]|alice|/proj/a|b|j|\n"       # '|' in the directory
+        "7|7|PENDING|None|2026-12-01T10:00:00||alice|/proj/a|b|j|autoexp:p1:j\n", fmt)
     by = dict((r.job_id, r) for r in rows)
     assert (by["5"].user, by["5"].workdir, by["5"].name, by["5"].comment) == ("alice", "/proj/run", "j", "")
     assert by["6"].user == "alice" and by["6"].workdir is None          # cannot be told: never matched
+    assert [by[i].nodes for i in "567"] == [None, "g[1-2]", None]       # the node list before it stays in place
     assert by["7"].comment == "autoexp:p1:j" and by["7"].workdir is None
 
 
@@ -370,13 +373,14 @@ def test_sacct_user_and_working_directory_and_a_directory_holding_a_bar():
     f = autoexp.SACCT_FIELDS
     t = "2026-12-01T10:00:00"
     rows = autoexp.parse_sacct(
-        "5|5|j|RUNNING|0:0|%s|%s|Unknown|alice|/proj/run|\n"
-        "6|6|j|COMPLETED|0:0|%s|%s|%s|alice|/proj/a|b|autoexp:p1:j\n"   # the tag shows where the directory ends
-        "7|7|j|COMPLETED|0:0|%s|%s|%s|alice|/proj/a|b|my|note\n" % (t, t, t, t, t, t, t, t), f)
+        "5|5|j|RUNNING|0:0|%s|%s|Unknown|g1|alice|/proj/run|\n"
+        "6|6|j|COMPLETED|0:0|%s|%s|%s|g[1-2]|alice|/proj/a|b|autoexp:p1:j\n"   # the tag shows where the directory ends
+        "7|7|j|COMPLETED|0:0|%s|%s|%s|None assigned|alice|/proj/a|b|my|note\n" % (t, t, t, t, t, t, t, t), f)
     by = dict((r.job_id, r) for r in rows)
     assert (by["5"].user, by["5"].workdir, by["5"].comment) == ("alice", "/proj/run", "")
     assert (by["6"].workdir, by["6"].comment) == ("/proj/a|b", "autoexp:p1:j")
     assert by["7"].workdir is None and by["7"].user == "alice"
+    assert [by[i].nodes for i in "567"] == ["g1", "g[1-2]", None]
 
 
 @pytest.mark.parametrize("version", ["22.05", "24.11"])

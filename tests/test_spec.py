@@ -111,3 +111,14 @@ def test_crash_points():
 def test_version_line():
     assert "Version: autoexp %s, state schema %d, manifest schema %d." % (
         autoexp.__version__, autoexp.STATE_SCHEMA_VERSION, autoexp.MANIFEST_SCHEMA_VERSION) in SPEC
+
+
+def test_node_exclusion_keys_and_defaults():
+    rows = table("key", occurrence=2)
+    assert [ticked(r[0]) for r in rows] == [k.name for k in autoexp.NODE_EXCLUSION_SCHEMA]
+    for row, key in zip(rows, autoexp.NODE_EXCLUSION_SCHEMA):
+        assert row[2].strip("`").startswith(json.dumps(key.default)), (key.name, row[2])
+        if key.nullable:
+            assert "null" in row[1], key.name
+    assert "`%s` or `%s`" % autoexp.EXCLUSION_SCOPES in rows[1][1]
+    assert re.search(r"`log_events` \| list \| `\[\]` \| `\{%s\}`" % ", ".join(autoexp.LOG_EVENT_KEYS), SPEC)

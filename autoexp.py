@@ -159,7 +159,9 @@ EVENT_KINDS = (EV_INTENT, EV_SUBMITTED, EV_SUBMIT_ERROR, EV_STATE, EV_REQUEUED, 
                EV_USER_CANCEL, EV_ADOPTED, EV_REACTIVATED, EV_RESUBMITS_AMBIGUOUS, EV_RETRIED, EV_BLOCKED,
                EV_PENDING_TOO_LONG, EV_NODES_EXCLUDED, EV_EXCLUSION_CAPPED)
 
-# Node exclusion (SPEC 5.5): where an exclusion holds.
+# Node exclusion (SPEC 5.5): where an exclusion holds; sbatch's refusal when too few nodes are
+# left (SLURM 22.05 and 24.11: ESLURM_REQUESTED_NODE_CONFIG_UNAVAILABLE).
+NO_NODES_RE = re.compile(r"Requested node configuration is not available")
 SCOPE_JOB, SCOPE_SESSION = "job", "session"
 EXCLUSION_SCOPES = (SCOPE_JOB, SCOPE_SESSION)
 
@@ -5883,10 +5885,7 @@ class Controller(object):
     def _new_intent(self, s, job, now, todo, array):
         # the nodes its earlier attempts (or, scope session, any job's) are blamed for
         ex = node_exclusions(job.attempts, s.excluded_nodes, s.node_exclusion, now)
-        options = attempt_sbatch_options(job, s.policies, ex.nodes)
-        if any(o.startswith("--exclude=") for o in options):
-            # the command line's --exclude replaces the script's: merge what it excludes
-            options = attempt_sbatch_options(job, s.policies, ex.nodes, self._script_exclude(s, job))
+        options = self._options(s, job, ex.nodes)
         att = job.new_attempt(origin=ORIGIN_SUBMITTED, submit_state=INTENT, intent_at=now, sbatch_options=options,
                               array_task=job.index if array and s.plan.array is not None else None)
         self._log_baseline(s, job, att)
@@ -5904,6 +5903,26 @@ class Controller(object):
                                 for i, e in enumerate(s.excluded_nodes)]
         todo.submit.append(job)
         return att
+
+    def _options(self, s, job, exclude):
+        options = attempt_sbatch_options(job, s.policies, exclude)
+        if any(o.startswith("--exclude=") for o in options):
+            # the command line's --exclude replaces the script's: merge what it excludes
+            options = attempt_sbatch_options(job, s.policies, exclude, self._script_exclude(s, job))
+        return options
+
+    def _drop_exclusion(self, s, job, att, now, message):
+        """sbatch refused the submission because no node is left that can run it once
+        autoexp's exclusions are added (SLURM knows the partition, autoexp does not): the
+        same intent is submitted again without them at the next cycle, never stopped for
+        it. (Nothing was queued: the refusal is permanent.)"""
+        nodes = ",".join(att.excluded_nodes)
+        att.sbatch_options = self._options(s, job, ())
+        att.excluded_nodes, att.submit_error = (), message
+        att.exclusion_note = "not excluded: %s would leave no node that can run it" % nodes
+        job.next_submit_at = now
+        self._event(s, job, att, EV_EXCLUSION_CAPPED, now, detail="excluding %s leaves no node that can run it "
+                    "(sbatch: %s); submitting again without autoexp's exclusions" % (nodes, message))
 
     def retry(self, s, job, now, todo, reset):
         """`autoexp retry`: a stopped or cancelled job (retry_refusal said none) is active
@@ -6099,6 +6118,9 @@ class Controller(object):
                 job.submit_failures, job.submit_refusals, job.next_submit_at = 0, 0, None
                 job.last_monitor_state = MON_SUBMITTED
                 self._event(s, job, att, EV_SUBMITTED, now, detail="SLURM job %s" % att.job_id)
+                continue
+            if res.outcome == SB_PERMANENT and att.excluded_nodes and NO_NODES_RE.search(res.message or ""):
+                self._drop_exclusion(s, job, att, now, res.message)
                 continue
             verdict = after_sbatch_failure(res, job.submit_failures, job.submit_refusals, s.monitoring)
             job.submit_failures, job.submit_refusals = verdict.failures, verdict.refusals

@@ -153,3 +153,20 @@ def test_the_fake_honours_exclude_and_refuses_when_too_few_nodes_are_left(nodes,
     nodes.wait(lambda jobs: all(j["state"] == "COMPLETED" for j in jobs), timeout=10)
     rc, out, err = nodes.run("sacct", "-X", "-P", "-n", "-o", "JobID,NodeList", "-j", job["job_id"])
     assert out.strip() == "%s|gpu[07-08]" % job["job_id"]
+
+
+def test_an_exclusion_that_leaves_no_node_is_dropped_not_a_stop(project, fake):
+    # two nodes, a two-node job: after its node failure, excluding both leaves nothing; sbatch
+    # refuses, and autoexp submits the same attempt again without its exclusions (SLURM
+    # knows the partition's size, autoexp does not), instead of stopping the job
+    fake.configure(node_names=["gpu01", "gpu02"])
+    fake.add_rule(name="nd-s1", action="NODE_FAIL", nth=1, after=0.1)
+    project.ok("run", project.config(config()), "--plan-id", "none")
+    assert excludes(fake, "nd-s1") == [None, "gpu01,gpu02", None]
+    assert [c["rc"] for c in fake.calls("sbatch")] == [0, 1, 0]
+    hist = project.history("none", "nd-s1")["jobs"][0]
+    assert hist["status"] == "finalized" and [a["outcome"] for a in hist["attempts"]] == ["node_fail", "success"]
+    assert hist["attempts"][1]["excluded_nodes"] == []
+    assert "not excluded: gpu01,gpu02 would leave no node" in hist["attempts"][1]["exclusion_note"]
+    (ev,) = events(project, "none", "exclusion_capped")
+    assert "leaves no node that can run it" in ev["detail"] and ev["attempt"] == 2

@@ -239,3 +239,17 @@ def test_a_plans_scripts_are_durable_before_its_manifest_is_written(tmp_path, mo
         with open(p) as f:
             assert f.read() == text
         assert os.stat(p).st_mode & 0o777 == 0o700
+
+
+@pytest.mark.parametrize("name", sorted(n for n in os.listdir(os.path.join(os.path.dirname(__file__), "..", "examples"))
+                                        if n.endswith(".json")))
+def test_the_example_configs_plan(tmp_path, name):
+    """The examples README points to are valid configs: every key known, every bound kept."""
+    path = os.path.join(os.path.dirname(__file__), "..", "examples", name)
+    config = autoexp.resolve_config(autoexp.load_config_file(path), path, [])
+    manifest, scripts = autoexp.build_plan(config, path, "ex", str(tmp_path / "state"), str(tmp_path), 1700000000.0)
+    assert manifest["jobs"] and len(scripts) >= len(manifest["jobs"])
+    if name == "multinode_training.json":  # what README says this one shows
+        assert config["node_exclusion"]["scope"] == "session"
+        assert config["restart"]["oom"]["sbatch"]["mem"] == ["480G", "720G", "960G"]
+        assert any(e.get("exclude_nodes") for e in config["monitoring"]["log_events"])

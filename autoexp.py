@@ -2017,6 +2017,8 @@ class AcctRow(NamedTuple):
     user: Optional[str] = None
     workdir: Optional[str] = None
     nodes: Optional[str] = None
+    elapsed: str = ""  # ElapsedRaw (seconds SLURM ran it, as printed) and AllocTRES ('billing=2,cpu=2,
+    tres: str = ""  # gres/gpu=4,mem=1G,node=1'; empty while pending), read only when used (alloc_of)
 
 
 # What autoexp asks squeue and sacct for. squeue's name and comment are free text (they
@@ -2026,7 +2028,9 @@ class AcctRow(NamedTuple):
 # makes its line irregular, and such a line's directory is not told (None), never guessed.
 # A node list (%N, NodeList) never holds '|': before the directory, its place is fixed.
 SQUEUE_FORMAT = "%i|%A|%T|%r|%V|%N|%u|%Z|%j|%k"
-SACCT_FIELDS = "JobID,JobIDRaw,JobName,State,ExitCode,Submit,Start,End,NodeList,User,WorkDir,Comment"
+# ElapsedRaw and AllocTRES (an attempt's cost) hold no '|' either and sit before NodeList.
+SACCT_FIELDS = ("JobID,JobIDRaw,JobName,State,ExitCode,Submit,Start,End,ElapsedRaw,AllocTRES,NodeList,User,"
+                "WorkDir,Comment")
 TAG_RE = re.compile(r"^autoexp:[A-Za-z0-9][A-Za-z0-9._+-]*:(?:[A-Za-z0-9][A-Za-z0-9._+-]*|@array)$")
 UNSET_TIMES = ("", "Unknown", "None", "N/A")
 # A job without nodes yet: squeue prints nothing, sacct "None assigned" (captures 88, NOTES).
@@ -2245,6 +2249,7 @@ def parse_sacct(text, fields=SACCT_FIELDS):
     i_start, i_end, i_comment, i_submit = at["Start"], at["End"], at["Comment"], at.get("Submit")
     i_user, i_workdir = at.get("User"), at.get("WorkDir")
     i_nodes = at.get("NodeList")
+    i_elapsed, i_tres = at.get("ElapsedRaw"), at.get("AllocTRES")
     last = len(names) - 1
     # a '|' in the directory (just before the comment) shows as one in the comment: a tag
     # holds none, so what precedes a tag there is the directory's; else the directory is
@@ -2284,12 +2289,14 @@ def parse_sacct(text, fields=SACCT_FIELDS):
             else:
                 workdir = None
         nodes = _node_list(parts[i_nodes]) if i_nodes is not None else None
+        elapsed = parts[i_elapsed] if i_elapsed is not None else ""
+        tres = parts[i_tres] if i_tres is not None else ""
         if len(ids) == 1:
             rows.append(new(AcctRow, (ids[0], raw, name, state, exit_code, start, end, comment, submit, user,
-                                      workdir, nodes)))
+                                      workdir, nodes, elapsed, tres)))
         else:
             rows.extend(new(AcctRow, (job_id, "", name, state, exit_code, start, end, comment, submit, user,
-                                      workdir, nodes)) for job_id in ids)
+                                      workdir, nodes, elapsed, tres)) for job_id in ids)
     return rows
 
 
@@ -2305,6 +2312,33 @@ def _slurm_time_text(text):
         if len(text) != 19 or text[10] != "T":
             raise ValueError("%r is not a time like 2026-12-01T14:49:14" % text)
     return text
+
+
+# Bounds of what is believed of sacct's cost fields: a year of run time, a million CPUs or GPUs.
+MAX_ELAPSED_SECONDS, MAX_ALLOC_UNITS = 366 * 86400, 10 ** 6
+
+
+def alloc_of(arow):
+    """(seconds, cpus, gpus) an sacct row says the job ran and held; each None when the row
+    does not say it (no field, empty while pending, malformed or beyond belief). GPUs are
+    the untyped total 'gres/gpu=N' (SLURM prints it beside typed 'gres/gpu:a100=N'), else
+    the typed ones summed; a row with CPUs but no GPU holds 0 GPUs."""
+    elapsed = arow.elapsed.strip()
+    seconds = int(elapsed) if elapsed.isdigit() and int(elapsed) <= MAX_ELAPSED_SECONDS else None
+    cpus = gpus = typed = None
+    for item in arow.tres.strip().split(","):
+        key, _, value = item.partition("=")
+        if not value.isdigit() or int(value) > MAX_ALLOC_UNITS:
+            continue
+        if key == "cpu":
+            cpus = int(value)
+        elif key == "gres/gpu":
+            gpus = int(value)
+        elif key.startswith("gres/gpu:"):
+            typed = (typed or 0) + int(value)
+    if gpus is None:
+        gpus = typed if typed is not None else (0 if cpus is not None else None)
+    return seconds, cpus, gpus
 
 
 def slurm_epoch(value):
@@ -2809,6 +2843,10 @@ class Observation(NamedTuple):
     end: Optional[float] = None
     submit: Optional[str] = None  # SLURM's submit time (QueueRow.submit)
     nodes: Optional[str] = None  # SLURM's node list of the job, as printed (QueueRow.nodes)
+    # from sacct's final row only (alloc_of): what the attempt cost; None: not told
+    elapsed_raw: Optional[int] = None
+    alloc_cpus: Optional[int] = None
+    alloc_gpus: Optional[int] = None
 
 
 class Facts(NamedTuple):
@@ -2940,7 +2978,7 @@ ATTEMPT_FIELDS = (
     Field("reason"), Field("ended_at"), Field("cancel_requested_at"), Field("cancel_result"),
     Field("log_matches", ()), Field("actions", (), (list,)), Field("sbatch_options", ()), Field("extra_logs", ()),
     Field("nodes"), Field("exclude_event"), Field("blamed_nodes", ()), Field("excluded_nodes", ()),
-    Field("exclusion_note"))
+    Field("exclusion_note"), Field("elapsed_raw"), Field("alloc_cpus"), Field("alloc_gpus"))
 
 
 # The times durations are measured from (stall, grace periods, backoffs, resends): moved
@@ -3017,6 +3055,8 @@ class Attempt(Record):
                 self.slurm_start = obs.start
             if obs.end:
                 self.slurm_end = obs.end
+            if obs.elapsed_raw is not None:
+                self.elapsed_raw, self.alloc_cpus, self.alloc_gpus = obs.elapsed_raw, obs.alloc_cpus, obs.alloc_gpus
             if obs.state == "RUNNING" and self.running_since is None:
                 self.running_since = now
             elif obs.state == "RUNNING" and self.last_slurm_state not in (None, "RUNNING"):
@@ -3957,6 +3997,16 @@ def hand_resubmit(job, sight, end=None):
     return rows[0] if len(rows) == 1 else None
 
 
+def final_cost(arow):
+    """(seconds, cpus, gpus) of an ended job's sacct row; (None, None, None) for no row or
+    an active one: a running job's ElapsedRaw still grows, and a job decided ended without
+    its final row (squeue alone, after ACCOUNTING_GRACE) has a cost nobody told: unknown,
+    never guessed from this monitor's clock."""
+    if arow is None or arow.state not in TERMINAL_MODE:
+        return None, None, None
+    return alloc_of(arow)
+
+
 def observe(row, arow, look, wait_since, now):
     """One attempt's observation from its squeue row and sacct row (either may be None);
     returns (Observation, acct_wait_since). UNKNOWN whenever a query that could have told
@@ -3976,7 +4026,7 @@ def observe(row, arow, look, wait_since, now):
                     return Observation(SRC_UNKNOWN, reason="ended; waiting for sacct's record of it"), wait_since
         obs = Observation(SRC_SQUEUE, row.state, row.reason, arow.exit_code if arow else "", row.raw_id,
                           slurm_epoch(arow.start) if arow else None, slurm_epoch(arow.end) if arow else None,
-                          row.submit, row.nodes or (arow.nodes if arow else None))
+                          row.submit, row.nodes or (arow.nodes if arow else None), *final_cost(arow))
     elif arow is None:
         if not (look.acct_ok and look.named_ok):
             return Observation(SRC_UNKNOWN, reason="sacct failed: %s" % (look.acct_error or look.named_error)), \
@@ -3990,11 +4040,71 @@ def observe(row, arow, look, wait_since, now):
                            arow.nodes), wait_since
     else:
         obs = Observation(SRC_SACCT, arow.state, "", arow.exit_code, arow.raw_id, slurm_epoch(arow.start),
-                          slurm_epoch(arow.end), arow.submit, arow.nodes)
+                          slurm_epoch(arow.end), arow.submit, arow.nodes, *final_cost(arow))
     if obs.state not in ACTIVE_STATES and obs.state not in TERMINAL_MODE:
         return Observation(SRC_UNKNOWN, reason="SLURM reports state %s, which autoexp does not know"
                            % obs.state), wait_since
     return obs, wait_since
+
+
+# -- cost: what attempts used ------------------------------------------------------
+
+COST_KEYS = ("useful_cpu_hours", "useful_gpu_hours", "wasted_cpu_hours", "wasted_gpu_hours", "unknown_attempts")
+
+
+def attempt_hours(attempt):
+    """(cpu_hours, gpu_hours) an ended attempt cost, or None when unknown: SLURM's final
+    ElapsedRaw times its AllocTRES. One never given a SLURM id, or that never ran (0 s),
+    cost nothing."""
+    if attempt.job_id is None:
+        return 0.0, 0.0
+    seconds = attempt.elapsed_raw
+    if seconds == 0:
+        return 0.0, 0.0
+    if seconds is None or attempt.alloc_cpus is None:
+        return None
+    return seconds * attempt.alloc_cpus / 3600.0, seconds * (attempt.alloc_gpus or 0) / 3600.0
+
+
+def cost_summary(attempts):
+    """CPU and GPU hours of ended attempts: useful (outcome success), wasted (any other
+    outcome: failed, timed out, replaced, cancelled, stalled...), and how many ended ones
+    have no known cost (their hours are in neither sum). Live attempts are not counted yet."""
+    out = OrderedDict((k, 0.0) for k in COST_KEYS)
+    out["unknown_attempts"] = 0
+    for att in attempts:
+        if att.outcome is None:
+            continue
+        hours = attempt_hours(att)
+        if hours is None:
+            out["unknown_attempts"] += 1
+            continue
+        kind = "useful" if att.outcome == MODE_SUCCESS else "wasted"
+        out[kind + "_cpu_hours"] += hours[0]
+        out[kind + "_gpu_hours"] += hours[1]
+    for k in COST_KEYS[:4]:
+        out[k] = round(out[k], 4)
+    return out
+
+
+def add_costs(costs):
+    """The sum of cost_summary()s (a session's, from its jobs')."""
+    out = OrderedDict((k, 0 if k == "unknown_attempts" else 0.0) for k in COST_KEYS)
+    for c in costs:
+        for k in COST_KEYS:
+            out[k] += c[k]
+    for k in COST_KEYS[:4]:
+        out[k] = round(out[k], 4)
+    return out
+
+
+def cost_text(c):
+    """A cost summary in words, for `status` and `report`."""
+    text = "used %.1f GPU-h, %.1f CPU-h; wasted %.1f GPU-h, %.1f CPU-h" % (
+        c["useful_gpu_hours"], c["useful_cpu_hours"], c["wasted_gpu_hours"], c["wasted_cpu_hours"])
+    if c["unknown_attempts"]:
+        text += " (+%d ended attempt(s) of unknown cost)" % c["unknown_attempts"]
+    return text
 
 
 # -- moves: what a job does next ---------------------------------------------------
@@ -6656,10 +6766,12 @@ def _status_doc(s):
             ("reason", job.reason or (waiting_reason(s) if job.last_monitor_state == MON_WAITING else None)),
             ("nodes", att.nodes if att else None),
             ("excluded_nodes", list(att.excluded_nodes) if att else []),
-            ("exclusion_note", att.exclusion_note if att else None)]))
+            ("exclusion_note", att.exclusion_note if att else None),
+            ("cost", cost_summary(job.attempts))]))
     return OrderedDict([("session_id", s.session_id), ("project", s.project),
                         ("updated_at", iso_time(s.updated_at)), ("counts", count_by_status(s)), ("jobs", jobs),
-                        ("excluded_nodes", [dict(e) for e in s.excluded_nodes])])
+                        ("excluded_nodes", [dict(e) for e in s.excluded_nodes]),
+                        ("cost", add_costs(j["cost"] for j in jobs))])
 
 
 def waiting_reason(s):
@@ -6703,9 +6815,9 @@ def cmd_status(args, rt):
         if n:
             report.result("")
         waiting = sum(1 for j in s.jobs if j.status == ACTIVE and j.last_monitor_state == MON_WAITING)
-        report.result("session %s (project %s), updated %s: %s%s" % (
+        report.result("session %s (project %s), updated %s: %s%s; %s" % (
             s.session_id, s.project, short_time(s.updated_at), count_summary(s),
-            "; %d %s" % (waiting, waiting_reason(s)) if waiting else ""))
+            "; %d %s" % (waiting, waiting_reason(s)) if waiting else "", cost_text(doc["cost"])))
         rows = [(j["name"], j["status"], j["attempts"], j["last_job_id"] or "-", _state_cell(j),
                  j["monitor_state"] or "-", j["last_event"] or "-", j["log_path"] or "-") for j in doc["jobs"]]
         for line in _table(rows, ("JOB", "STATUS", "ATT", "SLURM_ID", "SLURM_STATE", "MONITOR", "LAST_EVENT", "LOG")):
@@ -6736,7 +6848,10 @@ def _history_doc(s, name):
                 ("pending_reason", plain_reason(att.pending_reason) if att.pending_reason else None),
                 ("outcome", att.outcome), ("reason", att.reason or att.submit_error),
                 ("live", live), ("nodes", att.nodes), ("excluded_nodes", list(att.excluded_nodes)),
-                ("exclusion_note", att.exclusion_note)]))
+                ("exclusion_note", att.exclusion_note), ("elapsed_raw", att.elapsed_raw),
+                ("alloc_cpus", att.alloc_cpus), ("alloc_gpus", att.alloc_gpus)]))
+            hours = attempt_hours(att) if att.outcome is not None else None
+            attempts[-1]["cpu_hours"], attempts[-1]["gpu_hours"] = hours or (None, None)
             attempts[-1]["sbatch_options"] = list(att.sbatch_options)
         jobs.append(OrderedDict([("name", job.name), ("status", job.status), ("job_id", live_id),
                                  ("attempts", attempts)]))

@@ -1161,9 +1161,12 @@ class SlurmModel(object):
         shown = "CANCELLED by 4242" if state == "CANCELLED" else state
         raw = job.raw if job.raw is not None else job.base
         nodes = "sim[1-2]" if start and state != "PENDING" else "None assigned"
-        return "%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s" % (jid or job.id, raw, name, shown, exit_code,
-                                                        local(job.submit_t), start_s, end_s, nodes, self.user,
-                                                        self.workdir_of(job), comment)
+        ran = start and state != "PENDING"
+        elapsed = int((end if end and state not in ACTIVE else self.w.t) - start) if ran else 0
+        tres = "billing=4,cpu=4,gres/gpu=8,mem=8G,node=2" if ran else ""
+        return "%s|%s|%s|%s|%s|%s|%s|%s|%d|%s|%s|%s|%s|%s" % (jid or job.id, raw, name, shown, exit_code,
+                                                              local(job.submit_t), start_s, end_s, max(elapsed, 0),
+                                                              tres, nodes, self.user, self.workdir_of(job), comment)
 
     @staticmethod
     def workdir_of(job):

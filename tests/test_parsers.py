@@ -373,9 +373,9 @@ def test_sacct_user_and_working_directory_and_a_directory_holding_a_bar():
     f = autoexp.SACCT_FIELDS
     t = "2026-12-01T10:00:00"
     rows = autoexp.parse_sacct(
-        "5|5|j|RUNNING|0:0|%s|%s|Unknown|g1|alice|/proj/run|\n"
-        "6|6|j|COMPLETED|0:0|%s|%s|%s|g[1-2]|alice|/proj/a|b|autoexp:p1:j\n"   # the tag shows where the directory ends
-        "7|7|j|COMPLETED|0:0|%s|%s|%s|None assigned|alice|/proj/a|b|my|note\n" % (t, t, t, t, t, t, t, t), f)
+        "5|5|j|RUNNING|0:0|%s|%s|Unknown|7|cpu=1|g1|alice|/proj/run|\n"
+        "6|6|j|COMPLETED|0:0|%s|%s|%s|9|cpu=1|g[1-2]|alice|/proj/a|b|autoexp:p1:j\n"   # the tag shows where the directory ends
+        "7|7|j|COMPLETED|0:0|%s|%s|%s|0||None assigned|alice|/proj/a|b|my|note\n" % (t, t, t, t, t, t, t, t), f)
     by = dict((r.job_id, r) for r in rows)
     assert (by["5"].user, by["5"].workdir, by["5"].comment) == ("alice", "/proj/run", "")
     assert (by["6"].workdir, by["6"].comment) == ("/proj/a|b", "autoexp:p1:j")
@@ -406,3 +406,26 @@ def test_the_fake_slurm_shows_user_and_working_directory_as_autoexp_asks(tmp_pat
         time.sleep(0.05)
         acct = client.sacct_by_name(["j"], time.time() - 60)
     assert [(r.job_id, r.user, r.workdir) for r in acct] == [(jid, client.user, wd)]
+
+
+@pytest.mark.parametrize("elapsed,tres,expected", [
+    ("3600", "billing=2,cpu=2,gres/gpu=4,mem=1G,node=1", (3600, 2, 4)),
+    ("90", "billing=8,cpu=8,gres/gpu:a100=2,gres/gpu=2,mem=64G,node=1", (90, 8, 2)),  # typed and total: the total
+    ("90", "cpu=8,gres/gpu:a100=2,gres/gpu:v100=1,node=1", (90, 8, 3)),  # typed only: summed
+    ("90", "billing=1,cpu=1,mem=256M,node=1", (90, 1, 0)),  # CPUs and no GPU: none held
+    ("0", "", (0, None, None)),  # never ran: nothing allocated
+    ("", "", (None, None, None)),
+    ("-5", "cpu=x,gres/gpu=9999999999", (None, None, None)),  # malformed or beyond belief: not told
+    ("99999999999", "cpu=4", (None, 4, 0)),
+])
+def test_alloc_of_reads_elapsedraw_and_alloctres(elapsed, tres, expected):
+    row = autoexp.AcctRow("1", "1", "j", "COMPLETED", "0:0", None, None, "", elapsed=elapsed, tres=tres)
+    assert autoexp.alloc_of(row) == expected
+
+
+def test_sacct_cost_fields_sit_before_the_node_list():
+    t = "2026-12-01T10:00:00"
+    row = autoexp.parse_sacct("8|8|j|TIMEOUT|0:0|%s|%s|%s|87|billing=2,cpu=2,gres/gpu=4,mem=1G,node=1|g1|al|/w|c\n"
+                              % (t, t, t), autoexp.SACCT_FIELDS)[0]
+    assert (row.elapsed, row.tres, row.nodes, row.comment) == ("87", "billing=2,cpu=2,gres/gpu=4,mem=1G,node=1", "g1", "c")
+    assert autoexp.alloc_of(row) == (87, 2, 4)

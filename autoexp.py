@@ -6961,6 +6961,172 @@ def cmd_retry(args, rt):
             lock.release()
 
 
+# -- report: one self-contained HTML file --------------------------------------------
+
+# A report reads at most this many of the journal's last events and draws at most this
+# many jobs (a 100k-job sweep would make a file no browser opens); it says what it left out.
+MAX_REPORT_EVENTS, MAX_REPORT_JOBS = 5000, 2000
+REPORT_COLOURS = (("success", "#2e9d4e"), ("timeout", "#e69b00"), ("replaced", "#8c8c8c"),
+                  ("cancelled", "#555555"), ("live", "#2f6fd6"))
+REPORT_FAILED_COLOUR = "#d23c3c"  # every other outcome: a mode that failed
+REPORT_CSS = """
+body{font-family:sans-serif;margin:1.5em;color:#222}table{border-collapse:collapse;margin:.5em 0}
+td,th{border:1px solid #ccc;padding:2px 6px;font-size:13px;text-align:left;vertical-align:top}
+th{background:#eee}.tl{position:relative;height:18px;background:#f6f6f6;min-width:600px}
+.bar{position:absolute;top:2px;height:14px;font-size:10px;color:#fff;overflow:hidden;white-space:nowrap}
+.wait{position:absolute;top:7px;height:4px;background:#bbb}.key span{display:inline-block;padding:0 6px;color:#fff;
+margin-right:4px}pre{background:#f6f6f6;padding:6px;white-space:pre-wrap;font-size:12px}
+"""
+
+
+def report_colour(outcome, live):
+    if live:
+        return dict(REPORT_COLOURS)["live"]
+    return dict(REPORT_COLOURS).get(outcome, REPORT_FAILED_COLOUR)
+
+
+def read_journal_tail(path, limit=MAX_REPORT_EVENTS):
+    """The journal's last `limit` events (a line that is not JSON is skipped) and how many
+    there are in all; ([], 0) when it cannot be read."""
+    import collections
+    tail, total = collections.deque(maxlen=limit), 0
+    try:
+        with open(path, "rb") as f:
+            for line in f:
+                try:
+                    event = json.loads(line.decode("utf-8", "replace"))
+                except ValueError:
+                    continue
+                if isinstance(event, dict):
+                    tail.append(event)
+                    total += 1
+    except (IOError, OSError):
+        return [], 0
+    return list(tail), total
+
+
+def _attempt_span(att, now):
+    """(queued, started, ended) of an attempt as epochs (None: not known): the monitor's
+    times, SLURM's own start and end when sacct gave them."""
+    queued = att.submitted_at or att.intent_at
+    started = att.slurm_start or att.running_since
+    ended = att.slurm_end or att.ended_at or (now if att.live else None)
+    return queued, started, ended
+
+
+def render_report(s, plan, events, events_total, now):
+    """The report of session s as one HTML document (a str): no script, no external file;
+    every user-given text (names, params, reasons, log lines in events) is escaped."""
+    import html
+
+    def e(v):
+        return html.escape("" if v is None else str(v), quote=True)
+
+    jobs = s.jobs[:MAX_REPORT_JOBS]
+    spans = [(job, att, _attempt_span(att, now)) for job in jobs for att in job.attempts]
+    times = [t for _, _, sp in spans for t in sp if t]
+    t0, t1 = (min(times), max(times)) if times else (now, now)
+    width = max(t1 - t0, 1.0)
+
+    def pct(t):
+        return "%.3f%%" % (100.0 * (t - t0) / width)
+
+    out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+           "<title>autoexp report: %s</title>" % e(s.session_id), "<style>%s</style></head><body>" % REPORT_CSS,
+           "<h1>Session %s</h1>" % e(s.session_id),
+           "<p>Project %s; updated %s; report made %s. %s.</p>" % (
+               e(s.project), e(short_time(s.updated_at)), e(short_time(now)), e(count_summary(s))),
+           "<p>Cost: %s.</p>" % e(cost_text(add_costs(cost_summary(j.attempts) for j in s.jobs)))]
+    if len(s.jobs) > len(jobs):
+        out.append("<p>Only the first %d of %d jobs are shown.</p>" % (len(jobs), len(s.jobs)))
+    out.append('<h2>Timeline</h2><p class="key">%s <span style="background:%s">failed</span> '
+               'grey line: queued</p><p>%s to %s</p>' % (
+                   " ".join('<span style="background:%s">%s</span>' % (c, e(k)) for k, c in REPORT_COLOURS),
+                   REPORT_FAILED_COLOUR, e(short_time(t0)), e(short_time(t1))))
+    out.append('<table class="timeline"><tr><th>job</th><th>attempts</th></tr>')
+    for job in jobs:
+        cells = []
+        for att in job.attempts:
+            queued, started, ended = _attempt_span(att, now)
+            tip = "#%d %s %s: %s" % (att.attempt, att.job_id or "-", att.outcome or ("live" if att.live else "-"),
+                                     att.reason or att.submit_error or att.last_slurm_state or "")
+            # SLURM's start is in whole seconds, the monitor's submission time is not: a
+            # start a moment "before" the submission is no wait
+            if queued and (started or ended) and (started or ended) > queued:
+                cells.append('<div class="wait" style="left:%s;width:%s"></div>' % (
+                    pct(queued), pct(t0 + (started or ended) - queued)))
+            begin = started or queued
+            if begin:
+                cells.append('<div class="bar" data-attempt="%d" title="%s" style="left:%s;width:%s;'
+                             'min-width:3px;background:%s">#%d</div>' % (
+                                 att.attempt, e(tip), pct(begin), pct(t0 + max((ended or begin) - begin, 0)),
+                                 report_colour(att.outcome, att.live), att.attempt))
+        out.append('<tr><td>%s</td><td><div class="tl">%s</div></td></tr>' % (e(job.name), "".join(cells)))
+    out.append("</table>")
+
+    by_name = plan.by_name if plan is not None else {}
+    out.append("<h2>Jobs</h2><table class=\"jobs\"><tr><th>job</th><th>status</th><th>attempt</th><th>SLURM id</th>"
+               "<th>submitted</th><th>started</th><th>ended</th><th>run</th><th>outcome</th><th>reason</th>"
+               "<th>nodes</th><th>CPU-h</th><th>GPU-h</th><th>parameters</th></tr>")
+    for job in jobs:
+        pj = by_name.get(job.name)
+        params = json.dumps(pj.params, sort_keys=True) if pj is not None else "-"
+        for att in job.attempts or [None]:
+            if att is None:
+                out.append("<tr><td>%s</td><td>%s</td><td colspan=\"11\">no attempt</td><td>%s</td></tr>" % (
+                    e(job.name), e(job.status), e(params)))
+                continue
+            queued, started, ended = _attempt_span(att, now)
+            hours = attempt_hours(att) if att.outcome is not None else None
+            run = "%.0f s" % (ended - started) if started and ended else "-"
+            out.append("<tr data-job=\"%s\" data-attempt=\"%d\"><td>%s</td><td>%s</td><td>#%d</td><td>%s</td>"
+                       "<td>%s</td><td>%s</td><td>%s</td><td>%s</td><td style=\"color:%s\">%s</td><td>%s</td>"
+                       "<td>%s</td><td>%s</td><td>%s</td><td>%s</td></tr>" % (
+                           e(job.name), att.attempt, e(job.name), e(job.status), att.attempt, e(att.job_id or "-"),
+                           e(short_time(queued)), e(short_time(started)), e(short_time(ended)), e(run),
+                           report_colour(att.outcome, att.live), e(att.outcome or ("live" if att.live else "-")),
+                           e(att.reason or att.submit_error or ""), e(att.nodes or "-"),
+                           "%.3f" % hours[0] if hours else ("?" if att.outcome else "-"),
+                           "%.3f" % hours[1] if hours else ("?" if att.outcome else "-"), e(params)))
+    out.append("</table><p>CPU-h and GPU-h: sacct's ElapsedRaw times AllocTRES of the ended attempt; "
+               "? when sacct never gave its final record.</p>")
+
+    out.append("<h2>Events</h2>")
+    if events_total > len(events):
+        out.append("<p>The last %d of %d events.</p>" % (len(events), events_total))
+    out.append('<table class="events"><tr><th>seq</th><th>time</th><th>job</th><th>attempt</th><th>SLURM id</th>'
+               "<th>event</th><th>mode</th><th>detail</th></tr>")
+    for ev in events:
+        out.append("<tr>%s</tr>" % "".join("<td>%s</td>" % e(ev.get(k)) for k in (
+            "seq", "time", "job", "attempt", "job_id", "event", "mode", "detail")))
+    out.append("</table><h2>Parameters</h2>")
+    if plan is None:
+        out.append("<p>The plan's manifest could not be read: %s</p>" % e(s.manifest_path))
+    else:
+        out.append("<p>Plan %s, manifest %s</p><pre>%s</pre>" % (
+            e(plan.plan_id), e(plan.manifest_path), e(json.dumps(plan.config, indent=2, sort_keys=True))))
+    out.append("</body></html>")
+    return "\n".join(out) + "\n"
+
+
+def cmd_report(args, rt):
+    store = store_for(args, args.session)
+    s = store.load(store.resolve(args.session), with_plan=False)
+    try:
+        plan = load_manifest(s.manifest_path)
+    except StateError as e:
+        rt.report.warn("the report has no parameters: %s" % e)
+        plan = None
+    events, total = read_journal_tail(store.events_path(s))
+    text = render_report(s, plan, events, total, rt.clock())
+    try:
+        atomic_write(args.output, text.encode("utf-8"), mode=0o644)
+    except StateWriteError as e:
+        raise StateError("cannot write the report: %s; give -o a path in a folder you can write" % e)
+    rt.report.result(os.path.abspath(args.output))
+    return EXIT_OK
+
+
 # -- the parser and main -----------------------------------------------------------
 
 def positive_seconds(text):
@@ -7063,6 +7229,9 @@ def build_parser():
     p.add_argument("--session", metavar="ID|PATH", required=True)
     p.add_argument("name", nargs="?", help="only this job")
     p.add_argument("--json", action="store_true")
+    p = add("report", cmd_report, "write one self-contained HTML file: timeline, jobs, events, parameters, cost")
+    p.add_argument("--session", metavar="ID|PATH", required=True)
+    p.add_argument("-o", "--output", metavar="FILE", required=True, help="the HTML file to write")
     p = add("cancel", cmd_cancel, "scancel the live attempts and mark the jobs cancelled (not restarted)")
     p.add_argument("--session", metavar="ID|PATH", required=True)
     p.add_argument("names", nargs="*", metavar="NAME", help="jobs to cancel (default: every active job)")

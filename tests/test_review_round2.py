@@ -1,0 +1,90 @@
+"""Outside review, round 2: failures found by attacking the features of this round (per-attempt
+sbatch options, node exclusion, pending reasons, throttle, hand resubmits and retry, watched
+files). Each test fails now and is a strict expected failure until the bug is fixed."""
+
+import json
+import os
+import re
+import time
+
+import pytest
+
+import helpers
+from helpers import read_events, wait_for
+
+pytestmark = pytest.mark.timeout(150)
+
+NODES = ["gpu%02d" % i for i in range(1, 9)]
+
+
+def argv_of(fake, name):
+    """The sbatch command lines that submitted job `name`, in order."""
+    return [c["argv"] for c in fake.calls("sbatch") if any(a == "--job-name=" + name for a in c["argv"])]
+
+
+def excludes_in(argv):
+    return [a for a in argv if a.startswith("--exclud") or a.startswith("--exclu=")]
+
+
+# --- bounded input: a pattern with exponential matching is accepted --------------------------
+
+@pytest.mark.xfail(strict=True, reason="SPEC 2.2/9: a repetition inside a repetition is refused; bounded "
+                                       "counted repetitions ({m,n}) nested are accepted and match in exponential time")
+@pytest.mark.parametrize("pattern", [r"(x{1,1000}){1,1000}y", r"(?:\d{1,3}){1,99}y", r"(?:x{1,3}){2,}y"])
+def test_nested_counted_repetition_is_refused(pattern):
+    cfg = helpers.sweep_config("rv", "echo hi", (1,), {})
+    cfg["monitoring"]["log_events"] = [{"name": "a", "pattern": pattern, "mode": "crash"}]
+    # (x{1,1000}){1,1000}y takes ~3 s on 25 characters and doubles per character: a job line of
+    # 4096 x's hangs the monitor for ever (Python's re has no timeout)
+    helpers.refused(cfg, "repetition")
+
+
+# --- per-attempt options: --error is autoexp's own (SPEC 3 and 5.4) ---------------------------
+
+@pytest.mark.xfail(strict=True, reason="SPEC 5.4: options autoexp owns (section 3: --error) are refused; a "
+                                       "per-attempt error is accepted, overrides autoexp's --error and hides stderr")
+def test_per_attempt_error_option_is_refused():
+    for key in ("error", "err"):
+        cfg = helpers.sweep_config("rv", "echo hi", (1,), {})
+        cfg["restart"]["crash"] = {"action": "restart", "sbatch": {key: "/tmp/elsewhere-%j.err"}}
+        helpers.refused(cfg, key)
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="a per-attempt --error overrides autoexp's --error: the job's stderr "
+                                       "goes to an unwatched file and the log_events line in it is missed")
+def test_per_attempt_error_option_hides_stderr_from_log_events(project, fake):
+    cfg = helpers.sweep_config("pe", "echo NCCL boom >&2; exit 3", (1,), {"lost_after_seconds": 15})
+    cfg["monitoring"]["log_events"] = [{"name": "nccl", "pattern": "NCCL boom", "mode": "hw", "match": "substring"}]
+    cfg["restart"]["hw"] = {"action": "restart", "max_attempts": 2,
+                            "sbatch": {"error": os.path.join(project.root, "elsewhere-%j.err")}}
+    project.cli("run", project.config(cfg), "--plan-id", "pe")
+    atts = project.history("pe", "pe-s1")["jobs"][0]["attempts"]
+    # attempt 2 printed the same NCCL line on stderr; autoexp must see it (or have refused the option)
+    assert [a["outcome"] for a in atts] == ["hw", "hw"], [(a["outcome"], a["sbatch_options"]) for a in atts]
+
+
+# --- node exclusion drops the user's own exclude when it is spelled as an abbreviation --------
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="SPEC 5.4/5.5: one --exclude holds the script's own exclude; "
+                                       "`--exclud=gpu05` (an abbreviation sbatch takes) is dropped by the restart's --exclude")
+@pytest.mark.parametrize("how", ["template", "job_sbatch"])
+def test_abbreviated_user_exclude_survives_node_exclusion(project, fake, how):
+    fake.configure(node_names=NODES)
+    fake.add_rule(name="nt-s1", action="NODE_FAIL", nth=1, after=0.1)
+    cfg = helpers.sweep_config("nt", "sleep 0.3; echo TRAINING FINISHED", (1,), {"lost_after_seconds": 15})
+    if how == "template":
+        with open(os.path.join(project.root, "t.sh"), "w") as f:
+            f.write("#!/bin/bash\n#SBATCH --exclud=gpu05\nsleep 0.3; echo TRAINING FINISHED\n")
+        del cfg["job"]["command"]
+        cfg["job"]["template"] = "t.sh"
+    else:
+        cfg["job"]["sbatch"] = {"exclud": "gpu05"}
+    cfg["restart"]["node_fail"] = {"action": "restart", "max_attempts": 3, "backoff_seconds": 0}
+    project.ok("run", project.config(cfg), "--plan-id", "nt")
+    subs = argv_of(fake, "nt-s1")
+    assert len(subs) == 2
+    # sbatch takes the last exclude option: the restart's must still keep gpu05 out
+    last = excludes_in(subs[1])[-1].split("=", 1)[1]
+    assert "gpu05" in last.split(","), subs[1]

@@ -88,3 +88,35 @@ def test_abbreviated_user_exclude_survives_node_exclusion(project, fake, how):
     # sbatch takes the last exclude option: the restart's must still keep gpu05 out
     last = excludes_in(subs[1])[-1].split("=", 1)[1]
     assert "gpu05" in last.split(","), subs[1]
+
+
+# --- hand resubmits: one SLURM job taken by two sessions ---------------------------------------
+
+def _hand_sbatch(project, fake, name, text):
+    import subprocess
+    out = subprocess.check_output(
+        [os.path.join(fake.shim_dir, "sbatch"), "--parsable", "--job-name=" + name,
+         "--output=" + os.path.join(project.root, "logs", name + "-%j.log"), "--wrap", text],
+        cwd=project.root, env=project.env)
+    return out.decode().strip()
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="SPEC 8: a hand resubmission is taken only when it is the only candidate; "
+                                       "two plans of one project in one directory both adopt the same untagged job")
+def test_one_hand_resubmission_is_not_adopted_by_two_sessions(project, fake):
+    cfg = helpers.sweep_config("rr", "exit 3", (1,), {"lost_after_seconds": 2})
+    cfg["restart"] = {}
+    path = project.config(cfg)
+    for p in ("p1", "p2"):                      # the sweep planned twice (a second try), both stopped
+        project.ok("plan", path, "--plan-id", p)
+        project.ok("submit", p)
+        project.ok("monitor", "--session", p)
+    time.sleep(1.1)
+    hand = _hand_sbatch(project, fake, "rr-s1", "sleep 3; echo TRAINING FINISHED")
+    for p in ("p1", "p2"):                      # the user follows up, session by session, as SPEC 8 says
+        project.cli("reconcile", "--session", p)
+    takers = [p for p in ("p1", "p2")
+              if hand in [a["job_id"] for a in project.state(p)["jobs"][0]["attempts"]]]
+    # one SLURM job is one attempt of one logical job: if it fails, each taker would restart it
+    assert len(takers) <= 1, takers

@@ -120,3 +120,24 @@ def test_one_hand_resubmission_is_not_adopted_by_two_sessions(project, fake):
               if hand in [a["job_id"] for a in project.state(p)["jobs"][0]["attempts"]]]
     # one SLURM job is one attempt of one logical job: if it fails, each taker would restart it
     assert len(takers) <= 1, takers
+
+
+# --- per-attempt options of a retry ------------------------------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="SPEC 5.4: an attempt's options are those of the restarts that led to "
+                                       "the job's attempts, each rendered for the attempt it led to; a retry "
+                                       "(no restart) re-renders the last policy's {attempt*K} for its own number")
+def test_a_retry_keeps_the_options_of_the_restarts_before_it(project, fake):
+    fake.add_rule(name="ao-s1", action="OUT_OF_MEMORY", nth=1, after=0.2)
+    fake.add_rule(name="ao-s1", action="OUT_OF_MEMORY", nth=2, after=0.2)
+    cfg = helpers.sweep_config("ao", "sleep 0.5; echo TRAINING FINISHED", (1,), {"lost_after_seconds": 15})
+    cfg["restart"]["oom"] = {"action": "restart", "max_attempts": 2, "sbatch": {"mem": "{attempt*64}G"}}
+    project.ok("run", project.config(cfg), "--plan-id", "ao")       # oom, oom (128G): stopped
+    assert project.history("ao")["jobs"][0]["status"] == "stopped"
+    project.ok("retry", "--session", "ao", "ao-s1")                 # the user's retry: no oom restart
+    project.ok("monitor", "--session", "ao")
+    atts = project.history("ao")["jobs"][0]["attempts"]
+    assert [a["sbatch_options"] for a in atts[:2]] == [[], ["--mem=128G"]]
+    # the restart that led to attempt 2 rendered 128G; nothing led the retry to 192G
+    assert atts[2]["sbatch_options"] == ["--mem=128G"], atts[2]["sbatch_options"]

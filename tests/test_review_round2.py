@@ -141,3 +141,32 @@ def test_a_retry_keeps_the_options_of_the_restarts_before_it(project, fake):
     assert [a["sbatch_options"] for a in atts[:2]] == [[], ["--mem=128G"]]
     # the restart that led to attempt 2 rendered 128G; nothing led the retry to 192G
     assert atts[2]["sbatch_options"] == ["--mem=128G"], atts[2]["sbatch_options"]
+
+
+# --- retry beside a rerun that is already in SLURM --------------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="SPEC 1/8/9: a retry is submitted like every other submission (looked up "
+                                       "by tag first; a hand resubmission needs no retry) and never gives two live "
+                                       "runs; retry submits a second copy beside the job's own rerun")
+@pytest.mark.parametrize("tagged", [True, False])
+def test_retry_does_not_run_beside_a_hand_rerun(project, fake, tagged):
+    import subprocess
+    import test_retry as tr
+    tr.setup(project, command="if [ -e {workdir}/ok-1 ]; then sleep 4; echo TRAINING FINISHED; "
+                              "else echo no; exit 3; fi")
+    tr.run_until_stopped(project)                       # crash: stopped
+    open(os.path.join(project.root, "ok-1"), "w").close()
+    if tagged:   # SPEC 3: `sbatch jobs/<name>.sbatch` by hand gives the same job, findable by autoexp
+        script = os.path.join(project.state_dir, "plans", tr.PLAN, "jobs", tr.NAME + ".sbatch")
+        hand = subprocess.check_output([os.path.join(fake.shim_dir, "sbatch"), "--parsable", script],
+                                       cwd=project.root, env=project.env).decode().strip()
+    else:        # SPEC 8: resubmitted by hand without the tag, from the plan's directory, after the end
+        hand = tr.hand_sbatch(project, fake, text="sleep 4; echo TRAINING FINISHED")
+    wait_for(lambda: [j for j in fake.jobs() if j["job_id"] == hand and j["state"] == "RUNNING"], what="rerun")
+    project.cli("retry", "--session", tr.PLAN, tr.NAME)  # the user, not knowing a colleague reran it
+    live = [j["job_id"] for j in fake.jobs() if j["name"] == tr.NAME and j["state"] in ("PENDING", "RUNNING")]
+    for j in live:
+        if j != hand:
+            fake.cancel(j)
+    assert live == [hand], live

@@ -1013,7 +1013,9 @@ def risky_regex(pattern):
             if name in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"):
                 lo, hi, sub = av
                 repeats = hi is _sre_parse.MAXREPEAT or hi > 1
-                if in_repeat and hi is _sre_parse.MAXREPEAT:
+                # a count that can vary (x+, x{1,3}) under another repetition gives the engine
+                # exponentially many ways to split a line; a fixed one (\d{2}) or x? gives none
+                if in_repeat and repeats and lo != hi:
                     return "a repetition inside a repetition"
                 why = walk(sub, in_repeat or repeats)
                 if why:
@@ -1150,7 +1152,7 @@ def _validate_policy_sbatch(sb, key, c):
         kk = key + "." + k
         if not SBATCH_KEY_RE.match(k):
             c.fail(kk, "is not a long sbatch option name like 'mem' or 'time'")
-        owned = owned_sbatch_option("--" + k)
+        owned = owned_sbatch_option("--" + k) or ("error" if "error".startswith(k) else None)
         if owned or k in ("array", "export"):
             c.fail(kk, "sets --%s, which autoexp sets itself (or which would change every attempt's "
                    "environment); it cannot differ per attempt" % (owned or k))
@@ -1741,9 +1743,12 @@ def owned_args(name, log, with_error, tag, workdir):
     return args + ["--comment=" + tag, "--chdir=" + workdir]
 
 
-def script_directive(text, name, short):
+def script_directive(text, name, short, shortest=None):
     """The value a job script's #SBATCH lines give option --name (or -short), or None: read
-    the way sbatch reads them (up to the first command; quotes; '#' starts a comment)."""
+    the way sbatch reads them (up to the first command; quotes; '#' starts a comment; a long
+    option also by any prefix of it at least as long as `shortest`, its unambiguous one)."""
+    shortest = len(shortest or name)
+    names = set(name[:n] for n in range(shortest, len(name) + 1))
     value = None
     for line in text.splitlines()[1:]:
         if not line.startswith("#"):
@@ -1758,9 +1763,9 @@ def script_directive(text, name, short):
             continue
         for i, w in enumerate(words):
             nxt = words[i + 1] if i + 1 < len(words) else None
-            if w.startswith("--" + name + "="):
-                value = w.split("=", 1)[1]
-            elif w == "--" + name or w == "-" + short:
+            if w.startswith("--") and w[2:].split("=", 1)[0] in names:
+                value = w.split("=", 1)[1] if "=" in w else nxt
+            elif w == "-" + short:
                 value = nxt
             elif w.startswith("-" + short) and not w.startswith("--"):
                 value = w[len(short) + 1:]
@@ -4250,8 +4255,8 @@ def attempt_sbatch_options(job, policies, exclude=(), script_exclude=None):
     opts = OrderedDict()
     for att in job.attempts:
         pol = policy_for(policies, att.outcome) if att.outcome else None
-        if pol is None or pol.action != RESTART or not pol.sbatch:
-            continue
+        if pol is None or not pol.sbatch or not any(a.get("action") == RESTART for a in att.actions):
+            continue  # no restart followed it (its budget was used up, say: a retry is the user's)
         for k, spec in pol.sbatch.items():
             opts.pop(k, None)  # a later value goes last, as sbatch reads the last one given
             opts[k] = attempt_value(spec, att.attempt + 1)
@@ -6058,7 +6063,8 @@ class Controller(object):
         script = s.plan.array.script_path if job.array and s.plan.array else s.plan.by_name[job.name].script_path
         try:
             with open(script) as f:
-                return script_directive(f.read(MAX_CONFIG_BYTES), "exclude", "x")
+                # (sbatch's long options starting 'exclu': exclude and exclusive)
+                return script_directive(f.read(MAX_CONFIG_BYTES), "exclude", "x", "exclud")
         except (IOError, OSError, UnicodeDecodeError):
             return None  # sbatch cannot read it either: its error is what the user sees
 

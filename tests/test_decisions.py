@@ -610,8 +610,8 @@ def test_attempt_value(spec, attempt, expected):
     assert A.attempt_value(spec, attempt) == expected
 
 
-def ended_attempt(n, outcome):
-    return attempt(n, job_id=str(100 + n), outcome=outcome)
+def ended_attempt(n, outcome, action="restart"):
+    return attempt(n, job_id=str(100 + n), outcome=outcome, actions=[{"action": action, "mode": outcome}])
 
 
 OOM_MEM = {"oom": {"action": "restart", "max_attempts": 5, "sbatch": {"mem": "{attempt*64}G"}},
@@ -640,6 +640,13 @@ def test_attempt_sbatch_options(outcomes, exclude, script_exclude, expected):
     assert A.attempt_sbatch_options(j, policies(**OOM_MEM), exclude, script_exclude) == expected
 
 
+def test_attempt_sbatch_options_come_only_from_restarts_that_happened():
+    # oom restarted once, then its budget was used up (stop): a retry's attempt 3 keeps the
+    # 128G the restart rendered for attempt 2, not the policy rendered for 3
+    j = job(ended_attempt(1, "oom"), ended_attempt(2, "oom", action="stop"))
+    assert A.attempt_sbatch_options(j, policies(**OOM_MEM)) == ["--mem=128G"]
+
+
 def test_attempt_sbatch_options_keep_the_order_of_the_restarts_that_set_them():
     pol = policies(oom={"action": "restart", "sbatch": {"mem": ["64G", "100G"], "exclusive": True}})
     assert A.attempt_sbatch_options(job(ended_attempt(1, "oom")), pol) == ["--mem=100G", "--exclusive"]
@@ -653,9 +660,13 @@ def test_attempt_sbatch_options_keep_the_order_of_the_restarts_that_set_them():
     ("#!/bin/bash\n#SBATCH --time=1\n", None),
     ("#!/bin/bash\necho hi\n#SBATCH --exclude=late\n", None),  # after the first command: not a directive
     ("#!/bin/bash\n# SBATCH --exclude=off\n", None),
+    ("#!/bin/bash\n#SBATCH --exclud=gpu05\n", "gpu05"),     # a prefix sbatch takes
+    ("#!/bin/bash\n#SBATCH --exclud gpu05\n", "gpu05"),
+    ("#!/bin/bash\n#SBATCH --exclu=gpu05\n", None),         # ambiguous (exclusive): not exclude
+    ("#!/bin/bash\n#SBATCH --exclusive\n", None),
 ])
 def test_script_directive(text, expected):
-    assert A.script_directive(text, "exclude", "x") == expected
+    assert A.script_directive(text, "exclude", "x", "exclud") == expected
 
 
 @pytest.mark.parametrize("node_list, expected", [

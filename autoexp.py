@@ -6039,6 +6039,25 @@ class Controller(object):
         self._event(s, job, att, EV_EXCLUSION_CAPPED, now, detail="excluding %s leaves no node that can run it "
                     "(sbatch: %s); submitting again without autoexp's exclusions" % (nodes, message))
 
+    def running_copies(self, s, jobs):
+        """What `retry` must never run beside: per job, the SLURM jobs this squeue shows
+        queued or running under its tag, or resubmitted by hand as its next attempt (section
+        8), [(name, [ids])]. A squeue that does not answer refuses the retry: UNKNOWN is no
+        "nothing runs"."""
+        try:
+            snap = Snapshot(self.slurm.squeue())
+        except SlurmUnavailable as e:
+            raise SlurmUnavailable("cannot tell whether it runs already (%s); nothing was submitted, try "
+                                   "again" % e)
+        out = []
+        for job in jobs:
+            sight = self._sight(s, job, snap, Lookup())
+            ids = [r.job_id for r in sight.running] + [r.job_id for r in sight.by_hand
+                                                        if r.state in ACTIVE_STATES and r not in sight.running]
+            if ids:
+                out.append((job.name, ids))
+        return out
+
     def retry(self, s, job, now, todo, reset):
         """`autoexp retry`: a stopped or cancelled job (retry_refusal said none) is active
         again with a new attempt, submitted like every other (intent first); with reset,
@@ -6943,6 +6962,12 @@ def cmd_retry(args, rt):
             raise ConfigError("cannot retry %s; nothing was submitted" % "; ".join(
                 "%s: %s" % (n, why) for n, why in refused))
         controller = rt.controller(store, [s], report=rt.report.quieter(), dry_run=args.dry_run)
+        running = controller.running_copies(s, [s.job(n) for n in names])
+        if running:
+            raise ConfigError("cannot retry %s; nothing was submitted: `autoexp monitor --session %s` (or "
+                              "reconcile --session) follows what runs" % ("; ".join(
+                                  "%s: SLURM job %s runs it already" % (n, ", ".join(ids)) for n, ids in running),
+                                  s.session_id))
         todo = Todo()
         now = controller.clock()
         for n in names:

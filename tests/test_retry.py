@@ -107,6 +107,17 @@ def test_retry_dry_run_prints_the_sbatch_line_and_changes_nothing(project, fake)
     assert len(fake.submissions(NAME)) == 1 and project.state(PLAN)["jobs"] == before["jobs"]
 
 
+def test_retry_when_squeue_does_not_answer_submits_nothing(project, fake):
+    # whether a rerun is queued already is UNKNOWN: no retry beside it
+    setup(project)
+    run_until_stopped(project)
+    before = project.state(PLAN)
+    fake.fail_next("squeue", count=3)
+    res = project.cli("retry", "--session", PLAN, NAME)
+    assert res.returncode == 1 and "cannot tell whether it runs already" in res.stderr, res.stderr
+    assert len(fake.submissions(NAME)) == 1 and project.state(PLAN)["jobs"] == before["jobs"]
+
+
 @pytest.mark.parametrize("point", ["after_intent_write", "after_sbatch"])
 def test_retry_killed_between_intent_and_sbatch_result_submits_exactly_once(project, fake, point):
     setup(project)

@@ -135,9 +135,6 @@ def test_a_retry_keeps_the_options_of_the_restarts_before_it(project, fake):
 # --- retry beside a rerun that is already in SLURM --------------------------------------------
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="SPEC 1/8/9: a retry is submitted like every other submission (looked up "
-                                       "by tag first; a hand resubmission needs no retry) and never gives two live "
-                                       "runs; retry submits a second copy beside the job's own rerun")
 @pytest.mark.parametrize("tagged", [True, False])
 def test_retry_does_not_run_beside_a_hand_rerun(project, fake, tagged):
     import subprocess
@@ -153,7 +150,8 @@ def test_retry_does_not_run_beside_a_hand_rerun(project, fake, tagged):
     else:        # SPEC 8: resubmitted by hand without the tag, from the plan's directory, after the end
         hand = tr.hand_sbatch(project, fake, text="sleep 4; echo TRAINING FINISHED")
     wait_for(lambda: [j for j in fake.jobs() if j["job_id"] == hand and j["state"] == "RUNNING"], what="rerun")
-    project.cli("retry", "--session", tr.PLAN, tr.NAME)  # the user, not knowing a colleague reran it
+    res = project.cli("retry", "--session", tr.PLAN, tr.NAME)  # the user, not knowing a colleague reran it
+    assert res.returncode == 2 and "SLURM job %s runs it already" % hand in res.stderr, res.stderr
     live = [j["job_id"] for j in fake.jobs() if j["name"] == tr.NAME and j["state"] in ("PENDING", "RUNNING")]
     for j in live:
         if j != hand:

@@ -4586,6 +4586,47 @@ class StateStore(object):
     def requests_dir(self, session_id):
         return os.path.join(self.root, "requests", session_id)
 
+    def claim_owner(self, job_id):
+        """The session that claimed SLURM job job_id, adopted without a tag, or None."""
+        try:
+            with open(os.path.join(self.root, "claims", job_id)) as f:
+                return f.read(MAX_NAME_CHARS + 1).strip() or None
+        except (IOError, OSError):
+            return None
+
+    def claim_job(self, job_id, session_id):
+        """Claim a SLURM job resubmitted by hand without a tag for one session, first come
+        first served: the claim file is made whole and exclusively (a link), so that two
+        processes watching sessions of the same job names and folder never both adopt it.
+        Returns the session that holds it."""
+        if not JOB_ID_RE.match(job_id):
+            return None
+        folder = os.path.join(self.root, "claims")
+        path = os.path.join(folder, job_id)
+        make_private_dir(folder)
+        tmp = os.path.join(folder, ".%s.%d.tmp" % (job_id, os.getpid()))
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                write_all(fd, (session_id + "\n").encode("utf-8"))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            try:
+                os.link(tmp, path)
+            except OSError as e:
+                if e.errno != errno.EEXIST:
+                    raise
+            fsync_dir(folder)
+        except (IOError, OSError) as e:
+            raise StateWriteError("cannot write claim %s: %s" % (path, e.strerror or e))
+        finally:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+        return self.claim_owner(job_id)
+
     def plan_dir(self, plan_id):
         return os.path.join(self.root, "plans", plan_id)
 
@@ -5490,7 +5531,13 @@ class Controller(object):
         named = snap.untagged(job.name)
         if named and job.status in (ACTIVE, STOPPED, FINALIZED):
             by_hand = tuple(r for r in resubmits_by_hand(job, named, self.slurm.user, self._workdirs(s))
-                            if not self._claimed_elsewhere(s, r.job_id))
+                            if not self._claimed_elsewhere(s, r.job_id)
+                            and self.store.claim_owner(r.job_id) in (None, s.session_id))
+            if len(by_hand) == 1 and not self.dry_run and self.store.claim_owner(by_hand[0].job_id) is None:
+                # the one it may adopt: claimed first, so another process's session of the
+                # same names never adopts it too (first come, first served)
+                if self.store.claim_job(by_hand[0].job_id, s.session_id) != s.session_id:
+                    by_hand = ()
         return Sight(cands, running, look.named_ok, look.named_error, untagged,
                      bool(unsure_rows(job, cands, snap)), tuple(rerun_rows(job, snap, look.acct)), by_hand)
 

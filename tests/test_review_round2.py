@@ -94,8 +94,6 @@ def _hand_sbatch(project, fake, name, text):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="SPEC 8: a hand resubmission is taken only when it is the only candidate; "
-                                       "two plans of one project in one directory both adopt the same untagged job")
 def test_one_hand_resubmission_is_not_adopted_by_two_sessions(project, fake):
     cfg = helpers.sweep_config("rr", "exit 3", (1,), {"lost_after_seconds": 2})
     cfg["restart"] = {}

@@ -434,3 +434,16 @@ def test_a_lock_file_deleted_while_being_locked_is_locked_again(tmp_path, monkey
     monkeypatch.setattr(autoexp.fcntl, "lockf", racing_lockf)
     lock = autoexp.SessionLock(path).acquire("monitor")
     assert deleted and lock.intact() and os.path.exists(path)
+
+
+def test_a_hand_resubmission_is_claimed_by_one_session_only(tmp_path):
+    store = autoexp.StateStore(str(tmp_path / "state"))
+    store.ensure()
+    assert store.claim_owner("123") is None
+    assert store.claim_job("123", "p1") == "p1"
+    assert store.claim_job("123", "p2") == "p1"  # first come, first served
+    assert store.claim_job("123", "p1") == "p1" and store.claim_owner("123") == "p1"
+    assert store.claim_job("7_3", "p2") == "p2"
+    assert store.claim_job("../x", "p2") is None  # never a path outside the claims folder
+    folder = tmp_path / "state" / "claims"
+    assert sorted(os.listdir(str(folder))) == ["123", "7_3"]  # no temporary file left

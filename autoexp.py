@@ -1085,6 +1085,9 @@ def _validate_log_events(events, c, key):
             c.fail(k + ".mode", "%r must be an identifier" % mode)
         if "exclude_nodes" in ev and not isinstance(ev["exclude_nodes"], bool):
             c.fail(k + ".exclude_nodes", "must be true or false")
+        if ev.get("exclude_nodes") and ev.get("match") == "substring" and "(?P<node>" in pattern:
+            c.fail(k + ".pattern", "a substring has no groups: (?P<node>...) would be matched as text and "
+                   "every node of the attempt blamed; use \"match\": \"regex\" to name the node")
 
 
 def _validate_extra_logs(paths, c, key):
@@ -1167,6 +1170,8 @@ def _validate_policy_sbatch(sb, key, c):
             if isinstance(item, bool) or not isinstance(item, (str, int)):
                 c.fail(where, "must be a string or an integer (or true for a flag), not %s; an option "
                        "cannot be unset for one attempt" % _type_name(item))
+            if isinstance(item, int) and not -2 ** 63 < item < 2 ** 63:
+                c.fail(where, "must be below 2^63 in size, not %s" % _short_number(item))
             item = str(item)
             if len(item) > MAX_VALUE_CHARS:
                 c.fail(where, "is longer than %d characters" % MAX_VALUE_CHARS)
@@ -7222,10 +7227,8 @@ def positive_seconds(text):
 
 def max_running_count(text):
     spec = [k for k in MONITORING_SCHEMA if k.name == "max_running"][0]
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
+    # ASCII digits only: int() also reads other scripts' digits, which no config would
+    value = int(text) if re.match(r"^[0-9]{1,9}$", text) else 0
     if not spec.minimum <= value <= spec.maximum:
         raise argparse.ArgumentTypeError("%r is not a whole number from %d to %d" % (text, spec.minimum, spec.maximum))
     return value

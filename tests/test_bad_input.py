@@ -360,3 +360,27 @@ def test_a_job_that_never_ran_cannot_be_finalized(mode):
     with pytest.raises(autoexp.ConfigError) as e:
         autoexp.validate_restart({mode: {"action": "finalize"}}, autoexp.validate_monitoring({}, c), c)
     assert "never ran" in str(e.value) and "restart.%s.action" % mode in str(e.value)
+
+
+def test_a_node_group_in_a_substring_is_refused():
+    c = autoexp._Checker("cfg.json")
+    ev = {"name": "ecc", "pattern": "ECC error on (?P<node>\\S+)", "mode": "hw", "match": "substring",
+          "exclude_nodes": True}
+    with pytest.raises(autoexp.ConfigError) as e:
+        autoexp.validate_monitoring({"log_events": [ev]}, c)
+    assert "a substring has no groups" in str(e.value)
+
+
+@pytest.mark.parametrize("text", ["\u0663", "1e3", "0x10", " 3", "", "0", "100001"])
+def test_max_running_takes_plain_ascii_digits_only(text):
+    import argparse
+    with pytest.raises(argparse.ArgumentTypeError):
+        autoexp.max_running_count(text)
+
+
+def test_a_per_attempt_integer_is_bounded():
+    c = autoexp._Checker("cfg.json")
+    with pytest.raises(autoexp.ConfigError) as e:
+        autoexp.validate_restart({"oom": {"action": "restart", "sbatch": {"cpus-per-task": 2 ** 70}}},
+                                 autoexp.validate_monitoring({}, c), c)
+    assert "below 2^63" in str(e.value)

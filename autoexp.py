@@ -3966,13 +3966,23 @@ def untagged_successor(job, row, snap):
 def resubmits_by_hand(job, rows, user, workdirs):
     """squeue rows that may be the job resubmitted by hand without its tag (`sbatch
     --job-name=NAME` of another script): of its name, with no autoexp tag (another
-    session's tag is never this job), able to run, submitted by the same user from its
-    plan's working directory (workdirs: the directory and its resolved path), and not in
-    its history. A name alone is never enough: two plans of one project share names."""
+    session's tag is never this job), able to run (or in a state autoexp does not know,
+    which may be: such a row is never adopted, by_hand_one, and makes any other one
+    ambiguous), submitted by the same user from its plan's working directory (workdirs:
+    the directory and its resolved path), and not in its history. A name alone is never
+    enough: two plans of one project share names."""
     known = job.known_ids()
     return [r for r in rows
-            if r.name == job.name and not r.comment.startswith("autoexp:") and r.state in ACTIVE_STATES
+            if r.name == job.name and not r.comment.startswith("autoexp:")
+            and (r.state in ACTIVE_STATES or r.state not in TERMINAL_MODE)
             and user and r.user == user and r.workdir and r.workdir in workdirs and r.job_id not in known]
+
+
+def by_hand_one(rows):
+    """The one hand resubmission among rows, or None: none, several (which cannot be told
+    apart), or one in a state autoexp does not know (found by the simulator: a PENDING one
+    shown so was left out, and its twin adopted as if it were the only one)."""
+    return rows[0] if len(rows) == 1 and rows[0].state in ACTIVE_STATES else None
 
 
 def attempt_end(att):
@@ -4003,8 +4013,7 @@ def hand_resubmit(job, sight, end=None):
     """The one job resubmitted by hand after the job's latest attempt ended (end: that
     end, when the attempt has not recorded it yet), or None: none, or several, which
     cannot be told apart (the controller says which it saw, once)."""
-    rows = submitted_since(sight.by_hand, end if end is not None else attempt_end(job.current))
-    return rows[0] if len(rows) == 1 else None
+    return by_hand_one(submitted_since(sight.by_hand, end if end is not None else attempt_end(job.current)))
 
 
 def final_cost(arow):
@@ -4207,8 +4216,7 @@ def replacement(att, obs, sight):
     if (att.outcome is None and not c and sight.by_hand and obs.source in ANSWERED
             and obs.state in ("CANCELLED", "REVOKED")):
         # cancelled, then resubmitted by hand without the tag after SLURM ended it
-        rows = submitted_since(sight.by_hand, obs.end if obs.end is not None else att.slurm_end)
-        return rows[0] if len(rows) == 1 else None
+        return by_hand_one(submitted_since(sight.by_hand, obs.end if obs.end is not None else att.slurm_end))
     return None
 
 

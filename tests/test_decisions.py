@@ -746,6 +746,7 @@ def ended_job(**kw):
     (hand("9", comment="autoexp:p2:j"), False),             # another session's tag: never by name
     (hand("9", comment="my own note"), True),               # a comment of the user's is no tag
     (hand("9", state="COMPLETED"), False),                  # ended already: nothing to follow
+    (hand("9", state="EXPEDITING"), True),                  # a state it does not know: may be live
     (hand("5"), False),                                     # its own attempt
 ])
 def test_resubmits_by_hand(candidate, adopted):
@@ -765,6 +766,21 @@ def test_hand_resubmit_needs_exactly_one_submitted_after_the_end(submits, expect
     sg = A.Sight([], [], True, by_hand=rows)
     found = A.hand_resubmit(ended_job(), sg)
     assert (found.job_id if found else None) == expected
+
+
+def test_hand_resubmit_beside_one_in_a_state_autoexp_does_not_know_is_none():
+    """Simulator: squeue printed one of two hand resubmissions in a state word autoexp does
+    not know (a newer SLURM's); that one may be live, so neither is adopted, nor it alone."""
+    unknown = hand("10", NOW - 40, state="EXPEDITING")
+    rows = A.resubmits_by_hand(ended_job(), [hand("9", state="RUNNING"), unknown], "me", (WD,))
+    assert [r.job_id for r in rows] == ["9", "10"]
+    assert A.hand_resubmit(ended_job(), A.Sight([], [], True, by_hand=tuple(rows))) is None
+    assert A.hand_resubmit(ended_job(), A.Sight([], [], True, by_hand=(unknown,))) is None
+    moves = A.inactive_moves(ended_job(status=A.STOPPED), A.Sight([], [], True, by_hand=tuple(rows)), NOW, 30.0)
+    assert moves == []
+    att = attempt(1, "5", live=True, slurm_submit=A.local_time(NOW - 500))
+    cancelled = A.Observation(A.SRC_SQUEUE, "CANCELLED", "", "0:15", "5", NOW - 400, T_END, None)
+    assert A.replacement(att, cancelled, A.Sight([], [], True, by_hand=tuple(rows))) is None
 
 
 def test_hand_resubmit_of_a_running_or_unsubmitted_attempt_is_none():

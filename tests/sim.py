@@ -56,15 +56,19 @@ process; squeue/sacct answers and job changes check what concerns them; the last
                     replacement cancels first), so every second one is autoexp's doing.
   no-rerun          No job that finished successfully runs again: autoexp never sbatches a job one
                     of whose SLURM jobs wrote the termination string (when one is configured) and
-                    ended COMPLETED.
+                    ended COMPLETED (unless the user ran it again by hand since, hand_untagged).
   no-healthy-cancel autoexp never scancels a foreign job, nor an active job of its own that is
                     healthy, unless the user cancelled that logical job. Unhealthy: a run of that
                     SLURM job wrote a line of a log_events mode whose policy is not `ignore` (a
                     requeue does not take it back), or it is hung and its log did not grow for
                     the inactivity threshold (growth by size, whatever the lines: a progress
                     bar's \r updates are activity, issue 11 item 1). Writing the termination
-                    string is healthy. A PENDING job is healthy; so is none that no longer runs
-                    (a runaway record, a job slurmctld forgot): cancelling it harms nothing.
+                    string is healthy. A PENDING job is healthy unless it can never start and
+                    two answered squeues in a row printed its reason, or it has pended for
+                    max_pending_seconds with a pending_too_long policy that acts (judged when
+                    the cancel is decided: a job that started since autoexp's squeue counts as
+                    pending). One that no longer runs (a runaway record, a job slurmctld
+                    forgot) may go too: cancelling it harms nothing.
   journal           Every event exactly once in the journal (<state>/<session>.events.jsonl): its
                     seqs are 1..N, gapless, in order; the state file's event_seq is >= N, its
                     outbox holds every seq in N+1..event_seq, and an event in both is the same.
@@ -103,13 +107,32 @@ process; squeue/sacct answers and job changes check what concerns them; the last
                     what a deleted lock file must not break (issue 11 item 4).
   plan-refuses      (term_newline) A termination string with a newline is refused at plan
                     time (ConfigError, exit 2): it could never match a log line.
+  blocked-right     (pending_reasons) A job is declared `blocked` only if its reason can never
+                    clear and two answered squeues in a row printed it so (never a passing
+                    reason, a hold, nor an UNKNOWN squeue); at the end a blocked attempt's SLURM
+                    job never ran and ended CANCELLED, and a job whose last attempt is blocked
+                    is stopped (or cancelled by the user).
+  hand-adopt        (hand_untagged) A job resubmitted by hand without its tag becomes an attempt
+                    only of the job it was submitted for, from the plan's folder, not of a job
+                    the user cancelled, and only if no other such job submitted after the
+                    previous attempt ended was live at the squeue the process decided on. Once
+                    adopted it counts as the job's (one-live, converges, no-orphan).
+  sbatch-options    Every sbatch carries the options its intent on disk holds (sbatch_options),
+                    which are those SPEC 5.4 derives from the job's history (the oom and timeout
+                    policies' `sbatch` of a third of the default mix's seeds), also after a crash
+                    between intent and sbatch; AUTOEXP_ATTEMPT in sbatch's environment is the
+                    attempt's number.
   max-running       (monitoring.max_running, in a quarter of the default mix's seeds) autoexp's
                     own single sbatch finds fewer than max_running of the session's SLURM jobs it
                     submitted live; a job SLURM requeued since that process last asked squeue is
                     not counted (SPEC 8: a requeue may put the session over the limit).
 
-Scenario switches (--scenario NAME): KNOWN_BUGS (issue 11's items the simulator can produce)
-and FINDINGS (what it found beyond them); each makes its situation happen. Once its bug is fixed
+Scenario switches (--scenario NAME): KNOWN_BUGS (issue 11's items the simulator can produce),
+FINDINGS (what it found beyond them) and FEATURES (situations a feature must handle:
+pending_reasons, submissions kept PENDING with a passing reason, one that never clears or a
+hold, with max_pending_seconds and pending_too_long ignored or restarted; hand_untagged, jobs
+resubmitted by hand without the tag, once, twice, from another folder or replacing a running
+one); each makes its situation happen. Once its bug is fixed
 a switch joins the default mix (MIX: on in a share of the seeds run without --scenario; --no-mix
 turns them all off); test_sim.py keeps the others as strict xfails with a seed that shows them.
 The default mix passes. Not simulated: what happens at plan time or
@@ -493,7 +516,17 @@ FINDINGS = OrderedDict([
     ("acct_down_at_end", "F12: sacct is down when jobs end (squeue shows the end, then purges the job)"),
 ])
 
-SCENARIOS = OrderedDict(list(KNOWN_BUGS.items()) + list(FINDINGS.items()))
+# Features the simulator exercises (on in a share of the default mix's seeds; test_sim.py
+# COVERED keeps a seed of each that shows it): not bugs, situations a feature must handle.
+FEATURES = OrderedDict([
+    ("pending_reasons", "submissions stay PENDING with a reason: a passing one (Priority, Resources, "
+                        "ReqNodeNotAvail), one that can never clear (PartitionTimeLimit...), a user's hold; "
+                        "monitoring.max_pending_seconds with pending_too_long ignored or restarted"),
+    ("hand_untagged", "the user resubmits a job by hand without its tag: from its directory (once, or twice and "
+                      "then cancels one), from another directory, or cancelling its running job first"),
+])
+
+SCENARIOS = OrderedDict(list(KNOWN_BUGS.items()) + list(FINDINGS.items()) + list(FEATURES.items()))
 
 # The default mix: each switch whose bug is fixed (test_sim.py FIXED) is on in a share of the
 # seeds run without --scenario, drawn from the seed (its own stream: adding a switch here
@@ -506,8 +539,15 @@ MIX = OrderedDict([
     ("slow_accounting", 0.05), ("throttle_then_error", 0.04), ("queued_last_try", 0.04),
     ("unknown_state_requeue", 0.04), ("runaway_record", 0.04), ("shared_log_replace", 0.04),
     ("shared_log_rerun", 0.04), ("acct_down_at_end", 0.05), ("requeue_after_end", 0.04),
-    ("replace_in_doubt", 0.04), ("rotate_tail", 0.05),
+    ("replace_in_doubt", 0.04), ("rotate_tail", 0.05), ("pending_reasons", 0.12), ("hand_untagged", 0.12),
 ])
+
+# Per-attempt sbatch options (SPEC 5.4) of the seeds that draw them (Params.opts_policy)
+OOM_SBATCH = {"mem": "{attempt*8}G"}
+TIMEOUT_TIMES = ("08:00:00", "10:00:00", "12:00:00")
+# Pending reasons the model gives (SPEC 5.1): passing ones, and ones that never clear
+WAITING = ("Priority", "Resources", "ReqNodeNotAvail, UnavailableNodes:node[07-09]", "QOSMaxJobsPerUserLimit")
+NEVER = ("PartitionTimeLimit", "QOSMaxWallDurationPerJobLimit", "AssocMaxMemPerJob", "BadConstraints")
 
 
 def draw_mix(seed):
@@ -567,7 +607,7 @@ class Params(object):
                  "shared_log", "submit_retries", "submit_backoff", "unknown_backoff_max", "slurm_timeout",
                  "crash_policy", "crash_backoff", "min_job_age", "acct_lag", "name_lag", "job_comment",
                  "max_submit", "first_id", "cron_every", "skew", "fault_until", "scenarios", "foreign_start",
-                 "compact", "max_running")
+                 "compact", "max_running", "max_pending", "pending_policy", "opts_policy")
 
     def __init__(self, **kw):
         for k in self.__slots__:
@@ -600,11 +640,19 @@ class Params(object):
         ])
         if self.max_running is not None:
             mon["max_running"] = self.max_running
+        if self.max_pending is not None:
+            mon["max_pending_seconds"] = self.max_pending
         restart = OrderedDict([
             ("crash", {"action": self.crash_policy, "max_attempts": 2, "backoff_seconds": self.crash_backoff}),
             ("noise", {"action": "ignore"}),
             ("timeout", {"action": "restart", "max_attempts": 3}),
         ])
+        if self.pending_policy is not None:
+            restart["pending_too_long"] = {"action": self.pending_policy, "max_attempts": 2}
+        if self.opts_policy:
+            # SPEC 5.4: the options of attempt N come from the restarts that led to it
+            restart["oom"] = {"action": "restart", "max_attempts": 3, "sbatch": dict(OOM_SBATCH)}
+            restart["timeout"] = {"action": "restart", "max_attempts": 3, "sbatch": {"time": list(TIMEOUT_TIMES)}}
         return OrderedDict([
             ("project", "sim"),
             ("sweep", {"i": list(range(self.n_jobs))}),
@@ -655,13 +703,21 @@ class Scenario(object):
             # of job files is written (None: autoexp's default, 1 MiB); small, generations
             # roll often (state_before_rename and state_after_rename are reached every time)
             compact=random.Random("autoexp-sim:%d:store" % seed).choice([None, None, 0, 4096, 65536]),
-            max_running=None)
+            max_running=None, max_pending=None, pending_policy=None, opts_policy=False)
         if not scenarios:
             # monitoring.max_running in a quarter of the default mix's seeds, from a stream of its
             # own (the other draws stay what they were); a scenario switch keeps the seed it shows
             rt = random.Random("autoexp-sim:%d:max_running" % seed)
             if rt.random() < 0.25:
                 p.max_running = rt.randint(1, max(1, n_jobs - 1))
+            # per-attempt sbatch options (SPEC 5.4) in a third of them, from their own stream
+            p.opts_policy = random.Random("autoexp-sim:%d:sbatch_options" % seed).random() < 0.33
+        if "pending_reasons" in sc:
+            # monitoring.max_pending_seconds and its policy, from a stream of their own
+            rp = random.Random("autoexp-sim:%d:pending" % seed)
+            p.max_pending = rp.choice([None, 1800.0, 3600.0, 4 * 3600.0])
+            if p.max_pending is not None:
+                p.pending_policy = rp.choice(["ignore", "restart", "restart"])
         if r.random() < 0.25:
             p.max_submit = r.randint(2, n_jobs + 3)
             if p.array:
@@ -795,6 +851,12 @@ class Scenario(object):
         if "throttle_overflow" in p.scenarios:
             for _ in range(3 if p.array else 2):
                 out.append(Fault(0.0, "foreign", -1, 14 * 3600.0, "hog"))
+        if "hand_untagged" in p.scenarios and not p.array:
+            # resubmissions by hand without the tag (SPEC 8), from a stream of their own
+            ru = random.Random("autoexp-sim:%d:untagged" % seed)
+            for _ in range(ru.randint(3, 8)):
+                out.append(Fault(ru.uniform(600, p.fault_until), "hand_untagged", ru.randrange(p.n_jobs), 0.0,
+                                 weighted(ru, [("same", 4), ("twice", 2), ("elsewhere", 2), ("replace", 2)])))
         out.sort(key=lambda f: (f.t, f.kind, f.job))
         return out
 
@@ -915,7 +977,8 @@ class MJob(object):
     __slots__ = ("id", "base", "task", "raw", "name", "comment", "owner", "logical", "state", "reason",
                  "exit_code", "submit_t", "start_t", "end_t", "snaps", "out_tpl", "run", "in_squeue",
                  "gen", "acct_lag", "succeeded", "pending_cancel", "runaway", "array_key", "forgotten", "bad",
-                 "successor", "requeued_t")
+                 "successor", "requeued_t", "workdir", "hand_of", "blocked", "wait_until", "reason_looks", "pair",
+                 "pend_cancel_ok")
 
     def __init__(self, jid, base, task, name, comment, owner, logical, t):
         self.id, self.base, self.task = jid, base, task
@@ -937,6 +1000,13 @@ class MJob(object):
         self.bad = False  # a run of it wrote a log event line (a requeue does not take that back)
         self.successor = None  # the id it goes on under, once REVOKED by an id change
         self.requeued_t = None  # when SLURM last put it back to PENDING
+        self.workdir = None  # --chdir; None: the user's other jobs' folder
+        self.hand_of = None  # resubmitted by hand without the tag: the logical job it is meant for
+        self.blocked = False  # pending with a reason that never clears (pending_reasons)
+        self.wait_until = None  # pending (a passing reason, a hold) until then
+        self.reason_looks = 0  # answered squeues in a row that printed it PENDING with its blocking reason
+        self.pair = None  # resubmitted twice by hand without the tag: the other one
+        self.pend_cancel_ok = False  # autoexp may cancel it while PENDING (blocked, or pending too long)
 
 
 class SlurmModel(object):
@@ -1010,7 +1080,33 @@ class SlurmModel(object):
             self.snap(job, t=w.t + self.p.name_lag)
         w.check_one_live(job)
         self.schedule_start(job, loguniform(w.rng("pend"), 1, 3600) if owner != "foreign" else 5.0)
+        if "pending_reasons" in self.p.scenarios and owner != "foreign" and w.t < w.quiet_at:
+            self.pending_reason(job)
         return job
+
+    def pending_reason(self, job):
+        """pending_reasons: some submissions wait with a reason, a passing one (the job starts
+        later), one that never clears (it never starts), or a user's hold (released later)."""
+        w = self.w
+        r = w.rng("reasons")
+        if r.random() >= 0.35:
+            return
+        kind = weighted(r, [("waiting", 5), ("never", 2), ("held", 2)])
+        if kind == "never":
+            job.blocked, job.wait_until, job.reason = True, float("inf"), "None"
+            # SLURM's scheduler gives the reason at its next pass
+            w.at(w.t + r.uniform(1, 60), self._set_reason, job, job.gen, r.choice(NEVER))
+        elif kind == "held":
+            job.reason, job.wait_until = "JobHeldUser", w.t + loguniform(r, 600, 6 * 3600)
+            w.at(job.wait_until, self._set_reason, job, job.gen, "Priority")
+        else:
+            job.reason, job.wait_until = r.choice(WAITING), w.t + loguniform(r, 600, 5 * 3600)
+        w.trace("slurm", "%s %s pends: %s" % (job.id, job.name, kind if kind != "never" else "can never start"))
+
+    def _set_reason(self, job, gen, reason):
+        if job.gen == gen and job.state == "PENDING":
+            job.reason = reason
+            self.w.trace("slurm", "%s %s PENDING (%s)" % (job.id, job.name, reason))
 
     def schedule_start(self, job, delay):
         self.w.at(self.w.t + delay, self.start, job, job.gen)
@@ -1018,6 +1114,10 @@ class SlurmModel(object):
     def start(self, job, gen):
         w = self.w
         if job.gen != gen or job.state != "PENDING" or job.forgotten:
+            return
+        if job.wait_until is not None and w.t < job.wait_until:
+            if job.wait_until != float("inf"):
+                self.schedule_start(job, job.wait_until - w.t + 1.0)
             return
         if job.array_key is not None:
             limit = self.array_running.get(job.array_key, (0, None))[1]
@@ -1090,6 +1190,7 @@ class SlurmModel(object):
         if job.run is not None:
             job.run.ended = True
         job.state, job.reason, job.in_squeue = "PENDING", "BeginTime", True
+        job.wait_until, job.reason_looks = None, 0
         job.succeeded = False
         job.requeued_t = w.t
         self.snap(job)
@@ -1170,9 +1271,10 @@ class SlurmModel(object):
 
     @staticmethod
     def workdir_of(job):
-        """autoexp's jobs run in one folder; the user's other jobs (an untagged one of one of
-        our names among them) elsewhere, so none is taken for a hand resubmission."""
-        return "/sim/work" if job.owner != "foreign" else "/home/simuser/elsewhere"
+        """The job's --chdir: autoexp's jobs run in the plan's folder (and so do the user's
+        resubmissions from there); the user's other jobs (an untagged one of one of our names
+        among them) elsewhere, so none is taken for a hand resubmission."""
+        return job.workdir or "/home/simuser/elsewhere"
 
     @staticmethod
     def in_window(view, since):
@@ -1270,8 +1372,22 @@ class SlurmView(object):
         except ValueError as e:
             raise Api.SlurmUnavailable("squeue printed output autoexp cannot parse: %s" % e)
         self.skipped = skipped
+        if "pending_reasons" in w.p.scenarios:
+            self.count_looks(rows)
         w.crash_opportunity("slurm", "squeue:after")
         return rows
+
+    def count_looks(self, rows):
+        """An answered squeue: each job that can never start, printed PENDING with its reason,
+        was seen so once more in a row; printed otherwise, the count starts again."""
+        for row in rows:
+            job = self.m.jobs.get(row.job_id)
+            if job is None or not job.blocked:
+                continue
+            if row.state == "PENDING" and row.reason in NEVER:
+                job.reason_looks += 1
+            else:
+                job.reason_looks = 0
 
     def _sacct(self, render):
         w, m = self.w, self.m
@@ -1313,6 +1429,9 @@ class SlurmView(object):
         w.checker.check_files()
         for lg in logicals:
             w.checker.check_announced_submit(lg)
+        opts = w.checker.check_sbatch_options(logicals, spec, args, env)
+        if opts:
+            w.trace("call", "sbatch with %s (AUTOEXP_ATTEMPT=%s)" % (" ".join(opts), (env or {}).get("AUTOEXP_ATTEMPT")))
         if m.faults.get("ctld_restart"):
             w.advance(9.0)
             return self._result(logicals, 1, "", "sbatch: error: Batch job submission failed: Unable to contact "
@@ -1386,6 +1505,9 @@ class SlurmView(object):
         kind = err[1] if err else None
         w.checker.check_files()
         w.checker.check_announced_cancel(job_id)
+        for job in m.order:
+            if job.id == job_id:
+                w.note_pending_cancel(job)
         targets = [j for j in m.order if (j.id == job_id or (j.base == int(job_id.split("_")[0]) and "_" not in job_id
                                                                 and j.task is not None)) and not j.forgotten]
         if kind != "no_effect" and kind != "timeout":
@@ -1470,9 +1592,11 @@ class Programs(object):
 
     def begin(self, job):
         w = self.w
-        k = self.runs_started.get(job.logical, 0)
-        self.runs_started[job.logical] = k + 1
-        prog = make_program(w.seed, job.logical, k, self.p, quiet=w.t - T0 >= self.p.fault_until,
+        # a job resubmitted by hand without the tag runs programs of its own stream
+        key = job.logical if job.hand_of is None else 1000 + job.hand_of
+        k = self.runs_started.get(key, 0)
+        self.runs_started[key] = k + 1
+        prog = make_program(w.seed, key, k, self.p, quiet=w.t - T0 >= self.p.fault_until,
                             rerun=job.run is not None)
         run = Run(prog, k, w.t)
         job.run = run
@@ -1755,6 +1879,8 @@ class World(object):
         self.sid = PLAN_ID
         self.requests = 0
         self.refused = False  # the plan was refused (term_newline): nothing ran
+        # hand_untagged: the user acts on ended jobs, so the sweep is not over before then
+        self.busy_until = max([T0 + f.t for f in scenario.faults if f.kind == "hand_untagged"] + [T0])
 
     # -- plumbing ------------------------------------------------------------------
 
@@ -2066,7 +2192,7 @@ class World(object):
     def maybe_done(self):
         """The sweep is over once the fault window has passed, the session has nothing left
         to do, and SLURM runs none of its jobs."""
-        if self.done:
+        if self.done or self.t < self.busy_until:
             return
         if self.checker.session_has_work() or not self.checker.synced():
             return
@@ -2083,21 +2209,25 @@ class World(object):
 
     # -- users, admins, faults ---------------------------------------------------------
 
-    def submit_job(self, spec, owner):
+    def submit_job(self, spec, owner, hand_of=None):
         """A submission SLURM accepted: a job, or one task per array index."""
         m = self.model
         base = m.new_id()
         name = spec.get("job-name", "sbatch")
         comment = spec.get("comment", "")
         out = spec.get("output", os.path.join(self.root, "slurm-%j.out"))
+        created = []
         if spec.get("array"):
             tasks, throttle = parse_array(spec["array"])
             key = base
             m.array_running[key] = (0, throttle)
             for t in tasks:
-                m.create(base, t, name, comment, owner, out, array_key=key)
+                created.append(m.create(base, t, name, comment, owner, out, array_key=key))
         else:
-            m.create(base, None, name, comment, owner, out)
+            created.append(m.create(base, None, name, comment, owner, out))
+        for job in created:
+            job.workdir = spec.get("chdir")
+            job.hand_of = hand_of
         self.trace("slurm", "submitted %d %s (%s)%s" % (base, name, owner,
                                                           " array " + spec["array"] if spec.get("array") else ""))
         return base
@@ -2223,13 +2353,17 @@ class World(object):
                 base = self.submit_job(sbatch_spec(pj.script_path, ()), "hand")
                 self.trace("user", "resubmitted stopped %s by hand: %d" % (pj.name, base))
                 self.at(self.t + 300, self.start_process, "monitor")
+        elif f.kind == "hand_untagged":
+            self.hand_untagged(f, job, state)
         elif f.kind == "migrate":
             # the job is REVOKED under its id and carries on under a new one
             if job is None or job.state != "RUNNING" or job.task is not None or job.run.term_written:
                 return
             m.end(job, "REVOKED", show=-1)
-            spec = {"job-name": job.name, "comment": job.comment, "output": job.out_tpl}
-            job.successor = str(self.submit_job(spec, "slurm"))
+            spec = {"job-name": job.name, "comment": job.comment, "output": job.out_tpl, "chdir": job.workdir}
+            job.successor = str(self.submit_job(spec, "slurm", hand_of=job.hand_of))
+            if job.owner == "untagged" or job.hand_of is not None:
+                self.model.jobs[job.successor].logical = job.logical  # adopted (or not) as it was
         elif f.kind == "vanish":
             # slurmctld restarted from an older state save: a pending job it never recorded is gone
             if job is None or job.state != "PENDING" or self.t - job.submit_t > 60:
@@ -2260,6 +2394,42 @@ class World(object):
             m.snap(job)
             self.programs.pause(job)
             self.at(self.t + f.dur, self._resume, job, job.gen)
+
+    def hand_untagged(self, f, job, state):
+        """The user resubmits a job by hand without its tag (`sbatch --job-name=NAME` of
+        another script, SPEC 8): from the plan's folder once a job has ended (or twice, then
+        cancels one a while later: autoexp can adopt neither until then), from another
+        folder (never adopted), or cancelling its running job first (a replacement)."""
+        pj = self.plan.jobs[f.job]
+        if self.checker.in_doubt(f.job) or self.checker.cancel_pending(f.job):
+            return  # (a submission in doubt may still be found: not a race this models)
+        if f.arg == "replace":
+            if job is None or job.state != "RUNNING" or job.run is None or job.run.term_written:
+                return
+            self.model.cancel(job, "hand")
+        elif job is not None or state not in ("stopped", "finalized", "cancelled") or not self.checker.no_work_for(f.job):
+            return
+        spec = sbatch_spec(pj.script_path, ())
+        spec.pop("comment", None)  # another script: no tag
+        if f.arg == "elsewhere":
+            spec["chdir"] = "/home/simuser/other-checkout"
+            spec["output"] = os.path.join(self.root, "elsewhere-%j.log")
+        else:
+            spec["chdir"] = self.plan.workdir
+        n = 2 if f.arg == "twice" else 1
+        made = [self.submit_job(spec, "untagged", hand_of=f.job) for _ in range(n)]
+        self.trace("user", "resubmitted %s by hand without its tag%s: %s" % (
+            pj.name, " from another folder" if f.arg == "elsewhere" else "", " ".join(str(b) for b in made)))
+        if n == 2:
+            a, b = (self.model.jobs[str(x)] for x in made)
+            a.pair, b.pair = b, a
+            # autoexp warns that it cannot tell them apart; the user cancels one of them
+            self.at(self.t + loguniform(self.rng("untagged"), 600, 4 * 3600), self._cancel_one, b)
+        self.at(self.t + 300, self.start_process, "monitor")
+
+    def _cancel_one(self, job):
+        if job.state in ACTIVE:
+            self.model.cancel(job, "user")
 
     def _resume(self, job, gen):
         if job.gen == gen and job.state == "SUSPENDED":
@@ -2315,25 +2485,50 @@ class World(object):
     def check_no_rerun(self, logical):
         if logical is None:
             return
-        done = [j for j in self.model.order if j.logical == logical and j.succeeded]
+        # a job the user ran again by hand after its success (adopted: hand_untagged) is his
+        # to rerun: successes before that do not count
+        rerun_t = max([j.submit_t for j in self.model.order if j.logical == logical and j.owner == "untagged"]
+                      + [T0 - 1])
+        done = [j for j in self.model.order if j.logical == logical and j.succeeded and j.end_t >= rerun_t]
         if done:
             self.checker.fail("no-rerun", "autoexp submits logical job %d again, though SLURM job %s finished "
                               "successfully" % (logical, done[0].id))
 
+    def note_pending_cancel(self, job):
+        """autoexp asks SLURM to cancel a job: while it is PENDING (or since its last squeue
+        started), only because its reason can never clear and two answered squeues in a row
+        printed it, or because it has pended for max_pending_seconds with a policy that acts
+        (SPEC 5.1, 5.2). Once so, the decision stands: its resends are not judged again."""
+        if job.pend_cancel_ok or job.state not in ACTIVE:
+            return
+        proc = self.procs[-1] if self.procs else None
+        seen = proc.last_squeue if proc is not None else self.t
+        if job.state != "PENDING" and not (job.start_t is not None and job.start_t > seen):
+            return
+        if job.blocked and job.reason_looks >= 2:
+            job.pend_cancel_ok = True
+        elif self.p.max_pending and self.p.pending_policy not in (None, "ignore"):
+            since = max(job.submit_t, job.requeued_t or job.submit_t)
+            # autoexp counts from its first look; 30 s for the second a time is printed in
+            job.pend_cancel_ok = seen - since >= self.p.max_pending - 30
+
     def check_cancel(self, job):
-        """autoexp scancels job: only a job the user cancelled, a bad one, or one gone already."""
+        """autoexp scancels job: only a job the user cancelled, a bad one, one gone already,
+        or a PENDING one that is blocked or pended too long (note_pending_cancel)."""
         if job.logical is None:
             if job.state in ACTIVE:
                 self.checker.fail("no-healthy-cancel", "autoexp scancels %s, not one of its jobs" % job.id)
             return
         if job.state not in ACTIVE or job.state == "COMPLETING" or job.runaway or job.forgotten:
             return  # nothing runs (a runaway record, a job slurmctld forgot): the scancel is harmless
-        if job.logical in self.user_cancelled or -1 in self.user_cancelled or job.bad:
+        if job.logical in self.user_cancelled or -1 in self.user_cancelled or job.bad or job.pend_cancel_ok:
             return
         run = job.run
         if job.state == "PENDING" or run is None:
-            self.checker.fail("no-healthy-cancel", "autoexp scancels %s (%s), which is PENDING and healthy" % (
-                job.id, job.name))
+            self.checker.fail("no-healthy-cancel", "autoexp scancels %s (%s), which is PENDING and healthy "
+                              "(reason %s, %d answered looks, pending %.0fs)" % (
+                                  job.id, job.name, job.reason, job.reason_looks,
+                                  self.t - max(job.submit_t, job.requeued_t or job.submit_t)))
         if run.term_written:
             self.checker.fail("no-healthy-cancel", "autoexp scancels %s, which wrote the termination string" % job.id)
         if run.event_written:
@@ -2503,6 +2698,7 @@ class Checker(object):
             self.versions += 1
             if self.files is None:
                 self.files = StateFiles(w.store, w.sid)
+            old = self.state
             try:
                 self.state = self.files.read()
             except (IOError, OSError, ValueError, KeyError, TypeError) as e:
@@ -2514,10 +2710,101 @@ class Checker(object):
             if self.versions <= 3 or self.versions % FULL_LOAD_EVERY == 0 or full:
                 self.full_load(path)
             self.check_actions_in_state()
+            self.check_new_attempts(old)
         elif full:
             self.full_load(path)
         self.read_journal(journal)
         self.check_outbox()
+
+    def check_new_attempts(self, old):
+        """What a new version of the state decided: a cancel of a PENDING job is judged when it
+        is decided (note_pending_cancel); a job resubmitted by hand without its tag that became
+        an attempt counts as the job's from then on (one-live, converges, no-orphan) and must
+        be one autoexp may adopt (hand-adopt)."""
+        w = self.w
+        before = {}
+        for j in (old or {}).get("jobs", []):
+            before[j["index"]] = (j["status"], set(a["job_id"] for a in j["attempts"] if a["job_id"]))
+        for j in self.state["jobs"]:
+            status, known = before.get(j["index"], (None, set()))
+            for i, a in enumerate(j["attempts"]):
+                job = w.model.jobs.get(a["job_id"]) if a["job_id"] else None
+                if job is None:
+                    continue
+                if a["live"] and a.get("cancel_requested_at"):
+                    w.note_pending_cancel(job)
+                if job.owner != "untagged" or a["job_id"] in known:
+                    continue
+                prev = w.model.jobs.get(j["attempts"][i - 1]["job_id"] or "") if i else None
+                self.check_hand_adopt(j, a, job, status, prev, known)
+
+    def check_hand_adopt(self, j, a, job, status, prev, known):
+        """hand-adopt: an untagged job becomes an attempt only if it was resubmitted for this
+        job from the plan's folder, the job was not cancelled by the user, and no other such
+        job submitted after the previous attempt ended was live at the squeue it was seen in."""
+        w = self.w
+        if job.logical is None:
+            job.logical = j["index"]  # the job's own from now on
+            w.check_one_live(job)
+        if job.hand_of != j["index"] or job.workdir != w.plan.workdir or job.name != j["name"]:
+            self.fail("hand-adopt", "%s attempt %d adopted SLURM job %s, resubmitted by hand for %s from %s" % (
+                j["name"], a["attempt"], job.id, job.name, job.workdir))
+        if status == "cancelled":
+            self.fail("hand-adopt", "%s, cancelled by the user, adopted SLURM job %s resubmitted by hand" % (
+                j["name"], job.id))
+        proc = w.procs[-1] if w.procs else None
+        seen = proc.last_squeue if proc is not None else None
+        end = prev.end_t if prev is not None else None
+        if seen is None or end is None:
+            return
+        others = [o for o in w.model.order if o is not job and o.owner == "untagged" and o.name == job.name
+                  and o.workdir == job.workdir and o.id not in known and end <= o.submit_t <= seen
+                  and (o.end_t is None or o.end_t > seen)]
+        if others:
+            self.fail("hand-adopt", "%s attempt %d adopted SLURM job %s though %s, also resubmitted by hand after "
+                      "its last attempt ended, was live at the squeue it decided on" % (
+                          j["name"], a["attempt"], job.id, ", ".join(o.id for o in others)))
+
+    def check_sbatch_options(self, logicals, spec, args, env):
+        """sbatch-options: each sbatch carries the options its intent on disk holds, which are
+        those SPEC 5.4 derives from the job's history (a crash between intent and sbatch
+        submits what was decided), and AUTOEXP_ATTEMPT is the attempt's number."""
+        w = self.w
+        opts = [x for x in args if x.split("=", 1)[0] in ("--mem", "--time", "--exclude")]
+        for lg in logicals:
+            for j in (self.state or {}).get("jobs", []):
+                if j["index"] != lg:
+                    continue
+                att = j["attempts"][-1]
+                want = self.predict_options(j["attempts"][:-1])
+                if list(att.get("sbatch_options") or []) != want:
+                    self.fail("sbatch-options", "%s attempt %d's intent holds options %s; its history gives %s" % (
+                        j["name"], att["attempt"], att.get("sbatch_options"), want))
+                if opts != want:
+                    self.fail("sbatch-options", "sbatch of %s attempt %d with %s; its intent holds %s" % (
+                        j["name"], att["attempt"], opts, want))
+                got = (env or {}).get("AUTOEXP_ATTEMPT")
+                if got != str(att["attempt"]):
+                    self.fail("sbatch-options", "sbatch of %s attempt %d with AUTOEXP_ATTEMPT=%s" % (
+                        j["name"], att["attempt"], got))
+        return opts
+
+    def predict_options(self, history):
+        """SPEC 5.4 on the simulator's config: each ended attempt whose mode's restart policy
+        gives sbatch options adds them, rendered for the attempt after it; a later value of
+        an option replaces the earlier one (and goes last)."""
+        opts = OrderedDict()
+        if not self.w.p.opts_policy:
+            return []
+        for a in history:
+            n = a["attempt"] + 1
+            if a["outcome"] == "oom":
+                opts.pop("mem", None)
+                opts["mem"] = "%dG" % (8 * n)
+            elif a["outcome"] == "timeout":
+                opts.pop("time", None)
+                opts["time"] = TIMEOUT_TIMES[min(n, len(TIMEOUT_TIMES)) - 1]
+        return ["--%s=%s" % kv for kv in opts.items()]
 
     def read_journal(self, path):
         try:
@@ -2545,6 +2832,13 @@ class Checker(object):
 
     def on_event(self, ev):
         w = self.w
+        if ev.get("event") == "blocked":
+            job = w.model.jobs.get(ev.get("job_id") or "")
+            if job is None or not job.blocked or job.reason_looks < 2:
+                self.fail("blocked-right", "%s attempt %s (%s) declared blocked, but SLURM %s" % (
+                    ev["job"], ev.get("attempt"), ev.get("job_id"), "knows no such job" if job is None else
+                    "printed its reason %s in %d answered looks in a row (%s)" % (
+                        job.reason, job.reason_looks, "it can never start" if job.blocked else "a passing one")))
         if ev.get("event") == "stopped" and ev.get("mode") == "submit_failed" and \
                 str(ev.get("detail", "")).startswith("sbatch failed"):
             logical = w.model.names.get(ev["job"])
@@ -2632,6 +2926,14 @@ class Checker(object):
                         self.fail("actions-once", "action %s is not marked written at the end" % act["id"])
                     if name not in self.deleted and not os.path.exists(os.path.join(folder, name)):
                         self.fail("actions-once", "payload %s was never written" % name)
+                if a["outcome"] == "blocked" and a["job_id"]:
+                    job = w.model.jobs.get(a["job_id"])
+                    last = a is j["attempts"][-1]
+                    if job is None or job.start_t is not None or job.state != "CANCELLED" or (
+                            last and j["status"] not in ("stopped", "cancelled")):
+                        self.fail("blocked-right", "%s attempt %d (%s) is blocked, but SLURM shows it %s%s and the "
+                                  "job is %s" % (j["name"], a["attempt"], a["job_id"], job and job.state,
+                                                 " (it ran)" if job and job.start_t else "", j["status"]))
                 if a["outcome"] == "success" and a["job_id"]:
                     job = w.model.jobs.get(a["job_id"])
                     if job is not None and not (job.run is not None and job.run.term_written) and not (

@@ -1092,6 +1092,10 @@ class SlurmModel(object):
         if r.random() >= 0.35:
             return
         kind = weighted(r, [("waiting", 5), ("never", 2), ("held", 2)])
+        if kind == "never" and "squeue_extra_column" in self.p.scenarios:
+            # autoexp reads no squeue while one of its jobs is listed (with the extra column):
+            # a job that never leaves the queue would hold every decision for ever
+            kind = "waiting"
         if kind == "never":
             job.blocked, job.wait_until, job.reason = True, float("inf"), "None"
             # SLURM's scheduler gives the reason at its next pass
@@ -1386,8 +1390,8 @@ class SlurmView(object):
                 continue
             if row.state == "PENDING" and row.reason in NEVER:
                 job.reason_looks += 1
-            else:
-                job.reason_looks = 0
+            elif row.state in ACTIVE:
+                job.reason_looks = 0  # (a state word autoexp does not know tells it nothing)
 
     def _sacct(self, render):
         w, m = self.w, self.m
@@ -2416,7 +2420,8 @@ class World(object):
             spec["output"] = os.path.join(self.root, "elsewhere-%j.log")
         else:
             spec["chdir"] = self.plan.workdir
-        n = 2 if f.arg == "twice" else 1
+        # two at once write one log when it has no %j: their lines would be each other's
+        n = 2 if f.arg == "twice" and "%j" in spec.get("output", "") else 1
         made = [self.submit_job(spec, "untagged", hand_of=f.job) for _ in range(n)]
         self.trace("user", "resubmitted %s by hand without its tag%s: %s" % (
             pj.name, " from another folder" if f.arg == "elsewhere" else "", " ".join(str(b) for b in made)))

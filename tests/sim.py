@@ -119,7 +119,8 @@ process; squeue/sacct answers and job changes check what concerns them; the last
                     adopted it counts as the job's (one-live, converges, no-orphan).
   sbatch-options    Every sbatch carries the options its intent on disk holds (sbatch_options),
                     which are those SPEC 5.4 derives from the job's history (the oom and timeout
-                    policies' `sbatch` of a third of the default mix's seeds), also after a crash
+                    policies' `sbatch` of a third of the default mix's seeds, and one --exclude of
+                    the nodes the intent excluded, SPEC 5.5), also after a crash
                     between intent and sbatch; AUTOEXP_ATTEMPT in sbatch's environment is the
                     attempt's number.
   max-running       (monitoring.max_running, in a quarter of the default mix's seeds) autoexp's
@@ -2782,6 +2783,9 @@ class Checker(object):
                     continue
                 att = j["attempts"][-1]
                 want = self.predict_options(j["attempts"][:-1])
+                if att.get("excluded_nodes"):
+                    # the nodes autoexp excluded for this attempt (SPEC 5.5), in one --exclude
+                    want.append("--exclude=" + ",".join(att["excluded_nodes"]))
                 if list(att.get("sbatch_options") or []) != want:
                     self.fail("sbatch-options", "%s attempt %d's intent holds options %s; its history gives %s" % (
                         j["name"], att["attempt"], att.get("sbatch_options"), want))

@@ -2375,7 +2375,7 @@ PERMANENT_SBATCH_ERRORS = (
     "invalid generic resource", "invalid gres", "invalid feature", "unrecognized option",
     "invalid option", "memory specification can not be satisfied", "invalid job array specification",
     "more processors requested than permitted", "node count specification invalid",
-    "invalid dependency", "invalid --", "is ambiguous")
+    "invalid dependency", "invalid --", "is ambiguous", "invalid node name specified")
 # sbatch errors that say the job was refused for now by a limit (too many jobs queued for
 # the user or QOS): retried with backoff for as long as it takes, never counted as failures.
 THROTTLED_SBATCH_ERRORS = ("job violates accounting/qos policy", "maxsubmitjob", "max_submit_job",

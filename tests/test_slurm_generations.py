@@ -125,6 +125,8 @@ def test_every_failed_query_is_unknown(capset):
     ("15_sbatch_mem_too_big.txt", "permanent"),
     ("15_sbatch_no_script.txt", "permanent"),
     ("15_sbatch_no_shebang.txt", "permanent"),
+    ("15_sbatch_exclude_only_node.txt", "permanent"),  # uses up a job id: FAILED, BadConstraints
+    ("15_sbatch_exclude_unknown_node.txt", "permanent"),  # a policy's "exclude" naming no node
     ("71_sbatch_ctld_down.txt", "uncertain"),
     ("14_sbatch_not_parsable.txt", "uncertain"),
 ])

@@ -427,6 +427,70 @@ def test_stalled_job_is_cancelled_and_restarted(proj):
     assert_history_is_sacct(hist, rows)
 
 
+# --- 10. a restart policy's sbatch options reach SLURM; the job knows its attempt ----------------
+
+def sacct_columns(proj, ids, *columns):
+    """{job id: {column: value}} from sacct for columns beyond autoexp's own."""
+    out = run(["sacct", "-X", "-P", "-n", "-o", ",".join(("JobID",) + columns), "-j", ",".join(ids)]).stdout
+    rows = [line.split("|") for line in out.splitlines() if line.strip()]
+    return dict((r[0], dict(zip(columns, r[1:]))) for r in rows)
+
+
+@pytest.mark.real_slurm
+@pytest.mark.timeout(120)
+def test_restart_options_reach_slurm_and_the_job_knows_its_attempt(proj):
+    command = ("echo attempt=$AUTOEXP_ATTEMPT session=$AUTOEXP_SESSION; "
+               + first_time("failed-once", "exit 1", "sleep 1; echo done"))
+    policy = {"action": "restart", "max_attempts": 2, "sbatch": {"mem": "{attempt*100}M", "time": "{attempt*2}"}}
+    cfg = config("rs-opt", command, restart={"crash": policy})
+    pid = plan_id("rs-opt")
+    proj.ok("run", proj.config(cfg), "--plan-id", pid, timeout=100)
+    hist, rows = sacct_of_history(proj, pid)
+    atts = hist["rs-opt-s1"]["attempts"]
+    assert [a["outcome"] for a in atts] == ["crash", "success"], atts
+    # attempt 2 is the one the restart led to: {attempt*K} rendered with 2
+    assert [sorted(a["sbatch_options"]) for a in atts] == [[], ["--mem=200M", "--time=4"]], atts
+    for n, a in enumerate(atts, 1):
+        with open(a["log_path"]) as f:
+            assert f.read().startswith("attempt=%d session=%s\n" % (n, pid)), a["log_path"]
+    # what SLURM itself granted each attempt: the plan's defaults, then the policy's
+    ids = [a["job_id"] for a in atts]
+    slurm_says = sacct_columns(proj, ids, "ReqMem", "Timelimit")
+    assert slurm_says[ids[1]] == {"ReqMem": "200M", "Timelimit": "00:04:00"}, slurm_says
+    assert slurm_says[ids[0]]["ReqMem"] != "200M" and slurm_says[ids[0]]["Timelimit"] != "00:04:00", slurm_says
+    assert_only_these_jobs(proj, pid)
+    assert_history_is_sacct(hist, rows)
+
+
+@pytest.mark.real_slurm
+@pytest.mark.timeout(120)
+def test_restart_exclude_reaches_slurm_which_refuses_to_exclude_its_only_node(proj):
+    """The policy excludes the cluster's only node: SLURM refuses that sbatch at once (it
+    uses up a job id, listed FAILED/BadConstraints with ExcNodeList=<node>), and autoexp
+    stops the job with SLURM's words: a clear refusal is never retried (SPEC 8)."""
+    node = run(["sinfo", "-h", "-N", "-o", "%N"]).stdout.split()[0]
+    command = first_time("failed-once", "exit 1", "echo done")
+    cfg = config("rs-exc", command, restart={"crash": {"action": "restart", "max_attempts": 2,
+                                                       "sbatch": {"exclude": node}}})
+    pid, _ = plan_and_submit(proj, cfg)
+    mon = proj.background("monitor", "--session", pid)
+    # the refused job stays in squeue for MinJobAge seconds: catch it there
+    refused = wait_for(lambda: [r for r in proj.slurm.squeue()
+                                if r["JobName"] == "rs-exc-s1" and r["State"] == "FAILED" and r["Reason"] == "BadConstraints"],
+                       60, "squeue to list the refused attempt 2 of rs-exc-s1", interval=0.2)
+    shown = proj.slurm.scontrol("show", "job", refused[0]["JobID"]).stdout
+    assert "ExcNodeList=%s" % node in shown.split(), shown
+    proj.finish(mon, 60)
+    job = proj.history(pid)["rs-exc-s1"]
+    first, second = job["attempts"]
+    assert first["outcome"] == "crash" and second["sbatch_options"] == ["--exclude=" + node], job
+    assert second["outcome"] == "submit_failed" and second["job_id"] is None, second
+    assert "Requested node configuration is not available" in second["reason"], second
+    assert job["status"] == "stopped", job
+    events = [e["event"] for e in proj.events(pid) if e["attempt"] == 2]
+    assert "submit_error" not in events, events  # not retried
+
+
 # --- setup.sh itself ---------------------------------------------------------------------------
 
 @pytest.mark.real_slurm

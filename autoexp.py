@@ -5466,7 +5466,7 @@ class Controller(object):
         in doubt or who have none yet, or whose attempt vanished (a successor squeue cannot
         show). The rows answer both: an attempt's own record (by its id) and its successors."""
         look = Lookup()
-        names, since = set(), None
+        names, since, own = set(), None, []
         for s, _, focus in work:
             array = s.plan.array
             self._defer(s, focus, snap, look, now)
@@ -5474,6 +5474,7 @@ class Controller(object):
                 if (s.session_id, job.name) in look.deferred:
                     continue
                 gone = acct_targets([job], snap)
+                own.extend((a.job_id, (job.name, array.name if array is not None else job.name)) for a in gone)
                 need = bool(gone) or restart_due(job, now) or seeks_by_name(job, snap, look)
                 if need is None:
                     need = not self._candidates(s, job, snap, look)
@@ -5492,6 +5493,21 @@ class Controller(object):
                 look.acct_ok = look.named_ok = False
                 look.acct_error = look.named_error = str(e)
                 self._sacct_down(str(e))
+                return look
+            # sacct lists a job cancelled before it was ever eligible (held, or waiting on a
+            # dependency) by its id only, never by name (22.05 and 24.11 alike): the attempts
+            # the names did not answer for are asked about by id
+            unanswered = dict((i, n) for i, n in own if i not in look.named_by_id)
+            if unanswered:
+                try:
+                    by_id = self.slurm.sacct(sorted(unanswered), sacct_since(since))
+                except SlurmUnavailable as e:
+                    look.acct_ok, look.acct_error = False, str(e)
+                    self._sacct_down(str(e))
+                else:
+                    look.acct = dict(look.named_by_id)
+                    # under its own name only: an id SLURM reused after MaxJobId is another job
+                    look.acct.update((i, r) for i, r in by_id.items() if r.name in unanswered.get(i, ()))
         return look
 
     def _defer(self, s, focus, snap, look, now):

@@ -490,6 +490,23 @@ def test_hold_release_match_captures(h):
     assert h.sacct("-X", "-n", "-P", "-o", "JobID,Eligible", "-j", jid) == [jid + "|Unknown"]
 
 
+@BOTH
+def test_held_job_cancelled_while_pending_is_found_by_id_only(h):
+    # what the real tier saw on 22.05 and 24.11 (also for an afterok dependency that
+    # failed): never eligible, Eligible Unknown; `sacct -j` lists it, with -S too, while no
+    # query by name does
+    h.fs.configure(pending_seconds=30)
+    jid = h.run("sbatch", "--parsable", "--job-name=heldcancel", "--wrap=true")[1].strip()
+    assert h.run("scontrol", "hold", jid)[0] == 0
+    h.fs.cancel(jid)
+    since = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() - 3600))
+    fmt = ["-X", "-n", "-P", "-o", "JobID,JobName,State,Eligible", "-S", since]
+    assert h.sacct(*fmt + ["--name=heldcancel"]) == []
+    assert h.sacct(*fmt[:-2] + ["--name=heldcancel"]) == []
+    by = "CANCELLED by %d" % os.getuid()
+    assert h.sacct(*fmt + ["-j", jid]) == h.sacct(*fmt[:-2] + ["-j", jid]) == ["%s|heldcancel|%s|Unknown" % (jid, by)]
+
+
 # --------------------------------------------------------------------------
 # captures 50-59: requeue
 # --------------------------------------------------------------------------

@@ -199,3 +199,26 @@ def test_request_the_node_can_never_satisfy_is_stopped_once(project, fake, sbatc
         assert att["job_id"] is None and text in att["reason"], att
     assert len(fake.calls("sbatch")) == 2
     assert [e["event"] for e in read_events(project.state_dir, "bad") if e["event"] == "adopted"] == []
+
+
+@pytest.mark.parametrize("fake", BOTH, indirect=True)
+def test_held_job_cancelled_by_hand_is_seen_ending_through_sacct_by_id(project, fake):
+    """A job held while it pends and then cancelled by hand was never eligible: accounting
+    keeps its Eligible Unknown and lists it for `sacct -j ID` only, never for a query by name
+    (the real tier saw this on 22.05 and 24.11, and for an afterok dependency that failed).
+    autoexp asks by id for the attempts the names did not answer for, and records the end
+    at once, long before lost_after_seconds."""
+    fake.configure(pending_seconds=60)
+    cfg = sweep("echo TRAINING FINISHED", seeds=(1,), lost_after_seconds=600)
+    project.ok("plan", project.config(cfg), "--plan-id", "held")
+    project.ok("submit", "held")
+    (jid,) = [str(j["job_id"]) for j in fake.submissions("gen-s1")]
+    fake.hold(jid)
+    fake.cancel(jid)
+    wait_for(lambda: not [r for r in fake.jobs() if r["job_id"] == jid and r["state"] != "CANCELLED"], what="cancel")
+    res = project.ok("reconcile", "--session", "held")
+    (att,) = history(project, "held")["gen-s1"]["attempts"]
+    assert (att["outcome"], att["slurm_state"], att["exit_code"]) == ("cancelled", "CANCELLED", "0:0"), (att, res.stdout)
+    sacct = [c["argv"] for c in fake.calls("sacct")]
+    by_name = [a for a in sacct if any(x.startswith("--name=") and "gen-s1" in x[7:].split(",") for x in a)]
+    assert by_name and [a[a.index("-j") + 1] for a in sacct if "-j" in a] == [jid], sacct  # the name found nothing

@@ -66,6 +66,8 @@ def history_vs_sacct(hist, rows):
     wrong = []
     for name, job in sorted(hist.items()):
         for a in job["attempts"]:
+            if not a["job_id"]:  # sbatch refused it: SLURM has no record of it
+                continue
             row = rows[a["job_id"]]
             if a["slurm_state"] != base_state(row["State"]) or a["exit_code"] != row["ExitCode"]:
                 wrong.append("  %s #%d (%s, outcome %s): history says state %r exit_code %r; sacct says %r %r" % (
@@ -489,6 +491,43 @@ def test_restart_exclude_reaches_slurm_which_refuses_to_exclude_its_only_node(pr
     assert job["status"] == "stopped", job
     events = [e["event"] for e in proj.events(pid) if e["attempt"] == 2]
     assert "submit_error" not in events, events  # not retried
+
+
+# --- 11. a dependency that can never be met: blocked, cancelled, stopped ---------------------------
+
+@pytest.mark.real_slurm
+@pytest.mark.timeout(120)
+def test_dependency_never_satisfied_is_blocked_cancelled_and_stopped(proj):
+    """SLURM keeps a job whose afterok dependency failed PENDING for ever (no
+    kill_invalid_depend here), reason DependencyNeverSatisfied (24.11 says Dependency for
+    its first 1-2 s): autoexp calls it blocked after two looks, cancels it and stops the job
+    with the reason in words."""
+    failed = run(["sbatch", "--parsable", "--job-name=rs-dep-parent", "--output=/dev/null", "--wrap=exit 1"],
+                 cwd="/").stdout.strip()
+    proj.slurm.wait_final([failed])
+    cfg = config("rs-dep", "echo never runs", sbatch={"dependency": "afterok:" + failed})
+    pid = plan_id("rs-dep")
+    t0 = time.time()
+    res = proj.ok("run", proj.config(cfg), "--plan-id", pid, timeout=100)
+    took = time.time() - t0
+    assert "session %s done: 1 stopped" % pid in res.stdout, res.stdout
+    job = proj.history(pid)["rs-dep-s1"]
+    (att,) = job["attempts"]
+    assert job["status"] == "stopped" and att["outcome"] == "blocked", job
+    assert att["pending_reason"].startswith("DependencyNeverSatisfied"), att
+    assert "DependencyNeverSatisfied" in att["reason"] and "dependency" in att["reason"], att
+    events = [e["event"] for e in proj.events(pid)]
+    assert events.count("blocked") == 1 and events.count("scancel") == 1, events
+    assert not os.path.exists(att["log_path"]), "it never ran"
+    rows = proj.slurm.wait_final([att["job_id"]])
+    row = rows[att["job_id"]]
+    assert (row["JobName"], row["State"]) == ("rs-dep-s1", "CANCELLED by 0"), row  # cancelled while PENDING
+    # never eligible, the job is in `sacct -j ID` only, never in `sacct --name=...` (with or
+    # without -S or -s CA; 22.05 and 24.11 alike): autoexp asks by id for the cancel's end,
+    # and does not wait lost_after_seconds (120 s here) for it
+    assert proj.slurm.sacct("-S", "now-1hours", "--name=rs-dep-s1") == []
+    assert_history_is_sacct(proj.history(pid), rows)
+    assert took < 60, "run took %.0fs" % took
 
 
 # --- setup.sh itself ---------------------------------------------------------------------------

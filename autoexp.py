@@ -3877,7 +3877,14 @@ def tagged_candidates(job, tag, array, snap, named):
             found[row.job_id] = row
     for job_id in job.known_ids():
         found.pop(job_id, None)
-    return sorted(found.values(), key=functools.cmp_to_key(_newest_first))
+    return sorted((r for r in found.values() if not refused_record(r)), key=functools.cmp_to_key(_newest_first))
+
+
+def refused_record(row):
+    """A submission sbatch refused (--exclude or a request no node can meet) still uses up a
+    job id, with the tag: FAILED without ever having had a node (22.05 and 24.11; squeue's
+    reason BadConstraints). Never a job of ours: nothing of it ran."""
+    return row.state == "FAILED" and not row.nodes
 
 
 def revived_rows(job, snap):

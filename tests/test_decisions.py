@@ -317,6 +317,18 @@ def test_tagged_candidates_newest_first_by_tag_and_array_task_never_by_name_alon
     assert [c.job_id for c in cands] == ["12_0", "11"]
 
 
+def test_tagged_candidates_leave_out_a_refused_submission():
+    # sbatch refused it (--exclude left no node) yet used up an id carrying the tag: FAILED,
+    # never a node (real 22.05 and 24.11): an intent never takes it for its own
+    snap = A.Snapshot([row("20", "FAILED", comment="autoexp:p1:j")._replace(nodes=None),
+                       row("21", "FAILED", comment="autoexp:p1:j")._replace(nodes="vm")])
+    named = [A.AcctRow("19", "19", "j", "FAILED", "1:0", None, None, "autoexp:p1:j", nodes=None),
+             A.AcctRow("18", "18", "j", "FAILED", "1:0", None, None, "autoexp:p1:j", nodes="vm")]
+    j = job(attempt(1, "10", live=False, outcome="node_fail"))
+    cands = A.tagged_candidates(j, "autoexp:p1:j", None, snap, named)
+    assert [c.job_id for c in cands] == ["21", "18"]  # a job that failed on a node is one
+
+
 def test_revived_rows_are_ended_attempts_slurm_runs_again():
     j = job(attempt(1, "5", outcome="timeout"), attempt(2, "6", live=True))
     snap = A.Snapshot([row("5", "PENDING"), row("6")])

@@ -530,6 +530,72 @@ def test_dependency_never_satisfied_is_blocked_cancelled_and_stopped(proj):
     assert took < 60, "run took %.0fs" % took
 
 
+# --- 12. NODE_FAIL: the attempt's node recorded and excluded; SLURM refuses, so it is used again --
+
+def the_node():
+    return run(["sinfo", "-h", "-N", "-o", "%N"]).stdout.split()[0]
+
+
+def node_takes_jobs(node):
+    """Wait until the node is usable again after a test set it DOWN (slurmd re-registers it
+    by itself: ReturnToService=2); resumed by hand if it stays down."""
+    resumed = []
+
+    def usable():
+        st = run(["sinfo", "-h", "-n", node, "-o", "%T"]).stdout.strip()
+        if st in ("idle", "mixed", "allocated", "completing"):
+            return st
+        if not resumed and st.startswith(("down", "drain", "fail")):
+            resumed.append(run(["scontrol", "update", "NodeName=" + node, "State=RESUME"], check=False))
+        return None
+    return wait_for(usable, 30, "node %s to take jobs again" % node, interval=0.3)
+
+
+def running_on(node):
+    return lambda st: all(j["attempts"] and j["attempts"][-1]["last_slurm_state"] == "RUNNING"
+                          and j["attempts"][-1].get("nodes") == node for j in st["jobs"])
+
+
+@pytest.mark.real_slurm
+@pytest.mark.timeout(120)
+def test_node_fail_excludes_the_node_then_the_only_node_is_used_again(proj):
+    """The job runs on the cluster's only node when it goes DOWN: NODE_FAIL (--no-requeue,
+    else SLURM requeues it itself under its id). Its node is in the history; attempt 2 is
+    submitted with --exclude=<node>, which SLURM refuses (it uses up a job id, FAILED,
+    BadConstraints); autoexp submits the same attempt again without its exclusion
+    (exclusion_capped), and it runs on the node and succeeds (SPEC 5.5)."""
+    node = the_node()
+    command = first_time("nf-once", "echo first run; sleep 120", "echo second run; sleep 1")
+    restart = {"node_fail": {"action": "restart", "max_attempts": 2, "backoff_seconds": 0}}
+    pid, _ = plan_and_submit(proj, config("rs-nf", command, sbatch={"no-requeue": True}, restart=restart))
+    mon = proj.background("monitor", "--session", pid)
+    wait_state(proj, pid, running_on(node), 60, "autoexp to see the job RUNNING on %s" % node)
+    proj.slurm.scontrol("update", "NodeName=" + node, "State=DOWN", "Reason=autoexp-real-tier")
+    node_takes_jobs(node)
+    proj.finish(mon, 60)
+    hist, rows = sacct_of_history(proj, pid)
+    job = hist["rs-nf-s1"]
+    first, second = job["attempts"]
+    assert (first["slurm_state"], first["outcome"], first["nodes"]) == ("NODE_FAIL", "node_fail", node), first
+    assert (second["outcome"], second["nodes"], second["excluded_nodes"]) == ("success", node, []), second
+    assert "--exclude=" + node not in second["sbatch_options"], second
+    assert "would leave no node" in second["exclusion_note"], second
+    assert job["status"] == "finalized", job
+    events = [(e["event"], e["detail"]) for e in proj.events(pid) if e["attempt"] == 2]
+    kinds = [k for k, _ in events]
+    assert kinds.index("nodes_excluded") < kinds.index("exclusion_capped") < kinds.index("submitted"), events
+    assert_history_is_sacct(hist, rows)
+    ids = attempt_ids(hist)
+    assert set(v["NodeList"] for v in sacct_columns(proj, ids, "NodeList").values()) == {node}
+    # the refused submission used up a job id that carries the job's tag: never taken for
+    # an attempt (SLURM knows it FAILED, never started)
+    refused = wait_for(lambda: proj.slurm.jobs_named(["rs-nf-s1"], proj.started) - set(ids), 20,
+                       "sacct to list the refused submission of rs-nf-s1", interval=1)
+    assert len(refused) == 1, refused
+    row = proj.slurm.sacct_ids(sorted(refused))[refused.pop()]
+    assert row["State"] == "FAILED" and row["Comment"] in ("", "autoexp:%s:rs-nf-s1" % pid), row
+
+
 # --- setup.sh itself ---------------------------------------------------------------------------
 
 @pytest.mark.real_slurm

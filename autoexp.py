@@ -6120,7 +6120,7 @@ class Controller(object):
         att.exclusion_note = "not excluded: %s would leave no node that can run it" % nodes
         job.next_submit_at = now
         self._event(s, job, att, EV_EXCLUSION_CAPPED, now, detail="excluding %s leaves no node that can run it "
-                    "(sbatch: %s); submitting again without autoexp's exclusions" % (nodes, message))
+                    "(%s); submitting again without autoexp's exclusions" % (nodes, message))
 
     def running_copies(self, s, jobs):
         """What `retry` must never run beside: per job, the SLURM jobs this squeue shows

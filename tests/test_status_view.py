@@ -1,0 +1,121 @@
+"""The operator's view, end to end through the CLI on the fake SLURM: status's filters
+(--active by default over several sessions, --session, job globs, --status), its columns
+(elapsed time, restart budget, sweep parameters), the per-session summary line, long values
+shortened in the table and whole in --json; status --watch on a terminal and on a pipe;
+monitor's start line and quiet summary; cancel -> cancelling; cancel without names refused;
+--help's first lines."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+import helpers
+from helpers import BOOT, wait_for
+
+pytestmark = pytest.mark.timeout(120)
+
+LONG = "a-rather-long-folder-name-for-the-logs-of-this-sweep"
+
+
+def config(seeds=(1, 2, 3), command="echo seed {seed}; sleep 30; echo TRAINING FINISHED", project="ov"):
+    cfg = helpers.sweep_config(project, command, seeds, {"lost_after_seconds": 15})
+    cfg["sweep"]["lr"] = [0.5]
+    cfg["job"]["name"] = "{project}-s{seed}"
+    cfg["job"]["log"] = LONG + "/{name}-%j.log"
+    return cfg
+
+
+def status(project, *args):
+    return project.ok("status", *args)
+
+
+def docs(project, *args):
+    return json.loads(status(project, "--json", *args).stdout)["sessions"]
+
+
+def lines_of(text):
+    return [line for line in text.splitlines() if line.strip()]
+
+
+@pytest.fixture
+def two_sessions(project, fake):
+    """Session `live`: s1 runs, s2 pends (Priority), s3 timed out once and runs again;
+    session `old`: one job, finished."""
+    project.ok("run", project.config(config(seeds=(9,), command="echo TRAINING FINISHED", project="old")),
+               "--plan-id", "old")
+    fake.add_pending(name="ov-s2", reason="Priority")
+    fake.add_rule(name="ov-s3", action="TIMEOUT", nth=1, after=0.05)
+    project.ok("plan", project.config(config()), "--plan-id", "live")
+    project.ok("submit", "live")
+
+    def settled():
+        project.cli("reconcile", "--session", "live")
+        jobs = dict((j["name"], j) for j in docs(project, "--session", "live")[0]["jobs"])
+        return (jobs["ov-s1"]["slurm_state"] == "RUNNING" and jobs["ov-s2"]["slurm_state"] == "PENDING"
+                and jobs["ov-s3"]["attempts"] == 2 and jobs["ov-s3"]["slurm_state"] == "RUNNING")
+    wait_for(settled, timeout=60, interval=0.3, what="s1 running, s2 pending, s3 restarted")
+    return project
+
+
+def test_default_over_several_sessions_shows_the_active_ones_and_counts_the_others(two_sessions):
+    out = status(two_sessions).stdout
+    assert "session live" in out and "session old" not in out
+    assert "1 other session(s) with no active job: `status --all` shows them" in out
+    both = status(two_sessions, "--all").stdout
+    assert "session live" in both and "session old" in both
+    only_old = status(two_sessions, "--session", "old").stdout
+    assert "session old" in only_old and "session live" not in only_old
+    assert [d["session_id"] for d in docs(two_sessions, "--active", "--all")] == ["live"]
+    assert sorted(d["session_id"] for d in docs(two_sessions, "--all")) == ["live", "old"]
+
+
+def test_job_globs_and_status_filters(two_sessions):
+    names = lambda *a: [j["name"] for d in docs(two_sessions, "--session", "live", *a) for j in d["jobs"]]
+    assert names("ov-s[12]") == ["ov-s1", "ov-s2"]
+    assert names("*3", "*1") == ["ov-s1", "ov-s3"]
+    assert names("--status", "pending") == ["ov-s2"]
+    assert names("--status", "running") == ["ov-s1", "ov-s3"]
+    assert names("--status", "active") == ["ov-s1", "ov-s2", "ov-s3"]
+    assert names("--status", "finalized") == []
+    out = status(two_sessions, "--session", "live", "--status", "pending").stdout
+    assert "1 of 3 job(s) match" in out and "ov-s2" in out and "ov-s1 " not in out
+    bad = two_sessions.cli("status", "--status", "sleeping")
+    assert bad.returncode == 2 and "invalid choice" in bad.stderr
+
+
+def test_columns_summary_line_and_shortening(two_sessions):
+    out = status(two_sessions, "--session", "live").stdout
+    lines = lines_of(out)
+    summary = lines[0]
+    assert re.match(r"session live \(project ov\), updated .*: 3 active \(2 running, 1 pending\); "
+                    r"in SLURM: 2 RUNNING, 1 PENDING; used [0-9.]+ GPU-h, [0-9.]+ CPU-h; wasted .*$", summary), summary
+    header = lines[1].split()
+    assert header == ["JOB", "STATUS", "ATT", "BUDGET", "SLURM_ID", "SLURM_STATE", "ELAPSED", "MONITOR",
+                      "LAST_EVENT", "PARAMS", "LOG", "REASON"]
+    rows = dict((line.split()[0], line) for line in lines[2:5])
+    assert "timeout 1/3" in rows["ov-s3"] and " 2 " in rows["ov-s3"]
+    assert re.search(r"run \d+s", rows["ov-s1"]) and re.search(r"wait \d+s", rows["ov-s2"])
+    assert "PENDING: Priority (jobs of higher priority are ahead of it)" in rows["ov-s2"]
+    assert "lr=0.5,seed=1" in rows["ov-s1"]
+    # the long log path is shortened to its end in the table, whole in --json
+    jobs = dict((j["name"], j) for j in docs(two_sessions, "--session", "live")[0]["jobs"])
+    full = jobs["ov-s1"]["log_path"]
+    assert LONG in full and full not in out and len(full) > 60
+    assert "..." + full[-45:] in rows["ov-s1"]
+    # --json: the old fields as they were, and the new ones
+    j3 = jobs["ov-s3"]
+    assert j3["attempts"] == 2 and j3["budget"] == {"mode": "timeout", "used": 1, "allowed": 3}
+    assert jobs["ov-s1"]["params"] == {"lr": 0.5, "seed": 1} and jobs["ov-s1"]["phase"] == "running"
+    assert jobs["ov-s2"]["elapsed_kind"] == "pending" and jobs["ov-s1"]["elapsed_seconds"] >= 0
+    d = docs(two_sessions, "--session", "live")[0]
+    assert d["counts"] == {"active": 3} and d["slurm_counts"] == {"RUNNING": 2, "PENDING": 1}
+    for key in ("name", "status", "attempts", "job_id", "last_job_id", "live", "slurm_state", "pending_reason",
+                "monitor_state", "last_event", "log_path", "reason", "nodes", "excluded_nodes", "exclusion_note"):
+        assert key in j3
+

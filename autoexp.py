@@ -7159,10 +7159,8 @@ def watch_status(args, rt):
                 lines.append("%d broken session file(s): `autoexp status` says which" % broken)
             if tty:
                 out.write("\x1b[H\x1b[2J")
-            for line in lines:
-                rt.report.result(line)
-            if not tty:
-                rt.report.result("")
+            # one write per frame, its text made safe like every line autoexp prints
+            Reporter.write(out, "\n".join(lines) + ("" if tty else "\n"))
             rt.sleep(args.watch)
     except KeyboardInterrupt:
         return EXIT_OK

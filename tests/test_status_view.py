@@ -119,3 +119,83 @@ def test_columns_summary_line_and_shortening(two_sessions):
                 "monitor_state", "last_event", "log_path", "reason", "nodes", "excluded_nodes", "exclusion_note"):
         assert key in j3
 
+
+
+def watch(project, as_tty, frames=2, *args):
+    """Run `status --watch 1` on a pseudo-terminal or a pipe until `frames` frames came whole,
+    then SIGINT it; (exit code, everything it wrote)."""
+    import pty
+    import select
+    argv = [sys.executable, "-c", BOOT, "status", "--watch", "1"] + list(args)
+    if as_tty:
+        master, slave = pty.openpty()
+        p = subprocess.Popen(argv, cwd=project.root, env=project.env, stdout=slave, stderr=slave)
+        os.close(slave)
+        fd = master
+    else:
+        p = subprocess.Popen(argv, cwd=project.root, env=project.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        fd = p.stdout.fileno()
+    got = b""
+    deadline = time.time() + 60
+    try:
+        while got.count(b"autoexp status --watch") <= frames and time.time() < deadline:
+            ready, _, _ = select.select([fd], [], [], 1.0)
+            if ready:
+                try:
+                    chunk = os.read(fd, 65536)
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                got += chunk
+        assert p.poll() is None, got  # still watching: it never ends by itself
+        p.send_signal(signal.SIGINT)
+        code = p.wait(timeout=30)
+        while True:  # what it wrote last
+            ready, _, _ = select.select([fd], [], [], 0.2)
+            if not ready:
+                break
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            got += chunk
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        if as_tty:
+            os.close(master)
+        else:
+            p.stdout.close()
+    return code, got.decode("utf-8", "replace")
+
+
+def test_watch_on_a_terminal_redraws_in_place_and_ends_with_0_on_ctrl_c(two_sessions, fake):
+    calls = len(fake.calls())
+    code, out = watch(two_sessions, True, 3)
+    assert code == 0, out
+    assert out.count("\x1b[H\x1b[2J") >= 3  # each frame clears the screen and starts at its top
+    assert out.count("autoexp status --watch") >= 3
+    assert re.search(r"live \[\.{20}\] 0/3 done, 2 running, 1 pending, 0 restarting, 0 failed, ETA -", out), out
+    assert "session live" in out and "1 other session(s) with no active job" in out
+    assert "Traceback" not in out and "Error" not in out
+    assert len(fake.calls()) == calls  # it reads the state files only: SLURM was never asked
+
+
+def test_watch_on_a_pipe_writes_plain_frames(two_sessions, fake):
+    calls = len(fake.calls())
+    code, out = watch(two_sessions, False, 2, "--all")
+    assert code == 0, out
+    assert "\x1b" not in out
+    assert out.count("autoexp status --watch") >= 2 and out.count("session old") >= 2
+    assert "old [####################] 1/1 done, 0 running, 0 pending, 0 restarting, 0 failed, ETA -" in out
+    assert len(fake.calls()) == calls  # never a SLURM command
+
+
+def test_watch_interval_is_bounded(project):
+    for bad in ("0", "0.5", "3601", "nan", "x"):
+        res = project.cli("status", "--watch", bad)
+        assert res.returncode == 2 and "is not a number of seconds from 1 to 3600" in res.stderr, bad

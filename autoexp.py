@@ -280,6 +280,7 @@ LOG_CHECKPOINT = 900.0       # seconds a job's log progress alone may wait to be
 HEADER_EVENTS_MAX = 100      # events a header may keep in its outbox once the journal has them
 STATUS_CELL_CHARS = 48       # a long value (path, sbatch error) in a `status` table; --json has it whole
 WATCH_SECONDS = (1.0, 3600.0)  # `status --watch`: the bounds of its redraw interval
+SUMMARY_MINUTES_DEFAULT = 30.0  # `monitor`: a quiet summary line after this long without an event
 SUMMARY_MINUTES_MAX = 10080  # `monitor --summary-minutes`: at most a week between quiet summaries
 
 # Crash points of the test hook (SPEC 11), in the order a cycle reaches them.
@@ -3439,6 +3440,18 @@ def count_summary(s):
     return ", ".join("%d %s" % (n, k) for k, n in count_by_status(s).items()) or "no jobs"
 
 
+def duration_text(seconds):
+    """42s, 12m05s, 3h04m, 2d03h: short enough for a table column."""
+    seconds = int(max(0, seconds))
+    if seconds < 60:
+        return "%ds" % seconds
+    if seconds < 3600:
+        return "%dm%02ds" % divmod(seconds, 60)
+    if seconds < 86400:
+        return "%dh%02dm" % (seconds // 3600, seconds % 3600 // 60)
+    return "%dd%02dh" % (seconds // 86400, seconds % 86400 // 3600)
+
+
 # ============================================================================
 # 7. Decisions: the functional core (no I/O, no clock: `now` is an argument)
 # ============================================================================
@@ -3664,10 +3677,24 @@ def job_phase(job, queued_cancel=False):
     if job.status == CANCELLED:
         return PH_CANCELLED
     if att is None or not att.live or att.outcome is not None:
-        return PH_PENDING if att is None and not job.next_submit_at else PH_RESTARTING
+        # between attempts, or before the first one is in SLURM
+        return PH_RESTARTING if any(a.outcome for a in job.attempts) else PH_PENDING
     if att.last_slurm_state in (None, "PENDING") or att.last_slurm_state in REQUEUE_STATES:
         return PH_PENDING
     return PH_RUNNING
+
+
+def phase_summary(s):
+    """2 done, 1 running, 1 pending: the session's jobs by PHASES, in their order."""
+    counts = dict((ph, 0) for ph in PHASES)
+    for job in s.jobs:
+        counts[job_phase(job)] += 1
+    return ", ".join("%d %s" % (counts[ph], ph) for ph in PHASES if counts[ph]) or "no jobs"
+
+
+def quiet_summary(sessions, seconds):
+    return "no change in %s: %s" % (duration_text(seconds), "; ".join(
+        "%s %s" % (s.session_id, phase_summary(s)) for s in sessions))
 
 
 # -- node exclusion (SPEC 5.5) ----------------------------------------------------------
@@ -5349,10 +5376,19 @@ class Controller(object):
 
     # -- the loop ----------------------------------------------------------------------
 
-    def run(self, sessions, once=False, interval=None):
-        """Cycle until every job is finalized, stopped or cancelled; returns an exit code."""
+    def run(self, sessions, once=False, interval=None, summary_seconds=None):
+        """Cycle until every job is finalized, stopped or cancelled; returns an exit code.
+        summary_seconds: after that long without an event, one line says where the jobs are
+        (a quiet monitor is not mistaken for a hung one)."""
+        quiet_since, seen = self.mono(), self.changes
         while True:
             ok = self.cycle(sessions)
+            if summary_seconds and not once:
+                if self.changes != seen:
+                    quiet_since, seen = self.mono(), self.changes
+                elif self.mono() - quiet_since >= summary_seconds:
+                    self.report.info(quiet_summary(sessions, summary_seconds))
+                    quiet_since = self.mono()
             live = [s for s in sessions if s.active() or settling(s, self.clock())]
             if not live:
                 self.flush(sessions)
@@ -6856,10 +6892,40 @@ def monitor_sessions(args, rt, sessions):
             register_untracked(controller, s, now)
     install_stop_handlers(rt.stop)
     rt.hint = resume_hint(sessions.sessions, sessions.store, getattr(args, "all", False))
-    code = controller.run(sessions.sessions, once=args.once, interval=args.interval)
+    minutes = getattr(args, "summary_minutes", None)
+    minutes = SUMMARY_MINUTES_DEFAULT if minutes is None else minutes
+    rt.report.info(monitor_start_line(sessions.sessions, args, minutes))
+    code = controller.run(sessions.sessions, once=args.once, interval=args.interval,
+                          summary_seconds=minutes * 60.0 if minutes and rt.report.level >= 1 else None)
     if code == EXIT_INTERRUPTED:
         rt.report.result("stopped; the state is saved. " + rt.hint)
     return code
+
+
+def monitor_start_line(sessions, args, minutes):
+    """What the monitor is about to do: which sessions, how many jobs, how often, and for
+    each session whether it resumes (jobs seen before, by some process) or starts new."""
+    interval = args.interval or min(s.monitoring.interval_seconds for s in sessions)
+    parts = []
+    for s in sessions:
+        seen = any(a.last_slurm_state or a.outcome for j in s.jobs for a in j.attempts)
+        parts.append("%s (%s: %s)" % (s.session_id, "resumed, last updated %s" % short_time(s.updated_at)
+                                      if seen else "new", phase_summary(s)))
+    return "monitoring %d session(s), %d job(s), every %gs%s%s: %s" % (
+        len(sessions), sum(len(s.jobs) for s in sessions), interval, " (one cycle)" if args.once else "",
+        "; a summary after %g min without change" % minutes if minutes and not args.once else "",
+        "; ".join(parts))
+
+
+def summary_minutes(text):
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not (value == 0 or 0.01 <= value <= SUMMARY_MINUTES_MAX):
+        raise argparse.ArgumentTypeError("%r is not 0 (off) nor a number of minutes from 0.01 to %d"
+                                         % (text, SUMMARY_MINUTES_MAX))
+    return value
 
 
 def cmd_reconcile(args, rt):
@@ -6971,18 +7037,6 @@ def sweep_params(s):
 
 def compact_params(params):
     return ",".join("%s=%s" % (k, format_value(v)) for k, v in sorted(params.items())) if params else "-"
-
-
-def duration_text(seconds):
-    """42s, 12m05s, 3h04m, 2d03h: short enough for a table column."""
-    seconds = int(max(0, seconds))
-    if seconds < 60:
-        return "%ds" % seconds
-    if seconds < 3600:
-        return "%dm%02ds" % divmod(seconds, 60)
-    if seconds < 86400:
-        return "%dh%02dm" % (seconds // 3600, seconds % 3600 // 60)
-    return "%dd%02dh" % (seconds // 86400, seconds % 86400 // 3600)
 
 
 def shorten(text, width=STATUS_CELL_CHARS):
@@ -7544,6 +7598,9 @@ def build_parser():
         p.add_argument("--once", action="store_true", help="run one cycle and exit")
         p.add_argument("--interval", type=positive_seconds, metavar="S",
                        help="seconds between cycles (default: the config's)")
+        p.add_argument("--summary-minutes", type=summary_minutes, metavar="N",
+                       help="after N minutes without a change, one line says where the jobs are (default %g; "
+                       "0 or -q: never)" % SUMMARY_MINUTES_DEFAULT)
         if overrides:
             p.add_argument("-o", "--override", "--monitor-override", dest="monitor_override", action="append",
                            default=[], metavar="KEY=VALUE",

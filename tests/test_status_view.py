@@ -199,3 +199,53 @@ def test_watch_interval_is_bounded(project):
     for bad in ("0", "0.5", "3601", "nan", "x"):
         res = project.cli("status", "--watch", bad)
         assert res.returncode == 2 and "is not a number of seconds from 1 to 3600" in res.stderr, bad
+
+
+def run_until(project, args, needle, seconds=30):
+    """Run autoexp on a pipe until `needle` is in its output (or `seconds` passed), then
+    SIGINT it; (exit code, output)."""
+    import select
+    p = subprocess.Popen([sys.executable, "-c", BOOT] + list(args), cwd=project.root, env=project.env,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    got = b""
+    deadline = time.time() + seconds
+    try:
+        while needle.encode() not in got and time.time() < deadline:
+            ready, _, _ = select.select([p.stdout], [], [], 0.5)
+            if ready:
+                chunk = os.read(p.stdout.fileno(), 65536)
+                if not chunk:
+                    break
+                got += chunk
+        p.send_signal(signal.SIGINT)
+        rest, _ = p.communicate(timeout=30)
+        return p.returncode, (got + rest).decode("utf-8", "replace")
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
+def test_monitor_says_what_it_does_and_sums_up_when_nothing_happens(two_sessions):
+    code, out = run_until(two_sessions, ["monitor", "--session", "live", "--interval", "0.2",
+                                         "--summary-minutes", "0.02"], "no change in")
+    assert code == 130, out
+    start = out.splitlines()[0]
+    assert re.match(r"monitoring 1 session\(s\), 3 job\(s\), every 0\.2s; a summary after 0\.02 min without "
+                    r"change: live \(resumed, last updated [-0-9: ]+: 2 running, 1 pending\)$", start), start
+    assert "no change in 1s: live 2 running, 1 pending" in out
+    # quiet: neither line
+    code, out = run_until(two_sessions, ["monitor", "--session", "live", "--interval", "0.2", "-q",
+                                         "--summary-minutes", "0.01"], "no change in", seconds=3)
+    assert code == 130 and "monitoring" not in out and "no change" not in out, out
+    bad = two_sessions.cli("monitor", "--session", "live", "--summary-minutes", "-1")
+    assert bad.returncode == 2 and "not 0 (off) nor a number of minutes" in bad.stderr
+
+
+def test_monitor_start_line_of_a_new_session(project, fake):
+    project.ok("plan", project.config(config(seeds=(1,), command="echo TRAINING FINISHED")), "--plan-id", "fresh")
+    fake.fail_next("squeue", count=1)  # the submission finds SLURM down: a session, nothing seen yet
+    assert project.cli("submit", "fresh").returncode == 1
+    out = project.ok("monitor", "--session", "fresh", "--interval", "0.2").stdout
+    assert re.match(r"monitoring 1 session\(s\), 1 job\(s\), every 0\.2s; a summary after 30 min without "
+                    r"change: fresh \(new: 1 pending\)$", out.splitlines()[0]), out

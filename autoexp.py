@@ -72,7 +72,9 @@ typical use:
   autoexp submit PLAN_ID [--dry-run]      submit them (or --array)
   autoexp monitor --session PLAN_ID       watch until every job is done (Ctrl-C resumes later)
   autoexp run sweep.json                  all three at once
-  autoexp status | history | cancel       look, and stop jobs
+  autoexp status [--watch]                where every job is (--watch: a live view)
+  autoexp history --session ID [NAME]     every attempt of every job
+  autoexp cancel --session ID NAME|--all  scancel jobs; they are never restarted
   autoexp retry --session ID NAME...      submit a stopped or cancelled job again
   */5 * * * * python3 autoexp.pyz --state-dir DIR reconcile      (crontab: no monitor needed)
 
@@ -7286,6 +7288,10 @@ def cmd_history(args, rt):
 
 
 def cmd_cancel(args, rt):
+    if bool(args.names) == bool(args.all):
+        # a forgotten NAME must not cancel a whole sweep
+        raise ConfigError("name the jobs to cancel, or give --all to cancel every active job of session %s"
+                          % args.session if not args.names else "give job names or --all, not both")
     store = store_for(args, args.session)
     path = store.resolve(args.session)
     s = store.load(path)
@@ -7649,7 +7655,8 @@ def build_parser():
     p.add_argument("-o", "--output", metavar="FILE", required=True, help="the HTML file to write")
     p = add("cancel", cmd_cancel, "scancel the live attempts and mark the jobs cancelled (not restarted)")
     p.add_argument("--session", metavar="ID|PATH", required=True)
-    p.add_argument("names", nargs="*", metavar="NAME", help="jobs to cancel (default: every active job)")
+    p.add_argument("names", nargs="*", metavar="NAME", help="jobs to cancel")
+    p.add_argument("--all", action="store_true", help="every active job of the session (never the default)")
     p = add("retry", cmd_retry, "submit a new attempt of stopped or cancelled jobs (then monitor or reconcile "
             "follows them)")
     p.add_argument("--session", metavar="ID|PATH", required=True)

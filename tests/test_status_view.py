@@ -249,3 +249,53 @@ def test_monitor_start_line_of_a_new_session(project, fake):
     out = project.ok("monitor", "--session", "fresh", "--interval", "0.2").stdout
     assert re.match(r"monitoring 1 session\(s\), 1 job\(s\), every 0\.2s; a summary after 30 min without "
                     r"change: fresh \(new: 1 pending\)$", out.splitlines()[0]), out
+
+
+def test_status_shows_a_cancelled_job_as_cancelling_until_slurm_ends_it(two_sessions, fake):
+    fake.configure(completing_seconds=30)  # SLURM takes its time to end it
+    assert "cancelled: ov-s1" in two_sessions.ok("cancel", "--session", "live", "ov-s1").stdout
+    jobs = dict((j["name"], j) for j in docs(two_sessions, "--session", "live")[0]["jobs"])
+    assert jobs["ov-s1"]["status"] == "cancelled" and jobs["ov-s1"]["phase"] == "cancelling"
+    assert jobs["ov-s1"]["cancelling"] is True and jobs["ov-s2"]["cancelling"] is False
+    row = [l for l in status(two_sessions, "--session", "live").stdout.splitlines() if l.startswith("ov-s1 ")][0]
+    assert "cancelling (was RUNNING)" in row and " RUNNING " not in row
+    names = [j["name"] for j in docs(two_sessions, "--session", "live", "--status", "cancelling")[0]["jobs"]]
+    assert names == ["ov-s1"]
+
+
+def test_a_cancel_queued_for_the_monitor_shows_as_cancelling_at_once(two_sessions):
+    import select
+    p = subprocess.Popen([sys.executable, "-c", BOOT, "monitor", "--session", "live", "--interval", "60"],
+                         cwd=two_sessions.root, env=two_sessions.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        ready, _, _ = select.select([p.stdout], [], [], 30)
+        assert ready and b"monitoring 1 session(s)" in os.read(p.stdout.fileno(), 65536)  # it holds the lock
+        assert "the cancel request is queued" in two_sessions.ok("cancel", "--session", "live", "--all").stdout
+        jobs = docs(two_sessions, "--session", "live")[0]["jobs"]
+        assert [j["phase"] for j in jobs] == ["cancelling"] * 3  # still active in the file, the request queued
+        assert [j["status"] for j in jobs] == ["active"] * 3
+    finally:
+        p.send_signal(signal.SIGINT)
+        p.communicate(timeout=30)
+
+
+def test_cancel_without_names_is_refused_and_all_cancels_every_active_job(two_sessions):
+    res = two_sessions.cli("cancel", "--session", "live")
+    assert res.returncode == 2 and "give --all to cancel every active job of session live" in res.stderr
+    assert [j["status"] for j in docs(two_sessions, "--session", "live")[0]["jobs"]] == ["active"] * 3
+    both = two_sessions.cli("cancel", "--session", "live", "--all", "ov-s1")
+    assert both.returncode == 2 and "not both" in both.stderr
+    res = two_sessions.ok("cancel", "--session", "live", "--all")
+    assert "cancelled: ov-s1, ov-s2, ov-s3" in res.stdout
+    assert [j["status"] for j in docs(two_sessions, "--session", "live")[0]["jobs"]] == ["cancelled"] * 3
+
+
+def test_help_starts_with_what_autoexp_does_and_its_commands(project):
+    out = project.ok("--help").stdout
+    lines = out.splitlines()
+    assert lines[0].startswith("usage: autoexp ")
+    assert lines[2].startswith("autoexp takes a sweep of SLURM experiments from a JSON config to finished runs")
+    head = "\n".join(lines[:20])
+    for command in ("plan", "submit", "monitor", "run", "status", "cancel", "retry"):
+        assert "autoexp %s" % command in head
+    assert "maintainers' map" not in out and "Vocabulary" not in out and "functional core" not in out

@@ -299,3 +299,20 @@ def test_help_starts_with_what_autoexp_does_and_its_commands(project):
     for command in ("plan", "submit", "monitor", "run", "status", "cancel", "retry"):
         assert "autoexp %s" % command in head
     assert "maintainers' map" not in out and "Vocabulary" not in out and "functional core" not in out
+
+
+def test_watch_eta_comes_from_the_finished_runs(project, fake):
+    cmd = "if [ {seed} = 1 ]; then sleep 1; else sleep 30; fi; echo TRAINING FINISHED"
+    project.ok("plan", project.config(config(seeds=(1, 2), command=cmd)), "--plan-id", "eta")
+    project.ok("submit", "eta")
+
+    def one_done():
+        project.cli("reconcile", "--session", "eta")
+        jobs = dict((j["name"], j) for j in docs(project, "--session", "eta")[0]["jobs"])
+        return jobs["ov-s1"]["status"] == "finalized" and jobs["ov-s2"]["phase"] == "running"
+    wait_for(one_done, timeout=60, interval=0.3, what="s1 finalized, s2 running")
+    code, out = watch(project, False, 1)
+    assert code == 0, out
+    # s1 ran about a second: s2, running for about as long, has at most that left
+    m = re.search(r"eta \[#{10}\.{10}\] 1/2 done, 1 running, 0 pending, 0 restarting, 0 failed, ETA (\d+)s", out)
+    assert m and int(m.group(1)) <= 3, out

@@ -44,6 +44,7 @@ if sys.version_info < (3, 6):  # the one version check: RHEL 8 / SLES 15 cron ha
 import argparse
 import errno
 import fcntl
+import fnmatch
 import functools
 import itertools
 import json
@@ -71,7 +72,9 @@ typical use:
   autoexp submit PLAN_ID [--dry-run]      submit them (or --array)
   autoexp monitor --session PLAN_ID       watch until every job is done (Ctrl-C resumes later)
   autoexp run sweep.json                  all three at once
-  autoexp status | history | cancel       look, and stop jobs
+  autoexp status [--watch]                where every job is (--watch: a live view)
+  autoexp history --session ID [NAME]     every attempt of every job
+  autoexp cancel --session ID NAME|--all  scancel jobs; they are never restarted
   autoexp retry --session ID NAME...      submit a stopped or cancelled job again
   */5 * * * * python3 autoexp.pyz --state-dir DIR reconcile      (crontab: no monitor needed)
 
@@ -138,6 +141,13 @@ ANSWERED = (SRC_SQUEUE, SRC_SACCT)
 MON_UNKNOWN, MON_MISSING, MON_RUNNING = "unknown", "missing", "running"
 MON_SUBMITTING, MON_SUBMITTED, MON_RESTARTING = "submitting", "submitted", "restarting"
 MON_WAITING = "waiting"  # its submission (first or restart) waits for a slot under monitoring.max_running
+
+# Where a job is, in words for the operator (`status`, its --watch progress line): worked
+# out from the state file alone, never from SLURM, so that status stays cheap.
+PH_DONE, PH_RUNNING, PH_PENDING, PH_RESTARTING, PH_FAILED = "done", "running", "pending", "restarting", "failed"
+PH_CANCELLING, PH_CANCELLED = "cancelling", "cancelled"
+PHASES = (PH_DONE, PH_RUNNING, PH_PENDING, PH_RESTARTING, PH_FAILED, PH_CANCELLING, PH_CANCELLED)
+STATUS_FILTERS = STATUSES + tuple(ph for ph in PHASES if ph not in STATUSES)  # `status --status`
 
 # What sbatch's answer means for the submission.
 SB_OK, SB_UNCERTAIN, SB_THROTTLED, SB_PERMANENT = "ok", "uncertain", "throttled", "permanent"
@@ -270,6 +280,10 @@ FSYNC_THREADS = 16           # threads making a new plan's scripts durable toget
 LOAD_TRIES = 5               # times a reader racing a new generation reads again
 LOG_CHECKPOINT = 900.0       # seconds a job's log progress alone may wait to be written
 HEADER_EVENTS_MAX = 100      # events a header may keep in its outbox once the journal has them
+STATUS_CELL_CHARS = 48       # a long value (path, sbatch error) in a `status` table; --json has it whole
+WATCH_SECONDS = (1.0, 3600.0)  # `status --watch`: the bounds of its redraw interval
+SUMMARY_MINUTES_DEFAULT = 30.0  # `monitor`: a quiet summary line after this long without an event
+SUMMARY_MINUTES_MAX = 10080  # `monitor --summary-minutes`: at most a week between quiet summaries
 
 # Crash points of the test hook (SPEC 11), in the order a cycle reaches them.
 LOCK_TRIES = 5               # times a lock file deleted under our open is opened again
@@ -3428,6 +3442,18 @@ def count_summary(s):
     return ", ".join("%d %s" % (n, k) for k, n in count_by_status(s).items()) or "no jobs"
 
 
+def duration_text(seconds):
+    """42s, 12m05s, 3h04m, 2d03h: short enough for a table column."""
+    seconds = int(max(0, seconds))
+    if seconds < 60:
+        return "%ds" % seconds
+    if seconds < 3600:
+        return "%dm%02ds" % divmod(seconds, 60)
+    if seconds < 86400:
+        return "%dh%02dm" % (seconds // 3600, seconds % 3600 // 60)
+    return "%dd%02dh" % (seconds // 86400, seconds % 86400 // 3600)
+
+
 # ============================================================================
 # 7. Decisions: the functional core (no I/O, no clock: `now` is an argument)
 # ============================================================================
@@ -3624,6 +3650,53 @@ def counted_attempts(job):
     or those since an `autoexp retry --reset-attempts` (attempts_base before it)."""
     base = job.attempts_base if 0 <= job.attempts_base <= len(job.attempts) else 0
     return job.attempts[base:]
+
+
+def attempt_budget(job, policies):
+    """(mode, used, allowed): the restart budget the job is spending, that of the mode its
+    latest counted attempt ended in, as decide() counts it; None while no attempt ended in a
+    mode whose policy restarts."""
+    for att in reversed(counted_attempts(job)):
+        if att.outcome is None or att.outcome in (OUTCOME_REPLACED, OUTCOME_SUBMIT_FAILED):
+            continue
+        policy = policy_for(policies, att.outcome)
+        if policy.action != RESTART:
+            return None
+        used = sum(1 for a in counted_attempts(job) if a.outcome == att.outcome)
+        return att.outcome, used, policy.max_attempts
+    return None
+
+
+def job_phase(job, queued_cancel=False):
+    """Where the job is, in one word of PHASES (what `status` filters and counts by)."""
+    att = job.current
+    if att is not None and att.live and (att.cancel_requested_at or queued_cancel):
+        return PH_CANCELLING
+    if job.status == FINALIZED:
+        return PH_DONE
+    if job.status == STOPPED:
+        return PH_FAILED
+    if job.status == CANCELLED:
+        return PH_CANCELLED
+    if att is None or not att.live or att.outcome is not None:
+        # between attempts, or before the first one is in SLURM
+        return PH_RESTARTING if any(a.outcome for a in job.attempts) else PH_PENDING
+    if att.last_slurm_state in (None, "PENDING") or att.last_slurm_state in REQUEUE_STATES:
+        return PH_PENDING
+    return PH_RUNNING
+
+
+def phase_summary(s):
+    """2 done, 1 running, 1 pending: the session's jobs by PHASES, in their order."""
+    counts = dict((ph, 0) for ph in PHASES)
+    for job in s.jobs:
+        counts[job_phase(job)] += 1
+    return ", ".join("%d %s" % (counts[ph], ph) for ph in PHASES if counts[ph]) or "no jobs"
+
+
+def quiet_summary(sessions, seconds):
+    return "no change in %s: %s" % (duration_text(seconds), "; ".join(
+        "%s %s" % (s.session_id, phase_summary(s)) for s in sessions))
 
 
 # -- node exclusion (SPEC 5.5) ----------------------------------------------------------
@@ -5305,10 +5378,19 @@ class Controller(object):
 
     # -- the loop ----------------------------------------------------------------------
 
-    def run(self, sessions, once=False, interval=None):
-        """Cycle until every job is finalized, stopped or cancelled; returns an exit code."""
+    def run(self, sessions, once=False, interval=None, summary_seconds=None):
+        """Cycle until every job is finalized, stopped or cancelled; returns an exit code.
+        summary_seconds: after that long without an event, one line says where the jobs are
+        (a quiet monitor is not mistaken for a hung one)."""
+        quiet_since, seen = self.mono(), self.changes
         while True:
             ok = self.cycle(sessions)
+            if summary_seconds and not once:
+                if self.changes != seen:
+                    quiet_since, seen = self.mono(), self.changes
+                elif self.mono() - quiet_since >= summary_seconds:
+                    self.report.info(quiet_summary(sessions, summary_seconds))
+                    quiet_since = self.mono()
             live = [s for s in sessions if s.active() or settling(s, self.clock())]
             if not live:
                 self.flush(sessions)
@@ -6812,10 +6894,40 @@ def monitor_sessions(args, rt, sessions):
             register_untracked(controller, s, now)
     install_stop_handlers(rt.stop)
     rt.hint = resume_hint(sessions.sessions, sessions.store, getattr(args, "all", False))
-    code = controller.run(sessions.sessions, once=args.once, interval=args.interval)
+    minutes = getattr(args, "summary_minutes", None)
+    minutes = SUMMARY_MINUTES_DEFAULT if minutes is None else minutes
+    rt.report.info(monitor_start_line(sessions.sessions, args, minutes))
+    code = controller.run(sessions.sessions, once=args.once, interval=args.interval,
+                          summary_seconds=minutes * 60.0 if minutes and rt.report.level >= 1 else None)
     if code == EXIT_INTERRUPTED:
         rt.report.result("stopped; the state is saved. " + rt.hint)
     return code
+
+
+def monitor_start_line(sessions, args, minutes):
+    """What the monitor is about to do: which sessions, how many jobs, how often, and for
+    each session whether it resumes (jobs seen before, by some process) or starts new."""
+    interval = args.interval or min(s.monitoring.interval_seconds for s in sessions)
+    parts = []
+    for s in sessions:
+        seen = any(a.last_slurm_state or a.outcome for j in s.jobs for a in j.attempts)
+        parts.append("%s (%s: %s)" % (s.session_id, "resumed, last updated %s" % short_time(s.updated_at)
+                                      if seen else "new", phase_summary(s)))
+    return "monitoring %d session(s), %d job(s), every %gs%s%s: %s" % (
+        len(sessions), sum(len(s.jobs) for s in sessions), interval, " (one cycle)" if args.once else "",
+        "; a summary after %g min without change" % minutes if minutes and not args.once else "",
+        "; ".join(parts))
+
+
+def summary_minutes(text):
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not (value == 0 or 0.01 <= value <= SUMMARY_MINUTES_MAX):
+        raise argparse.ArgumentTypeError("%r is not 0 (off) nor a number of minutes from 0.01 to %d"
+                                         % (text, SUMMARY_MINUTES_MAX))
+    return value
 
 
 def cmd_reconcile(args, rt):
@@ -6860,10 +6972,16 @@ def cmd_reconcile(args, rt):
 
 # -- status, history, cancel ---------------------------------------------------------
 
-def _status_doc(s):
+def _status_doc(s, now=None, params=None, queued=()):
+    """The session as `status --json` prints it. now: the clock, for the live attempt's
+    elapsed time; params: the sweep parameters by job name (from the manifest); queued: the
+    jobs a queued cancel request names (None in it: every active job)."""
     jobs = []
     for job in s.jobs:
         att = job.current
+        phase = job_phase(job, job.status == ACTIVE and (job.name in queued or None in queued))
+        since, kind = live_since(att)
+        budget = attempt_budget(job, s.policies)
         jobs.append(OrderedDict([
             ("name", job.name), ("status", job.status), ("attempts", len(job.attempts)),
             ("job_id", job.job_id), ("last_job_id", att.job_id if att else None), ("live", bool(att and att.live)),
@@ -6875,11 +6993,62 @@ def _status_doc(s):
             ("nodes", att.nodes if att else None),
             ("excluded_nodes", list(att.excluded_nodes) if att else []),
             ("exclusion_note", att.exclusion_note if att else None),
+            ("phase", phase), ("cancelling", phase == PH_CANCELLING),
+            ("elapsed_seconds", int(max(0.0, now - since)) if since is not None and now is not None else None),
+            ("elapsed_kind", kind if since is not None else None),
+            ("params", (params or {}).get(job.name)),
+            ("budget", OrderedDict([("mode", budget[0]), ("used", budget[1]), ("allowed", budget[2])])
+             if budget else None),
+            ("submit_error", att.submit_error if att else None),
             ("cost", cost_summary(job.attempts))]))
+    counts = count_by_status(s)
     return OrderedDict([("session_id", s.session_id), ("project", s.project),
-                        ("updated_at", iso_time(s.updated_at)), ("counts", count_by_status(s)), ("jobs", jobs),
+                        ("updated_at", iso_time(s.updated_at)), ("counts", counts), ("jobs", jobs),
                         ("excluded_nodes", [dict(e) for e in s.excluded_nodes]),
+                        ("active", s.active()), ("phase_counts", _tally(j["phase"] for j in jobs)),
+                        ("slurm_counts", _tally(j["slurm_state"] for j in jobs if j["live"] and j["slurm_state"])),
                         ("cost", add_costs(j["cost"] for j in jobs))])
+
+
+def _tally(words):
+    counts = OrderedDict()
+    for w in words:
+        counts[w] = counts.get(w, 0) + 1
+    return counts
+
+
+def live_since(att):
+    """(since when, "running" or "pending") of a live attempt: the time `status` shows."""
+    if att is None or not att.live:
+        return None, None
+    if att.running_since is not None and att.last_slurm_state not in REQUEUE_STATES:
+        return att.running_since, PH_RUNNING
+    return att.pending_since or att.submitted_at, PH_PENDING
+
+
+def sweep_params(s):
+    """The sweep parameters by job name, from the session's manifest; {} if it cannot be read
+    (status shows what it can, and stays one file read per session)."""
+    try:
+        with open(s.manifest_path, "rb") as f:
+            data = loads_json(f.read().decode("utf-8"))
+        return dict((j["name"], j.get("params") or {}) for j in data.get("jobs") or ())
+    except (IOError, OSError, ValueError, TypeError, KeyError, AttributeError):
+        return {}
+
+
+def compact_params(params):
+    return ",".join("%s=%s" % (k, format_value(v)) for k, v in sorted(params.items())) if params else "-"
+
+
+def shorten(text, width=STATUS_CELL_CHARS):
+    """A long cell cut to width: a path keeps its end (the file's name), anything else its start."""
+    text = str(text)
+    if len(text) <= width:
+        return text
+    if "/" in text and " " not in text:
+        return "..." + text[-(width - 3):]
+    return text[:width - 3] + "..."
 
 
 def waiting_reason(s):
@@ -6887,7 +7056,10 @@ def waiting_reason(s):
 
 
 def _state_cell(j):
-    """SLURM_STATE as `status` shows it: a PENDING job's reason with it, in words."""
+    """SLURM_STATE as `status` shows it: a PENDING job's reason with it, in words; a job
+    whose cancel is asked but not yet confirmed by SLURM, as cancelling."""
+    if j.get("cancelling"):
+        return "cancelling (was %s)" % (j["slurm_state"] or "submitted")
     if j["slurm_state"] == "PENDING" and j["pending_reason"]:
         return "PENDING: %s" % j["pending_reason"]
     return j["slurm_state"] or "-"
@@ -6911,32 +7083,153 @@ def read_sessions(args, ref, report):
     return sessions, len(found.broken)
 
 
+def status_view(args, rt, sessions):
+    """(session documents shown, lines of the sessions left out): --active, the job globs
+    and --status applied. --active is the default over several sessions, --all shows all."""
+    store = store_for(args, args.session)
+    only_active = args.active or (not args.session and not args.all and len(sessions) > 1)
+    shown = [s for s in sessions if s.active()] if only_active else list(sessions)
+    notes = []
+    if len(shown) < len(sessions):
+        notes.append("%d other session(s) with no active job: `status --all` shows them" % (len(sessions) - len(shown)))
+    now = rt.clock()
+    docs = []
+    for s in shown:
+        queued = set()
+        for _, names in store.cancel_requests(s.session_id):
+            queued.update(names or [None])
+        doc = _status_doc(s, now, sweep_params(s), queued)
+        picked = [j for j in doc["jobs"] if (not args.names or any(fnmatch.fnmatchcase(j["name"], g) for g in args.names))
+                  and (not args.status or args.status in (j["status"], j["phase"]))]
+        doc["jobs_total"] = len(doc["jobs"])
+        doc["jobs"] = picked
+        docs.append(doc)
+    return docs, notes
+
+
+def session_line(doc):
+    """A session's summary: counts by status, by phase and by SLURM state."""
+    counts = ", ".join("%d %s" % (n, k) for k, n in doc["counts"].items()) or "no jobs"
+    phases = ", ".join("%d %s" % (n, k) for k, n in doc["phase_counts"].items())
+    slurm = ", ".join("%d %s" % (n, k) for k, n in doc["slurm_counts"].items())
+    return "session %s (project %s), updated %s: %s%s%s" % (
+        doc["session_id"], doc["project"], short_time(parse_iso(doc["updated_at"])), counts,
+        " (%s)" % phases if phases else "", "; in SLURM: %s" % slurm if slurm else "")
+
+
+def status_lines(s, doc):
+    lines = [session_line(doc)]
+    waiting = sum(1 for j in s.jobs if j.status == ACTIVE and j.last_monitor_state == MON_WAITING)
+    if waiting:
+        lines[0] += "; %d %s" % (waiting, waiting_reason(s))
+    lines[0] += "; " + cost_text(doc["cost"])
+    if len(doc["jobs"]) < doc["jobs_total"]:
+        lines.append("%d of %d job(s) match" % (len(doc["jobs"]), doc["jobs_total"]))
+    rows = []
+    for j in doc["jobs"]:
+        b = j["budget"]
+        elapsed = "-" if j["elapsed_seconds"] is None else "%s %s" % (
+            "run" if j["elapsed_kind"] == PH_RUNNING else "wait", duration_text(j["elapsed_seconds"]))
+        rows.append((j["name"], j["status"], j["attempts"], "%s %d/%d" % (b["mode"], b["used"], b["allowed"]) if b else "-",
+                     j["last_job_id"] or "-", shorten(_state_cell(j), 2 * STATUS_CELL_CHARS), elapsed, j["monitor_state"] or "-",
+                     j["last_event"] or "-", shorten(compact_params(j["params"])), shorten(j["log_path"] or "-"),
+                     shorten(j["reason"] or j["submit_error"] or "-")))
+    lines.extend(_table(rows, ("JOB", "STATUS", "ATT", "BUDGET", "SLURM_ID", "SLURM_STATE", "ELAPSED", "MONITOR",
+                               "LAST_EVENT", "PARAMS", "LOG", "REASON")))
+    for e in doc["excluded_nodes"]:
+        lines.append("excluded from every job: %s since %s (%s; used by %d attempt(s))" % (
+            e["node"], short_time(parse_iso(e["time"])), e["why"], e.get("uses", 0)))
+    for j in doc["jobs"]:
+        if j["excluded_nodes"]:
+            lines.append("%s: attempt %d excludes %s" % (j["name"], j["attempts"], j["exclusion_note"]))
+    return lines
+
+
 def cmd_status(args, rt):
+    if args.watch is not None:
+        return watch_status(args, rt)
     report = rt.report
     sessions, broken = read_sessions(args, args.session, report)
     code = EXIT_USAGE if broken else EXIT_OK
+    docs, notes = status_view(args, rt, sessions)
     if args.json:
-        report.result(json.dumps({"sessions": [_status_doc(s) for s in sessions]}, indent=2, sort_keys=True))
+        report.result(json.dumps({"sessions": docs}, indent=2, sort_keys=True))
         return code
-    for n, s in enumerate(sessions):
-        doc = _status_doc(s)
+    by_id = dict((s.session_id, s) for s in sessions)
+    for n, doc in enumerate(docs):
         if n:
             report.result("")
-        waiting = sum(1 for j in s.jobs if j.status == ACTIVE and j.last_monitor_state == MON_WAITING)
-        report.result("session %s (project %s), updated %s: %s%s; %s" % (
-            s.session_id, s.project, short_time(s.updated_at), count_summary(s),
-            "; %d %s" % (waiting, waiting_reason(s)) if waiting else "", cost_text(doc["cost"])))
-        rows = [(j["name"], j["status"], j["attempts"], j["last_job_id"] or "-", _state_cell(j),
-                 j["monitor_state"] or "-", j["last_event"] or "-", j["log_path"] or "-") for j in doc["jobs"]]
-        for line in _table(rows, ("JOB", "STATUS", "ATT", "SLURM_ID", "SLURM_STATE", "MONITOR", "LAST_EVENT", "LOG")):
+        for line in status_lines(by_id[doc["session_id"]], doc):
             report.result(line)
-        for e in doc["excluded_nodes"]:
-            report.result("excluded from every job: %s since %s (%s; used by %d attempt(s))" % (
-                e["node"], short_time(parse_iso(e["time"])), e["why"], e.get("uses", 0)))
-        for j in doc["jobs"]:
-            if j["excluded_nodes"]:
-                report.result("%s: attempt %d excludes %s" % (j["name"], j["attempts"], j["exclusion_note"]))
+    for line in notes:
+        report.result(line)
     return code
+
+
+def progress_line(s, doc, now):
+    """One line per session for --watch: how many jobs are where, and an ETA from the
+    runtimes of its finished runs (None until one finished)."""
+    ph = doc["phase_counts"]
+    total = len(s.jobs)
+    runtimes = [a.ended(a.outcome, a.ended_at or now).runtime for j in s.jobs if j.status == FINALIZED
+                for a in j.attempts[-1:]]
+    runtimes = [r for r in runtimes if r is not None and r >= 0]
+    eta = "-"
+    if runtimes and s.active():
+        mean = sum(runtimes) / len(runtimes)
+        running = [j for j in doc["jobs"] if j["phase"] == PH_RUNNING]
+        waiting = sum(1 for j in doc["jobs"] if j["phase"] in (PH_PENDING, PH_RESTARTING))
+        left = sum(max(0.0, mean - (j["elapsed_seconds"] or 0)) for j in running) + waiting * mean
+        eta = duration_text(left / max(1, len(running)))
+    done = ph.get(PH_DONE, 0)
+    width = 20
+    bar = "#" * (width * done // total if total else 0)
+    return "%s [%s] %d/%d done, %d running, %d pending, %d restarting, %d failed%s, ETA %s" % (
+        s.session_id, bar.ljust(width, "."), done, total, ph.get(PH_RUNNING, 0), ph.get(PH_PENDING, 0),
+        ph.get(PH_RESTARTING, 0), ph.get(PH_FAILED, 0),
+        "".join(", %d %s" % (ph[k], k) for k in (PH_CANCELLING, PH_CANCELLED) if ph.get(k)), eta)
+
+
+def watch_status(args, rt):
+    """A live view: it only reads the state files (never the lock, never SLURM), so it runs
+    beside a monitor or cron. On a terminal each frame replaces the last; else plain lines."""
+    out = rt.report.out
+    tty = hasattr(out, "isatty") and out.isatty()
+    try:
+        while True:
+            now = rt.clock()
+            try:
+                sessions, broken = read_sessions(args, args.session, rt.report)
+                docs, notes = status_view(args, rt, sessions)
+            except StateError as e:  # a session moved aside while watched: said, the view goes on
+                sessions, broken, docs, notes = [], 0, [], ["Error: %s" % e]
+            by_id = dict((s.session_id, s) for s in sessions)
+            lines = ["autoexp status --watch, %s (every %gs; Ctrl-C ends)" % (short_time(now), args.watch)]
+            for doc in docs:
+                s = by_id[doc["session_id"]]
+                lines.append("")
+                lines.append(progress_line(s, doc, now))
+                lines.extend(status_lines(s, doc))
+            lines.extend(notes)
+            if broken:
+                lines.append("%d broken session file(s): `autoexp status` says which" % broken)
+            if tty:
+                out.write("\x1b[H\x1b[2J")
+            # one write per frame, its text made safe like every line autoexp prints
+            Reporter.write(out, "\n".join(lines) + ("" if tty else "\n"))
+            rt.sleep(args.watch)
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+def watch_seconds(text):
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not WATCH_SECONDS[0] <= value <= WATCH_SECONDS[1]:
+        raise argparse.ArgumentTypeError("%r is not a number of seconds from %g to %g" % ((text,) + WATCH_SECONDS))
+    return value
 
 
 def _history_doc(s, name):
@@ -6995,6 +7288,10 @@ def cmd_history(args, rt):
 
 
 def cmd_cancel(args, rt):
+    if bool(args.names) == bool(args.all):
+        # a forgotten NAME must not cancel a whole sweep
+        raise ConfigError("name the jobs to cancel, or give --all to cancel every active job of session %s"
+                          % args.session if not args.names else "give job names or --all, not both")
     store = store_for(args, args.session)
     path = store.resolve(args.session)
     s = store.load(path)
@@ -7307,6 +7604,9 @@ def build_parser():
         p.add_argument("--once", action="store_true", help="run one cycle and exit")
         p.add_argument("--interval", type=positive_seconds, metavar="S",
                        help="seconds between cycles (default: the config's)")
+        p.add_argument("--summary-minutes", type=summary_minutes, metavar="N",
+                       help="after N minutes without a change, one line says where the jobs are (default %g; "
+                       "0 or -q: never)" % SUMMARY_MINUTES_DEFAULT)
         if overrides:
             p.add_argument("-o", "--override", "--monitor-override", dest="monitor_override", action="append",
                            default=[], metavar="KEY=VALUE",
@@ -7337,6 +7637,15 @@ def build_parser():
     p = add("status", cmd_status, "a table of every job of a session (or of every session)")
     p.add_argument("--session", metavar="ID|PATH")
     p.add_argument("--json", action="store_true")
+    p.add_argument("names", nargs="*", metavar="NAME", help="only jobs whose name matches one of these globs")
+    p.add_argument("--active", action="store_true",
+                   help="only sessions with active jobs (the default when there are several)")
+    p.add_argument("--all", action="store_true", help="every session, active or not")
+    p.add_argument("--status", metavar="STATUS", choices=STATUS_FILTERS,
+                   help="only jobs with this status or phase (%s)" % ", ".join(STATUS_FILTERS))
+    p.add_argument("--watch", nargs="?", type=watch_seconds, const=10.0, metavar="SECONDS",
+                   help="redraw every SECONDS (default 10, %g to %g) until Ctrl-C; reads only the state files"
+                   % WATCH_SECONDS)
     p = add("history", cmd_history, "every attempt of every job, with the live one marked")
     p.add_argument("--session", metavar="ID|PATH", required=True)
     p.add_argument("name", nargs="?", help="only this job")
@@ -7346,7 +7655,8 @@ def build_parser():
     p.add_argument("-o", "--output", metavar="FILE", required=True, help="the HTML file to write")
     p = add("cancel", cmd_cancel, "scancel the live attempts and mark the jobs cancelled (not restarted)")
     p.add_argument("--session", metavar="ID|PATH", required=True)
-    p.add_argument("names", nargs="*", metavar="NAME", help="jobs to cancel (default: every active job)")
+    p.add_argument("names", nargs="*", metavar="NAME", help="jobs to cancel")
+    p.add_argument("--all", action="store_true", help="every active job of the session (never the default)")
     p = add("retry", cmd_retry, "submit a new attempt of stopped or cancelled jobs (then monitor or reconcile "
             "follows them)")
     p.add_argument("--session", metavar="ID|PATH", required=True)

@@ -1181,3 +1181,42 @@ def test_node_exclusion_config_is_checked(bad, message):
     with pytest.raises(A.ConfigError) as e:
         A.validate_node_exclusion(bad, {"log_events": []}, A._Checker("c.json"))
     assert message in str(e.value)
+
+
+# -- where a job is, for `status` (job_phase) and its restart budget (attempt_budget) --------
+
+@pytest.mark.parametrize("j, queued, phase", [
+    (job(), False, A.PH_PENDING),                                                       # nothing submitted yet
+    (job(attempt(1)), False, A.PH_PENDING),                                             # its intent, no id yet
+    (job(attempt(1, "5", live=True)), False, A.PH_PENDING),                             # submitted, not seen yet
+    (job(attempt(1, "5", live=True, last_slurm_state="PENDING")), False, A.PH_PENDING),
+    (job(attempt(1, "5", live=True, last_slurm_state="RUNNING")), False, A.PH_RUNNING),
+    (job(attempt(1, "5", live=True, last_slurm_state="REQUEUED")), False, A.PH_PENDING),  # requeued: waits again
+    (job(attempt(1, "5", outcome="timeout")), False, A.PH_RESTARTING),                 # between attempts
+    (job(attempt(1, "5", live=True, last_slurm_state="RUNNING", outcome="stall")), False, A.PH_RESTARTING),
+    (job(attempt(1, "5", outcome="success"), status=A.FINALIZED), False, A.PH_DONE),
+    (job(attempt(1, "5", outcome="crash"), status=A.STOPPED), False, A.PH_FAILED),
+    (job(attempt(1, "5", outcome="cancelled"), status=A.CANCELLED), False, A.PH_CANCELLED),
+    (job(attempt(1, "5", live=True, last_slurm_state="RUNNING", cancel_requested_at=NOW), status=A.CANCELLED),
+     False, A.PH_CANCELLING),                                                           # scancel sent, not yet ended
+    (job(attempt(1, "5", live=True, last_slurm_state="RUNNING")), True, A.PH_CANCELLING),  # request queued
+    (job(attempt(1, "5", outcome="timeout")), True, A.PH_RESTARTING),                  # nothing in SLURM to cancel
+])
+def test_job_phase(j, queued, phase):
+    assert A.job_phase(j, queued) == phase
+
+
+@pytest.mark.parametrize("outcomes, base, budget", [
+    ([], 0, None),
+    ([None], 0, None),                                             # the first attempt runs
+    (["timeout", None], 0, ("timeout", 1, 3)),
+    (["timeout", "crash", "timeout", None], 0, ("timeout", 2, 3)),  # the latest ended mode's budget
+    (["timeout", "timeout", None], 2, None),                        # --reset-attempts: counted from the third
+    (["timeout", "timeout", "timeout", None], 2, ("timeout", 1, 3)),
+    (["timeout", "replaced", None], 0, ("timeout", 1, 3)),         # a replaced attempt spends no budget
+    (["success"], 0, None),                                         # finalize: no restart budget
+    (["preempted", None], 0, ("preempted", 1, 10)),
+])
+def test_attempt_budget(outcomes, base, budget):
+    j = job(*[attempt(i + 1, str(i + 1), outcome=o) for i, o in enumerate(outcomes)], attempts_base=base)
+    assert A.attempt_budget(j, A.make_policies(A.DEFAULT_POLICIES)) == budget

@@ -95,7 +95,7 @@ def test_retry_of_an_active_job_is_refused_and_submits_nothing(project, fake):
     res = project.cli("retry", "--session", PLAN, "nope")
     assert res.returncode == 2 and "no job nope" in res.stderr
     assert len(fake.submissions(NAME)) == 1 and not events(project, "retried")
-    project.ok("cancel", "--session", PLAN)
+    project.ok("cancel", "--session", PLAN, "--all")
 
 
 def test_retry_dry_run_prints_the_sbatch_line_and_changes_nothing(project, fake):

@@ -34,8 +34,8 @@ if [ "${AUTOEXP_CI:-}" = 1 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/n
   # the report's test draws it in a real headless browser where one is present (it is
   # skipped otherwise): Debian's chromium, on the CI machine only; a failure here only skips it
   echo "=== tests/run.sh: installing chromium for the report's browser test" >&2
-  apt-get install -y -q --no-install-recommends chromium >/dev/null 2>&1 \
-    || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q --no-install-recommends chromium >/dev/null 2>&1; } \
+  apt-get install -y -q chromium >/dev/null 2>&1 \
+    || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1; } \
     || echo "tests/run.sh: chromium could not be installed; the browser test is skipped" >&2
 fi
 results=()

@@ -5511,20 +5511,9 @@ class Controller(object):
                 continue
             if by_id.get(att.job_id) != prev.get(att.job_id) or log_changed(att) or extra_logs_changed(att):
                 names.add(job.name)
-        prefix = "autoexp:%s:" % s.session_id
-        array_tag = s.plan.array.tag if s.plan.array is not None else None
-        by_index = None
-        for row in snap.tagged:
-            tag = row.comment
-            if tag.startswith(prefix) and row != prev.get(row.job_id):
-                if tag == array_tag:
-                    if by_index is None:
-                        by_index = dict((j.index, j.name) for j in s.jobs)
-                    name = by_index.get(split_job_id(row.job_id)[1])
-                else:
-                    name = tag[len(prefix):]
-                if name is not None:
-                    names.add(name)
+        for name, row in self._session_rows(s, snap):
+            if name is not None and row != prev.get(row.job_id):
+                names.add(name)
         for row in snap.untagged():  # a job resubmitted by hand without its tag
             if row != prev.get(row.job_id) and s.job(row.name) is not None:
                 names.add(row.name)
@@ -6284,19 +6273,7 @@ class Controller(object):
     def _live(s, snap):
         """The session's live count (section 7's live_count) from this cycle's squeue."""
         prefix = "autoexp:%s:" % s.session_id
-        array_tag = s.plan.array.tag if s.plan is not None and s.plan.array is not None else None
-        by_index, rows = None, []
-        for row in snap.tagged:
-            tag = row.comment
-            if not tag.startswith(prefix):
-                continue
-            if tag == array_tag:
-                if by_index is None:
-                    by_index = dict((j.index, j.name) for j in s.jobs)
-                name = by_index.get(split_job_id(row.job_id)[1])
-            else:
-                name = tag[len(prefix):]
-            rows.append((name, row.state))
+        rows = [(name, row.state) for name, row in Controller._session_rows(s, snap)]
         for job in s.jobs:  # a job resubmitted by hand without the tag, adopted: live all the same
             att = job.current
             row = snap.by_id.get(att.job_id) if att is not None and att.live and att.job_id else None
@@ -6314,6 +6291,24 @@ class Controller(object):
                 "%s (%s)" % (e["node"], e["why"]) for e in entries if e["node"] in added))
         if capped:
             self._event(s, job, att, EV_EXCLUSION_CAPPED, now, detail=capped)
+
+    @staticmethod
+    def _session_rows(s, snap):
+        """(job name, row) of each squeue row with one of the session's tags; the name of an
+        array task is its index's job's, None for an index the session has no job of."""
+        prefix = "autoexp:%s:" % s.session_id
+        array_tag = s.plan.array.tag if s.plan is not None and s.plan.array is not None else None
+        by_index = None
+        for row in snap.tagged:
+            tag = row.comment
+            if not tag.startswith(prefix):
+                continue
+            if tag == array_tag:
+                if by_index is None:
+                    by_index = dict((j.index, j.name) for j in s.jobs)
+                yield by_index.get(split_job_id(row.job_id)[1]), row
+            else:
+                yield tag[len(prefix):], row
 
     def _cancel_copy(self, s, job, row, now, todo):
         """A live SLURM job under the tag of a job the user cancelled: recorded as an

@@ -121,11 +121,22 @@ def test_columns_summary_line_and_shortening(two_sessions):
 
 
 
+def read_some(fd, timeout):
+    """What fd has within timeout: b"" if nothing came, None once it is closed."""
+    import select
+    ready, _, _ = select.select([fd], [], [], timeout)
+    if not ready:
+        return b""
+    try:
+        return os.read(fd, 65536) or None
+    except OSError:  # a pseudo-terminal whose other end closed
+        return None
+
+
 def watch(project, as_tty, frames=2, *args):
     """Run `status --watch 1` on a pseudo-terminal or a pipe until `frames` frames came whole,
     then SIGINT it; (exit code, everything it wrote)."""
     import pty
-    import select
     argv = [sys.executable, "-c", BOOT, "status", "--watch", "1"] + list(args)
     if as_tty:
         master, slave = pty.openpty()
@@ -139,26 +150,15 @@ def watch(project, as_tty, frames=2, *args):
     deadline = time.time() + 60
     try:
         while got.count(b"autoexp status --watch") <= frames and time.time() < deadline:
-            ready, _, _ = select.select([fd], [], [], 1.0)
-            if ready:
-                try:
-                    chunk = os.read(fd, 65536)
-                except OSError:
-                    break
-                if not chunk:
-                    break
-                got += chunk
+            chunk = read_some(fd, 1.0)
+            if chunk is None:
+                break
+            got += chunk
         assert p.poll() is None, got  # still watching: it never ends by itself
         p.send_signal(signal.SIGINT)
         code = p.wait(timeout=30)
         while True:  # what it wrote last
-            ready, _, _ = select.select([fd], [], [], 0.2)
-            if not ready:
-                break
-            try:
-                chunk = os.read(fd, 65536)
-            except OSError:
-                break
+            chunk = read_some(fd, 0.2)
             if not chunk:
                 break
             got += chunk

@@ -291,7 +291,10 @@ LOCK_TRIES = 5               # times a lock file deleted under our open is opene
 CRASH_POINTS = ("state_before_rename", "state_after_rename", "state_before_append", "state_mid_append",
                 "state_after_append", "before_intent_write", "after_intent_write",
                 "before_sbatch", "after_sbatch", "after_action_payload", "between_jobs",
-                "before_scancel", "after_scancel")
+                "before_scancel", "after_scancel", "archive_before_commit", "archive_after_commit")
+
+# `archive` moves a finished session's files into <state_dir>/ARCHIVE_FOLDER/<id>/ (SPEC 6.4).
+ARCHIVE_FOLDER = "archive"
 
 
 # ============================================================================
@@ -1543,9 +1546,18 @@ def session_tag(plan_id, job_name):
 ARRAY_TAG_NAME = "@array"  # '@' cannot occur in a job name, so this tag never collides
 
 
+def qualify_override(text):
+    """A bare monitoring key (`max_running=2`) is `monitoring.max_running=2`, in `plan` and
+    `run` as in `monitor -o`: one key syntax for both. A top-level key keeps its meaning."""
+    first = text.partition("=")[0].strip().split(".")[0]
+    if "=" in text and first not in TOP_KEYS and first in [k.name for k in MONITORING_SCHEMA]:
+        return "monitoring." + text.lstrip()
+    return text
+
+
 def resolve_config(raw, source, overrides):
     """Apply overrides, validate, fill defaults; returns the resolved config dict."""
-    config = apply_overrides(raw, overrides)
+    config = apply_overrides(raw, [qualify_override(o) for o in overrides or ()])
     c = _Checker(source)
     c.obj(config, "", TOP_KEYS)
     if "project" not in config:
@@ -3244,7 +3256,7 @@ class Session(Record):
     __slots__ = tuple(f.name for f in SESSION_FIELDS) + (
         "jobs", "path", "plan", "journal_seq", "_monitoring", "_policies", "_matcher", "_by_name",
         "digests", "touched", "header_dirty", "persisted_seq", "snapshot_bytes", "delta_bytes", "unwritten",
-        "stable", "written_at", "snapshot_batch", "header_events", "_node_exclusion")
+        "stable", "written_at", "snapshot_batch", "header_events", "_node_exclusion", "run_monitoring")
 
     def __init__(self, path, jobs=(), **fields):
         Record.__init__(self, **fields)
@@ -3255,6 +3267,7 @@ class Session(Record):
         self.plan = None
         self.journal_seq = None  # what the journal file already holds; read on first sync
         self._monitoring = self._policies = self._matcher = self._by_name = self._node_exclusion = None
+        self.run_monitoring = None  # `monitor -o` without --save: this process's config, never written
         # What the files hold (section 8): the line each job was last written as (by its
         # hash), the jobs this process may have changed since, whether the header changed.
         self.digests, self.touched, self.header_dirty = {}, set(), False
@@ -3273,7 +3286,7 @@ class Session(Record):
     @property
     def monitoring(self):
         if self._monitoring is None:
-            self._monitoring = make_monitoring(self.config["monitoring"])
+            self._monitoring = make_monitoring(self.run_monitoring or self.config["monitoring"])
         return self._monitoring
 
     @property
@@ -3294,21 +3307,27 @@ class Session(Record):
             self._matcher = LogMatcher(self.monitoring)
         return self._matcher
 
-    def apply_monitor_overrides(self, overrides):
-        """Merge `-o` overrides into the session's monitoring config and remember them."""
+    def apply_monitor_overrides(self, overrides, save=True):
+        """Merge `-o` overrides into the session's monitoring config and remember them; with
+        save=False (`monitor -o` without --save) they hold for this process only: the
+        config and monitor_overrides written stay as they were."""
         if not overrides:
             return
-        mon = OrderedDict(self.config["monitoring"])
+        mon = OrderedDict(self.config["monitoring"] if save else (self.run_monitoring or self.config["monitoring"]))
         prefixed = [o if o.startswith("monitoring.") else "monitoring." + o for o in overrides]
         tree = apply_overrides(OrderedDict([("monitoring", mon)]), prefixed)
         c = _Checker("override")
         c.obj(tree, "", ("monitoring",))
-        self.config["monitoring"] = validate_monitoring(tree["monitoring"], c)
-        validate_restart(self.config["restart"], self.config["monitoring"], c)
+        validated = validate_monitoring(tree["monitoring"], c)
+        validate_restart(self.config["restart"], validated, c)
+        self._monitoring = self._policies = self._matcher = None
+        if not save:
+            self.run_monitoring = validated
+            return
+        self.config["monitoring"] = validated
         for o in prefixed:  # the latest value of each key, once
             key = o.partition("=")[0]
             self.monitor_overrides = [x for x in self.monitor_overrides if x.partition("=")[0] != key] + [o]
-        self._monitoring = self._policies = self._matcher = None
         self.header_dirty = True
 
     def job(self, name):
@@ -3684,6 +3703,21 @@ def job_phase(job, queued_cancel=False):
     if att.last_slurm_state in (None, "PENDING") or att.last_slurm_state in REQUEUE_STATES:
         return PH_PENDING
     return PH_RUNNING
+
+
+def unfinished_jobs(s):
+    """The jobs that keep a session from being archived, each with why: active, an attempt
+    SLURM may still run (a cancel not yet seen done), or a submission in doubt. Empty: every
+    job is finalized, stopped or cancelled for good."""
+    out = []
+    for job in s.jobs:
+        if job.status == ACTIVE:
+            out.append("%s (active)" % job.name)
+        elif any(a.live for a in job.attempts):
+            out.append("%s (%s, an attempt SLURM may still run)" % (job.name, job.status))
+        elif job.unresolved_intent():
+            out.append("%s (%s, a submission in doubt)" % (job.name, job.status))
+    return out
 
 
 def phase_summary(s):
@@ -4737,6 +4771,105 @@ class StateStore(object):
             raise StateWriteError("cannot create folder %s: %s" % (self.plan_dir(plan_id), e.strerror or e))
         return True
 
+    # The archive (SPEC 6.4): a finished session's files moved into archive/<id>/, laid out
+    # as in the state folder (so a StateStore of that folder reads it), out of the way of
+    # status, monitor --all and reconcile. The lock file and the plan stay: the lock guards
+    # the move both ways, the plan folder keeps the id taken and the manifest readable.
+
+    def archive_dir(self, session_id):
+        return os.path.join(self.root, ARCHIVE_FOLDER, session_id)
+
+    def archived_path(self, session_id):
+        return os.path.join(self.archive_dir(session_id), session_id + ".json")
+
+    def list_archived(self):
+        """The header paths of the archived sessions (a folder whose move has not reached
+        its header yet holds none: that session is still the state folder's)."""
+        try:
+            names = sorted(os.listdir(os.path.join(self.root, ARCHIVE_FOLDER)))
+        except OSError:
+            return []
+        return [self.archived_path(n) for n in names
+                if SAFE_NAME_RE.match(n) and os.path.isfile(self.archived_path(n))]
+
+    def move_session(self, s, dst_root):
+        """Move session s (read from this store, its lock held) to the folder dst_root. The
+        job files and the journal are linked there first, so that a whole session stays at
+        the source; the header's rename is the commit; then the folders are moved and the
+        source's links removed (finish_move: what a crash leaves, the next run finishes)."""
+        src = self.root
+        make_private_dir(dst_root)
+        files = [os.path.basename(p) for p in self.gen_paths(s.session_id, s.generation)]
+        files.append(os.path.basename(self.events_path(s)))
+        for name in files:
+            a, b = os.path.join(src, name), os.path.join(dst_root, name)
+            if not os.path.exists(a):
+                continue
+            if os.path.exists(b):
+                if os.path.samefile(a, b):
+                    continue
+                os.unlink(b)  # a copy an earlier, crashed move made: the source's is newer
+            try:
+                os.link(a, b)
+            except OSError:  # a file system without hard links: a copy (nothing writes it: the lock)
+                import shutil
+                shutil.copy2(a, b + ".tmp")
+                os.replace(b + ".tmp", b)
+        fsync_dir(dst_root)
+        crash_point("archive_before_commit")
+        os.rename(s.path, os.path.join(dst_root, s.session_id + ".json"))
+        fsync_dir(dst_root)
+        fsync_dir(src)
+        crash_point("archive_after_commit")
+        return self.finish_move(s.session_id, dst_root)
+
+    def finish_move(self, session_id, dst_root):
+        """After the header's rename: the session's folders (actions, requests) follow it,
+        and the source's job files and journal, now links of the destination's, go. A file
+        that is not the same as its destination's is kept where it is, and returned."""
+        kept = []
+        for kind in ("actions", "requests"):
+            a, b = os.path.join(self.root, kind, session_id), os.path.join(dst_root, kind, session_id)
+            if not os.path.isdir(a):
+                continue
+            make_private_dir(os.path.dirname(b))
+            if not os.path.exists(b):
+                os.rename(a, b)
+                continue
+            for name in os.listdir(a):  # both there (a crash mid-move): file by file
+                if not os.path.exists(os.path.join(b, name)):
+                    os.rename(os.path.join(a, name), os.path.join(b, name))
+            try:
+                os.rmdir(a)
+            except OSError:
+                kept.append(a)
+        gen_re = re.compile(r"^%s\.(g[0-9]+\.(jobs|delta)\.jsonl|events\.jsonl)$" % re.escape(session_id))
+        for name in sorted(os.listdir(self.root)):
+            if not gen_re.match(name):
+                continue
+            a, b = os.path.join(self.root, name), os.path.join(dst_root, name)
+            same = False
+            try:
+                same = os.path.samefile(a, b) or filecmp_same(a, b)
+            except OSError:
+                pass
+            if same:
+                os.unlink(a)
+            else:
+                kept.append(a)
+        fsync_dir(self.root)
+        return kept
+
+    def leftovers(self, session_id):
+        """What a move cut short by a crash left here of a session whose header is gone."""
+        gen_re = re.compile(r"^%s\.(g[0-9]+\.(jobs|delta)\.jsonl|events\.jsonl)$" % re.escape(session_id))
+        try:
+            names = os.listdir(self.root)
+        except OSError:
+            return False
+        return (any(gen_re.match(n) for n in names)
+                or any(os.path.isdir(os.path.join(self.root, k, session_id)) for k in ("actions", "requests")))
+
     def ensure(self):
         make_private_dir(self.root)
         if not os.access(self.root, os.W_OK | os.X_OK):
@@ -4751,6 +4884,9 @@ class StateStore(object):
             return path
         check_safe_name(ref, "session id")
         path = self.session_path(ref)
+        if not os.path.isfile(path) and os.path.isfile(self.archived_path(ref)):
+            raise StateError("session %r is archived (in %s); `autoexp unarchive --session %s` brings it back, "
+                             "`autoexp status --archived` shows it" % (ref, self.archive_dir(ref), ref))
         if not os.path.isfile(path):
             raise StateError("no session %r in %s; `autoexp status --state-dir DIR` lists sessions, "
                              "or pass --state-dir where it lives" % (ref, self.root))
@@ -5058,6 +5194,10 @@ class StateStore(object):
     def open_or_create(self, plan, command, now):
         """Lock the plan's session and open it for writing, or create it (not yet written)
         if it does not exist: returns (session, lock, created)."""
+        if os.path.isfile(self.archived_path(plan.plan_id)):
+            # a new session of an archived plan would be a second record of the same jobs
+            raise StateError("session %s is archived (in %s); `autoexp unarchive --session %s` brings it back "
+                             "first" % (plan.plan_id, self.archive_dir(plan.plan_id), plan.plan_id))
         lock = self.lock(plan.plan_id, command, now)
         try:
             path = self.session_path(plan.plan_id)
@@ -5244,6 +5384,12 @@ def _check_untouched(s):
 
 class _GenerationMoved(Exception):
     """A reader raced a writer's new generation: read again."""
+
+
+def filecmp_same(a, b):
+    """Two files of the same content (a copy made where hard links are not to be had)."""
+    import filecmp
+    return filecmp.cmp(a, b, shallow=False)
 
 
 def compact_bytes():
@@ -6678,7 +6824,8 @@ def _plan_ids(args, store, config, now):
     """The ids to try, in order: --plan-id, or PROJECT-YYYYmmdd-HHMMSS then -2, -3, ...
     (the project cut short so that every id fits a safe name), skipping ids in use."""
     def taken(plan_id):
-        return os.path.exists(store.plan_dir(plan_id)) or os.path.exists(store.session_path(plan_id))
+        return (os.path.exists(store.plan_dir(plan_id)) or os.path.exists(store.session_path(plan_id))
+                or os.path.exists(store.archive_dir(plan_id)))
     if args.plan_id:
         plan_id = check_safe_name(args.plan_id, "plan id")
         if taken(plan_id):
@@ -6882,9 +7029,11 @@ def monitor_sessions(args, rt, sessions):
     controller = rt.controller(sessions.store, sessions.sessions)
     overrides = getattr(args, "monitor_override", None)  # `run`'s -o went into its plan
     for s in sessions.sessions:
-        if overrides:
+        if overrides and getattr(args, "save", False):
             s.apply_monitor_overrides(overrides)
             sessions.store.save(s, now)
+        elif overrides:
+            s.apply_monitor_overrides(overrides, save=False)  # this run only
         if getattr(args, "monitor_all", False):
             register_untracked(controller, s, now)
     install_stop_handlers(rt.stop)
@@ -7069,6 +7218,8 @@ def read_sessions(args, ref, report):
     """Sessions for read-only commands: no lock (the atomic rename means never a torn file);
     the broken ones of a whole folder are said and counted, not fatal."""
     store = store_for(args, ref)
+    if getattr(args, "archived", False):
+        return read_archived(store, ref, report)
     if ref:
         return [store.load(store.resolve(ref), with_plan=False)], 0
     found = SessionSet(store, report)
@@ -7078,11 +7229,34 @@ def read_sessions(args, ref, report):
     return sessions, len(found.broken)
 
 
+def read_archived(store, ref, report):
+    """`status --archived`: the sessions of archive/<id>/, each read from its own folder."""
+    if ref:
+        sid = _session_id(ref)
+        if not os.path.isfile(store.archived_path(sid)):
+            raise StateError("no archived session %r in %s; `autoexp status --archived` lists them"
+                             % (sid, os.path.join(store.root, ARCHIVE_FOLDER)))
+        paths = [store.archived_path(sid)]
+    else:
+        paths = store.list_archived()
+    sessions, broken = [], 0
+    for path in paths:
+        try:
+            sessions.append(StateStore(os.path.dirname(path)).load(path, with_plan=False))
+        except StateError as e:
+            broken += 1
+            report.error(str(e))
+    if not sessions and not broken:
+        raise StateError("no archived sessions in %s" % os.path.join(store.root, ARCHIVE_FOLDER))
+    return sessions, broken
+
+
 def status_view(args, rt, sessions):
     """(session documents shown, lines of the sessions left out): --active, the job globs
     and --status applied. --active is the default over several sessions, --all shows all."""
     store = store_for(args, args.session)
-    only_active = args.active or (not args.session and not args.all and len(sessions) > 1)
+    only_active = args.active or (not args.session and not args.all and not getattr(args, "archived", False)
+                                  and len(sessions) > 1)
     shown = [s for s in sessions if s.active()] if only_active else list(sessions)
     notes = []
     if len(shown) < len(sessions):
@@ -7367,6 +7541,126 @@ def cmd_retry(args, rt):
             lock.release()
 
 
+# -- archive, unarchive ------------------------------------------------------------
+
+def _session_id(ref):
+    """The id of --session ID|PATH."""
+    if is_path(ref):
+        return check_safe_name(os.path.basename(ref)[:-len(".json")], "session id")
+    return check_safe_name(ref, "session id")
+
+
+def archive_session(store, sid, now):
+    """Move a finished session into archive/<id>/ under its lock: returns (what was done,
+    paths kept where they were). A move a crash cut short after its commit is finished."""
+    path, archived = store.session_path(sid), store.archived_path(sid)
+    if not os.path.isfile(path):
+        if not os.path.isfile(archived):
+            store.resolve(sid)  # its error: no such session
+        lock = store.lock(sid, "archive", now)
+        try:
+            if not store.leftovers(sid):
+                return "already archived", []
+            return "finished archiving", store.finish_move(sid, store.archive_dir(sid))
+        finally:
+            lock.release()
+    if os.path.isfile(archived):
+        raise StateError("session %s is both in %s and archived in %s; keep one of them (move the other "
+                         "out of the state folder)" % (sid, path, store.archive_dir(sid)))
+    lock = store.lock(sid, "archive", now)
+    try:
+        s = store.load(path, with_plan=False)
+        store.remove_other_generations(s)
+        store.save_and_sync(s, now, changed=False)  # its journal and payloads whole before they move
+        left = unfinished_jobs(s)
+        if left:
+            raise StateError("session %s has work left, so it is not archived: %s; let its monitor finish "
+                             "them (or `autoexp cancel --session %s --all`, then a monitor or reconcile) and "
+                             "archive it then" % (sid, ", ".join(left), sid))
+        return "archived", store.move_session(s, store.archive_dir(sid))
+    finally:
+        lock.release()
+
+
+def unarchive_session(store, sid, now):
+    """Move an archived session back into the state folder, under its lock (the lock file
+    stays in the state folder): returns (what was done, paths kept where they were)."""
+    folder = store.archive_dir(sid)
+    arch = StateStore(folder)
+    path, archived = store.session_path(sid), store.archived_path(sid)
+    lock = store.lock(sid, "unarchive", now)
+    try:
+        if os.path.isfile(path):
+            if os.path.isfile(archived):
+                raise StateError("session %s is both in %s and archived in %s; keep one of them (move the "
+                                 "other out of the state folder)" % (sid, path, folder))
+            if not arch.leftovers(sid):
+                raise StateError("session %s is not archived: it is in %s" % (sid, path))
+            what, kept = "finished unarchiving", arch.finish_move(sid, store.root)
+        else:
+            if not os.path.isfile(archived):
+                raise StateError("no archived session %r in %s; `autoexp status --archived` lists them"
+                                 % (sid, os.path.join(store.root, ARCHIVE_FOLDER)))
+            s = arch.load(archived, with_plan=False)
+            what, kept = "unarchived", arch.move_session(s, store.root)
+        for sub in (os.path.join(folder, "actions"), os.path.join(folder, "requests"), folder):
+            try:
+                os.rmdir(sub)  # only when empty: whatever else is there stays
+            except OSError:
+                pass
+        return what, kept
+    finally:
+        lock.release()
+
+
+def _say_moved(rt, sid, what, where, kept):
+    rt.report.result("%s %s: %s" % (what, sid, where))
+    for p in kept:
+        rt.report.warn("kept %s: it differs from the copy in %s; compare them and remove it by hand" % (p, where))
+
+
+def cmd_archive(args, rt):
+    if bool(args.session) == bool(args.finished):
+        raise ConfigError("give --session ID (the session to archive) or --finished (every finished one)")
+    store = store_for(args, args.session)
+    if args.session:
+        sid = _session_id(args.session)
+        what, kept = archive_session(store, sid, rt.clock())
+        _say_moved(rt, sid, what, store.archive_dir(sid), kept)
+        return EXIT_OK
+    found = SessionSet(store, rt.report)
+    ids = [os.path.basename(p)[:-len(".json")] for p in found.candidates(lambda s: not unfinished_jobs(s))]
+    # archives a crash cut short after their commit: finished too
+    ids += [os.path.basename(p)[:-len(".json")] for p in store.list_archived()
+            if store.leftovers(os.path.basename(p)[:-len(".json")])]
+    skipped = failed = 0
+    for sid in ids:
+        try:
+            what, kept = archive_session(store, sid, rt.clock())
+        except LockedError as e:
+            skipped += 1
+            rt.report.warn("skipping session %s: %s" % (sid, e))
+            continue
+        except StateError as e:  # work left since it was read (a retry), or unreadable now
+            failed += 1
+            rt.report.error(str(e))
+            continue
+        _say_moved(rt, sid, what, store.archive_dir(sid), kept)
+    if not ids:
+        rt.report.info("no finished session to archive in %s" % store.root)
+    if found.broken or failed:
+        return EXIT_USAGE
+    return EXIT_LOCKED if skipped else EXIT_OK
+
+
+def cmd_unarchive(args, rt):
+    store = store_for(args)
+    sid = _session_id(args.session)
+    what, kept = unarchive_session(store, sid, rt.clock())
+    _say_moved(rt, sid, what, store.root, kept)
+    return EXIT_OK
+
+
 # -- report: one self-contained HTML file --------------------------------------------
 
 # A report reads at most this many of the journal's last events and draws at most this
@@ -7619,6 +7913,9 @@ def build_parser():
     p.add_argument("--include-completed", action="store_true", help="with --all: also sessions with no active job")
     p.add_argument("--monitor-all", action="store_true", help="also adopt or submit manifest jobs the session does not track")
     monitor_options(p)
+    p.add_argument("--save", action="store_true",
+                   help="keep the -o overrides in the session for every later monitor and reconcile "
+                   "(default: this run only)")
     p = add("run", cmd_run, "plan, submit and monitor in one go")
     plan_options(p)
     submit_options(p)
@@ -7638,6 +7935,8 @@ def build_parser():
     p.add_argument("--all", action="store_true", help="every session, active or not")
     p.add_argument("--status", metavar="STATUS", choices=STATUS_FILTERS,
                    help="only jobs with this status or phase (%s)" % ", ".join(STATUS_FILTERS))
+    p.add_argument("--archived", action="store_true",
+                   help="the archived sessions (archive/ of the state folder) instead; read only")
     p.add_argument("--watch", nargs="?", type=watch_seconds, const=10.0, metavar="SECONDS",
                    help="redraw every SECONDS (default 10, %g to %g) until Ctrl-C; reads only the state files"
                    % WATCH_SECONDS)
@@ -7660,6 +7959,13 @@ def build_parser():
                    help="count max_attempts from this attempt (default: from the job's first; a retried "
                    "job whose attempts are used up then stops at its next failure)")
     p.add_argument("--dry-run", action="store_true", help="print the sbatch command lines, submit nothing")
+    p = add("archive", cmd_archive, "move a finished session's files into archive/ of the state folder "
+            "(kept; status --archived shows them)")
+    p.add_argument("--session", metavar="ID|PATH", help="the session to archive")
+    p.add_argument("--finished", action="store_true", help="every session whose jobs are all finalized, "
+                   "stopped or cancelled")
+    p = add("unarchive", cmd_unarchive, "move an archived session back into the state folder")
+    p.add_argument("--session", metavar="ID", required=True)
     return parser
 
 

@@ -365,7 +365,7 @@ def test_monitor_all_watches_every_session_with_one_squeue_per_cycle(project, fa
     submit(project, c, "a1")
     submit(project, c, "a2")
     before = len(fake.calls("squeue"))
-    res = project.ok("monitor", "--all", "-o", "interval_seconds=0.5")
+    res = project.ok("monitor", "--all", "-o", "interval_seconds=0.5", "--save")
     assert "session a1 done" in res.stdout and "session a2 done" in res.stdout
     # the two sessions share job names: each event line says whose it is
     assert " a1/rs-s1 #1 " in res.stdout and " a2/rs-s1 #1 " in res.stdout

@@ -322,8 +322,8 @@ def kill_worker_and_command(project, session):
     with open(glob.glob(os.path.join(folder, "*.started"))[0]) as f:
         worker = json.load(f)["pid"]
     command = int(lines(os.path.join(project.root, "cmd.pid"))[0])
-    for pid in (worker, command):
-        os.kill(pid, signal.SIGKILL)
+    os.kill(worker, signal.SIGKILL)
+    os.killpg(command, signal.SIGKILL)  # the command leads a process group of its own (its sleep too)
 
 
 @pytest.mark.slow

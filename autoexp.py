@@ -296,6 +296,23 @@ CRASH_POINTS = ("state_before_rename", "state_after_rename", "state_before_appen
 # `archive` moves a finished session's files into <state_dir>/ARCHIVE_FOLDER/<id>/ (SPEC 6.4).
 ARCHIVE_FOLDER = "archive"
 
+# Notifications (SPEC 5.6): a webhook's payload formats, and what `_notify` exits with: the
+# effect engine retries a NOTIFY_RETRY and reports anything else that is not NOTIFY_DELIVERED.
+WEBHOOK_FORMATS = (FMT_SLACK, FMT_MATTERMOST, FMT_GENERIC) = ("slack", "mattermost", "generic")
+NOTIFY_DELIVERED, NOTIFY_PERMANENT, NOTIFY_RETRY = 0, 1, 75  # 75: EX_TEMPFAIL, as sendmail says it
+NOTIFY_EXITS = (NOTIFY_DELIVERED, NOTIFY_PERMANENT, NOTIFY_RETRY)
+NOTIFY_DEFAULT_EVENTS = ("finalized", "stopped", "blocked")  # what a job's watcher wants to hear of
+MAX_NOTIFY_TARGETS = 32
+MAX_NOTIFY_SECONDS = 300.0   # notify.timeout_seconds: one delivery, connect to last byte
+MAX_NOTIFY_INPUT = 4 << 20   # the events `_notify` reads on stdin
+MAX_NOTIFY_LINES = 50        # event lines in one message's text; the rest are counted
+MAX_NOTIFY_EVENTS = 1000     # events in one generic payload (a digest of a huge pass is cut)
+MAX_RESPONSE_BYTES = 65536   # of a webhook's answer, what is read: a chatty server cannot exhaust memory
+MAX_SECRET_BYTES = 8192      # a webhook_file
+MAX_EMAILS = 16              # addresses of one email target
+OUTPUT_TAIL_BYTES = 2048     # of a mailer's or notify command's output, what is reported
+MAILER_DIRS = ("/usr/sbin", "/usr/lib")  # where sendmail lives when it is not on a user's PATH
+
 
 # ============================================================================
 # 2. Errors and utilities
@@ -661,13 +678,40 @@ def sbatch_quote(value):
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+# A webhook URL is a password (whoever has it posts to the channel): only its scheme and
+# host are ever shown. The pattern finds URLs in any text autoexp prints or records.
+URL_RE = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)(?:[^/\s@?#]*@)?([^/\s?#\"'<>]*)([^\s\"'<>]*)")
+REDACTED = "***"
+
+
+def redact_url(url):
+    """`https://hooks.example.com/***`: a webhook URL as autoexp ever shows it."""
+    m = URL_RE.search(url or "")
+    if not m:
+        return REDACTED
+    return m.group(1) + m.group(2) + ("/" + REDACTED if m.group(3) not in ("", "/") else "")
+
+
+def redact(text, secrets=()):
+    """text with every URL cut to its scheme and host, and every secret (a URL's path
+    printed alone, say) replaced: what a message, error or output tail may say."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, redact_url(secret))
+            tail = URL_RE.sub(lambda m: m.group(3), secret)
+            if len(tail) > 8:  # a URL's path and query alone are the secret too
+                text = text.replace(tail, "/" + REDACTED)
+    return URL_RE.sub(lambda m: redact_url(m.group(0)), text)
+
+
 # ============================================================================
 # 3. Config and plan
 # ============================================================================
 
 # One table per config section: validation, defaults, --help and SPEC section 2 all come
 # from these (tests/test_spec.py holds SPEC's tables against them).
-TOP_KEYS = ("project", "state_dir", "sweep", "job", "monitoring", "restart", "node_exclusion", "description")
+TOP_KEYS = ("project", "state_dir", "sweep", "job", "monitoring", "restart", "node_exclusion", "notify",
+            "description")
 JOB_KEYS = ("name", "command", "template", "log", "sbatch", "env", "workdir", "array_log",
             "array_max_running")
 LOG_EVENT_KEYS = ("name", "pattern", "mode", "match", "exclude_nodes")
@@ -724,6 +768,30 @@ NODE_EXCLUSION_SCHEMA = (
     Key("max_nodes", "integer", 16, 0, False, MAX_EXCLUDED_NODES,
         help="at most this many nodes excluded at once (0: none); further ones are not"),
 )
+
+# notify (SPEC 5.6): where messages about a sweep go, and which events send one.
+NOTIFY_SCHEMA = (
+    Key("targets", "targets", {}, maximum=MAX_NOTIFY_TARGETS,
+        help="name -> target (below); an `on` rule's notify names one"),
+    Key("events", "events", list(NOTIFY_DEFAULT_EVENTS),
+        help="event kinds that notify every target without its own events"),
+    Key("digest", "bool", False, help="one message per target and pass instead of one per event"),
+    Key("timeout_seconds", "number", 10, 0, True, MAX_NOTIFY_SECONDS,
+        help="one delivery's bound, from connecting to the last byte of the answer"),
+)
+# One target: exactly one of the first five keys says where its messages go.
+NOTIFY_TARGET_SCHEMA = (
+    Key("webhook", "url", None, nullable=True, help="the webhook URL itself (kept in the plan: prefer the next two)"),
+    Key("webhook_env", "string", None, nullable=True, help="an environment variable holding the webhook URL"),
+    Key("webhook_file", "string", None, nullable=True,
+        help="a file holding the webhook URL, readable by its owner only (chmod 600)"),
+    Key("email", "emails", None, nullable=True, help="an address or a list of addresses: mailed by sendmail or mail"),
+    Key("command", "string", None, maximum=MAX_VALUE_CHARS, nullable=True,
+        help="a bash command given the generic JSON payload on stdin"),
+    Key("format", "string", FMT_SLACK, help="a webhook's payload: slack, mattermost or generic"),
+    Key("events", "events", None, nullable=True, help="event kinds for this target (null: notify.events)"),
+)
+NOTIFY_TARGET_KINDS = tuple(k.name for k in NOTIFY_TARGET_SCHEMA[:5])
 
 
 class Policy(NamedTuple):
@@ -976,6 +1044,140 @@ def make_node_exclusion(d):
     return NodeExclusion(tuple(d["on"]), d["scope"],
                          None if d["max_attempts"] is None else int(d["max_attempts"]),
                          None if d["max_hours"] is None else float(d["max_hours"]), int(d["max_nodes"]))
+
+
+EMAIL_RE = re.compile(r"^[A-Za-z0-9_%+][A-Za-z0-9._%+-]{0,63}@[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
+
+
+def notify_event_kinds(monitoring):
+    """The event kinds a notify list may name: the journal's, one `log:<name>` per log_events
+    entry and `log:success` (the termination string's)."""
+    names = ["success"] + [ev["name"] for ev in monitoring["log_events"]]
+    return [k for k in EVENT_KINDS if not k.startswith(EV_LOG_PREFIX)] + [EV_LOG_PREFIX + n for n in names]
+
+
+def _check_event_list(value, key, kinds, c):
+    if not isinstance(value, list) or not all(isinstance(k, str) for k in value):
+        c.fail(key, "must be a list of event kinds, like %s" % json.dumps(list(NOTIFY_DEFAULT_EVENTS)))
+    for k in value:
+        if k not in kinds:
+            c.fail(key, "%r is not an event kind (known: %s)" % (k, ", ".join(kinds)))
+    return list(value)
+
+
+def check_webhook_url(url, key, c):
+    """A webhook URL must be http(s) with a host; an error shows only its scheme and host."""
+    shown = redact_url(url)
+    m = re.match(r"^(https?)://([^/\s?#@]+@)?([^/\s?#]+)", url)
+    if not m or CONTROL_RE.search(url) or re.search(r"\s", url):
+        c.fail(key, "%s is not an http:// or https:// URL with a host" % shown)
+    if m.group(2):
+        c.fail(key, "%s: a user name or password in the URL is not supported" % shown)
+    if len(url) > 2048:
+        c.fail(key, "%s is longer than 2048 characters" % shown)
+    return url
+
+
+def read_webhook_file(path):
+    """The URL a webhook_file holds, refused unless it is a regular file of this user that
+    nobody else can read (a URL is a password): the error says how to fix it."""
+    full = os.path.expanduser(path)
+    try:
+        fd = os.open(full, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    except OSError as e:
+        raise ConfigError("webhook_file %s: %s; write the webhook URL into it and run: chmod 600 %s"
+                          % (path, e.strerror or e, shlex.quote(full)))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError("webhook_file %s is not a regular file" % path)
+        if st.st_uid != os.geteuid():
+            raise ConfigError("webhook_file %s belongs to another user (uid %d); it must be your own file"
+                              % (path, st.st_uid))
+        if st.st_mode & 0o077:
+            raise ConfigError("webhook_file %s can be read by others (mode %04o); a webhook URL is a password: "
+                              "run: chmod 600 %s" % (path, stat.S_IMODE(st.st_mode), shlex.quote(full)))
+        data = os.read(fd, MAX_SECRET_BYTES + 1)
+    finally:
+        os.close(fd)
+    lines = [x.strip() for x in data[:MAX_SECRET_BYTES].decode("utf-8", "replace").splitlines() if x.strip()]
+    if len(data) > MAX_SECRET_BYTES or len(lines) != 1:
+        raise ConfigError("webhook_file %s must hold one line: the webhook URL" % path)
+    return lines[0]
+
+
+def validate_notify(notify, monitoring, c, key="notify"):
+    """Fill defaults into a notify dict and check its targets; secrets stay where they are
+    (an environment variable is read at delivery), but a webhook_file is checked now."""
+    c.obj(notify, key, [k.name for k in NOTIFY_SCHEMA])
+    kinds = notify_event_kinds(monitoring)
+    out = OrderedDict()
+    for spec in NOTIFY_SCHEMA:
+        out[spec.name] = notify.get(spec.name, spec.default)
+        c.key(spec, out[spec.name], key + "." + spec.name)
+    out["events"] = _check_event_list(out["events"], key + ".events", kinds, c)
+    targets = c.obj(out["targets"], key + ".targets", list(out["targets"]))
+    names = [n for n in targets if not n.startswith("_")]
+    if len(names) > MAX_NOTIFY_TARGETS:
+        c.fail(key + ".targets", "has %d targets; at most %d" % (len(names), MAX_NOTIFY_TARGETS))
+    out["targets"] = OrderedDict()
+    for name in names:
+        tkey = "%s.targets.%s" % (key, name)
+        if not SAFE_NAME_RE.match(name):
+            c.fail(tkey, "a target's name must be a safe name (A-Z a-z 0-9 . _ + -)")
+        out["targets"][name] = _validate_target(targets[name], tkey, kinds, c)
+    return out
+
+
+def _validate_target(target, key, kinds, c):
+    c.obj(target, key, [k.name for k in NOTIFY_TARGET_SCHEMA])
+    given = [k for k in NOTIFY_TARGET_KINDS if target.get(k) is not None]
+    if len(given) != 1:
+        c.fail(key, "give exactly one of %s (given: %s)" % (", ".join(NOTIFY_TARGET_KINDS), ", ".join(given) or "none"))
+    out = OrderedDict()
+    for spec in NOTIFY_TARGET_SCHEMA:
+        value = out[spec.name] = target.get(spec.name, spec.default)
+        k = key + "." + spec.name
+        if spec.kind == "url" and value is not None:
+            check_webhook_url(c.string(value, k), k, c)
+        elif spec.kind == "emails" and value is not None:
+            addrs = [value] if isinstance(value, str) else value
+            if not isinstance(addrs, list) or not addrs or len(addrs) > MAX_EMAILS:
+                c.fail(k, "must be an address or a list of 1 to %d addresses" % MAX_EMAILS)
+            for a in addrs:
+                if not isinstance(a, str) or not EMAIL_RE.match(a):
+                    c.fail(k, "%r is not an address autoexp mails to (name@host, no spaces or quotes)" % (a,))
+            out[spec.name] = list(addrs)
+        elif spec.kind == "events" and value is not None:
+            out[spec.name] = _check_event_list(value, k, kinds, c)
+        else:
+            c.key(spec, value, k)
+    if out["format"] not in WEBHOOK_FORMATS:
+        c.fail(key + ".format", "must be one of %s, not %r" % ("/".join(WEBHOOK_FORMATS), out["format"]))
+    if "format" in target and given[0] not in ("webhook", "webhook_env", "webhook_file"):
+        c.fail(key + ".format", "applies to webhooks only")
+    if out["webhook_env"] is not None and not IDENT_RE.match(out["webhook_env"]):
+        c.fail(key + ".webhook_env", "is not an environment variable name")
+    if out["webhook_file"] is not None:
+        try:
+            url = read_webhook_file(out["webhook_file"])
+        except ConfigError as e:
+            c.fail(key + ".webhook_file", str(e))
+        check_webhook_url(url, key + ".webhook_file", c)
+    return out
+
+
+def redacted_config(config):
+    """A copy of a config whose inline webhook URLs show only their scheme and host (the
+    report prints the plan's config)."""
+    targets = ((config or {}).get("notify") or {}).get("targets") or {}
+    if not any(isinstance(t, dict) and t.get("webhook") for t in targets.values()):
+        return config
+    out = json.loads(json.dumps(config), object_pairs_hook=OrderedDict)
+    for t in out["notify"]["targets"].values():
+        if isinstance(t, dict) and isinstance(t.get("webhook"), str):
+            t["webhook"] = redact_url(t["webhook"])
+    return out
 
 
 class Monitoring(namedtuple("_Monitoring", [k.name for k in MONITORING_SCHEMA])):
@@ -1572,6 +1774,8 @@ def resolve_config(raw, source, overrides):
     config["monitoring"] = mon
     config["restart"] = validate_restart(config.get("restart", OrderedDict()), mon, c)
     config["node_exclusion"] = validate_node_exclusion(config.get("node_exclusion", OrderedDict()), mon, c)
+    if "notify" in config:  # absent: no targets (a plan's manifest says only what was given)
+        config["notify"] = validate_notify(config["notify"], mon, c)
     expand_sweep(config.get("sweep"), c)  # fail early on a bad sweep
     return config
 
@@ -7804,7 +8008,7 @@ def render_report(s, plan, events, events_total, now):
         out.append("<p>The plan's manifest could not be read: %s</p>" % e(s.manifest_path))
     else:
         out.append("<p>Plan %s, manifest %s</p><pre>%s</pre>" % (
-            e(plan.plan_id), e(plan.manifest_path), e(json.dumps(plan.config, indent=2, sort_keys=True))))
+            e(plan.plan_id), e(plan.manifest_path), e(json.dumps(redacted_config(plan.config), indent=2, sort_keys=True))))
     out.append("</body></html>")
     return "\n".join(out) + "\n"
 

@@ -1167,6 +1167,13 @@ def _validate_target(target, key, kinds, c):
     return out
 
 
+def make_notify(d):
+    """A session's notify config with its defaults; a plan without one has no targets."""
+    if d is None:
+        return validate_notify(OrderedDict(), {"log_events": []}, _Checker("notify"))
+    return d
+
+
 def redacted_config(config):
     """A copy of a config whose inline webhook URLs show only their scheme and host (the
     report prints the plan's config)."""
@@ -4811,6 +4818,106 @@ def next_wait(live_sessions, ok, unknown_failures, interval=None):
         return wait
     cap = max(wait, min(s.monitoring.unknown_backoff_max_seconds for s in live_sessions))
     return backoff(wait, min(unknown_failures, UNKNOWN_BACKOFF_DOUBLINGS) + 1, cap)
+
+
+# -- notifications: who hears of an event, and what the message says (SPEC 5.6) ---------
+
+def notify_targets(notify, kind):
+    """The targets an event of this kind notifies by `notify.events` (or a target's own
+    `events`); an `on` rule may name a target for any event besides."""
+    return [name for name, t in notify["targets"].items()
+            if kind in (notify["events"] if t["events"] is None else t["events"])]
+
+
+def _event_key(ev):
+    return (ev.get("session"), ev.get("seq")) if ev.get("seq") is not None else json.dumps(ev, sort_keys=True)
+
+
+def notify_batches(items, digest):
+    """One pass's notifications as messages: items are (target, event) pairs in the order
+    the events happened; the answer is [(target, [events])], one message per pair, or with
+    digest one per target holding all its events (targets in the order of their first
+    event). An event given twice to one target (by notify.events and an `on` rule) is sent once."""
+    seen, out, by_target = set(), [], {}
+    for target, ev in items:
+        key = (target, _event_key(ev))
+        if key in seen:
+            continue
+        seen.add(key)
+        if not digest:
+            out.append((target, [ev]))
+        elif target in by_target:
+            by_target[target].append(ev)
+        else:
+            by_target[target] = [ev]
+            out.append((target, by_target[target]))
+    return out
+
+
+def _event_text(ev):
+    kind, mode, detail = str(ev.get("event") or "event"), ev.get("mode"), ev.get("detail")
+    what = kind + (" %s" % mode if mode and str(mode) not in kind and str(mode) not in str(detail or "") else "")
+    attempt = " #%s" % ev["attempt"] if ev.get("attempt") is not None else ""
+    job_id = " (%s)" % ev["job_id"] if ev.get("job_id") else ""
+    line = "%s%s%s %s%s" % (ev.get("job") or "-", attempt, job_id, what, ": %s" % detail if detail else "")
+    line = CONTROL_RE.sub(" ", line)
+    return line if len(line) <= 500 else line[:497] + "..."
+
+
+def notify_subject(session_id, events):
+    """`autoexp SESSION: JOB #N (ID) event mode` for one event, `autoexp SESSION: N events:
+    2 finalized, 1 stopped` for several."""
+    if len(events) == 1:
+        return "autoexp %s: %s" % (session_id, _event_text(events[0]).split(": ", 1)[0])
+    kinds = OrderedDict()
+    for ev in events:
+        kind = CONTROL_RE.sub(" ", str(ev.get("event") or "event"))
+        kinds[kind] = kinds.get(kind, 0) + 1
+    return "autoexp %s: %d events: %s" % (session_id, len(events),
+                                          ", ".join("%d %s" % (n, k) for k, n in kinds.items()))
+
+
+def notify_lines(events):
+    """One line per event, at most MAX_NOTIFY_LINES of them, then how many more there were."""
+    lines = [_event_text(ev) for ev in events[:MAX_NOTIFY_LINES]]
+    if len(events) > MAX_NOTIFY_LINES:
+        lines.append("... and %d more event(s) (autoexp history shows every attempt)"
+                     % (len(events) - MAX_NOTIFY_LINES))
+    return lines
+
+
+def notify_payload(fmt, target, session_id, events):
+    """The JSON body of a webhook: Slack's and Mattermost's `{"text": ...}` (the event lines
+    in a code block, so that a job name's `_` or `*` is not markup), or the generic
+    document with the events themselves."""
+    subject, lines = notify_subject(session_id, events), notify_lines(events)
+    if fmt == FMT_GENERIC:
+        return OrderedDict([("source", "autoexp"), ("session", session_id), ("target", target),
+                            ("subject", subject), ("text", "\n".join([subject] + lines)),
+                            ("count", len(events)), ("events", list(events[:MAX_NOTIFY_EVENTS]))])
+    block = "\n".join(lines).replace("```", "'''")
+    text = "%s\n```\n%s\n```" % (subject, block)
+    if fmt == FMT_SLACK:  # Slack's three control characters, escaped as its docs ask
+        return OrderedDict([("text", text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;"))])
+    return OrderedDict([("text", text), ("username", "autoexp")])
+
+
+def http_verdict(status):
+    """A webhook's HTTP status as _notify's exit: 2xx delivered; 408, 425, 429 and 5xx worth
+    another try; anything else (4xx, a redirect autoexp does not follow) permanent."""
+    if 200 <= status < 300:
+        return NOTIFY_DELIVERED
+    if status in (408, 425, 429) or 500 <= status < 600:
+        return NOTIFY_RETRY
+    return NOTIFY_PERMANENT
+
+
+def exit_verdict(returncode, timed_out):
+    """A mailer's or notify command's exit as _notify's: 0 delivered; a timeout or 75
+    (EX_TEMPFAIL, sendmail's "try again later") worth another try; anything else permanent."""
+    if timed_out or returncode == NOTIFY_RETRY:
+        return NOTIFY_RETRY
+    return NOTIFY_DELIVERED if returncode == 0 else NOTIFY_PERMANENT
 
 
 # ============================================================================

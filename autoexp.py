@@ -5757,6 +5757,178 @@ def last_journal_seq(path):
 
 
 
+# -- notification delivery: the one place autoexp talks to the network (SPEC 5.6) -------
+# One delivery of one message, bounded in time, for `_notify` (which the effect engine
+# runs in its worker: retries, backoff and exactly-once are the engine's).
+
+class Delivery(NamedTuple):
+    code: int  # NOTIFY_DELIVERED, NOTIFY_RETRY or NOTIFY_PERMANENT
+    message: str  # what happened, redacted: it ends up in the job's history
+
+
+def webhook_url(target, env):
+    """The URL of a webhook target: given, or read from its environment variable or file."""
+    if target.get("webhook"):
+        return target["webhook"]
+    if target.get("webhook_env"):
+        url = env.get(target["webhook_env"], "").strip()
+        if not url:
+            raise ConfigError("environment variable %s (webhook_env) is not set here; a cron job has only "
+                              "what the crontab sets: set it there, or use webhook_file" % target["webhook_env"])
+    else:
+        url = read_webhook_file(target["webhook_file"])
+    check_webhook_url(url, "webhook", _Checker("notify target"))
+    return url
+
+
+def _post(url, body, timeout):
+    import http.client
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args, **kwargs):
+            return None  # a redirect is answered as the HTTPError it is: data never goes elsewhere
+
+    req = urllib.request.Request(url, data=body, method="POST", headers={
+        "Content-Type": "application/json; charset=utf-8", "User-Agent": "autoexp/" + __version__})
+    where = "POST to %s" % redact_url(url)
+    try:
+        resp = urllib.request.build_opener(NoRedirect).open(req, timeout=timeout)
+        try:
+            status, answer = resp.getcode(), resp.read(MAX_RESPONSE_BYTES)
+        finally:
+            resp.close()
+    except urllib.error.HTTPError as e:
+        status, answer = e.code, b""
+        try:
+            answer = e.read(MAX_RESPONSE_BYTES)
+        except (OSError, http.client.HTTPException):
+            pass
+        e.close()
+    except urllib.error.URLError as e:
+        reason = e.reason
+        if isinstance(reason, ssl.SSLError) and "CERTIFICATE_VERIFY_FAILED" in str(reason):
+            return Delivery(NOTIFY_PERMANENT, "%s: the server's certificate is not trusted: %s" % (where, reason))
+        if isinstance(reason, OSError):
+            return Delivery(NOTIFY_RETRY, "%s: cannot connect: %s" % (where, getattr(reason, "strerror", None) or reason))
+        return Delivery(NOTIFY_PERMANENT, "%s: %s" % (where, reason))
+    except (OSError, http.client.HTTPException) as e:  # a read timing out, a connection cut
+        return Delivery(NOTIFY_RETRY, "%s: %s" % (where, str(e) or type(e).__name__))
+    except ValueError as e:
+        return Delivery(NOTIFY_PERMANENT, "%s: %s" % (where, e))
+    said = first_line(answer.decode("utf-8", "replace"))[:200]
+    return Delivery(http_verdict(status), "%s: HTTP %d%s" % (where, status, ": " + said if said else ""))
+
+
+def post_webhook(url, body, timeout):
+    """POST body to url; never longer than timeout. urllib's timeout bounds each connect and
+    read, not a name lookup nor a server that answers a byte at a time, so the request runs
+    in a daemon thread given up after timeout (`_notify` then exits: the thread ends with it)."""
+    import threading
+    box = []
+
+    def send():
+        try:
+            box.append(_post(url, body, timeout))
+        except Exception as e:  # never a traceback from the thread: an answer, retryable
+            box.append(Delivery(NOTIFY_RETRY, "POST to %s: %s" % (redact_url(url), type(e).__name__)))
+
+    thread = threading.Thread(target=send, name="autoexp-webhook")
+    thread.daemon = True
+    thread.start()
+    thread.join(timeout)
+    if not box:
+        return Delivery(NOTIFY_RETRY, "POST to %s: no answer within %gs" % (redact_url(url), timeout))
+    return box[0]
+
+
+def run_bounded(argv, data, timeout, env=None):
+    """Run argv (no shell) with data on stdin for at most timeout seconds (its process group
+    killed then); returns (returncode or None, timed_out, the last bytes of its output)."""
+    import subprocess
+    import tempfile
+    with tempfile.TemporaryFile() as out:  # a file, not a pipe: any amount of output, no deadlock
+        try:
+            proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                    close_fds=True, start_new_session=True)
+        except OSError as e:
+            return None, False, "cannot run %s: %s" % (argv[0], e.strerror or e)
+        timed_out = False
+        try:
+            proc.communicate(data, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except OSError:
+                pass
+            proc.wait()
+        size = out.seek(0, os.SEEK_END)
+        out.seek(max(0, size - OUTPUT_TAIL_BYTES))
+        return proc.returncode, timed_out, out.read().decode("utf-8", "replace").strip()
+
+
+def find_mailer(path_env):
+    """("sendmail" or "mail", its path): sendmail on PATH or in /usr/sbin, /usr/lib, else mail."""
+    dirs = [d for d in (path_env or "").split(os.pathsep) if d] + list(MAILER_DIRS)
+    for name in ("sendmail", "mail"):
+        for d in dirs:
+            path = os.path.join(d, name)
+            if os.path.isfile(path) and os.access(path, os.X_OK):
+                return name, path
+    return None, None
+
+
+def _ran(what, rc, timed_out, tail, timeout):
+    if rc is None:
+        return Delivery(NOTIFY_PERMANENT, tail)
+    code = exit_verdict(rc, timed_out)
+    said = "timed out after %gs" % timeout if timed_out else "exit %d" % rc
+    return Delivery(code, "%s: %s%s" % (what, said, "; output: " + tail[-OUTPUT_TAIL_BYTES:] if tail else ""))
+
+
+def deliver(name, target, session_id, events, timeout, env=None):
+    """Send events to one target as one message; a Delivery whose message shows no URL whole."""
+    env = dict(os.environ if env is None else env)
+    subject = notify_subject(session_id, events)
+    secrets = []
+    try:
+        if target.get("email"):
+            kind, path = find_mailer(env.get("PATH"))
+            if path is None:
+                return Delivery(NOTIFY_PERMANENT, "target %s: neither sendmail nor mail is installed here (looked on "
+                                "PATH and in %s); use a webhook or command target" % (name, ", ".join(MAILER_DIRS)))
+            text = "\n".join([subject, ""] + notify_lines(events)) + "\n"
+            if kind == "sendmail":
+                import email.message
+                msg = email.message.EmailMessage()
+                msg["To"], msg["Subject"], msg["Auto-Submitted"] = ", ".join(target["email"]), subject, "auto-generated"
+                msg.set_content(text)
+                argv, data = [path, "-t", "-oi"], msg.as_bytes()
+            else:
+                argv, data = [path, "-s", subject] + list(target["email"]), text.encode("utf-8")
+            d = _ran("%s to %s" % (kind, ", ".join(target["email"])), *run_bounded(argv, data, timeout, env),
+                     timeout=timeout)
+        elif target.get("command"):
+            payload = notify_payload(FMT_GENERIC, name, session_id, events)
+            env.update(AUTOEXP_SESSION=session_id, AUTOEXP_NOTIFY_TARGET=name, AUTOEXP_NOTIFY_SUBJECT=subject,
+                       AUTOEXP_NOTIFY_COUNT=str(len(events)))
+            d = _ran("command of target %s" % name,
+                     *run_bounded(["bash", "-c", target["command"]], json.dumps(payload).encode("utf-8"), timeout, env),
+                     timeout=timeout)
+        else:
+            url = webhook_url(target, env)
+            secrets.append(url)
+            body = json.dumps(notify_payload(target.get("format") or FMT_SLACK, name, session_id, events),
+                              ensure_ascii=True).encode("ascii")
+            d = post_webhook(url, body, timeout)
+    except ConfigError as e:
+        d = Delivery(NOTIFY_PERMANENT, "target %s: %s" % (name, e))
+    return Delivery(d.code, redact(d.message, secrets))
+
+
 # ============================================================================
 # 9. Controller: the imperative shell
 # ============================================================================
@@ -8138,6 +8310,62 @@ def cmd_report(args, rt):
     return EXIT_OK
 
 
+# -- _notify: one delivery, for the effect engine's worker ---------------------------------
+
+def read_notify_events(stream):
+    """The JSON list of events on stdin (one object is a list of one), bounded."""
+    raw = stream.read(MAX_NOTIFY_INPUT + 1)
+    if len(raw) > MAX_NOTIFY_INPUT:
+        raise ConfigError("more than %d MiB of events on stdin" % (MAX_NOTIFY_INPUT >> 20))
+    try:
+        events = loads_json(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
+    except ValueError as e:
+        raise ConfigError("stdin is not a JSON list of events: %s" % e)
+    events = [events] if isinstance(events, dict) else events
+    if not isinstance(events, list) or not all(isinstance(ev, dict) for ev in events):
+        raise ConfigError("stdin must be a JSON list of event objects")
+    return events
+
+
+def session_notify(store, ref):
+    """A session's notify config, read from its header alone (no lock, no jobs)."""
+    path = store.resolve(ref)
+    try:
+        with open(path, "rb") as f:
+            doc = loads_json(f.read().decode("utf-8"))
+    except (OSError, ValueError) as e:
+        raise StateError("cannot read session %s: %s" % (path, getattr(e, "strerror", None) or e))
+    if not isinstance(doc, dict) or not isinstance(doc.get("config"), dict):
+        raise StateError("%s is not a session file" % path)
+    return doc.get("session_id") or ref, make_notify(doc["config"].get("notify"))
+
+
+def cmd_notify(args, rt, stdin=None):
+    """`_notify` (hidden): deliver the events on stdin to one target as one message. Exit 0
+    delivered, 75 worth another try, 1 not (SPEC 5.6); what it says is redacted."""
+    try:
+        session_id, notify = session_notify(store_for(args, args.session), args.session)
+        target = notify["targets"].get(args.target)
+        if target is None:
+            raise ConfigError("session %s has no notify target %r (targets: %s)" % (
+                session_id, args.target, ", ".join(notify["targets"]) or "none"))
+        events = read_notify_events(stdin or getattr(sys.stdin, "buffer", sys.stdin))
+    except AutoexpError as e:
+        rt.report.error(redact(str(e)))
+        return NOTIFY_PERMANENT
+    if not events:
+        rt.report.info("nothing to send to %s: no events" % args.target)
+        return NOTIFY_DELIVERED
+    d = deliver(args.target, target, session_id, events, float(notify["timeout_seconds"]))
+    if d.code == NOTIFY_DELIVERED:
+        rt.report.result("delivered %d event(s) to %s: %s" % (len(events), args.target, d.message))
+    else:
+        rt.report.error("%s %d event(s) to %s: %s" % (
+            "could not deliver (will be retried)" if d.code == NOTIFY_RETRY else "could not deliver",
+            len(events), args.target, d.message))
+    return d.code
+
+
 # -- the parser and main -----------------------------------------------------------
 
 def positive_seconds(text):
@@ -8277,6 +8505,12 @@ def build_parser():
                    "stopped or cancelled")
     p = add("unarchive", cmd_unarchive, "move an archived session back into the state folder")
     p.add_argument("--session", metavar="ID", required=True)
+    # hidden (no help= in the list): what the effect engine's worker runs for a notification
+    p = sub.add_parser("_notify", parents=[common], description="deliver the JSON events on stdin to one "
+                       "notify target as one message; exit 0 delivered, 75 try again, 1 not deliverable")
+    p.set_defaults(func=cmd_notify)
+    p.add_argument("--session", metavar="ID|PATH", required=True)
+    p.add_argument("--target", metavar="NAME", required=True)
     return parser
 
 

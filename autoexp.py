@@ -680,7 +680,8 @@ def sbatch_quote(value):
 
 # A webhook URL is a password (whoever has it posts to the channel): only its scheme and
 # host are ever shown. The pattern finds URLs in any text autoexp prints or records.
-URL_RE = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)(?:[^/\s@?#]*@)?([^/\s?#\"'<>]*)([^\s\"'<>]*)")
+URL_RE = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)(?:[^/\s@?#]*@)?([^/\s?#\"'<>]*)"
+                    r"((?:[/?#](?:[^\s\"'<>]*[^\s\"'<>.,:;!?)\]])?)?)")  # a sentence's final ':' or '.' is not the URL's
 REDACTED = "***"
 
 

@@ -22,10 +22,12 @@ sections come in dependency order (a section uses only the ones above it):
                         job, and how it reads and writes as JSON (no I/O)
    7. Decisions         the functional core: what happens to a job is decided here, by
                         pure functions over records (observe, classify, decide, the
-                        adopt/replace/submit moves, sbatch failures, cancel resends),
+                        adopt/replace/submit moves, sbatch failures, cancel resends,
+                        who is notified and what the message says),
                         each tested from a table (tests/test_decisions.py)
    8. State store       where state is written: the session file, its lock, the event
-                        journal, action payloads, cancel requests
+                        journal, action payloads, cancel requests; then notification
+                        delivery (webhook POST, mail, command), each bounded in time
    9. Controller        the imperative shell: gathers observations, applies decisions,
                         performs the I/O (sbatch, scancel, log reads, saves) and reports
   10. CLI               argparse commands; main() turns errors into "Error: ..." and an

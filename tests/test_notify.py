@@ -485,3 +485,30 @@ def test_long_digest_is_cut_to_bounded_text():
     long = dict(A, detail="x" * 5000 + "\x1b[31m")
     assert len(autoexp.notify_lines([long])[0]) == 500
     assert "\x1b" not in autoexp.notify_lines([dict(A, detail="a\x1b[31mb\nc")])[0]
+
+
+# -- end to end: a sweep's own journal events, delivered ----------------------------------------
+
+@pytest.mark.slow
+def test_sweep_events_from_the_journal_reach_the_webhook(project, hook):
+    """A sweep run on the fake SLURM; its journal's events of notify.events, grouped as a
+    digest by notify_targets/notify_batches, go out through _notify as one POST."""
+    cfg = helpers.sweep_config("nt", "echo seed {seed}; echo TRAINING FINISHED", (1, 2), {"lost_after_seconds": 15})
+    cfg["notify"] = {"digest": True, "targets": {"team": {"webhook_env": "AX_TEAM_HOOK", "format": "generic"},
+                                                "quiet": {"command": "true", "events": ["blocked"]}}}
+    project.ok("run", project.config(cfg), "--plan-id", "nt")
+    notify = autoexp.make_notify(project.state("nt")["config"]["notify"])
+    journal = helpers.read_events(project.state_dir, "nt")
+    items = [(t, ev) for ev in journal for t in autoexp.notify_targets(notify, ev["event"])]
+    batches = autoexp.notify_batches(items, notify["digest"])
+    assert [(t, sorted(ev["job"] for ev in evs)) for t, evs in batches] == [("team", ["nt-s1", "nt-s2"])]
+    rc, out, err, _ = notify_cli(project.state_dir, "team", batches[0][1],
+                                 env={"AX_TEAM_HOOK": hook.url("ok/team")}, session="nt")
+    assert rc == 0, err
+    assert len(hook.requests) == 1
+    body = hook.requests[0][2]
+    assert body["session"] == "nt" and body["count"] == 2
+    assert sorted((ev["job"], ev["event"]) for ev in body["events"]) == [("nt-s1", "finalized"),
+                                                                          ("nt-s2", "finalized")]
+    assert body["subject"] == "autoexp nt: 2 events: 2 finalized"
+    no_secret(out, err)

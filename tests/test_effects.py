@@ -275,20 +275,24 @@ def test_cron_pass_ends_while_the_command_runs_next_pass_records_it(project, fak
 
 @pytest.mark.slow
 def test_notify_rule_runs_the_notify_command_with_the_events_on_stdin(project, fake):
-    cfg = sweep(project, [{"event": "finalized", "notify": "team", "retries": 0}], seeds=(1,))
-    project.ok("run", cfg, "--plan-id", "nt")
-    (e,) = effects(project, "nt", "ef-s1")
-    assert (e["kind"], e["target"]) == ("notify", "team")
+    cfg = helpers.sweep_config("ef", "echo TRAINING FINISHED", (1,), {"lost_after_seconds": 15})
+    cfg["notify"] = {"targets": {"team": {"command": "cat > notified.json"}}, "events": []}
+    cfg["on"] = [{"event": "finalized", "notify": "team", "retries": 0},
+                 {"event": "finalized", "notify": "nobody", "retries": 3}]  # no such target: permanent
+    project.ok("run", project.config(cfg), "--plan-id", "nt")
+    sent, failed = effects(project, "nt", "ef-s1")
+    assert (sent["kind"], sent["target"], sent["state"], sent["exit"]) == ("notify", "team", "done", 0)
     folder = os.path.join(project.state_dir, "effects", "nt")
-    with open(os.path.join(folder, e["id"] + ".1.spec.json")) as f:
+    with open(os.path.join(folder, sent["id"] + ".1.spec.json")) as f:
         spec = json.load(f)
     assert spec["argv"][1:4] == ["-c", autoexp.EFFECT_BOOT, os.path.dirname(os.path.abspath(autoexp.__file__))]
     assert spec["argv"][4:] == ["_notify", "--state-dir", project.state_dir, "--session", "nt", "--target", "team"]
     events = json.loads(spec["stdin"])
     assert [(x["event"], x["job"], x["session"]) for x in events] == [("finalized", "ef-s1", "nt")]
-    # until `_notify` exists the worker's command is refused (exit 2: a permanent failure)
-    if e["state"] == "failed":
-        assert kinds(project, "nt")[-1] == ("ef-s1", "notify_failed")
+    with open(os.path.join(project.root, "notified.json")) as f:
+        assert "ef-s1" in f.read()  # delivered by the target's command
+    assert (failed["state"], failed["try"]) == ("failed", 1)  # a permanent failure is not retried
+    assert sorted(kinds(project, "nt")) == [("ef-s1", "notify_failed"), ("ef-s1", "notify_sent")]
 
 
 # -- crashes at the engine's crash points ---------------------------------------------------

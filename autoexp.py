@@ -344,6 +344,8 @@ NOTIFY_DELIVERED, NOTIFY_PERMANENT, NOTIFY_RETRY = 0, 1, 75  # 75: EX_TEMPFAIL, 
 NOTIFY_EXITS = (NOTIFY_DELIVERED, NOTIFY_PERMANENT, NOTIFY_RETRY)
 NOTIFY_DEFAULT_EVENTS = ("finalized", "stopped", "blocked")  # what a job's watcher wants to hear of
 MAX_NOTIFY_TARGETS = 32
+MAX_DIGEST_EVENTS = 1000     # events one digest message carries; later ones start the next
+NOTIFY_START_SECONDS = 30    # a notification worker's time beyond its deliveries (starting Python)
 MAX_NOTIFY_SECONDS = 300.0   # notify.timeout_seconds: one delivery, connect to last byte
 MAX_NOTIFY_INPUT = 4 << 20   # the events `_notify` reads on stdin
 MAX_NOTIFY_LINES = 50        # event lines in one message's text; the rest are counted
@@ -822,6 +824,10 @@ NOTIFY_SCHEMA = (
     Key("digest", "bool", False, help="one message per target and pass instead of one per event"),
     Key("timeout_seconds", "number", 10, 0, True, MAX_NOTIFY_SECONDS,
         help="one delivery's bound, from connecting to the last byte of the answer"),
+    Key("retries", "integer", 5, 0, False, MAX_EFFECT_RETRIES,
+        help="deliveries after a first that failed and may succeed later (timeout, refused, 5xx, 429)"),
+    Key("backoff_seconds", "number", 30, 0, False, 86400,
+        help="wait before the first such retry; doubles each time"),
 )
 # One target: exactly one of the first five keys says where its messages go.
 NOTIFY_TARGET_SCHEMA = (
@@ -1106,6 +1112,10 @@ def _check_event_list(value, key, kinds, c):
     for k in value:
         if k not in kinds:
             c.fail(key, "%r is not an event kind (known: %s)" % (k, ", ".join(kinds)))
+        if k.startswith("notify_"):
+            # a notification about a notification would set itself off without end
+            c.fail(key, "%r: a notification's own events notify nobody (an `on` rule with `run` may act on "
+                   "them)" % k)
     return list(value)
 
 
@@ -1693,6 +1703,13 @@ def rules_for_event(rules, kind, job_name):
     return hits
 
 
+def notify_targets(notify, kind):
+    """The targets an event of this kind notifies by `notify.events` (or a target's own
+    `events`); an `on` rule may name a target for any event besides."""
+    return [name for name, t in notify["targets"].items()
+            if kind in (notify["events"] if t["events"] is None else t["events"])]
+
+
 def expand_sweep(sweep, c):
     """The sweep as a list of parameter dicts: a grid (cartesian product) or an explicit list."""
     if sweep is None:
@@ -1932,6 +1949,11 @@ def resolve_config(raw, source, overrides):
     if "on" in config:
         params = sorted(set(k for point in points for k in point))
         config["on"] = validate_on(config["on"], params, mon["log_events"], c)
+        targets = (config.get("notify") or {}).get("targets") or {}
+        for i, rule in enumerate(config["on"]):
+            if rule.get("notify") is not None and rule["notify"] not in targets:
+                c.fail("on[%d].notify" % i, "%r is not a target of notify.targets (%s)" % (
+                    rule["notify"], ", ".join(targets) or "none is defined"))
     return config
 
 
@@ -3559,7 +3581,9 @@ JOB_FIELDS = (
 # One effect of an `on` rule (SPEC 5.8), as job.effects keeps it: set off by `event` (its
 # journal record), run as tries 1, 2, ... of which `try` is the current one.
 EFFECT_KEYS = ("id", "rule", "kind", "target", "event", "state", "try", "spawns", "next_at", "started_at",
-               "ended_at", "exit", "timed_out", "tail", "error", "command", "tries")
+               "ended_at", "exit", "timed_out", "tail", "error", "command", "tries", "events")
+# The `rule` of a notification that notify.events (not an `on` rule) sets off.
+NOTIFY_RULE = "notify"
 
 
 class Job(Record):
@@ -3645,7 +3669,8 @@ class Session(Record):
     __slots__ = tuple(f.name for f in SESSION_FIELDS) + (
         "jobs", "path", "plan", "journal_seq", "_monitoring", "_policies", "_matcher", "_by_name",
         "digests", "touched", "header_dirty", "persisted_seq", "snapshot_bytes", "delta_bytes", "unwritten",
-        "stable", "written_at", "snapshot_batch", "header_events", "_node_exclusion", "run_monitoring")
+        "stable", "written_at", "snapshot_batch", "header_events", "_node_exclusion", "run_monitoring",
+        "_notify", "open_digests")
 
     def __init__(self, path, jobs=(), **fields):
         Record.__init__(self, **fields)
@@ -3664,6 +3689,8 @@ class Session(Record):
         self.snapshot_batch, self.header_events = self.batch, 0  # what the header on disk says
         self.persisted_seq, self.snapshot_bytes, self.delta_bytes = self.event_seq, 0, 0
         self.unwritten = None  # actions whose payload is not written yet (None: not looked for yet)
+        self._notify = None
+        self.open_digests = {}  # notify.digest: target -> (job, effect) still taking this pass's events
 
     def touch(self, job):
         """job may change: the next save compares it with what the files hold."""
@@ -3764,6 +3791,13 @@ class Session(Record):
     def on_rules(self):
         return self.config.get("on") or ()
 
+    @property
+    def notify(self):
+        """notify's targets and routing; None when the plan has no targets."""
+        if self._notify is None:
+            self._notify = self.config.get("notify") or {}
+        return self._notify if self._notify.get("targets") else None
+
     def add_event(self, job, att, event, now, mode=None, detail=None):
         """Record an event in the outbox; the journal gets it right after the next save."""
         self.event_seq += 1
@@ -3779,11 +3813,35 @@ class Session(Record):
             job.last_event = event
         job.last_updated = now
         self.touch(job)
+        named = set()
         if self.on_rules:
             # the effect's intent is in the same state write as its event: neither is saved without the other
             for index, rule in rules_for_event(self.on_rules, event, job.name):
                 job.effects = list(job.effects) + [new_effect(job.name, rec, index, rule)]
+                named.add(rule.get("notify"))
+        if self.notify is not None:
+            for target in notify_targets(self.notify, event):
+                if target not in named:  # an `on` rule notifies it of this event already
+                    self._route(job, rec, target)
         return rec
+
+    def _route(self, job, rec, target):
+        """A notification of notify.events: an effect of its own, or with notify.digest the
+        event joins the one this pass opened for the target, until that one is started."""
+        if self.notify.get("digest"):
+            owner = self.open_digests.get(target)
+            if owner is not None:
+                eff = owner[1]
+                if eff["state"] == EFF_INTENT and eff["spawns"] == 0 and eff["try"] == 1 \
+                        and len(eff["events"]) < MAX_DIGEST_EVENTS:
+                    eff["events"] = list(eff["events"]) + [_times_to_json(rec)]
+                    self.touch(owner[0])
+                    return
+        eff = new_effect(job.name, rec, NOTIFY_RULE, {"notify": target})
+        if self.notify.get("digest"):
+            eff["events"] = [_times_to_json(rec)]
+            self.open_digests[target] = (job, eff)
+        job.effects = list(job.effects) + [eff]
 
     def add_action(self, job, att, action, mode, reason, now):
         stamp = iso_time(now).replace("-", "").replace(":", "")  # 20261129T082433.123Z
@@ -3847,11 +3905,11 @@ def new_effect(job_name, event, index, rule):
     """The intent of an `on` rule's effect for one event: its id follows from the job, the
     event's seq and the rule's index, so one event never has two of the same rule's."""
     return OrderedDict([
-        ("id", "%s.%d.%d" % (job_name, event["seq"], index)), ("rule", index),
+        ("id", "%s.%d.%s" % (job_name, event["seq"], index)), ("rule", index),
         ("kind", EFFECT_RUN if rule.get("run") is not None else EFFECT_NOTIFY), ("target", rule.get("notify")),
         ("event", _times_to_json(event)), ("state", EFF_INTENT), ("try", 1), ("spawns", 0), ("next_at", None),
         ("started_at", None), ("ended_at", None), ("exit", None), ("timed_out", False), ("tail", None),
-        ("error", None), ("command", None), ("tries", [])])
+        ("error", None), ("command", None), ("tries", []), ("events", None)])
 
 
 def effect_label(eff):
@@ -5115,13 +5173,6 @@ def effect_verdict(kind, tried, outcome, rule, now):
     state = EFF_INTERRUPTED if outcome == TRY_INTERRUPTED else EFF_FAILED
     return EffectVerdict(state, None, final[state], tried)
 # -- notifications: who hears of an event, and what the message says (SPEC 5.6) ---------
-
-def notify_targets(notify, kind):
-    """The targets an event of this kind notifies by `notify.events` (or a target's own
-    `events`); an `on` rule may name a target for any event besides."""
-    return [name for name, t in notify["targets"].items()
-            if kind in (notify["events"] if t["events"] is None else t["events"])]
-
 
 def _event_key(ev):
     return (ev.get("session"), ev.get("seq")) if ev.get("seq") is not None else json.dumps(ev, sort_keys=True)
@@ -7516,6 +7567,14 @@ class Controller(object):
 
     @staticmethod
     def _effect_rule(s, eff):
+        if eff["rule"] == NOTIFY_RULE:
+            if s.notify is None or eff["target"] not in s.notify["targets"]:
+                return None
+            # one delivery is bounded by notify.timeout_seconds; the worker also starts Python
+            rule = OrderedDict(ON_DEFAULTS)
+            rule.update(notify=eff["target"], timeout_seconds=2 * s.notify["timeout_seconds"] + NOTIFY_START_SECONDS,
+                        retries=s.notify.get("retries", 5), backoff_seconds=s.notify.get("backoff_seconds", 30))
+            return rule
         rules = s.on_rules
         return rules[eff["rule"]] if isinstance(eff["rule"], int) and 0 <= eff["rule"] < len(rules) else None
 
@@ -7547,7 +7606,7 @@ class Controller(object):
             argv = [sys.executable or "python3", "-c", EFFECT_BOOT, module_home(), "_notify",
                     "--state-dir", os.path.abspath(self.store.root), "--session", s.session_id,
                     "--target", eff["target"]]
-            stdin = [event]
+            stdin = list(eff["events"] or [event])
         workdir = getattr(s.plan, "workdir", None) or self.store.root
         return OrderedDict([("argv", argv), ("cwd", workdir), ("env", env), ("timeout", rule["timeout_seconds"]),
                             ("stdin", json.dumps(stdin, sort_keys=True))])
@@ -7560,7 +7619,8 @@ class Controller(object):
         rule = self._effect_rule(s, eff)
         try:
             if rule is None:
-                raise ConfigError("its `on` rule %s is no longer in the session's config" % eff["rule"])
+                raise ConfigError("its `on` rule %s (or notify target %s) is no longer in the session's config"
+                                  % (eff["rule"], eff["target"]))
             spec = self._effect_spec(s, job, eff, rule)
         except ConfigError as e:
             eff["error"] = str(e)[:MAX_REASON_CHARS * 2]

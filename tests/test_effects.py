@@ -276,9 +276,10 @@ def test_cron_pass_ends_while_the_command_runs_next_pass_records_it(project, fak
 @pytest.mark.slow
 def test_notify_rule_runs_the_notify_command_with_the_events_on_stdin(project, fake):
     cfg = helpers.sweep_config("ef", "echo TRAINING FINISHED", (1,), {"lost_after_seconds": 15})
-    cfg["notify"] = {"targets": {"team": {"command": "cat > notified.json"}}, "events": []}
+    cfg["notify"] = {"targets": {"team": {"command": "cat > notified.json"},
+                                 "broken": {"command": "echo refused >&2; exit 1"}}, "events": []}
     cfg["on"] = [{"event": "finalized", "notify": "team", "retries": 0},
-                 {"event": "finalized", "notify": "nobody", "retries": 3}]  # no such target: permanent
+                 {"event": "finalized", "notify": "broken", "retries": 3}]  # exit 1: permanent
     project.ok("run", project.config(cfg), "--plan-id", "nt")
     sent, failed = effects(project, "nt", "ef-s1")
     assert (sent["kind"], sent["target"], sent["state"], sent["exit"]) == ("notify", "team", "done", 0)

@@ -279,6 +279,8 @@ MAX_CONFIG_BYTES = 16 << 20  # a config larger than this is refused before it is
 MAX_VALUE_CHARS = 4096       # a sweep value, a termination string, a log_events pattern
 MAX_LOG_EVENTS = 100         # log_events entries
 MAX_EXTRA_LOGS = 8           # monitoring.extra_logs entries (job.sbatch.error's file comes on top)
+MAX_CAPTURES = 16            # distinct named groups over all log_events patterns (captured values)
+MAX_CAPTURE_CHARS = 1024     # of each captured value: a longer one is cut
 MAX_ATTEMPTS = 1000          # a policy's max_attempts
 MAX_SECONDS = 30 * 86400.0   # any duration a user gives: backoffs, thresholds, grace periods
 JOURNAL_TAIL_BYTES = 65536   # how much of the journal's end is read to find its last seq
@@ -679,7 +681,7 @@ TOP_KEYS = ("project", "state_dir", "sweep", "job", "monitoring", "restart", "no
 JOB_KEYS = ("name", "command", "template", "log", "sbatch", "env", "workdir", "array_log",
             "array_max_running", "then")
 LOG_EVENT_KEYS = ("name", "pattern", "mode", "match", "exclude_nodes")
-LOG_EVENT_REQUIRED = ("name", "pattern", "mode")
+LOG_EVENT_REQUIRED = ("name", "pattern")
 FOLLOWUP_KEYS = ("name", "command", "when", "log", "sbatch", "env", "then")
 FOLLOWUP_REQUIRED = ("name", "command")
 RESERVED_PARAMS = ("project", "name", "index", "plan_id")
@@ -947,7 +949,7 @@ def apply_overrides(config, overrides):
 class LogEvent(NamedTuple):
     name: str
     pattern: str
-    mode: str
+    mode: Optional[str]  # None: a match is an event (and its captures) only; the attempt goes on
     match: str = MATCH_REGEX
     exclude_nodes: bool = False  # a match keeps the job off its nodes (or off the one named by (?P<node>))
 
@@ -965,7 +967,7 @@ def validate_node_exclusion(ne, monitoring, c, key="node_exclusion"):
     for spec in NODE_EXCLUSION_SCHEMA:
         out[spec.name] = ne.get(spec.name, spec.default)
         c.key(spec, out[spec.name], key + "." + spec.name)
-    modes = set(MODES) | set(ev["mode"] for ev in monitoring["log_events"])
+    modes = set(MODES) | set(ev.get("mode") for ev in monitoring["log_events"]) - {None}
     if not isinstance(out["on"], list) or not all(isinstance(m, str) for m in out["on"]):
         c.fail(key + ".on", "must be a list of mode names")
     for m in out["on"]:
@@ -1073,7 +1075,7 @@ def _validate_log_events(events, c, key):
         c.fail(key, "must be a list of {name, pattern, mode[, match]}")
     if len(events) > MAX_LOG_EVENTS:
         c.fail(key, "has %d entries; at most %d are allowed" % (len(events), MAX_LOG_EVENTS))
-    seen = set()
+    seen, groups = set(), set()
     for i, ev in enumerate(events):
         k = "%s[%d]" % (key, i)
         c.obj(ev, k, LOG_EVENT_KEYS)
@@ -1107,9 +1109,19 @@ def _validate_log_events(events, c, key):
             if why:
                 c.fail(k + ".pattern", "%r has %s, which can take exponential time on some lines; write it "
                        "without nesting (e.g. 'a+' rather than '(a+)+')" % (pattern, why))
-        mode = c.string(ev["mode"], k + ".mode")
-        if not IDENT_RE.match(mode):
-            c.fail(k + ".mode", "%r must be an identifier" % mode)
+        mode = ev.get("mode")
+        if mode is not None:
+            mode = c.string(mode, k + ".mode")
+            if not IDENT_RE.match(mode):
+                c.fail(k + ".mode", "%r must be an identifier" % mode)
+        if match == MATCH_REGEX:
+            for group in re.compile(pattern).groupindex:
+                groups.add(group)
+                if group in RESERVED_PARAMS:
+                    c.fail(k + ".pattern", "group (?P<%s>) has the name of a placeholder autoexp fills; choose "
+                           "another name" % group)
+            if len(groups) > MAX_CAPTURES:
+                c.fail(key, "name %d different groups; at most %d captured values are kept" % (len(groups), MAX_CAPTURES))
         if "exclude_nodes" in ev and not isinstance(ev["exclude_nodes"], bool):
             c.fail(k + ".exclude_nodes", "must be true or false")
         if ev.get("exclude_nodes") and ev.get("match") == "substring" and "(?P<node>" in pattern:
@@ -1134,7 +1146,7 @@ def validate_restart(restart, monitoring, c):
     """Fill the default policies in and check every entry; returns a plain dict."""
     if not isinstance(restart, dict):
         c.fail("restart", "must be an object mapping a mode to a policy")
-    custom = set(ev["mode"] for ev in monitoring["log_events"])
+    custom = set(ev.get("mode") for ev in monitoring["log_events"]) - {None}
     out = OrderedDict((m, dict(p)) for m, p in DEFAULT_POLICIES.items())
     for mode, pol in restart.items():
         if mode.startswith("_"):
@@ -1236,7 +1248,7 @@ def make_monitoring(d):
     for spec in MONITORING_SCHEMA:
         v = d.get(spec.name, spec.default)  # a session written before the key existed
         if spec.kind == "log_events":
-            v = tuple(LogEvent(e["name"], e["pattern"], e["mode"], e.get("match", MATCH_REGEX),
+            v = tuple(LogEvent(e["name"], e["pattern"], e.get("mode"), e.get("match", MATCH_REGEX),
                                bool(e.get("exclude_nodes"))) for e in v)
         elif spec.kind == "paths":
             v = tuple(v)
@@ -1750,7 +1762,7 @@ def build_plan(config, source, plan_id, state_dir, workdir, created_at):
 
 def capture_names(log_events):
     """The names log_events patterns capture (their named groups), which follow-ups and
-    actions may use as placeholders; `node` is node exclusion's, not a value."""
+    actions may use as placeholders."""
     names = []
     for ev in log_events:
         if ev.get("match", MATCH_REGEX) != MATCH_REGEX:
@@ -1759,7 +1771,7 @@ def capture_names(log_events):
             groups = re.compile(ev["pattern"]).groupindex
         except re.error:
             continue
-        names += [g for g in groups if g != "node" and g not in names]
+        names += [g for g in groups if g not in names]
     return names
 
 
@@ -2923,6 +2935,7 @@ class LogHit(NamedTuple):
     line: str
     exclude: bool = False  # its log_events entry says exclude_nodes
     node: Optional[str] = None  # what the pattern's group `node` captured, when it is a node name
+    captures: tuple = ()  # (group, value) of every named group the line matched, values cut
 
 
 class LogMatcher(object):
@@ -2952,10 +2965,12 @@ class LogMatcher(object):
             for name, rx, mode, exclude in self.patterns:
                 m = rx.search(head)
                 if m:
-                    node = m.groupdict().get("node") if exclude else None
+                    groups = m.groupdict()
+                    node = groups.get("node") if exclude else None
+                    captures = tuple((g, v[:MAX_CAPTURE_CHARS]) for g, v in sorted(groups.items()) if v is not None)
                     # a log line is not trusted with an sbatch argument: a plain host name or nothing
                     hits.append(LogHit(name, mode, line, exclude,
-                                       node if node and NODE_NAME_RE.match(node) else None))
+                                       node if node and NODE_NAME_RE.match(node) else None, captures))
         return hits
 
 
@@ -3194,7 +3209,8 @@ ATTEMPT_FIELDS = (
     Field("reason"), Field("ended_at"), Field("cancel_requested_at"), Field("cancel_result"),
     Field("log_matches", ()), Field("actions", (), (list,)), Field("sbatch_options", ()), Field("extra_logs", ()),
     Field("nodes"), Field("exclude_event"), Field("blamed_nodes", ()), Field("excluded_nodes", ()),
-    Field("exclusion_note"), Field("elapsed_raw"), Field("alloc_cpus"), Field("alloc_gpus"))
+    Field("exclusion_note"), Field("elapsed_raw"), Field("alloc_cpus"), Field("alloc_gpus"),
+    Field("captured"))
 
 
 # The times durations are measured from (stall, grace periods, backoffs, resends): moved
@@ -3236,6 +3252,10 @@ class Attempt(Record):
             raise ValueError("an attempt: 'extra_logs' is not a list of {%s}" % ", ".join(EXTRA_LOG_KEYS))
         fields["extra_logs"] = [OrderedDict((k, r.get(k, 0 if k in ("offset", "size") else None))
                                             for k in EXTRA_LOG_KEYS) for r in extra] or ()
+        captured = fields["captured"]
+        if captured is not None and not (isinstance(captured, dict) and all(isinstance(v, str)
+                                                                           for v in captured.values())):
+            raise ValueError("an attempt: 'captured' is not an object of strings")
         if fields["raw_id"] == fields["job_id"]:
             fields["raw_id"] = fields["job_id"]  # one string for both
         return cls(**fields)
@@ -3315,10 +3335,16 @@ class Attempt(Record):
 
     def absorb(self, hits, policies):
         """Record log matches: each name once per attempt; the termination string is
-        success, the first other match whose policy is not `ignore` decides the mode.
-        Returns the hits seen for the first time."""
+        success, the first other match whose policy is not `ignore` decides the mode (an
+        entry without a mode decides nothing). Named groups are captured on every match,
+        the last value of each kept (captured). Returns the hits seen for the first time."""
         new = []
         for hit in hits:
+            if hit.captures:  # every match, not only the first: the last value is the one kept
+                captured = OrderedDict(self.captured or ())
+                captured.update(hit.captures)
+                if captured != self.captured:
+                    self.captured = captured
             if hit.event in self.log_matches:
                 continue
             self.log_matches = list(self.log_matches) + [hit.event]
@@ -3329,6 +3355,8 @@ class Attempt(Record):
                     self.blamed_nodes = list(self.blamed_nodes) + [hit.node]
             if hit.mode == MODE_SUCCESS:
                 self.success_seen = True
+            elif hit.mode is None:
+                pass  # an event (and captures) only
             elif self.log_mode is None and policy_for(policies, hit.mode).action != IGNORE:
                 self.log_mode = hit.mode
                 self.log_reason = "log_events %r matched: %s" % (hit.event, hit.line.strip()[:200])
@@ -3852,6 +3880,17 @@ def counted_attempts(job):
     return job.attempts[base:]
 
 
+def job_captured(job):
+    """The values a job's log_events groups captured, the last of each name: an attempt's
+    own over those of the attempts before it (a restart resumes from the newest checkpoint
+    its predecessor named, until it names its own)."""
+    out = OrderedDict()
+    for att in job.attempts:
+        if att.captured:
+            out.update(att.captured)
+    return out
+
+
 def attempt_budget(job, policies):
     """(mode, used, allowed): the restart budget the job is spending, that of the mode its
     latest counted attempt ended in, as decide() counts it; None while no attempt ended in a
@@ -3894,15 +3933,6 @@ def followups_due(job, specs, existing):
     if job.status == ACTIVE:
         return []
     return [f for f in specs if f.parent == job.name and job.status in f.when and existing(f.name) is None]
-
-
-def job_captured(job):
-    """Stand-in for the lead's job_captured (main): the last value of each name captured
-    over the job's attempts, the newest attempt winning."""
-    out = OrderedDict()
-    for att in job.attempts:
-        out.update(getattr(att, "captured", None) or {})
-    return out
 
 
 def job_depth(job, jobs_by_name):
@@ -6435,7 +6465,11 @@ class Controller(object):
         return ok
 
     def _match_lines(self, s, job, att, lines, now):
-        for hit in att.absorb(s.matcher.scan(lines), s.policies):
+        captured = att.captured
+        new = att.absorb(s.matcher.scan(lines), s.policies)
+        if att.captured is not captured:
+            s.touch(job)  # a new checkpoint path is a change of the job, written with this cycle
+        for hit in new:
             self._event(s, job, att, EV_LOG_PREFIX + hit.event, now, mode=hit.mode, detail=hit.line.strip()[:300])
 
     # -- recording what was decided ------------------------------------------------------
@@ -7424,6 +7458,7 @@ def _status_doc(s, now=None, params=None, queued=()):
             ("budget", OrderedDict([("mode", budget[0]), ("used", budget[1]), ("allowed", budget[2])])
              if budget else None),
             ("submit_error", att.submit_error if att else None),
+            ("captured", job_captured(job)),
             ("cost", cost_summary(job.attempts))]))
     counts = count_by_status(s)
     return OrderedDict([("session_id", s.session_id), ("project", s.project),
@@ -7722,8 +7757,9 @@ def _history_doc(s, name):
             hours = attempt_hours(att) if att.outcome is not None else None
             attempts[-1]["cpu_hours"], attempts[-1]["gpu_hours"] = hours or (None, None)
             attempts[-1]["sbatch_options"] = list(att.sbatch_options)
+            attempts[-1]["captured"] = OrderedDict(att.captured or ())
         jobs.append(OrderedDict([("name", job.name), ("parent", job.parent), ("status", job.status),
-                                 ("job_id", live_id), ("attempts", attempts)]))
+                                 ("job_id", live_id), ("captured", job_captured(job)), ("attempts", attempts)]))
     if name and not jobs:
         raise ConfigError("no job %r in session %s" % (name, s.session_id))
     return OrderedDict([("session_id", s.session_id), ("jobs", jobs)])
@@ -7753,6 +7789,8 @@ def cmd_history(args, rt):
                 rt.report.result("  attempt %d was submitted with %s" % (a["attempt"], " ".join(a["sbatch_options"])))
             if a["excluded_nodes"]:
                 rt.report.result("  #%d excluded: %s" % (a["attempt"], a["exclusion_note"]))
+        for key, value in job["captured"].items():
+            rt.report.result("  captured %s = %s" % (key, shorten(value, 120)))
     return EXIT_OK
 
 

@@ -211,8 +211,8 @@ CASES = [
      ["restart.oom.action", "must be one of"]),
     ("invalid regex", with_config(lambda c: c["monitoring"]["log_events"][0].update(pattern="CUDA (out")),
      ["monitoring.log_events[0].pattern", "invalid regular expression"]),
-    ("log event without mode", with_config(lambda c: c["monitoring"]["log_events"][0].pop("mode")),
-     ["monitoring.log_events[0]", "missing 'mode'"]),
+    ("log event without pattern", with_config(lambda c: c["monitoring"]["log_events"][0].pop("pattern")),
+     ["monitoring.log_events[0]", "missing 'pattern'"]),
     # overrides
     ("override without =", override("nokey"), ["override 'nokey'", "KEY=VALUE"]),
     ("override with empty value", override("a.b="), ["override 'a.b='", "empty"]),

@@ -162,8 +162,7 @@ def test_crash_between_the_decision_and_the_childs_submission(project, fake, poi
 ])
 def test_plan_refuses_bad_follow_ups(project, fake, then, message):
     cfg = config(then)
-    cfg["monitoring"]["log_events"] = [{"name": "ck", "pattern": "saved (?P<ckpt>\\S+)", "mode": "ignore_me"}]
-    cfg["restart"]["ignore_me"] = {"action": "ignore"}
+    cfg["monitoring"]["log_events"] = [{"name": "ck", "pattern": "saved (?P<ckpt>\\S+)"}]
     res = project.cli("plan", project.config(cfg))
     assert res.returncode == 2 and message in res.stderr, res.stderr
     assert res.stderr.startswith("Error: ")
@@ -173,8 +172,7 @@ def test_plan_refuses_bad_follow_ups(project, fake, then, message):
 
 def test_plan_accepts_a_captured_value_in_the_command(project, fake):
     cfg = config([{"name": "{name}-eval", "command": "python eval.py --ckpt {ckpt} --seed {seed}"}])
-    cfg["monitoring"]["log_events"] = [{"name": "ck", "pattern": "saved (?P<ckpt>\\S+)", "mode": "ignore_me"}]
-    cfg["restart"]["ignore_me"] = {"action": "ignore"}
+    cfg["monitoring"]["log_events"] = [{"name": "ck", "pattern": "saved (?P<ckpt>\\S+)"}]
     project.ok("plan", project.config(cfg), "--plan-id", "cap")
     manifest = json.load(open(os.path.join(project.state_dir, "plans", "cap", "manifest.json")))
     assert [(f["name"], f["parent"], f["when"], f["path"]) for f in manifest["followups"]] == [
@@ -183,3 +181,24 @@ def test_plan_accepts_a_captured_value_in_the_command(project, fake):
     assert not os.path.exists(manifest["followups"][0]["script_path"])
     res = project.cli("submit", "cap", "--only", "fu-s1-eval")
     assert res.returncode == 2 and "fu-s1-eval" in res.stderr
+
+
+def test_captured_checkpoint_goes_to_the_eval_and_a_missing_one_stops_it(project, fake):
+    train = ("if [ {seed} = 1 ]; then echo saved checkpoint to /ck/s{seed}-old; echo saved checkpoint to /ck/s{seed}; "
+             "fi; echo TRAINING FINISHED")
+    cfg = config([{"name": "{name}-eval", "command": "echo eval ckpt {ckpt} of {parent}; echo TRAINING FINISHED"}],
+                 command=train)
+    cfg["monitoring"]["log_events"] = [{"name": "ck", "pattern": "saved checkpoint to (?P<ckpt>\\S+)"}]
+    project.ok("run", project.config(cfg), "--plan-id", "cap")
+    js = jobs(project, "cap")
+    assert js["fu-s1-eval"]["status"] == "finalized"
+    with open(js["fu-s1-eval"]["log_path"]) as f:
+        assert "eval ckpt /ck/s1 of fu-s1" in f.read()  # the last value captured
+    # fu-s2's log never named a checkpoint: its eval is not submitted, and says why
+    assert js["fu-s2"]["status"] == "finalized"
+    assert js["fu-s2-eval"]["status"] == "stopped" and js["fu-s2-eval"]["attempts"] == 0
+    assert "unknown placeholder {ckpt}" in js["fu-s2-eval"]["reason"]
+    assert "job.then[0].command" in js["fu-s2-eval"]["reason"]
+    assert not fake.submissions("fu-s2-eval")
+    failed = [e for e in read_events(project.state_dir, "cap") if e["event"] == "followup_failed"]
+    assert [e["job"] for e in failed] == ["fu-s2"]

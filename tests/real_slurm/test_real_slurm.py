@@ -464,6 +464,44 @@ def test_restart_options_reach_slurm_and_the_job_knows_its_attempt(proj):
     assert_history_is_sacct(hist, rows)
 
 
+def tres_count(tres, key):
+    """N of key=N in sacct's AllocTRES (cpu=2,mem=1G,node=1,billing=2); 0 when absent."""
+    for part in tres.split(","):
+        k, _, v = part.partition("=")
+        if k == key:
+            return int(v)
+    return 0
+
+
+@pytest.mark.real_slurm
+@pytest.mark.timeout(120)
+def test_cost_of_attempts_is_sacct_elapsed_times_allocated_cpus(proj):
+    """SPEC 4, Cost: an ended attempt's CPU and GPU hours are sacct's ElapsedRaw times its
+    AllocTRES; a failed attempt's are wasted, the successful one's used, per job and session."""
+    command = first_time("cost-failed-once", "sleep 3; exit 1", "sleep 5; echo done")
+    cfg = config("rs-cost", command, sbatch={"cpus-per-task": 2}, restart={"crash": {"action": "restart"}})
+    pid = plan_id("rs-cost")
+    proj.ok("run", proj.config(cfg), "--plan-id", pid, timeout=100)
+    hist, rows = sacct_of_history(proj, pid)
+    atts = hist["rs-cost-s1"]["attempts"]
+    assert [a["outcome"] for a in atts] == ["crash", "success"], atts
+    ids = [a["job_id"] for a in atts]
+    slurm_says = sacct_columns(proj, ids, "ElapsedRaw", "AllocTRES")
+    for a in atts:
+        row = slurm_says[a["job_id"]]
+        cpus, gpus = tres_count(row["AllocTRES"], "cpu"), tres_count(row["AllocTRES"], "gres/gpu")
+        assert (a["elapsed_raw"], a["alloc_cpus"], a["alloc_gpus"]) == (int(row["ElapsedRaw"]), cpus, gpus), (a, row)
+        assert cpus == 2 and int(row["ElapsedRaw"]) >= 3, row
+        assert a["cpu_hours"] == pytest.approx(int(row["ElapsedRaw"]) * cpus / 3600.0), a
+        assert a["gpu_hours"] == 0.0, a
+    wasted, used = (int(slurm_says[i]["ElapsedRaw"]) * 2 / 3600.0 for i in ids)
+    cost = proj.status(pid)["cost"]
+    assert cost["wasted_cpu_hours"] == pytest.approx(wasted, abs=1e-4), cost
+    assert cost["useful_cpu_hours"] == pytest.approx(used, abs=1e-4), cost
+    assert (cost["useful_gpu_hours"], cost["wasted_gpu_hours"], cost["unknown_attempts"]) == (0.0, 0.0, 0), cost
+    assert_history_is_sacct(hist, rows)
+
+
 @pytest.mark.real_slurm
 @pytest.mark.timeout(120)
 def test_restart_exclude_reaches_slurm_which_refuses_to_exclude_its_only_node(proj):

@@ -163,7 +163,7 @@ EV_ADOPTED, EV_REACTIVATED = "adopted", "reactivated"
 EV_RESUBMITS_AMBIGUOUS, EV_RETRIED = "resubmits_ambiguous", "retried"
 EV_BLOCKED, EV_PENDING_TOO_LONG = MODE_BLOCKED, MODE_PENDING_TOO_LONG  # once per attempt, whatever the policy
 EV_NODES_EXCLUDED, EV_EXCLUSION_CAPPED = "nodes_excluded", "exclusion_capped"
-EV_FOLLOWUP_ADDED, EV_FOLLOWUP_FAILED = "followup_added", "followup_failed"  # on the parent (SPEC 5.6)
+EV_FOLLOWUP_ADDED, EV_FOLLOWUP_FAILED = "followup_added", "followup_failed"  # on the parent (SPEC 5.7)
 EVENT_KINDS = (EV_INTENT, EV_SUBMITTED, EV_SUBMIT_ERROR, EV_STATE, EV_REQUEUED, EV_MISSING,
                EV_LOG_PREFIX + "<name>", EV_LOG_RESTARTED, EV_LOG_UNREADABLE, EV_OUTCOME, EV_RESTART_SCHEDULED,
                EV_FINALIZED, EV_STOPPED, EV_CANCEL_REQUESTED, EV_SCANCEL, EV_SCANCEL_FAILED,
@@ -176,7 +176,7 @@ NO_NODES_RE = re.compile(r"Requested node configuration is not available")
 SCOPE_JOB, SCOPE_SESSION = "job", "session"
 EXCLUSION_SCOPES = (SCOPE_JOB, SCOPE_SESSION)
 
-# Follow-up jobs (SPEC 5.6): the parent statuses a `then` entry may wait for. Nesting is
+# Follow-up jobs (SPEC 5.7): the parent statuses a `then` entry may wait for. Nesting is
 # the only way to chain them, so a cycle cannot be written; the depth is bounded all the same.
 FOLLOWUP_WHENS = (FINALIZED, STOPPED, CANCELLED)
 MAX_FOLLOWUP_DEPTH = 4       # job.then[].then[].then[].then[]: no deeper
@@ -1519,7 +1519,7 @@ class PlannedJob(object):
 
 
 class FollowupSpec(NamedTuple):
-    """A follow-up job of the plan (SPEC 5.6): what PlanJob says, plus its parent, the parent
+    """A follow-up job of the plan (SPEC 5.7): what PlanJob says, plus its parent, the parent
     statuses that start it, and where its `then` entry is in the config."""
     name: str
     index: int
@@ -1677,7 +1677,7 @@ def _validate_env(env, where, c):
 
 
 def _validate_then(entries, where, depth, source, c):
-    """job.then (SPEC 5.6): follow-up jobs, nested at most MAX_FOLLOWUP_DEPTH deep. The
+    """job.then (SPEC 5.7): follow-up jobs, nested at most MAX_FOLLOWUP_DEPTH deep. The
     placeholders are checked by build_plan, which knows every parent's values."""
     if depth > MAX_FOLLOWUP_DEPTH:
         c.fail(where, "follow-ups nest at most %d deep (job.then[].then[]...); chain fewer steps"
@@ -1805,7 +1805,7 @@ def render_followup(entry, key, values, index, log, tag, workdir, source):
 
 
 def _plan_followups(config, source, plan_id, plan_dir, workdir, roots, seen, c):
-    """The manifest's follow-up records (SPEC 5.6), depth first under each parent. Names,
+    """The manifest's follow-up records (SPEC 5.7), depth first under each parent. Names,
     logs and sbatch options use the parent's values only, so they are known now and unique
     over the whole plan; command and env may also use captured values, checked here against
     the log_events group names and filled in when the parent is decided."""
@@ -3388,7 +3388,7 @@ JOB_FIELDS = (
     Field("last_slurm_state"), Field("last_event"), Field("last_updated"), Field("next_submit_at"),
     Field("reason"), Field("submit_failures", 0), Field("submit_refusals", 0), Field("duplicate_warned", False),
     Field("seen_copies", ()), Field("attempts_base", 0), Field("resubmits_warned", ()),
-    Field("parent"))  # a follow-up's parent job (SPEC 5.6); None for the plan's own jobs
+    Field("parent"))  # a follow-up's parent job (SPEC 5.7); None for the plan's own jobs
 
 
 class Job(Record):
@@ -3926,7 +3926,7 @@ def job_phase(job, queued_cancel=False):
 
 
 def followups_due(job, specs, existing):
-    """The follow-ups a decided job gets now (SPEC 5.6): of its plan's `then` specs, those
+    """The follow-ups a decided job gets now (SPEC 5.7): of its plan's `then` specs, those
     whose `when` holds its status and that the session does not hold yet (existing: a name
     -> job lookup). The name is the follow-up's identity, so a restarted, re-decided or
     re-read parent never gets a second one, and an active job gets none."""
@@ -6524,7 +6524,7 @@ class Controller(object):
         self._event(s, job, att, EV_STOPPED, now, mode=mode, detail=detail)
         self._followups(s, job, now)
 
-    # -- follow-ups (SPEC 5.6) ----------------------------------------------------------
+    # -- follow-ups (SPEC 5.7) ----------------------------------------------------------
 
     def _followups(self, s, job, now):
         """Add the follow-ups job's new status starts (section 7's followups_due). Each
@@ -6671,13 +6671,14 @@ class Controller(object):
         """`autoexp retry`: a stopped or cancelled job (retry_refusal said none) is active
         again with a new attempt, submitted like every other (intent first); with reset,
         its policies count attempts from this one."""
+        if job.parent and s.job(job.parent) is not None:
+            # rendered again (first: a value still missing changes nothing): a value its
+            # parent's log had not captured when it was decided may be there now
+            self._write_followup(s, s.plan.by_name[job.name], self._values(s, s.job(job.parent)))
         last = job.current
         array = last.array_task is not None if last is not None else job.array
         job.status, job.reason = ACTIVE, None
         job.next_submit_at, job.submit_failures, job.submit_refusals = None, 0, 0
-        if job.parent and s.job(job.parent) is not None:
-            # rendered again: a value its parent's log had not captured may be there now
-            self._write_followup(s, s.plan.by_name[job.name], self._values(s, s.job(job.parent)))
         if reset:
             job.attempts_base = len(job.attempts)
         s.touch(job)

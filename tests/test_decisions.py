@@ -1222,7 +1222,7 @@ def test_attempt_budget(outcomes, base, budget):
     assert A.attempt_budget(j, A.make_policies(A.DEFAULT_POLICIES)) == budget
 
 
-# -- follow-ups: which a decided job gets (SPEC 5.6) ----------------------------------
+# -- follow-ups: which a decided job gets (SPEC 5.7) ----------------------------------
 
 def spec(name, parent="j", when=(A.FINALIZED,)):
     return A.FollowupSpec(name, 9, {}, "/p/%s.sbatch" % name, "/l/%s.log" % name, "autoexp:p1:" + name, [],

@@ -1,4 +1,4 @@
-"""Follow-up jobs (`then`, SPEC 5.6), end to end on the fake SLURM through the CLI: each is
+"""Follow-up jobs (`then`, SPEC 5.7), end to end on the fake SLURM through the CLI: each is
 submitted once when its parent is decided, monitored like any job, and shown as a tree."""
 
 import json
@@ -202,3 +202,21 @@ def test_captured_checkpoint_goes_to_the_eval_and_a_missing_one_stops_it(project
     assert not fake.submissions("fu-s2-eval")
     failed = [e for e in read_events(project.state_dir, "cap") if e["event"] == "followup_failed"]
     assert [e["job"] for e in failed] == ["fu-s2"]
+    # retry renders it again: still no value, so still refused, and nothing changed
+    before = jobs(project, "cap")["fu-s2-eval"]
+    res = project.cli("retry", "--session", "cap", "fu-s2-eval")
+    assert res.returncode == 2 and "unknown placeholder {ckpt}" in res.stderr, res.stderr
+    assert jobs(project, "cap")["fu-s2-eval"] == before and not fake.submissions("fu-s2-eval")
+
+
+def test_retry_of_a_stopped_follow_up_submits_it_again(project, fake):
+    cmd = "if [ ! -e evaluated-once ]; then touch evaluated-once; exit 5; fi; echo TRAINING FINISHED"
+    cfg = config([{"name": "{name}-eval", "command": cmd}], seeds=(1,))
+    cfg["restart"]["crash"] = {"action": "stop"}
+    project.ok("run", project.config(cfg), "--plan-id", "rt")
+    assert jobs(project, "rt")["fu-s1-eval"]["status"] == "stopped"
+    project.ok("retry", "--session", "rt", "fu-s1-eval")
+    project.ok("monitor", "--session", "rt")
+    child = project.history("rt", "fu-s1-eval")["jobs"][0]
+    assert child["status"] == "finalized" and [a["outcome"] for a in child["attempts"]] == ["crash", "success"]
+    assert len(fake.submissions("fu-s1-eval")) == 2 and len(fake.submissions("fu-s1")) == 1

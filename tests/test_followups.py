@@ -220,3 +220,23 @@ def test_retry_of_a_stopped_follow_up_submits_it_again(project, fake):
     child = project.history("rt", "fu-s1-eval")["jobs"][0]
     assert child["status"] == "finalized" and [a["outcome"] for a in child["attempts"]] == ["crash", "success"]
     assert len(fake.submissions("fu-s1-eval")) == 2 and len(fake.submissions("fu-s1")) == 1
+
+
+def test_cancelled_parent_starts_its_when_cancelled_follow_up_under_max_running(project, fake):
+    cmd = "if [ {seed} = 1 ]; then sleep 60; fi; echo TRAINING FINISHED"
+    cfg = config([{"name": "{name}-cleanup", "when": ["cancelled", "stopped"],
+                   "command": "echo cleanup {parent}; echo TRAINING FINISHED"}], command=cmd, max_running=1)
+    project.ok("plan", project.config(cfg), "--plan-id", "cx")
+    project.ok("submit", "cx")
+    project.ok("cancel", "--session", "cx", "fu-s1")
+    project.ok("monitor", "--session", "cx")
+    js = jobs(project, "cx")
+    assert js["fu-s1"]["status"] == "cancelled" and js["fu-s2"]["status"] == "finalized"
+    assert set(js) == {"fu-s1", "fu-s2", "fu-s1-cleanup"}
+    assert js["fu-s1-cleanup"]["status"] == "finalized" and len(fake.submissions("fu-s1-cleanup")) == 1
+    # max_running 1 holds for the follow-up too: each job was submitted only after the one
+    # before it had ended in SLURM
+    subs = sorted(fake.submissions(), key=lambda j: j["submit_time"])
+    assert len(subs) == 3
+    for before, after in zip(subs, subs[1:]):
+        assert before["end_time"] is not None and after["submit_time"] >= before["end_time"], (before, after)

@@ -240,3 +240,19 @@ def test_cancelled_parent_starts_its_when_cancelled_follow_up_under_max_running(
     assert len(subs) == 3
     for before, after in zip(subs, subs[1:]):
         assert before["end_time"] is not None and after["submit_time"] >= before["end_time"], (before, after)
+
+
+def test_state_lost_then_monitor_all_adopts_the_follow_up_instead_of_submitting_it_again(project, fake):
+    cfg = config([{"name": "{name}-eval", "command": EVAL}], seeds=(1,))
+    project.ok("run", project.config(cfg), "--plan-id", "lost")
+    assert len(fake.submissions("fu-s1-eval")) == 1
+    for path in helpers.state_files(project.state_dir, "lost"):
+        os.rename(path, path + ".moved")
+    project.ok("monitor", "--session", "lost", "--monitor-all")
+    js = jobs(project, "lost")
+    assert js["fu-s1"]["status"] == js["fu-s1-eval"]["status"] == "finalized"
+    assert js["fu-s1-eval"]["parent"] == "fu-s1"
+    # found by its tag in SLURM: adopted, not submitted a second time
+    assert len(fake.submissions("fu-s1")) == 1 and len(fake.submissions("fu-s1-eval")) == 1
+    att = project.history("lost", "fu-s1-eval")["jobs"][0]["attempts"]
+    assert [a["job_id"] for a in att] == [fake.submissions("fu-s1-eval")[0]["job_id"]]

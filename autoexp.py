@@ -22,10 +22,12 @@ sections come in dependency order (a section uses only the ones above it):
                         job, and how it reads and writes as JSON (no I/O)
    7. Decisions         the functional core: what happens to a job is decided here, by
                         pure functions over records (observe, classify, decide, the
-                        adopt/replace/submit moves, sbatch failures, cancel resends),
+                        adopt/replace/submit moves, sbatch failures, cancel resends,
+                        who is notified and what the message says),
                         each tested from a table (tests/test_decisions.py)
    8. State store       where state is written: the session file, its lock, the event
-                        journal, action payloads, cancel requests
+                        journal, action payloads, cancel requests; then notification
+                        delivery (webhook POST, mail, command), each bounded in time
    9. Controller        the imperative shell: gathers observations, applies decisions,
                         performs the I/O (sbatch, scancel, log reads, saves) and reports
   10. CLI               argparse commands; main() turns errors into "Error: ..." and an
@@ -305,6 +307,23 @@ CRASH_POINTS = ("state_before_rename", "state_after_rename", "state_before_appen
 
 # `archive` moves a finished session's files into <state_dir>/ARCHIVE_FOLDER/<id>/ (SPEC 6.4).
 ARCHIVE_FOLDER = "archive"
+
+# Notifications (SPEC 5.6): a webhook's payload formats, and what `_notify` exits with: the
+# effect engine retries a NOTIFY_RETRY and reports anything else that is not NOTIFY_DELIVERED.
+WEBHOOK_FORMATS = (FMT_SLACK, FMT_MATTERMOST, FMT_GENERIC) = ("slack", "mattermost", "generic")
+NOTIFY_DELIVERED, NOTIFY_PERMANENT, NOTIFY_RETRY = 0, 1, 75  # 75: EX_TEMPFAIL, as sendmail says it
+NOTIFY_EXITS = (NOTIFY_DELIVERED, NOTIFY_PERMANENT, NOTIFY_RETRY)
+NOTIFY_DEFAULT_EVENTS = ("finalized", "stopped", "blocked")  # what a job's watcher wants to hear of
+MAX_NOTIFY_TARGETS = 32
+MAX_NOTIFY_SECONDS = 300.0   # notify.timeout_seconds: one delivery, connect to last byte
+MAX_NOTIFY_INPUT = 4 << 20   # the events `_notify` reads on stdin
+MAX_NOTIFY_LINES = 50        # event lines in one message's text; the rest are counted
+MAX_NOTIFY_EVENTS = 1000     # events in one generic payload (a digest of a huge pass is cut)
+MAX_RESPONSE_BYTES = 65536   # of a webhook's answer, what is read: a chatty server cannot exhaust memory
+MAX_SECRET_BYTES = 8192      # a webhook_file
+MAX_EMAILS = 16              # addresses of one email target
+OUTPUT_TAIL_BYTES = 2048     # of a mailer's or notify command's output, what is reported
+MAILER_DIRS = ("/usr/sbin", "/usr/lib")  # where sendmail lives when it is not on a user's PATH
 
 
 # ============================================================================
@@ -671,13 +690,41 @@ def sbatch_quote(value):
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+# A webhook URL is a password (whoever has it posts to the channel): only its scheme and
+# host are ever shown. The pattern finds URLs in any text autoexp prints or records.
+URL_RE = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)(?:[^/\s@?#]*@)?([^/\s?#\"'<>]*)"
+                    r"((?:[/?#](?:[^\s\"'<>]*[^\s\"'<>.,:;!?)\]])?)?)")  # a sentence's final ':' or '.' is not the URL's
+REDACTED = "***"
+
+
+def redact_url(url):
+    """`https://hooks.example.com/***`: a webhook URL as autoexp ever shows it."""
+    m = URL_RE.search(url or "")
+    if not m:
+        return REDACTED
+    return m.group(1) + m.group(2) + ("/" + REDACTED if m.group(3) not in ("", "/") else "")
+
+
+def redact(text, secrets=()):
+    """text with every URL cut to its scheme and host, and every secret (a URL's path
+    printed alone, say) replaced: what a message, error or output tail may say."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, redact_url(secret))
+            tail = URL_RE.sub(lambda m: m.group(3), secret)
+            if len(tail) > 8:  # a URL's path and query alone are the secret too
+                text = text.replace(tail, "/" + REDACTED)
+    return URL_RE.sub(lambda m: redact_url(m.group(0)), text)
+
+
 # ============================================================================
 # 3. Config and plan
 # ============================================================================
 
 # One table per config section: validation, defaults, --help and SPEC section 2 all come
 # from these (tests/test_spec.py holds SPEC's tables against them).
-TOP_KEYS = ("project", "state_dir", "sweep", "job", "monitoring", "restart", "node_exclusion", "description")
+TOP_KEYS = ("project", "state_dir", "sweep", "job", "monitoring", "restart", "node_exclusion", "notify",
+            "description")
 JOB_KEYS = ("name", "command", "template", "log", "sbatch", "env", "workdir", "array_log",
             "array_max_running", "then")
 LOG_EVENT_KEYS = ("name", "pattern", "mode", "match", "exclude_nodes")
@@ -736,6 +783,30 @@ NODE_EXCLUSION_SCHEMA = (
     Key("max_nodes", "integer", 16, 0, False, MAX_EXCLUDED_NODES,
         help="at most this many nodes excluded at once (0: none); further ones are not"),
 )
+
+# notify (SPEC 5.6): where messages about a sweep go, and which events send one.
+NOTIFY_SCHEMA = (
+    Key("targets", "targets", {}, maximum=MAX_NOTIFY_TARGETS,
+        help="name -> target (below); an `on` rule's notify names one"),
+    Key("events", "events", list(NOTIFY_DEFAULT_EVENTS),
+        help="event kinds that notify every target without its own events"),
+    Key("digest", "bool", False, help="one message per target and pass instead of one per event"),
+    Key("timeout_seconds", "number", 10, 0, True, MAX_NOTIFY_SECONDS,
+        help="one delivery's bound, from connecting to the last byte of the answer"),
+)
+# One target: exactly one of the first five keys says where its messages go.
+NOTIFY_TARGET_SCHEMA = (
+    Key("webhook", "url", None, nullable=True, help="the webhook URL itself (kept in the plan: prefer the next two)"),
+    Key("webhook_env", "string", None, nullable=True, help="an environment variable holding the webhook URL"),
+    Key("webhook_file", "string", None, nullable=True,
+        help="a file holding the webhook URL, readable by its owner only (chmod 600)"),
+    Key("email", "emails", None, nullable=True, help="an address or a list of addresses: mailed by sendmail or mail"),
+    Key("command", "string", None, maximum=MAX_VALUE_CHARS, nullable=True,
+        help="a bash command given the generic JSON payload on stdin"),
+    Key("format", "string", FMT_SLACK, help="a webhook's payload: slack, mattermost or generic"),
+    Key("events", "events", None, nullable=True, help="event kinds for this target (null: notify.events)"),
+)
+NOTIFY_TARGET_KINDS = tuple(k.name for k in NOTIFY_TARGET_SCHEMA[:5])
 
 
 class Policy(NamedTuple):
@@ -988,6 +1059,147 @@ def make_node_exclusion(d):
     return NodeExclusion(tuple(d["on"]), d["scope"],
                          None if d["max_attempts"] is None else int(d["max_attempts"]),
                          None if d["max_hours"] is None else float(d["max_hours"]), int(d["max_nodes"]))
+
+
+EMAIL_RE = re.compile(r"^[A-Za-z0-9_%+][A-Za-z0-9._%+-]{0,63}@[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
+
+
+def notify_event_kinds(monitoring):
+    """The event kinds a notify list may name: the journal's, one `log:<name>` per log_events
+    entry and `log:success` (the termination string's)."""
+    names = ["success"] + [ev["name"] for ev in monitoring["log_events"]]
+    return [k for k in EVENT_KINDS if not k.startswith(EV_LOG_PREFIX)] + [EV_LOG_PREFIX + n for n in names]
+
+
+def _check_event_list(value, key, kinds, c):
+    if not isinstance(value, list) or not all(isinstance(k, str) for k in value):
+        c.fail(key, "must be a list of event kinds, like %s" % json.dumps(list(NOTIFY_DEFAULT_EVENTS)))
+    for k in value:
+        if k not in kinds:
+            c.fail(key, "%r is not an event kind (known: %s)" % (k, ", ".join(kinds)))
+    return list(value)
+
+
+def check_webhook_url(url, key, c):
+    """A webhook URL must be http(s) with a host; an error shows only its scheme and host."""
+    shown = redact_url(url)
+    m = re.match(r"^(https?)://([^/\s?#@]+@)?([^/\s?#]+)", url)
+    if not m or CONTROL_RE.search(url) or re.search(r"\s", url):
+        c.fail(key, "%s is not an http:// or https:// URL with a host" % shown)
+    if m.group(2):
+        c.fail(key, "%s: a user name or password in the URL is not supported" % shown)
+    if len(url) > 2048:
+        c.fail(key, "%s is longer than 2048 characters" % shown)
+    return url
+
+
+def read_webhook_file(path):
+    """The URL a webhook_file holds, refused unless it is a regular file of this user that
+    nobody else can read (a URL is a password): the error says how to fix it."""
+    full = os.path.expanduser(path)
+    try:
+        fd = os.open(full, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    except OSError as e:
+        raise ConfigError("webhook_file %s: %s; write the webhook URL into it and run: chmod 600 %s"
+                          % (path, e.strerror or e, shlex.quote(full)))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError("webhook_file %s is not a regular file" % path)
+        if st.st_uid != os.geteuid():
+            raise ConfigError("webhook_file %s belongs to another user (uid %d); it must be your own file"
+                              % (path, st.st_uid))
+        if st.st_mode & 0o077:
+            raise ConfigError("webhook_file %s can be read by others (mode %04o); a webhook URL is a password: "
+                              "run: chmod 600 %s" % (path, stat.S_IMODE(st.st_mode), shlex.quote(full)))
+        data = os.read(fd, MAX_SECRET_BYTES + 1)
+    finally:
+        os.close(fd)
+    lines = [x.strip() for x in data[:MAX_SECRET_BYTES].decode("utf-8", "replace").splitlines() if x.strip()]
+    if len(data) > MAX_SECRET_BYTES or len(lines) != 1:
+        raise ConfigError("webhook_file %s must hold one line: the webhook URL" % path)
+    return lines[0]
+
+
+def validate_notify(notify, monitoring, c, key="notify"):
+    """Fill defaults into a notify dict and check its targets; secrets stay where they are
+    (an environment variable is read at delivery), but a webhook_file is checked now."""
+    c.obj(notify, key, [k.name for k in NOTIFY_SCHEMA])
+    kinds = notify_event_kinds(monitoring)
+    out = OrderedDict()
+    for spec in NOTIFY_SCHEMA:
+        out[spec.name] = notify.get(spec.name, spec.default)
+        c.key(spec, out[spec.name], key + "." + spec.name)
+    out["events"] = _check_event_list(out["events"], key + ".events", kinds, c)
+    targets = c.obj(out["targets"], key + ".targets", list(out["targets"]))
+    names = [n for n in targets if not n.startswith("_")]
+    if len(names) > MAX_NOTIFY_TARGETS:
+        c.fail(key + ".targets", "has %d targets; at most %d" % (len(names), MAX_NOTIFY_TARGETS))
+    out["targets"] = OrderedDict()
+    for name in names:
+        tkey = "%s.targets.%s" % (key, name)
+        if not SAFE_NAME_RE.match(name):
+            c.fail(tkey, "a target's name must be a safe name (A-Z a-z 0-9 . _ + -)")
+        out["targets"][name] = _validate_target(targets[name], tkey, kinds, c)
+    return out
+
+
+def _validate_target(target, key, kinds, c):
+    c.obj(target, key, [k.name for k in NOTIFY_TARGET_SCHEMA])
+    given = [k for k in NOTIFY_TARGET_KINDS if target.get(k) is not None]
+    if len(given) != 1:
+        c.fail(key, "give exactly one of %s (given: %s)" % (", ".join(NOTIFY_TARGET_KINDS), ", ".join(given) or "none"))
+    out = OrderedDict()
+    for spec in NOTIFY_TARGET_SCHEMA:
+        value = out[spec.name] = target.get(spec.name, spec.default)
+        k = key + "." + spec.name
+        if spec.kind == "url" and value is not None:
+            check_webhook_url(c.string(value, k), k, c)
+        elif spec.kind == "emails" and value is not None:
+            addrs = [value] if isinstance(value, str) else value
+            if not isinstance(addrs, list) or not addrs or len(addrs) > MAX_EMAILS:
+                c.fail(k, "must be an address or a list of 1 to %d addresses" % MAX_EMAILS)
+            for a in addrs:
+                if not isinstance(a, str) or not EMAIL_RE.match(a):
+                    c.fail(k, "%r is not an address autoexp mails to (name@host, no spaces or quotes)" % (a,))
+            out[spec.name] = list(addrs)
+        elif spec.kind == "events" and value is not None:
+            out[spec.name] = _check_event_list(value, k, kinds, c)
+        else:
+            c.key(spec, value, k)
+    if out["format"] not in WEBHOOK_FORMATS:
+        c.fail(key + ".format", "must be one of %s, not %r" % ("/".join(WEBHOOK_FORMATS), out["format"]))
+    if "format" in target and given[0] not in ("webhook", "webhook_env", "webhook_file"):
+        c.fail(key + ".format", "applies to webhooks only")
+    if out["webhook_env"] is not None and not IDENT_RE.match(out["webhook_env"]):
+        c.fail(key + ".webhook_env", "is not an environment variable name")
+    if out["webhook_file"] is not None:
+        try:
+            url = read_webhook_file(out["webhook_file"])
+        except ConfigError as e:
+            c.fail(key + ".webhook_file", str(e))
+        check_webhook_url(url, key + ".webhook_file", c)
+    return out
+
+
+def make_notify(d):
+    """A session's notify config with its defaults; a plan without one has no targets."""
+    if d is None:
+        return validate_notify(OrderedDict(), {"log_events": []}, _Checker("notify"))
+    return d
+
+
+def redacted_config(config):
+    """A copy of a config whose inline webhook URLs show only their scheme and host (the
+    report prints the plan's config)."""
+    targets = ((config or {}).get("notify") or {}).get("targets") or {}
+    if not any(isinstance(t, dict) and t.get("webhook") for t in targets.values()):
+        return config
+    out = json.loads(json.dumps(config), object_pairs_hook=OrderedDict)
+    for t in out["notify"]["targets"].values():
+        if isinstance(t, dict) and isinstance(t.get("webhook"), str):
+            t["webhook"] = redact_url(t["webhook"])
+    return out
 
 
 class Monitoring(namedtuple("_Monitoring", [k.name for k in MONITORING_SCHEMA])):
@@ -1621,6 +1833,8 @@ def resolve_config(raw, source, overrides):
     config["monitoring"] = mon
     config["restart"] = validate_restart(config.get("restart", OrderedDict()), mon, c)
     config["node_exclusion"] = validate_node_exclusion(config.get("node_exclusion", OrderedDict()), mon, c)
+    if "notify" in config:  # absent: no targets (a plan's manifest says only what was given)
+        config["notify"] = validate_notify(config["notify"], mon, c)
     expand_sweep(config.get("sweep"), c)  # fail early on a bad sweep
     return config
 
@@ -4847,6 +5061,106 @@ def next_wait(live_sessions, ok, unknown_failures, interval=None):
     return backoff(wait, min(unknown_failures, UNKNOWN_BACKOFF_DOUBLINGS) + 1, cap)
 
 
+# -- notifications: who hears of an event, and what the message says (SPEC 5.6) ---------
+
+def notify_targets(notify, kind):
+    """The targets an event of this kind notifies by `notify.events` (or a target's own
+    `events`); an `on` rule may name a target for any event besides."""
+    return [name for name, t in notify["targets"].items()
+            if kind in (notify["events"] if t["events"] is None else t["events"])]
+
+
+def _event_key(ev):
+    return (ev.get("session"), ev.get("seq")) if ev.get("seq") is not None else json.dumps(ev, sort_keys=True)
+
+
+def notify_batches(items, digest):
+    """One pass's notifications as messages: items are (target, event) pairs in the order
+    the events happened; the answer is [(target, [events])], one message per pair, or with
+    digest one per target holding all its events (targets in the order of their first
+    event). An event given twice to one target (by notify.events and an `on` rule) is sent once."""
+    seen, out, by_target = set(), [], {}
+    for target, ev in items:
+        key = (target, _event_key(ev))
+        if key in seen:
+            continue
+        seen.add(key)
+        if not digest:
+            out.append((target, [ev]))
+        elif target in by_target:
+            by_target[target].append(ev)
+        else:
+            by_target[target] = [ev]
+            out.append((target, by_target[target]))
+    return out
+
+
+def _event_text(ev):
+    kind, mode, detail = str(ev.get("event") or "event"), ev.get("mode"), ev.get("detail")
+    what = kind + (" %s" % mode if mode and str(mode) not in kind and str(mode) not in str(detail or "") else "")
+    attempt = " #%s" % ev["attempt"] if ev.get("attempt") is not None else ""
+    job_id = " (%s)" % ev["job_id"] if ev.get("job_id") else ""
+    line = "%s%s%s %s%s" % (ev.get("job") or "-", attempt, job_id, what, ": %s" % detail if detail else "")
+    line = CONTROL_RE.sub(" ", line)
+    return line if len(line) <= 500 else line[:497] + "..."
+
+
+def notify_subject(session_id, events):
+    """`autoexp SESSION: JOB #N (ID) event mode` for one event, `autoexp SESSION: N events:
+    2 finalized, 1 stopped` for several."""
+    if len(events) == 1:
+        return "autoexp %s: %s" % (session_id, _event_text(events[0]).split(": ", 1)[0])
+    kinds = OrderedDict()
+    for ev in events:
+        kind = CONTROL_RE.sub(" ", str(ev.get("event") or "event"))
+        kinds[kind] = kinds.get(kind, 0) + 1
+    return "autoexp %s: %d events: %s" % (session_id, len(events),
+                                          ", ".join("%d %s" % (n, k) for k, n in kinds.items()))
+
+
+def notify_lines(events):
+    """One line per event, at most MAX_NOTIFY_LINES of them, then how many more there were."""
+    lines = [_event_text(ev) for ev in events[:MAX_NOTIFY_LINES]]
+    if len(events) > MAX_NOTIFY_LINES:
+        lines.append("... and %d more event(s) (autoexp history shows every attempt)"
+                     % (len(events) - MAX_NOTIFY_LINES))
+    return lines
+
+
+def notify_payload(fmt, target, session_id, events):
+    """The JSON body of a webhook: Slack's and Mattermost's `{"text": ...}` (the event lines
+    in a code block, so that a job name's `_` or `*` is not markup), or the generic
+    document with the events themselves."""
+    subject, lines = notify_subject(session_id, events), notify_lines(events)
+    if fmt == FMT_GENERIC:
+        return OrderedDict([("source", "autoexp"), ("session", session_id), ("target", target),
+                            ("subject", subject), ("text", "\n".join([subject] + lines)),
+                            ("count", len(events)), ("events", list(events[:MAX_NOTIFY_EVENTS]))])
+    block = "\n".join(lines).replace("```", "'''")
+    text = "%s\n```\n%s\n```" % (subject, block)
+    if fmt == FMT_SLACK:  # Slack's three control characters, escaped as its docs ask
+        return OrderedDict([("text", text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;"))])
+    return OrderedDict([("text", text), ("username", "autoexp")])
+
+
+def http_verdict(status):
+    """A webhook's HTTP status as _notify's exit: 2xx delivered; 408, 425, 429 and 5xx worth
+    another try; anything else (4xx, a redirect autoexp does not follow) permanent."""
+    if 200 <= status < 300:
+        return NOTIFY_DELIVERED
+    if status in (408, 425, 429) or 500 <= status < 600:
+        return NOTIFY_RETRY
+    return NOTIFY_PERMANENT
+
+
+def exit_verdict(returncode, timed_out):
+    """A mailer's or notify command's exit as _notify's: 0 delivered; a timeout or 75
+    (EX_TEMPFAIL, sendmail's "try again later") worth another try; anything else permanent."""
+    if timed_out or returncode == NOTIFY_RETRY:
+        return NOTIFY_RETRY
+    return NOTIFY_DELIVERED if returncode == 0 else NOTIFY_PERMANENT
+
+
 # ============================================================================
 # 8. State store: where state is written
 # ============================================================================
@@ -5682,6 +5996,178 @@ def last_journal_seq(path):
     return 0
 
 
+
+
+# -- notification delivery: the one place autoexp talks to the network (SPEC 5.6) -------
+# One delivery of one message, bounded in time, for `_notify` (which the effect engine
+# runs in its worker: retries, backoff and exactly-once are the engine's).
+
+class Delivery(NamedTuple):
+    code: int  # NOTIFY_DELIVERED, NOTIFY_RETRY or NOTIFY_PERMANENT
+    message: str  # what happened, redacted: it ends up in the job's history
+
+
+def webhook_url(target, env):
+    """The URL of a webhook target: given, or read from its environment variable or file."""
+    if target.get("webhook"):
+        return target["webhook"]
+    if target.get("webhook_env"):
+        url = env.get(target["webhook_env"], "").strip()
+        if not url:
+            raise ConfigError("environment variable %s (webhook_env) is not set here; a cron job has only "
+                              "what the crontab sets: set it there, or use webhook_file" % target["webhook_env"])
+    else:
+        url = read_webhook_file(target["webhook_file"])
+    check_webhook_url(url, "webhook", _Checker("notify target"))
+    return url
+
+
+def _post(url, body, timeout):
+    import http.client
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args, **kwargs):
+            return None  # a redirect is answered as the HTTPError it is: data never goes elsewhere
+
+    req = urllib.request.Request(url, data=body, method="POST", headers={
+        "Content-Type": "application/json; charset=utf-8", "User-Agent": "autoexp/" + __version__})
+    where = "POST to %s" % redact_url(url)
+    try:
+        resp = urllib.request.build_opener(NoRedirect).open(req, timeout=timeout)
+        try:
+            status, answer = resp.getcode(), resp.read(MAX_RESPONSE_BYTES)
+        finally:
+            resp.close()
+    except urllib.error.HTTPError as e:
+        status, answer = e.code, b""
+        try:
+            answer = e.read(MAX_RESPONSE_BYTES)
+        except (OSError, http.client.HTTPException):
+            pass
+        e.close()
+    except urllib.error.URLError as e:
+        reason = e.reason
+        if isinstance(reason, ssl.SSLError) and "CERTIFICATE_VERIFY_FAILED" in str(reason):
+            return Delivery(NOTIFY_PERMANENT, "%s: the server's certificate is not trusted: %s" % (where, reason))
+        if isinstance(reason, OSError):
+            return Delivery(NOTIFY_RETRY, "%s: cannot connect: %s" % (where, getattr(reason, "strerror", None) or reason))
+        return Delivery(NOTIFY_PERMANENT, "%s: %s" % (where, reason))
+    except (OSError, http.client.HTTPException) as e:  # a read timing out, a connection cut
+        return Delivery(NOTIFY_RETRY, "%s: %s" % (where, str(e) or type(e).__name__))
+    except ValueError as e:
+        return Delivery(NOTIFY_PERMANENT, "%s: %s" % (where, e))
+    said = first_line(answer.decode("utf-8", "replace"))[:200]
+    return Delivery(http_verdict(status), "%s: HTTP %d%s" % (where, status, ": " + said if said else ""))
+
+
+def post_webhook(url, body, timeout):
+    """POST body to url; never longer than timeout. urllib's timeout bounds each connect and
+    read, not a name lookup nor a server that answers a byte at a time, so the request runs
+    in a daemon thread given up after timeout (`_notify` then exits: the thread ends with it)."""
+    import threading
+    box = []
+
+    def send():
+        try:
+            box.append(_post(url, body, timeout))
+        except Exception as e:  # never a traceback from the thread: an answer, retryable
+            box.append(Delivery(NOTIFY_RETRY, "POST to %s: %s" % (redact_url(url), type(e).__name__)))
+
+    thread = threading.Thread(target=send, name="autoexp-webhook")
+    thread.daemon = True
+    thread.start()
+    thread.join(timeout)
+    if not box:
+        return Delivery(NOTIFY_RETRY, "POST to %s: no answer within %gs" % (redact_url(url), timeout))
+    return box[0]
+
+
+def run_bounded(argv, data, timeout, env=None):
+    """Run argv (no shell) with data on stdin for at most timeout seconds (its process group
+    killed then); returns (returncode or None, timed_out, the last bytes of its output)."""
+    import subprocess
+    import tempfile
+    with tempfile.TemporaryFile() as out:  # a file, not a pipe: any amount of output, no deadlock
+        try:
+            proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                    close_fds=True, start_new_session=True)
+        except OSError as e:
+            return None, False, "cannot run %s: %s" % (argv[0], e.strerror or e)
+        timed_out = False
+        try:
+            proc.communicate(data, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except OSError:
+                pass
+            proc.wait()
+        size = out.seek(0, os.SEEK_END)
+        out.seek(max(0, size - OUTPUT_TAIL_BYTES))
+        return proc.returncode, timed_out, out.read().decode("utf-8", "replace").strip()
+
+
+def find_mailer(path_env):
+    """("sendmail" or "mail", its path): sendmail on PATH or in /usr/sbin, /usr/lib, else mail."""
+    dirs = [d for d in (path_env or "").split(os.pathsep) if d] + list(MAILER_DIRS)
+    for name in ("sendmail", "mail"):
+        for d in dirs:
+            path = os.path.join(d, name)
+            if os.path.isfile(path) and os.access(path, os.X_OK):
+                return name, path
+    return None, None
+
+
+def _ran(what, rc, timed_out, tail, timeout):
+    if rc is None:
+        return Delivery(NOTIFY_PERMANENT, tail)
+    code = exit_verdict(rc, timed_out)
+    said = "timed out after %gs" % timeout if timed_out else "exit %d" % rc
+    return Delivery(code, "%s: %s%s" % (what, said, "; output: " + tail[-OUTPUT_TAIL_BYTES:] if tail else ""))
+
+
+def deliver(name, target, session_id, events, timeout, env=None):
+    """Send events to one target as one message; a Delivery whose message shows no URL whole."""
+    env = dict(os.environ if env is None else env)
+    subject = notify_subject(session_id, events)
+    secrets = []
+    try:
+        if target.get("email"):
+            kind, path = find_mailer(env.get("PATH"))
+            if path is None:
+                return Delivery(NOTIFY_PERMANENT, "target %s: neither sendmail nor mail is installed here (looked on "
+                                "PATH and in %s); use a webhook or command target" % (name, ", ".join(MAILER_DIRS)))
+            text = "\n".join([subject, ""] + notify_lines(events)) + "\n"
+            if kind == "sendmail":
+                import email.message
+                msg = email.message.EmailMessage()
+                msg["To"], msg["Subject"], msg["Auto-Submitted"] = ", ".join(target["email"]), subject, "auto-generated"
+                msg.set_content(text)
+                argv, data = [path, "-t", "-oi"], msg.as_bytes()
+            else:
+                argv, data = [path, "-s", subject] + list(target["email"]), text.encode("utf-8")
+            d = _ran("%s to %s" % (kind, ", ".join(target["email"])), *run_bounded(argv, data, timeout, env),
+                     timeout=timeout)
+        elif target.get("command"):
+            payload = notify_payload(FMT_GENERIC, name, session_id, events)
+            env.update(AUTOEXP_SESSION=session_id, AUTOEXP_NOTIFY_TARGET=name, AUTOEXP_NOTIFY_SUBJECT=subject,
+                       AUTOEXP_NOTIFY_COUNT=str(len(events)))
+            d = _ran("command of target %s" % name,
+                     *run_bounded(["bash", "-c", target["command"]], json.dumps(payload).encode("utf-8"), timeout, env),
+                     timeout=timeout)
+        else:
+            url = webhook_url(target, env)
+            secrets.append(url)
+            body = json.dumps(notify_payload(target.get("format") or FMT_SLACK, name, session_id, events),
+                              ensure_ascii=True).encode("ascii")
+            d = post_webhook(url, body, timeout)
+    except ConfigError as e:
+        d = Delivery(NOTIFY_PERMANENT, "target %s: %s" % (name, e))
+    return Delivery(d.code, redact(d.message, secrets))
 
 
 # ============================================================================
@@ -8143,7 +8629,7 @@ def render_report(s, plan, events, events_total, now):
         out.append("<p>The plan's manifest could not be read: %s</p>" % e(s.manifest_path))
     else:
         out.append("<p>Plan %s, manifest %s</p><pre>%s</pre>" % (
-            e(plan.plan_id), e(plan.manifest_path), e(json.dumps(plan.config, indent=2, sort_keys=True))))
+            e(plan.plan_id), e(plan.manifest_path), e(json.dumps(redacted_config(plan.config), indent=2, sort_keys=True))))
     out.append("</body></html>")
     return "\n".join(out) + "\n"
 
@@ -8164,6 +8650,62 @@ def cmd_report(args, rt):
         raise StateError("cannot write the report: %s; give -o a path in a folder you can write" % e)
     rt.report.result(os.path.abspath(args.output))
     return EXIT_OK
+
+
+# -- _notify: one delivery, for the effect engine's worker ---------------------------------
+
+def read_notify_events(stream):
+    """The JSON list of events on stdin (one object is a list of one), bounded."""
+    raw = stream.read(MAX_NOTIFY_INPUT + 1)
+    if len(raw) > MAX_NOTIFY_INPUT:
+        raise ConfigError("more than %d MiB of events on stdin" % (MAX_NOTIFY_INPUT >> 20))
+    try:
+        events = loads_json(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
+    except ValueError as e:
+        raise ConfigError("stdin is not a JSON list of events: %s" % e)
+    events = [events] if isinstance(events, dict) else events
+    if not isinstance(events, list) or not all(isinstance(ev, dict) for ev in events):
+        raise ConfigError("stdin must be a JSON list of event objects")
+    return events
+
+
+def session_notify(store, ref):
+    """A session's notify config, read from its header alone (no lock, no jobs)."""
+    path = store.resolve(ref)
+    try:
+        with open(path, "rb") as f:
+            doc = loads_json(f.read().decode("utf-8"))
+    except (OSError, ValueError) as e:
+        raise StateError("cannot read session %s: %s" % (path, getattr(e, "strerror", None) or e))
+    if not isinstance(doc, dict) or not isinstance(doc.get("config"), dict):
+        raise StateError("%s is not a session file" % path)
+    return doc.get("session_id") or ref, make_notify(doc["config"].get("notify"))
+
+
+def cmd_notify(args, rt, stdin=None):
+    """`_notify` (hidden): deliver the events on stdin to one target as one message. Exit 0
+    delivered, 75 worth another try, 1 not (SPEC 5.6); what it says is redacted."""
+    try:
+        session_id, notify = session_notify(store_for(args, args.session), args.session)
+        target = notify["targets"].get(args.target)
+        if target is None:
+            raise ConfigError("session %s has no notify target %r (targets: %s)" % (
+                session_id, args.target, ", ".join(notify["targets"]) or "none"))
+        events = read_notify_events(stdin or getattr(sys.stdin, "buffer", sys.stdin))
+    except AutoexpError as e:
+        rt.report.error(redact(str(e)))
+        return NOTIFY_PERMANENT
+    if not events:
+        rt.report.info("nothing to send to %s: no events" % args.target)
+        return NOTIFY_DELIVERED
+    d = deliver(args.target, target, session_id, events, float(notify["timeout_seconds"]))
+    if d.code == NOTIFY_DELIVERED:
+        rt.report.result("delivered %d event(s) to %s: %s" % (len(events), args.target, d.message))
+    else:
+        rt.report.error("%s %d event(s) to %s: %s" % (
+            "could not deliver (will be retried)" if d.code == NOTIFY_RETRY else "could not deliver",
+            len(events), args.target, d.message))
+    return d.code
 
 
 # -- the parser and main -----------------------------------------------------------
@@ -8305,6 +8847,12 @@ def build_parser():
                    "stopped or cancelled")
     p = add("unarchive", cmd_unarchive, "move an archived session back into the state folder")
     p.add_argument("--session", metavar="ID", required=True)
+    # hidden (no help= in the list): what the effect engine's worker runs for a notification
+    p = sub.add_parser("_notify", parents=[common], description="deliver the JSON events on stdin to one "
+                       "notify target as one message; exit 0 delivered, 75 try again, 1 not deliverable")
+    p.set_defaults(func=cmd_notify)
+    p.add_argument("--session", metavar="ID|PATH", required=True)
+    p.add_argument("--target", metavar="NAME", required=True)
     return parser
 
 

@@ -10,6 +10,10 @@ from helpers import Project, fake_slurm
 # Every save of every test checks that no job changed without being touched (a change the
 # store would never write); subprocesses inherit it.
 os.environ.setdefault("AUTOEXP_PARANOID", "1")
+# The webhook tests post to a server of their own on 127.0.0.1: a proxy in the machine's
+# environment must not be asked for it (urllib honours http_proxy unless no_proxy says so).
+for _var in ("no_proxy", "NO_PROXY"):
+    os.environ[_var] = ",".join(filter(None, [os.environ.get(_var), "127.0.0.1", "localhost"]))
 
 
 def pytest_configure(config):

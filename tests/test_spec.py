@@ -122,3 +122,32 @@ def test_node_exclusion_keys_and_defaults():
             assert "null" in row[1], key.name
     assert "`%s` or `%s`" % autoexp.EXCLUSION_SCOPES in rows[1][1]
     assert re.search(r"`log_events` \| list \| `\[\]` \| `\{%s\}`" % ", ".join(autoexp.LOG_EVENT_KEYS), SPEC)
+
+
+def _schema_rows(label, schema):
+    rows = table(label)
+    assert [ticked(r[0]) for r in rows] == [k.name for k in schema]
+    for row, key in zip(rows, schema):
+        assert row[2].strip("`").startswith(json.dumps(key.default)), (key.name, row[2])
+        if key.nullable:
+            assert "null" in row[1], key.name
+    return rows
+
+
+def test_notify_keys_and_defaults():
+    _schema_rows("notify key", autoexp.NOTIFY_SCHEMA)
+    rows = _schema_rows("target key", autoexp.NOTIFY_TARGET_SCHEMA)
+    fmt = [r for r in rows if ticked(r[0]) == "format"][0]
+    assert re.findall(r"`([a-z]+)`", fmt[1]) == list(autoexp.WEBHOOK_FORMATS)
+    assert "exactly one of %s" % ", ".join("`%s`" % k for k in autoexp.NOTIFY_TARGET_KINDS) in SPEC
+    assert [r for r in table("key") if ticked(r[0]) == "notify.*"][0][3].startswith("section 5.6")
+    spec = dict((ticked(r[0]), r) for r in table("notify key"))
+    assert "at most %d" % autoexp.MAX_NOTIFY_TARGETS in spec["targets"][3]
+    assert "at most %g" % autoexp.MAX_NOTIFY_SECONDS in spec["timeout_seconds"][1]
+    assert json.dumps(list(autoexp.NOTIFY_DEFAULT_EVENTS)) in spec["events"][2]
+
+
+def test_notify_exit_codes():
+    rows = table("_notify exit")
+    assert sorted(int(r[0]) for r in rows) == sorted(autoexp.NOTIFY_EXITS)
+    assert (autoexp.NOTIFY_DELIVERED, autoexp.NOTIFY_PERMANENT, autoexp.NOTIFY_RETRY) == (0, 1, 75)

@@ -166,11 +166,36 @@ EV_RESUBMITS_AMBIGUOUS, EV_RETRIED = "resubmits_ambiguous", "retried"
 EV_BLOCKED, EV_PENDING_TOO_LONG = MODE_BLOCKED, MODE_PENDING_TOO_LONG  # once per attempt, whatever the policy
 EV_NODES_EXCLUDED, EV_EXCLUSION_CAPPED = "nodes_excluded", "exclusion_capped"
 EV_FOLLOWUP_ADDED, EV_FOLLOWUP_FAILED = "followup_added", "followup_failed"  # on the parent (SPEC 5.7)
+# What the effect engine (SPEC 5.8) reports of the `on` rules' commands and notifications.
+EV_ACTION_STARTED, EV_ACTION_DONE, EV_ACTION_FAILED = "action_started", "action_done", "action_failed"
+EV_ACTION_INTERRUPTED, EV_ACTION_RETRY = "action_interrupted", "action_retry"
+EV_NOTIFY_SENT, EV_NOTIFY_FAILED = "notify_sent", "notify_failed"
+EFFECT_EVENTS = (EV_ACTION_STARTED, EV_ACTION_DONE, EV_ACTION_FAILED, EV_ACTION_INTERRUPTED, EV_ACTION_RETRY,
+                 EV_NOTIFY_SENT, EV_NOTIFY_FAILED)
 EVENT_KINDS = (EV_INTENT, EV_SUBMITTED, EV_SUBMIT_ERROR, EV_STATE, EV_REQUEUED, EV_MISSING,
                EV_LOG_PREFIX + "<name>", EV_LOG_RESTARTED, EV_LOG_UNREADABLE, EV_OUTCOME, EV_RESTART_SCHEDULED,
                EV_FINALIZED, EV_STOPPED, EV_CANCEL_REQUESTED, EV_SCANCEL, EV_SCANCEL_FAILED,
                EV_USER_CANCEL, EV_ADOPTED, EV_REACTIVATED, EV_RESUBMITS_AMBIGUOUS, EV_RETRIED, EV_BLOCKED,
-               EV_PENDING_TOO_LONG, EV_NODES_EXCLUDED, EV_EXCLUSION_CAPPED, EV_FOLLOWUP_ADDED, EV_FOLLOWUP_FAILED)
+               EV_PENDING_TOO_LONG, EV_NODES_EXCLUDED, EV_EXCLUSION_CAPPED, EV_FOLLOWUP_ADDED,
+               EV_FOLLOWUP_FAILED) + EFFECT_EVENTS
+
+# Effects (SPEC 5.8): what an `on` rule does when its event happens, and where that stands.
+# intent: recorded, not yet seen running; running: its worker holds the lock; waiting: a
+# retry's backoff; done, failed, interrupted: final.
+EFFECT_RUN, EFFECT_NOTIFY = "run", "notify"
+EFFECT_KINDS = (EFFECT_RUN, EFFECT_NOTIFY)
+EFF_INTENT, EFF_RUNNING, EFF_WAITING = "intent", "running", "waiting"
+EFF_DONE, EFF_FAILED, EFF_INTERRUPTED = "done", "failed", "interrupted"
+EFFECT_STATES = (EFF_INTENT, EFF_RUNNING, EFF_WAITING, EFF_DONE, EFF_FAILED, EFF_INTERRUPTED)
+EFFECT_OPEN = (EFF_INTENT, EFF_RUNNING, EFF_WAITING)
+# How one try of an effect ended, as the engine sees it (the retry decision's input).
+TRY_OK, TRY_FAILED, TRY_RETRYABLE, TRY_INTERRUPTED, TRY_UNSTARTED = (
+    "ok", "failed", "retryable", "interrupted", "unstarted")
+# What a look at an effect's files says to do (section 7's effect_move).
+MOVE_RECORD, MOVE_RUNNING, MOVE_START, MOVE_WAIT, MOVE_INTERRUPTED, MOVE_GIVE_UP = (
+    "record", "running", "start", "wait", "interrupted", "give_up")
+# Placeholders an `on` rule's command has besides the job's own (SPEC 5.8).
+EFFECT_PLACEHOLDERS = ("event", "mode", "job_id", "attempt", "session", "reason")
 
 # Node exclusion (SPEC 5.5): where an exclusion holds; sbatch's refusal when too few nodes are
 # left (SLURM 22.05 and 24.11: ESLURM_REQUESTED_NODE_CONFIG_UNAVAILABLE).
@@ -303,7 +328,19 @@ CRASH_POINTS = ("state_before_rename", "state_after_rename", "state_before_appen
                 "state_after_append", "before_intent_write", "after_intent_write",
                 "before_sbatch", "after_sbatch", "after_action_payload", "between_jobs",
                 "before_scancel", "after_scancel", "archive_before_commit", "archive_after_commit",
-                "after_followup_script")
+                "after_followup_script", "effect_before_spawn", "effect_after_spawn", "effect_after_result")
+
+# The effect engine (SPEC 5.8).
+EFFECT_TAIL_BYTES = 2048     # of a command's output, what its history keeps (the end)
+EFFECT_KILL_GRACE = 5.0      # a timed-out command's process group gets SIGTERM, then SIGKILL this much later
+EFFECT_MAX_SPAWNS = 3        # workers started for one try that never said they started: then it failed
+EFFECT_RETRYABLE_EXIT = 75   # a notify delivery's "try again later" (EX_TEMPFAIL; `_notify`)
+MAX_ON_RULES = 100           # `on` entries
+MAX_EFFECT_RETRIES = 100     # an `on` entry's retries
+# The files of try N of an effect, <state_dir>/effects/<session>/<id>.<N><suffix>.
+EFFECT_LOCK, EFFECT_SPEC, EFFECT_STARTED, EFFECT_OUT, EFFECT_RESULT = (
+    ".lock", ".spec.json", ".started", ".out", ".result.json")
+EFFECT_BOOT = "import sys; sys.path.insert(0, sys.argv[1]); import autoexp; sys.exit(autoexp.main(sys.argv[2:]))"
 
 # `archive` moves a finished session's files into <state_dir>/ARCHIVE_FOLDER/<id>/ (SPEC 6.4).
 ARCHIVE_FOLDER = "archive"
@@ -724,7 +761,7 @@ def redact(text, secrets=()):
 # One table per config section: validation, defaults, --help and SPEC section 2 all come
 # from these (tests/test_spec.py holds SPEC's tables against them).
 TOP_KEYS = ("project", "state_dir", "sweep", "job", "monitoring", "restart", "node_exclusion", "notify",
-            "description")
+            "description", "on")
 JOB_KEYS = ("name", "command", "template", "log", "sbatch", "env", "workdir", "array_log",
             "array_max_running", "then")
 LOG_EVENT_KEYS = ("name", "pattern", "mode", "match", "exclude_nodes")
@@ -770,6 +807,8 @@ MONITORING_SCHEMA = (
     Key("debug_sync", "bool", False, help="print every job's status and states after each cycle"),
     Key("max_running", "integer", None, 1, False, MAX_SWEEP_JOBS, nullable=True,
         help="at most this many of the session's jobs queued or running at once; the others wait for a slot"),
+    Key("action_workers", "integer", 4, 1, False, 64,
+        help="at most this many `on` commands and notifications of the session run at once"),
 )
 
 # node_exclusion (SPEC 5.5): which failures keep a job off the nodes it ran on, for how long.
@@ -1573,6 +1612,97 @@ def check_shell_placeholders(text, where):
         i += 1
 
 
+# `on` (SPEC 5.8): what autoexp does itself when an event happens. One table for the
+# validation, the defaults and SPEC's table; an entry has exactly one of run and notify.
+ON_SCHEMA = (
+    Key("event", "string", None, maximum=MAX_NAME_CHARS,
+        help="the event kind it acts on (SPEC 5.3) or a log_events name"),
+    Key("jobs", "string", "*", maximum=MAX_VALUE_CHARS, help="only for jobs whose name matches this glob"),
+    Key("run", "string", None, maximum=MAX_ARG_BYTES, nullable=True,
+        help="a bash command autoexp runs on the login node (placeholders as in job.command)"),
+    Key("notify", "string", None, maximum=MAX_NAME_CHARS, nullable=True, help="a notify target's name"),
+    Key("timeout_seconds", "number", 600, 0, True, 86400, help="one try is killed after this long"),
+    Key("retries", "integer", 2, 0, False, MAX_EFFECT_RETRIES, help="tries after the first that failed"),
+    Key("backoff_seconds", "number", 30, 0, False, 86400, help="wait before the first retry; doubles each time"),
+    Key("idempotent", "bool", False, help="a try interrupted by a crash may run again (default: reported only)"),
+)
+ON_DEFAULTS = OrderedDict((k.name, k.default) for k in ON_SCHEMA)
+
+
+def placeholder_names(text):
+    """The {names} a template uses (without '{{', '}}' and bash's ${VAR})."""
+    return [m.group(1).strip() for m in _TEMPLATE_RE.finditer(text) if m.group(1) is not None]
+
+
+def log_event_groups(log_events):
+    """The named groups of the log_events patterns: the values a log line may capture."""
+    names = []
+    for ev in log_events:
+        if ev.get("match", MATCH_REGEX) == MATCH_REGEX:
+            for name in sorted(re.compile(ev["pattern"]).groupindex):
+                if name not in names:
+                    names.append(name)
+    return names
+
+
+def validate_on(rules, params, log_events, c, key="on"):
+    """The `on` entries, defaults filled in. params: the sweep's parameter names. A command's
+    placeholder must be known now (a parameter, a job value, an event value or a log_events
+    group); a group not captured yet when the event comes fails that effect, not the plan."""
+    if not isinstance(rules, list):
+        c.fail(key, "must be a list of {event, run or notify, ...}")
+    if len(rules) > MAX_ON_RULES:
+        c.fail(key, "has %d entries; at most %d are allowed" % (len(rules), MAX_ON_RULES))
+    log_names = [ev["name"] for ev in log_events]
+    kinds = [k for k in EVENT_KINDS if not k.startswith(EV_LOG_PREFIX)]
+    known = list(params) + list(RESERVED_PARAMS) + list(EFFECT_PLACEHOLDERS) + log_event_groups(log_events)
+    out = []
+    for i, rule in enumerate(rules):
+        k = "%s[%d]" % (key, i)
+        c.obj(rule, k, [s.name for s in ON_SCHEMA])
+        if "event" not in rule:
+            c.fail(k, "missing 'event' (an event kind such as %r, or a log_events name)" % EV_FINALIZED)
+        if (rule.get("run") is None) == (rule.get("notify") is None):
+            c.fail(k, "give exactly one of 'run' (a command) and 'notify' (a target)")
+        for spec in ON_SCHEMA:
+            if spec.name in rule:
+                c.key(spec, rule[spec.name], k + "." + spec.name)
+        event = rule["event"]
+        name = event[len(EV_LOG_PREFIX):] if event.startswith(EV_LOG_PREFIX) else event
+        if event not in kinds and name not in log_names:
+            c.fail(k + ".event", "%r is neither an event kind (%s) nor a log_events name%s"
+                   % (event, ", ".join(kinds), " (%s)" % ", ".join(log_names) if log_names else ""))
+        if event in EFFECT_EVENTS and (rule.get("run") is not None or event.startswith("notify_")):
+            # an effect that acts on its own kind's events would trigger itself without end
+            c.fail(k + ".event", "%r: only a 'notify' may act on an action's events, and nothing on a "
+                   "notification's" % event)
+        if rule.get("notify") is not None:
+            check_safe_name(rule["notify"], "%s: %s.notify" % (c.source, k))
+        if rule.get("run") is not None:
+            check_shell_placeholders(rule["run"], "%s: %s.run" % (c.source, k))
+            for p in placeholder_names(rule["run"]):
+                if p not in known:
+                    c.fail(k + ".run", "unknown placeholder {%s}; known: %s"
+                           % (p, ", ".join("{%s}" % n for n in known)))
+        merged = OrderedDict(ON_DEFAULTS)
+        merged.update((n, v) for n, v in rule.items() if not n.startswith("_"))
+        out.append(merged)
+    return out
+
+
+def rules_for_event(rules, kind, job_name):
+    """The (index, rule) of the `on` entries an event of this kind of this job sets off: by
+    kind (a log_events name stands for its "log:<name>" events) and by the job glob."""
+    hits = []
+    for i, rule in enumerate(rules):
+        event = rule["event"]
+        if kind != event and kind != EV_LOG_PREFIX + event:
+            continue
+        if fnmatch.fnmatchcase(job_name, rule.get("jobs") or "*"):
+            hits.append((i, rule))
+    return hits
+
+
 def expand_sweep(sweep, c):
     """The sweep as a list of parameter dicts: a grid (cartesian product) or an explicit list."""
     if sweep is None:
@@ -1835,7 +1965,10 @@ def resolve_config(raw, source, overrides):
     config["node_exclusion"] = validate_node_exclusion(config.get("node_exclusion", OrderedDict()), mon, c)
     if "notify" in config:  # absent: no targets (a plan's manifest says only what was given)
         config["notify"] = validate_notify(config["notify"], mon, c)
-    expand_sweep(config.get("sweep"), c)  # fail early on a bad sweep
+    points = expand_sweep(config.get("sweep"), c)  # fail early on a bad sweep
+    if "on" in config:
+        params = sorted(set(k for point in points for k in point))
+        config["on"] = validate_on(config["on"], params, mon["log_events"], c)
     return config
 
 
@@ -3372,7 +3505,7 @@ INTERNED_FIELDS = frozenset(("status", "origin", "submit_state", "last_slurm_sta
 # List fields mostly empty, and only ever replaced, never changed in place: an empty one is
 # the one shared (), so a 100k-job sweep holds 300k fewer lists.
 EMPTY_SHARED_FIELDS = frozenset(("log_matches", "actions", "seen_copies", "sbatch_options", "extra_logs",
-                                 "resubmits_warned", "blamed_nodes", "excluded_nodes"))
+                                 "resubmits_warned", "blamed_nodes", "excluded_nodes", "effects"))
 
 
 class Record(object):
@@ -3601,8 +3734,13 @@ JOB_FIELDS = (
     Field("attempts", (), (list,)), Field("array", False), Field("last_monitor_state"),
     Field("last_slurm_state"), Field("last_event"), Field("last_updated"), Field("next_submit_at"),
     Field("reason"), Field("submit_failures", 0), Field("submit_refusals", 0), Field("duplicate_warned", False),
-    Field("seen_copies", ()), Field("attempts_base", 0), Field("resubmits_warned", ()),
+    Field("seen_copies", ()), Field("attempts_base", 0), Field("resubmits_warned", ()), Field("effects", ()),
     Field("parent"))  # a follow-up's parent job (SPEC 5.7); None for the plan's own jobs
+
+# One effect of an `on` rule (SPEC 5.8), as job.effects keeps it: set off by `event` (its
+# journal record), run as tries 1, 2, ... of which `try` is the current one.
+EFFECT_KEYS = ("id", "rule", "kind", "target", "event", "state", "try", "spawns", "next_at", "started_at",
+               "ended_at", "exit", "timed_out", "tail", "error", "command", "tries")
 
 
 class Job(Record):
@@ -3657,7 +3795,16 @@ class Job(Record):
         if d["status"] not in STATUSES:
             raise ValueError("job %s has status %r" % (d["name"], d["status"]))
         fields["attempts"] = [Attempt.from_dict(a) for a in d.get("attempts", ())]
+        effects = fields["effects"]
+        if not isinstance(effects, (list, tuple)) or not all(
+                isinstance(e, dict) and isinstance(e.get("id"), str) and e.get("state") in EFFECT_STATES
+                and isinstance(e.get("try"), int) and isinstance(e.get("event"), dict) for e in effects):
+            raise ValueError("job %s: 'effects' is not a list of {%s}" % (d["name"], ", ".join(EFFECT_KEYS)))
+        fields["effects"] = [OrderedDict((k, e.get(k)) for k in EFFECT_KEYS) for e in effects] or ()
         return cls(**fields)
+
+    def open_effects(self):
+        return [e for e in self.effects if e["state"] in EFFECT_OPEN]
 
 
 SESSION_FIELDS = (
@@ -3774,6 +3921,10 @@ class Session(Record):
                     att.cancel_result["time"] = iso_time(parse_iso(att.cancel_result["time"]) + seconds)
         for entry in self.excluded_nodes:  # an exclusion's hours count from its time
             entry["time"] = iso_time(parse_iso(entry["time"]) + seconds)
+        for job in self.jobs:  # a retry's backoff
+            for eff in job.open_effects():
+                if eff["next_at"]:
+                    eff["next_at"] = iso_time(parse_iso(eff["next_at"]) + seconds)
 
     def add_jobs(self, jobs):
         self.jobs.extend(jobs)
@@ -3783,10 +3934,16 @@ class Session(Record):
             self.touch(job)
 
     def active(self):
-        """Work is left: a job still active, a cancel SLURM has not yet carried out, or a
-        failed submission not yet known to have queued nothing."""
+        """Work is left: a job still active, a cancel SLURM has not yet carried out, a
+        failed submission not yet known to have queued nothing, or an `on` rule's effect
+        not yet done (cron's `reconcile` must come back for its result)."""
         return any(j.status == ACTIVE or j.unresolved_intent()
-                   or any(a.live and a.cancel_requested_at for a in j.attempts) for j in self.jobs)
+                   or any(a.live and a.cancel_requested_at for a in j.attempts) or j.open_effects()
+                   for j in self.jobs)
+
+    @property
+    def on_rules(self):
+        return self.config.get("on") or ()
 
     def add_event(self, job, att, event, now, mode=None, detail=None):
         """Record an event in the outbox; the journal gets it right after the next save."""
@@ -3803,6 +3960,10 @@ class Session(Record):
             job.last_event = event
         job.last_updated = now
         self.touch(job)
+        if self.on_rules:
+            # the effect's intent is in the same state write as its event: neither is saved without the other
+            for index, rule in rules_for_event(self.on_rules, event, job.name):
+                job.effects = list(job.effects) + [new_effect(job.name, rec, index, rule)]
         return rec
 
     def add_action(self, job, att, action, mode, reason, now):
@@ -3861,6 +4022,23 @@ class Session(Record):
         return cls(path, session_id=plan.plan_id, project=plan.project, manifest_path=plan.manifest_path,
                    created_at=now, config=json.loads(json.dumps(plan.config), object_pairs_hook=OrderedDict),
                    event_seq=event_seq)
+
+
+def new_effect(job_name, event, index, rule):
+    """The intent of an `on` rule's effect for one event: its id follows from the job, the
+    event's seq and the rule's index, so one event never has two of the same rule's."""
+    return OrderedDict([
+        ("id", "%s.%d.%d" % (job_name, event["seq"], index)), ("rule", index),
+        ("kind", EFFECT_RUN if rule.get("run") is not None else EFFECT_NOTIFY), ("target", rule.get("notify")),
+        ("event", _times_to_json(event)), ("state", EFF_INTENT), ("try", 1), ("spawns", 0), ("next_at", None),
+        ("started_at", None), ("ended_at", None), ("exit", None), ("timed_out", False), ("tail", None),
+        ("error", None), ("command", None), ("tries", [])])
+
+
+def effect_label(eff):
+    """How events and history name an effect: what it does and for which event."""
+    what = "notify %s" % eff["target"] if eff["kind"] == EFFECT_NOTIFY else "run"
+    return "on %s #%s %s" % (eff["event"].get("event"), eff["rule"], what)
 
 
 def event_line(rec, who):
@@ -5061,6 +5239,80 @@ def next_wait(live_sessions, ok, unknown_failures, interval=None):
     return backoff(wait, min(unknown_failures, UNKNOWN_BACKOFF_DOUBLINGS) + 1, cap)
 
 
+# -- effects of `on` rules (SPEC 5.8) ---------------------------------------------------
+
+def effect_values(values, captured, event, session_id):
+    """The placeholders of an `on` rule's command: the job's values (as job.command has
+    them), the values its log captured, then the event's own (these win a name clash)."""
+    out = OrderedDict(values)
+    out.update(captured)
+    out.update([("event", event["event"]), ("mode", event.get("mode") or ""), ("job_id", event.get("job_id") or ""),
+                ("attempt", str(event.get("attempt") or "")), ("session", session_id),
+                ("reason", event.get("detail") or "")])
+    return out
+
+
+class EffectLook(NamedTuple):
+    """What the files of an effect's current try say (section 9 looks, without blocking)."""
+    result: bool   # <id>.<try>.result.json exists: the try ended and said how
+    locked: bool   # <id>.<try>.lock is held: its worker (or the command it runs) lives
+    started: bool  # <id>.<try>.started exists: the worker started the command
+
+
+def effect_move(eff, look, now):
+    """What to do with an open effect, from its files: a result is recorded whatever the
+    lock says (the worker writes it before it lets go); a held lock is a try running; a
+    free lock with a start but no result is a try that died; with neither, it never ran."""
+    if look.result:
+        return MOVE_RECORD
+    if look.locked:
+        return MOVE_RUNNING
+    if look.started:
+        return MOVE_INTERRUPTED
+    if eff["spawns"] >= EFFECT_MAX_SPAWNS:
+        return MOVE_GIVE_UP
+    if eff["state"] == EFF_WAITING and eff["next_at"] and now < parse_iso(eff["next_at"]):
+        return MOVE_WAIT
+    return MOVE_START
+
+
+def try_outcome(kind, result):
+    """How one try ended, from its result: a command's failure (an exit other than 0, or
+    its timeout) is worth a retry; a notification only when `_notify` says it is (75) or
+    timed out, since any other failure (a 4xx, a bad target) would fail again alike."""
+    if result.get("exit") == 0 and not result.get("timed_out"):
+        return TRY_OK
+    if kind == EFFECT_RUN or result.get("timed_out") or result.get("exit") == EFFECT_RETRYABLE_EXIT:
+        return TRY_RETRYABLE
+    return TRY_FAILED
+
+
+class EffectVerdict(NamedTuple):
+    state: str
+    next_at: Optional[float]
+    event: str
+    next_try: int
+
+
+EFFECT_FINAL_EVENTS = {
+    EFFECT_RUN: {EFF_DONE: EV_ACTION_DONE, EFF_FAILED: EV_ACTION_FAILED, EFF_INTERRUPTED: EV_ACTION_INTERRUPTED},
+    EFFECT_NOTIFY: {EFF_DONE: EV_NOTIFY_SENT, EFF_FAILED: EV_NOTIFY_FAILED, EFF_INTERRUPTED: EV_NOTIFY_FAILED}}
+
+
+def effect_verdict(kind, tried, outcome, rule, now):
+    """The retry decision after try number `tried` ended with `outcome`: done; again after a
+    backoff (at once for an interrupted idempotent try) while the rule's retries last;
+    otherwise failed, or interrupted when a try that may not run twice died mid-way."""
+    final = EFFECT_FINAL_EVENTS[kind]
+    if outcome == TRY_OK:
+        return EffectVerdict(EFF_DONE, None, final[EFF_DONE], tried)
+    if outcome == TRY_INTERRUPTED and not rule["idempotent"]:
+        return EffectVerdict(EFF_INTERRUPTED, None, final[EFF_INTERRUPTED], tried)
+    if outcome in (TRY_RETRYABLE, TRY_INTERRUPTED) and tried < 1 + rule["retries"]:
+        wait = backoff(rule["backoff_seconds"], tried, MAX_SECONDS) if outcome == TRY_RETRYABLE else 0.0
+        return EffectVerdict(EFF_WAITING, now + wait, EV_ACTION_RETRY, tried + 1)
+    state = EFF_INTERRUPTED if outcome == TRY_INTERRUPTED else EFF_FAILED
+    return EffectVerdict(state, None, final[state], tried)
 # -- notifications: who hears of an event, and what the message says (SPEC 5.6) ---------
 
 def notify_targets(notify, kind):
@@ -5261,6 +5513,9 @@ class StateStore(object):
 
     def actions_dir(self, session):
         return os.path.join(self.root, "actions", session.session_id)
+
+    def effects_dir(self, session):
+        return os.path.join(self.root, "effects", session.session_id)
 
     def requests_dir(self, session_id):
         return os.path.join(self.root, "requests", session_id)
@@ -5925,6 +6180,30 @@ class StateStore(object):
         return True
 
 
+def look_at_effect(base):
+    """What the files of one try say, without waiting: the lock is tried, never waited for
+    (and let go at once), and the result is looked for after the lock (a worker writes it
+    before it lets go, so a free lock and no result means there will be none)."""
+    locked = False
+    try:
+        fd = os.open(base + EFFECT_LOCK, os.O_RDWR)
+    except OSError:
+        fd = None  # never started: no lock file yet
+    if fd is not None:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            locked = True
+        finally:
+            os.close(fd)
+    return EffectLook(os.path.exists(base + EFFECT_RESULT), locked, os.path.exists(base + EFFECT_STARTED))
+
+
+def module_home():
+    """Where this module is (its folder, or the .pyz): what an effect's worker imports."""
+    return os.path.dirname(os.path.abspath(__file__))
+
+
 def _check_untouched(s):
     """Test hook (AUTOEXP_PARANOID=1): a job this process did not touch must be what the
     files hold, or a change would never be written. Costs a serialisation of every job."""
@@ -6206,7 +6485,7 @@ class Controller(object):
     injected; every decision is a call into the pure core, every side effect is here."""
 
     __slots__ = ("store", "slurm", "report", "clock", "mono", "sleep", "dry_run", "stop", "ticks", "cycle_mono",
-                 "due", "prev_rows",
+                 "due", "prev_rows", "workers",
                  "unknown_since", "unknown_failures", "sacct_down_since", "sacct_failed", "changes",
                  "json_changes", "name_sessions", "skipped_said", "cycle_sessions")
 
@@ -6237,6 +6516,7 @@ class Controller(object):
         self.name_sessions = False  # event lines say SESSION/JOB when several sessions are watched
         self.skipped_said = False
         self.cycle_sessions = ()  # the sessions of this cycle: a job one of them has is no other's
+        self.workers = []  # effect workers this process started: polled, so that none stays a zombie
 
     @property
     def stop_requested(self):
@@ -6305,6 +6585,8 @@ class Controller(object):
                                  "retrying with backoff" % e)
             else:
                 self.report.detail("SLURM still not answering: %s" % e)
+            for s in sessions:  # effects need no SLURM: they go on while it does not answer
+                self.pump_effects(s, now)
             return False
         if self.unknown_since is not None:
             self.report.info("SLURM answers again after %ds" % (now - self.unknown_since))
@@ -6362,6 +6644,7 @@ class Controller(object):
                     len(job.attempts)))
         s.clock_ref = [now, self.cycle_mono, clock_identity()]  # written with the cycle's batch, if any
         self.commit(s, now, todo)
+        self.pump_effects(s, self.clock())  # after commit: every effect's intent is on disk
 
     def _focus(self, s, snap, now):
         """The jobs to step this cycle, in plan order: all of them the first time this process
@@ -7397,6 +7680,197 @@ class Controller(object):
             self.report.result("would wait for a slot (max_running %d, %d live): %s" % (
                 s.monitoring.max_running, live, ", ".join(j.name for j in waiting)))
 
+    # -- effects of `on` rules (SPEC 5.8) --------------------------------------------------
+
+    def pump_effects(self, s, now):
+        """Look at every open effect's files (never waiting for one): record the tries that
+        ended, note the ones running, start those due, at most monitoring.action_workers at
+        once. Called only when the state holding the effects' intents is on disk; effects
+        that what it records sets off (a notify on action_failed) start at the next look."""
+        self.workers = [w for w in self.workers if w.poll() is None]
+        if self.dry_run:
+            return
+        work = [(job, eff) for job in s.jobs if job.effects for eff in job.open_effects()]
+        if not work:
+            return
+        folder = self.store.effects_dir(s)
+        running, due, changed = 0, [], False
+        for job, eff in work:
+            base = os.path.join(folder, "%s.%d" % (eff["id"], eff["try"]))
+            move = effect_move(eff, look_at_effect(base), now)
+            if move == MOVE_RECORD:
+                self._effect_result(s, job, eff, base, now)
+                changed = True
+            elif move == MOVE_RUNNING:
+                running += 1
+                if eff["state"] != EFF_RUNNING:  # started by a process that died before saying so
+                    self._effect_running(s, job, eff, now)
+                    changed = True
+            elif move == MOVE_INTERRUPTED:
+                self._effect_ended(s, job, eff, TRY_INTERRUPTED, now,
+                                   "try %d was interrupted: its worker ended without a result" % eff["try"])
+                changed = True
+            elif move == MOVE_GIVE_UP:
+                self._effect_ended(s, job, eff, TRY_FAILED, now,
+                                   "its worker did not start %d times%s" % (
+                                       eff["spawns"], ": " + eff["error"] if eff["error"] else ""))
+                changed = True
+            elif move == MOVE_START:
+                due.append((job, eff))
+        for job, eff in due:
+            if running >= s.monitoring.action_workers:
+                break  # the rest start at a later look
+            if self._effect_start(s, job, eff, folder, now):
+                running += 1
+            changed = True
+        if changed:
+            self.store.save_and_sync(s, self.clock())
+
+    def _effect_event(self, s, job, eff, kind, now, detail):
+        event = eff["event"]
+        n = event.get("attempt") or 0
+        att = job.attempts[n - 1] if 0 < n <= len(job.attempts) else job.current
+        if att is None:
+            att = Attempt(attempt=0)
+        self._event(s, job, att, kind, now, detail="%s: %s" % (effect_label(eff), detail))
+
+    def _effect_running(self, s, job, eff, now):
+        eff["state"] = EFF_RUNNING
+        eff["started_at"] = eff["started_at"] or iso_time(now)
+        s.touch(job)
+        if eff["kind"] == EFFECT_RUN:
+            self._effect_event(s, job, eff, EV_ACTION_STARTED, now, "try %d started" % eff["try"])
+
+    def _effect_ended(self, s, job, eff, outcome, now, detail, result=None):
+        """Apply the retry decision (section 7) to a try that ended, and report it."""
+        rule = self._effect_rule(s, eff)
+        result = result or {}
+        eff["tries"] = list(eff["tries"] or ()) + [OrderedDict([
+            ("try", eff["try"]), ("outcome", outcome), ("exit", result.get("exit")),
+            ("timed_out", bool(result.get("timed_out"))), ("ended_at", iso_time(now))])]
+        verdict = effect_verdict(eff["kind"], eff["try"], outcome, rule or ON_DEFAULTS, now)
+        eff["state"], eff["try"] = verdict.state, verdict.next_try
+        eff["next_at"] = iso_time(verdict.next_at) if verdict.next_at is not None else None
+        if verdict.state == EFF_WAITING:
+            eff["spawns"] = 0
+            detail += "; try %d %s" % (verdict.next_try, "now" if verdict.next_at <= now else
+                                       "in %s" % duration_text(verdict.next_at - now))
+        else:
+            eff["ended_at"] = iso_time(now)
+        s.touch(job)
+        self._effect_event(s, job, eff, verdict.event, now, detail)
+
+    def _effect_result(self, s, job, eff, base, now):
+        try:
+            with open(base + EFFECT_RESULT, "rb") as f:
+                result = loads_json(f.read(MAX_CONFIG_BYTES).decode("utf-8", "replace"))
+            if not isinstance(result, dict):
+                raise ValueError("not an object")
+        except (OSError, ValueError) as e:
+            result = {"exit": None, "error": "its result file is unreadable: %s" % e}
+        eff["exit"] = result.get("exit") if isinstance(result.get("exit"), int) else None
+        eff["timed_out"] = result.get("timed_out") is True
+        eff["tail"] = str(result.get("tail") or "")[-EFFECT_TAIL_BYTES:] or None
+        eff["error"] = str(result["error"])[:MAX_REASON_CHARS] if result.get("error") else None
+        outcome = try_outcome(eff["kind"], {"exit": eff["exit"], "timed_out": eff["timed_out"]})
+        if eff["timed_out"]:
+            detail = "try %d timed out" % eff["try"]
+        elif eff["exit"] is None:
+            detail = "try %d ended by signal %s" % (eff["try"], result.get("signal") or eff["error"] or "?")
+        else:
+            detail = "try %d exited %d" % (eff["try"], eff["exit"])
+        last = [ln for ln in (eff["tail"] or "").splitlines() if ln.strip()]
+        if outcome != TRY_OK and (eff["error"] or last):
+            detail += " (%s)" % (eff["error"] or last[-1].strip()[:MAX_REASON_CHARS])
+        self._effect_ended(s, job, eff, outcome, now, detail, {"exit": eff["exit"], "timed_out": eff["timed_out"]})
+        crash_point("effect_after_result")  # read and recorded, not yet saved: the next look reads it again
+
+    @staticmethod
+    def _effect_rule(s, eff):
+        rules = s.on_rules
+        return rules[eff["rule"]] if isinstance(eff["rule"], int) and 0 <= eff["rule"] < len(rules) else None
+
+    def _effect_spec(self, s, job, eff, rule):
+        """What the worker runs: argv, folder, environment, timeout and stdin. Raises
+        ConfigError when the command names a value not captured (yet)."""
+        event = eff["event"]
+        captured = job_captured(job)
+        planned = s.plan.by_name.get(job.name) if s.plan is not None else None
+        params = planned.params if planned is not None else OrderedDict()
+        values = job_values(params, s.project, job.index, s.session_id, job.name)
+        env = OrderedDict([("AUTOEXP_SESSION", s.session_id), ("AUTOEXP_JOB", job.name),
+                           ("AUTOEXP_EVENT", event["event"]), ("AUTOEXP_SEQ", str(event["seq"])),
+                           ("AUTOEXP_ATTEMPT", str(event.get("attempt") or "")),
+                           ("AUTOEXP_JOB_ID", event.get("job_id") or ""), ("AUTOEXP_MODE", event.get("mode") or ""),
+                           ("AUTOEXP_REASON", event.get("detail") or ""), ("AUTOEXP_EFFECT", eff["id"]),
+                           ("AUTOEXP_TRY", str(eff["try"]))])
+        env.update(("AUTOEXP_CAPTURED_" + k, v) for k, v in captured.items())
+        env = OrderedDict((k, str(v).replace("\x00", "")) for k, v in env.items())
+        if eff["kind"] == EFFECT_RUN:
+            where = "%s: on[%d].run" % (s.session_id, eff["rule"])
+            command = render_template(rule["run"], effect_values(values, captured, event, s.session_id), where,
+                                      quote=shlex.quote)
+            eff["command"] = command[:MAX_VALUE_CHARS]
+            argv = ["bash", "-c", command]
+            stdin = OrderedDict(event)
+            stdin["captured"], stdin["params"] = captured, OrderedDict((k, format_value(v)) for k, v in params.items())
+        else:
+            argv = [sys.executable or "python3", "-c", EFFECT_BOOT, module_home(), "_notify",
+                    "--state-dir", os.path.abspath(self.store.root), "--session", s.session_id,
+                    "--target", eff["target"]]
+            stdin = [event]
+        workdir = getattr(s.plan, "workdir", None) or self.store.root
+        return OrderedDict([("argv", argv), ("cwd", workdir), ("env", env), ("timeout", rule["timeout_seconds"]),
+                            ("stdin", json.dumps(stdin, sort_keys=True))])
+
+    def _effect_start(self, s, job, eff, folder, now):
+        """Start the effect's current try in a worker of its own: the lock is taken here
+        and handed to the worker (an flock belongs to the open file, which the worker
+        inherits), so it is held from before the spawn until the worker and its command
+        are gone, with no moment in between. True if a worker now runs it."""
+        rule = self._effect_rule(s, eff)
+        try:
+            if rule is None:
+                raise ConfigError("its `on` rule %s is no longer in the session's config" % eff["rule"])
+            spec = self._effect_spec(s, job, eff, rule)
+        except ConfigError as e:
+            eff["error"] = str(e)[:MAX_REASON_CHARS * 2]
+            self._effect_ended(s, job, eff, TRY_FAILED, now, str(e))
+            return False
+        make_private_dir(folder)
+        base = os.path.join(folder, "%s.%d" % (eff["id"], eff["try"]))
+        fd = os.open(base + EFFECT_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                return True  # a worker took it since the look: it runs
+            if os.path.exists(base + EFFECT_STARTED) or os.path.exists(base + EFFECT_RESULT):
+                return False  # it ran after all: the next look says how
+            atomic_write(base + EFFECT_SPEC, dump_json(spec))
+            crash_point("effect_before_spawn")
+            import subprocess
+            out = os.open(base + EFFECT_OUT, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            try:
+                self.workers.append(subprocess.Popen(
+                    [sys.executable or "python3", "-c", EFFECT_BOOT, module_home(), "_effect", base, str(fd)],
+                    stdin=subprocess.DEVNULL, stdout=out, stderr=out, pass_fds=(fd,), close_fds=True,
+                    start_new_session=True, cwd=folder))
+            except OSError as e:
+                eff["spawns"] += 1
+                eff["error"] = "cannot start a worker: %s" % (e.strerror or e)
+                s.touch(job)
+                self.report.warn("%s %s: %s" % (job.name, effect_label(eff), eff["error"]))
+                return False
+            finally:
+                os.close(out)
+        finally:
+            os.close(fd)  # the worker holds its own copy of the lock
+        crash_point("effect_after_spawn")
+        eff["spawns"] += 1
+        self._effect_running(s, job, eff, now)
+        return True
+
     def _event(self, s, job, att, kind, now, mode=None, detail=None):
         rec = s.add_event(job, att, kind, now, mode, detail)
         self.changes += 1
@@ -7422,6 +7896,63 @@ def job_environment(s, att):
     its script exports: through sbatch's environment, since the script is the same for
     every attempt."""
     return {"AUTOEXP_SESSION": s.session_id, "AUTOEXP_ATTEMPT": str(att.attempt)}
+
+
+def run_effect_try(base, lock_fd):
+    """The worker of one try of an effect (`autoexp _effect BASE FD`, started detached by
+    the engine with the try's lock as FD): say it started, run the command with its timeout
+    (its process group killed at the end of it), then write how it ended. The command
+    inherits the lock too, so the lock is free only once neither is alive."""
+    import subprocess
+    with open(base + EFFECT_SPEC, "rb") as f:
+        spec = loads_json(f.read().decode("utf-8"))
+    atomic_write(base + EFFECT_STARTED, dump_json(OrderedDict([("pid", os.getpid()),
+                                                               ("time", iso_time(time.time()))])))
+    env = dict(os.environ)
+    env.pop("AUTOEXP_CRASH_AT", None)  # the test hook is the engine's, never the command's
+    env.update(spec["env"])
+    r, w = os.pipe()
+    code, timed_out, error, started = None, False, None, time.monotonic()
+    out = os.open(base + EFFECT_OUT, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        proc = subprocess.Popen(spec["argv"], cwd=spec["cwd"], env=env, stdin=r, stdout=out, stderr=out,
+                                pass_fds=(lock_fd,), start_new_session=True)
+    except OSError as e:
+        os.close(r)
+        os.close(w)
+        code, error = 127, "cannot start %s: %s" % (spec["argv"][0], e.strerror or e)
+    else:
+        os.close(r)
+        try:
+            write_all(w, spec["stdin"].encode("utf-8"))
+        except OSError:
+            pass  # the command does not read its stdin (EPIPE): fine
+        os.close(w)
+        try:
+            code = proc.wait(timeout=spec["timeout"])
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            for sig, wait in ((signal.SIGTERM, EFFECT_KILL_GRACE), (signal.SIGKILL, None)):
+                try:
+                    os.killpg(proc.pid, sig)
+                except OSError:
+                    pass
+                try:
+                    code = proc.wait(timeout=wait)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+    finally:
+        os.close(out)
+    with open(base + EFFECT_OUT, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        f.seek(max(0, f.tell() - EFFECT_TAIL_BYTES))
+        tail = f.read(EFFECT_TAIL_BYTES).decode("utf-8", "replace")
+    result = OrderedDict([("exit", code if code is None or code >= 0 else None),
+                          ("signal", -code if code is not None and code < 0 else None), ("timed_out", timed_out),
+                          ("seconds", round(time.monotonic() - started, 3)), ("tail", tail), ("error", error)])
+    atomic_write(base + EFFECT_RESULT, dump_json(result))
+    return EXIT_OK
 
 
 def describe_submit(plan, jobs, max_running=None):
@@ -8245,11 +8776,20 @@ def _history_doc(s, name):
             attempts[-1]["cpu_hours"], attempts[-1]["gpu_hours"] = hours or (None, None)
             attempts[-1]["sbatch_options"] = list(att.sbatch_options)
             attempts[-1]["captured"] = OrderedDict(att.captured or ())
-        jobs.append(OrderedDict([("name", job.name), ("parent", job.parent), ("status", job.status),
-                                 ("job_id", live_id), ("captured", job_captured(job)), ("attempts", attempts)]))
+        jobs.append(OrderedDict([("name", job.name), ("parent", job.parent), ("status", job.status), ("job_id", live_id),
+                                 ("captured", job_captured(job)), ("attempts", attempts),
+                                 ("effects", [effect_doc(e) for e in job.effects])]))
     if name and not jobs:
         raise ConfigError("no job %r in session %s" % (name, s.session_id))
     return OrderedDict([("session_id", s.session_id), ("jobs", jobs)])
+
+
+def effect_doc(eff):
+    """An effect as history shows it: its record, the event that set it off by kind and seq."""
+    doc = OrderedDict((k, eff[k]) for k in EFFECT_KEYS if k != "event")
+    doc["event"], doc["seq"] = eff["event"].get("event"), eff["event"].get("seq")
+    doc["tries"] = list(eff["tries"] or ())
+    return doc
 
 
 def cmd_history(args, rt):
@@ -8278,6 +8818,12 @@ def cmd_history(args, rt):
                 rt.report.result("  #%d excluded: %s" % (a["attempt"], a["exclusion_note"]))
         for key, value in job["captured"].items():
             rt.report.result("  captured %s = %s" % (key, shorten(value, 120)))
+        for e in job["effects"]:
+            last = [ln for ln in (e["tail"] or "").splitlines() if ln.strip()]
+            rt.report.result("  on %s (seq %s) #%s %s: %s, try %d%s%s%s" % (
+                e["event"], e["seq"], e["rule"], "notify " + e["target"] if e["kind"] == EFFECT_NOTIFY else "run",
+                e["state"], e["try"], ", exit %s" % e["exit"] if e["exit"] is not None else "",
+                ", timed out" if e["timed_out"] else "", ": " + (e["error"] or last[-1] if (e["error"] or last) else "")))
     return EXIT_OK
 
 
@@ -8864,6 +9410,9 @@ def main(argv=None, slurm=None, clock=None, sleep=None, out=None, err=None, mono
     scripted SLURM and a fake clock."""
     err = err or sys.stderr
     rt = None
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["_effect"] and len(argv) == 3:  # the engine's worker (SPEC 5.8); not for users
+        return run_effect_try(argv[1], int(argv[2]))
     try:
         args = build_parser().parse_args(argv)
         level = 0 if getattr(args, "quiet", False) else 1 + (getattr(args, "verbose", 0) or 0)

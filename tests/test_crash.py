@@ -47,6 +47,8 @@ def sweep(project, fake, plan_id, plan=True):
                        "log_events": [{"name": "nccl", "pattern": "NCCL error", "mode": "crash"}]},
         "restart": {"timeout": {"action": "restart", "max_attempts": 3},
                     "crash": {"action": "restart", "max_attempts": 3}},
+        # the effect engine's crash points: each finalized job's command runs exactly once
+        "on": [{"event": "finalized", "run": "echo {name} >> effects.ran; sleep 0.2"}],
     }
     project.config(config)
     if plan:
@@ -64,7 +66,9 @@ def resume_until_done(project, plan_id, use_reconcile):
     while time.time() < deadline:
         res = project.cli("reconcile", "--session", plan_id)
         assert res.returncode == 0, res.stderr
-        if not any(j["status"] == "active" for j in project.state(plan_id)["jobs"]):
+        jobs = project.state(plan_id)["jobs"]
+        if not any(j["status"] == "active" or any(e["state"] in autoexp.EFFECT_OPEN for e in j["effects"])
+                   for j in jobs):
             return
         time.sleep(0.2)
     raise AssertionError("reconcile loop did not finish")
@@ -87,6 +91,10 @@ def check_invariants(project, fake, plan_id):
         # a run that completed was the last one
         assert all(r["state"] != "COMPLETED" for r in runs[:-1])
         assert runs[-1]["state"] == "COMPLETED"
+    with open(os.path.join(project.root, "effects.ran")) as f:
+        assert sorted(f.read().split()) == sorted(EXPECTED), "an effect ran twice or never"
+    for job in state["jobs"]:
+        assert [(e["state"], e["try"], e["exit"]) for e in job["effects"]] == [("done", 1, 0)], job["effects"]
     events = read_events(project.state_dir, plan_id)
     assert [e["seq"] for e in events] == list(range(1, len(events) + 1)) == list(range(1, state["event_seq"] + 1))
     keys = [(e["job"], e["attempt"], e["event"], e.get("detail")) for e in events if e["event"] != "state"]

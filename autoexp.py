@@ -1665,7 +1665,7 @@ def validate_on(rules, params, log_events, c, key="on"):
         c.fail(key, "has %d entries; at most %d are allowed" % (len(rules), MAX_ON_RULES))
     log_names = [ev["name"] for ev in log_events]
     kinds = [k for k in EVENT_KINDS if not k.startswith(EV_LOG_PREFIX)]
-    known = list(params) + list(RESERVED_PARAMS) + list(EFFECT_PLACEHOLDERS) + log_event_groups(log_events)
+    known = list(params) + list(RESERVED_PARAMS) + list(EFFECT_PLACEHOLDERS) + ["parent"] + log_event_groups(log_events)
     out = []
     for i, rule in enumerate(rules):
         k = "%s[%d]" % (key, i)
@@ -1983,8 +1983,14 @@ def resolve_config(raw, source, overrides):
     if "notify" in config:  # absent: no targets (a plan's manifest says only what was given)
         config["notify"] = validate_notify(config["notify"], mon, c)
     points = expand_sweep(config.get("sweep"), c)  # fail early on a bad sweep
+    params = sorted(set(k for point in points for k in point))
+    # one name, one value: a captured value never stands in for a sweep parameter or for a
+    # value autoexp fills in actions and follow-ups
+    for group in log_event_groups(mon["log_events"]):
+        if group in params or group in EFFECT_PLACEHOLDERS or group == "parent":
+            c.fail("monitoring.log_events", "group (?P<%s>) has the name of a %s; choose another name" % (
+                group, "sweep parameter" if group in params else "placeholder autoexp fills"))
     if "on" in config:
-        params = sorted(set(k for point in points for k in point))
         config["on"] = validate_on(config["on"], params, mon["log_events"], c)
         targets = (config.get("notify") or {}).get("targets") or {}
         for i, rule in enumerate(config["on"]):
@@ -5299,11 +5305,11 @@ def next_wait(live_sessions, ok, unknown_failures, interval=None):
 
 # -- effects of `on` rules (SPEC 5.8) ---------------------------------------------------
 
-def effect_values(values, captured, event, session_id):
-    """The placeholders of an `on` rule's command: the job's values (as job.command has
-    them), the values its log captured, then the event's own (these win a name clash)."""
+def effect_values(values, event, session_id):
+    """The placeholders of an `on` rule's command: the job's values (as its script has them,
+    with the values its logs captured), then the event's own. No name is both (config
+    refuses a log_events group named like a parameter or an event value)."""
     out = OrderedDict(values)
-    out.update(captured)
     out.update([("event", event["event"]), ("mode", event.get("mode") or ""), ("job_id", event.get("job_id") or ""),
                 ("attempt", str(event.get("attempt") or "")), ("session", session_id),
                 ("reason", event.get("detail") or "")])
@@ -7856,7 +7862,12 @@ class Controller(object):
         captured = job_captured(job)
         planned = s.plan.by_name.get(job.name) if s.plan is not None else None
         params = planned.params if planned is not None else OrderedDict()
-        values = job_values(params, s.project, job.index, s.session_id, job.name)
+        if planned is not None:
+            values = self._values(s, job)  # a follow-up's as its script has them, with {parent}
+        else:
+            values = job_values(params, s.project, job.index, s.session_id, job.name)
+            values.update((k, v) for k, v in captured.items() if k not in values)
+        values.setdefault("parent", job.parent or "")
         env = OrderedDict([("AUTOEXP_SESSION", s.session_id), ("AUTOEXP_JOB", job.name),
                            ("AUTOEXP_EVENT", event["event"]), ("AUTOEXP_SEQ", str(event["seq"])),
                            ("AUTOEXP_ATTEMPT", str(event.get("attempt") or "")),
@@ -7867,7 +7878,7 @@ class Controller(object):
         env = OrderedDict((k, str(v).replace("\x00", "")) for k, v in env.items())
         if eff["kind"] == EFFECT_RUN:
             where = "%s: on[%d].run" % (s.session_id, eff["rule"])
-            command = render_template(rule["run"], effect_values(values, captured, event, s.session_id), where,
+            command = render_template(rule["run"], effect_values(values, event, s.session_id), where,
                                       quote=shlex.quote)
             eff["command"] = command[:MAX_VALUE_CHARS]
             argv = ["bash", "-c", command]

@@ -110,6 +110,18 @@ def test_a_group_named_like_a_filled_placeholder_is_refused():
     refused(cfg, "monitoring.log_events[0].pattern", "placeholder")
 
 
+@pytest.mark.parametrize("group, words", [
+    ("seed", "the name of a sweep parameter"),
+    ("mode", "placeholder autoexp fills"),
+    ("parent", "placeholder autoexp fills"),
+])
+def test_a_group_named_like_a_parameter_or_an_event_value_is_refused(group, words):
+    cfg = config()
+    cfg["sweep"] = {"seed": [1]}
+    cfg["monitoring"]["log_events"] = [{"name": "x", "pattern": r"at (?P<%s>\S+)" % group}]
+    refused(cfg, "monitoring.log_events", "(?P<%s>)" % group, words)
+
+
 def test_too_many_captured_names_are_refused():
     cfg = config()
     groups = "".join("(?P<g%d>x)" % i for i in range(autoexp.MAX_CAPTURES + 1))

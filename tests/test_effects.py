@@ -107,8 +107,9 @@ def test_effect_verdict(kind, tried, outcome, retries, idempotent, expected):
 
 def test_effect_values_event_values_win():
     values = autoexp.job_values({"seed": 1}, "p", 0, "plan", "p-0")
+    values["ckpt"] = "/c/1"  # a captured value, as the job's values carry it
     event = {"event": "finalized", "mode": "success", "job_id": "12", "attempt": 2, "detail": "why", "seq": 5}
-    v = autoexp.effect_values(values, {"ckpt": "/c/1", "mode": "captured"}, event, "sess")
+    v = autoexp.effect_values(values, event, "sess")
     assert v["seed"] == "1" and v["ckpt"] == "/c/1" and v["name"] == "p-0"
     assert (v["event"], v["mode"], v["job_id"], v["attempt"], v["session"], v["reason"]) == (
         "finalized", "success", "12", "2", "sess", "why")

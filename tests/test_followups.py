@@ -256,3 +256,21 @@ def test_state_lost_then_monitor_all_adopts_the_follow_up_instead_of_submitting_
     assert len(fake.submissions("fu-s1")) == 1 and len(fake.submissions("fu-s1-eval")) == 1
     att = project.history("lost", "fu-s1-eval")["jobs"][0]["attempts"]
     assert [a["job_id"] for a in att] == [fake.submissions("fu-s1-eval")[0]["job_id"]]
+
+
+def test_an_on_rule_of_a_follow_up_knows_its_parent_and_the_parents_capture(project, fake):
+    """Actions (5.8) on a follow-up's events get the follow-up's own values, as its script
+    has them: {parent}, the root's parameters, and the values captured up its chain."""
+    train = "echo saved checkpoint to /ck/s{seed}; echo TRAINING FINISHED"
+    cfg = config([{"name": "{name}-eval", "command": "echo eval {ckpt}; echo TRAINING FINISHED"}], seeds=(1,),
+                 command=train)
+    cfg["monitoring"]["log_events"] = [{"name": "ck", "pattern": "saved checkpoint to (?P<ckpt>\\S+)"}]
+    cfg["on"] = [{"event": "finalized", "jobs": "*-eval", "run": "echo {name} {parent} {seed} {ckpt} >> done.txt"}]
+    cfg["notify"] = {"targets": {"log": {"command": "cat >> notified.jsonl; echo >> notified.jsonl"}}}
+    project.ok("run", project.config(cfg), "--plan-id", "onfu")
+    with open(os.path.join(project.root, "done.txt")) as f:
+        assert f.read() == "fu-s1-eval fu-s1 1 /ck/s1\n"
+    with open(os.path.join(project.root, "notified.jsonl")) as f:
+        told = [json.loads(line) for line in f if line.strip()]
+    assert sorted(ev["job"] for msg in told for ev in msg["events"] if ev["event"] == "finalized") == [
+        "fu-s1", "fu-s1-eval"]

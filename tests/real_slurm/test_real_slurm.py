@@ -8,6 +8,7 @@ every test here is skipped.
 """
 
 import calendar
+import json
 import os
 import time
 
@@ -635,6 +636,84 @@ def test_node_fail_excludes_the_node_then_the_only_node_is_used_again(proj):
 
 
 # --- setup.sh itself ---------------------------------------------------------------------------
+
+# --- follow-ups and notifications (SPEC 5.6-5.8) ---------------------------------------------
+
+class _Hook(object):
+    """A webhook receiver on 127.0.0.1 (an ephemeral port), run by the test: what autoexp's
+    workers POST, as parsed JSON bodies."""
+
+    def __init__(self):
+        import threading
+        from http.server import BaseHTTPRequestHandler, HTTPServer
+        bodies = self.bodies = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                bodies.append(json.loads(body.decode("utf-8")))
+                self.send_response(200)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+        self.server = HTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever)
+        self.thread.daemon = True
+        self.thread.start()
+        self.url = "http://127.0.0.1:%d/hooks/rs-secret-token" % self.server.server_address[1]
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.real_slurm
+@pytest.mark.timeout(240)
+def test_follow_up_eval_runs_after_training_and_a_webhook_hears_of_both(proj):
+    """A training job logs its checkpoint; once it is finalized its follow-up eval job is
+    submitted (no SLURM dependency), runs after it with the captured checkpoint path, and a
+    webhook on 127.0.0.1 is told of both jobs' ends; an `on` rule's command runs once per eval."""
+    hook = _Hook()
+    try:
+        ckpt = os.path.join(proj.root, "ckpt-{seed}.pt")
+        command = "echo saved checkpoint to %s; sleep 2; echo trained" % ckpt
+        cfg = config("rs-fu", command, log_events=[
+            {"name": "ckpt", "pattern": r"saved checkpoint to (?P<ckpt>\S+)"}])
+        cfg["job"]["then"] = [{"name": "{name}-eval", "command": "echo evaluating {ckpt}; sleep 1; echo evaluated"}]
+        cfg["notify"] = {"targets": {"hook": {"webhook": hook.url, "format": "generic"}}, "events": ["finalized"]}
+        cfg["on"] = [{"event": "finalized", "jobs": "*-eval", "run": "echo {name} {ckpt} >> evaluated.txt"}]
+        pid = plan_id("rs-fu")
+        res = proj.ok("run", proj.config(cfg), "--plan-id", pid, timeout=200)
+        assert "rs-secret-token" not in res.stdout + res.stderr  # the webhook URL is never printed whole
+        hist, rows = sacct_of_history(proj, pid)
+        assert sorted(hist) == ["rs-fu-s1", "rs-fu-s1-eval"], sorted(hist)
+        assert [hist[n]["status"] for n in sorted(hist)] == ["finalized", "finalized"]
+        (train,) = hist["rs-fu-s1"]["attempts"]
+        (ev,) = hist["rs-fu-s1-eval"]["attempts"]
+        assert hist["rs-fu-s1-eval"]["parent"] == "rs-fu-s1"
+        assert hist["rs-fu-s1"]["captured"] == {"ckpt": ckpt.replace("{seed}", "1")}
+        times = sacct_columns(proj, [train["job_id"], ev["job_id"]], "Start", "End")
+        # SLURM ran the eval after the training ended, with no dependency on its id
+        assert times[ev["job_id"]]["Start"] >= times[train["job_id"]]["End"], times
+        with open(ev["log_path"]) as f:
+            assert f.read().startswith("evaluating %s\n" % ckpt.replace("{seed}", "1"))
+        with open(os.path.join(proj.root, "evaluated.txt")) as f:
+            assert f.read() == "rs-fu-s1-eval %s\n" % ckpt.replace("{seed}", "1")
+        told = sorted((e["job"], e["event"]) for b in hook.bodies for e in b["events"])
+        assert told == [("rs-fu-s1", "finalized"), ("rs-fu-s1-eval", "finalized")], hook.bodies
+        assert all(b["session"] == pid for b in hook.bodies)
+        sent = [e for e in proj.events(pid) if e["event"] == "notify_sent"]
+        assert len(sent) == len(hook.bodies) == 2
+        assert_only_these_jobs(proj, pid)
+        assert_journal_whole(proj, pid)
+        assert_history_is_sacct(hist, rows)
+    finally:
+        hook.close()
+
 
 @pytest.mark.real_slurm
 @pytest.mark.timeout(120)

@@ -8894,7 +8894,7 @@ def cmd_history(args, rt):
             rt.report.result("  on %s (seq %s) #%s %s: %s, try %d%s%s%s" % (
                 e["event"], e["seq"], e["rule"], "notify " + e["target"] if e["kind"] == EFFECT_NOTIFY else "run",
                 e["state"], e["try"], ", exit %s" % e["exit"] if e["exit"] is not None else "",
-                ", timed out" if e["timed_out"] else "", ": " + (e["error"] or last[-1] if (e["error"] or last) else "")))
+                ", timed out" if e["timed_out"] else "", ": " + (e["error"] or last[-1]) if (e["error"] or last) else ""))
     return EXIT_OK
 
 

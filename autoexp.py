@@ -13,25 +13,31 @@ sections come in dependency order (a section uses only the ones above it):
    2. Errors, utilities AutoexpError and its subclasses (the exit code is the type's), time
                         formats, atomic_write, crash points (the crash harness's hook),
                         Reporter
-   3. Config and plan   MONITORING_SCHEMA and the other key tables, validation, the sweep,
-                        placeholders and quoting, build_plan (config -> manifest + scripts)
+   3. Config and plan   MONITORING_SCHEMA and the other key tables (notify, on, then too),
+                        validation, the sweep, placeholders and quoting, build_plan
+                        (config -> manifest + scripts, follow-ups' records)
    4. SLURM             SlurmClient (the only place SLURM commands run) and the parsers of
                         squeue, sacct and sbatch output: where SLURM is parsed
-   5. Log tail          read_log (offsets, truncation, rotation) and LogMatcher
+   5. Log tail          read_log (offsets, truncation, rotation) and LogMatcher (events and
+                        the values log_events groups capture)
    6. Records           Observation, Facts, Attempt, Job, Session: what autoexp knows of a
-                        job, and how it reads and writes as JSON (no I/O)
+                        job, and how it reads and writes as JSON (no I/O); an event's
+                        effects (on rules, notify routing) are recorded with it here
    7. Decisions         the functional core: what happens to a job is decided here, by
                         pure functions over records (observe, classify, decide, the
                         adopt/replace/submit moves, sbatch failures, cancel resends,
-                        who is notified and what the message says),
+                        which follow-ups a decided job gets, an effect's next move and
+                        retry, who is notified and what the message says),
                         each tested from a table (tests/test_decisions.py)
    8. State store       where state is written: the session file, its lock, the event
-                        journal, action payloads, cancel requests; then notification
+                        journal, action payloads, cancel requests, effects' files; then notification
                         delivery (webhook POST, mail, command), each bounded in time
    9. Controller        the imperative shell: gathers observations, applies decisions,
-                        performs the I/O (sbatch, scancel, log reads, saves) and reports
+                        performs the I/O (sbatch, scancel, log reads, saves) and reports;
+                        pump_effects starts and reads the detached effect workers
   10. CLI               argparse commands; main() turns errors into "Error: ..." and an
                         exit code, by type; SLURM, the clock and sleep are injected here
+                        (the hidden _effect and _notify commands are the engine's workers)
 
 Stable (see SPEC.md): the command line, the config keys, the state file schema
 (schema_version), the action payloads and the exit codes. Everything else is internal.
@@ -78,9 +84,13 @@ typical use:
   autoexp history --session ID [NAME]     every attempt of every job
   autoexp cancel --session ID NAME|--all  scancel jobs; they are never restarted
   autoexp retry --session ID NAME...      submit a stopped or cancelled job again
+  autoexp report --session ID -o r.html   one HTML page: timeline, attempts, cost, events
+  autoexp archive --session ID            put a finished session out of the way
   */5 * * * * python3 autoexp.pyz --state-dir DIR reconcile      (crontab: no monitor needed)
 
-SPEC.md (next to autoexp.py) lists every config key, file and exit code."""
+After a job: `then` follow-up jobs (convert, eval), `on` actions (a command per event,
+exactly once) and `notify` (webhook, mail, command). SPEC.md (next to autoexp.py) lists
+every config key, file and exit code."""
 
 
 # ============================================================================

@@ -5924,15 +5924,15 @@ class StateStore(object):
     def remove_other_generations(self, s):
         """Job files of generations the header does not name: a writer died between writing
         a new snapshot and naming it, or before removing the old one. Only a lock holder may."""
-        prefix = s.session_id + ".g"
+        # the whole name: a session may be named "<id>.g1" (its own files "<id>.g1.g1....")
+        own = re.compile(r"^%s\.g[0-9]+\.(jobs|delta)\.jsonl$" % re.escape(s.session_id))
         keep = set(os.path.basename(p) for p in self.gen_paths(s.session_id, s.generation))
         try:
             names = os.listdir(self.root)
         except OSError:
             return
         for name in names:
-            if (name.startswith(prefix) and name.endswith((".jobs.jsonl", ".delta.jsonl")) and name not in keep
-                    and name[len(prefix):].split(".", 1)[0].isdigit()):
+            if own.match(name) and name not in keep:
                 try:
                     os.unlink(os.path.join(self.root, name))
                 except OSError:
@@ -5941,15 +5941,17 @@ class StateStore(object):
     def _remove_leftovers(self, session_id):
         """Temporary files of a writer of this session that died between creating and
         renaming them: only a lock holder may remove them, none can be in use then."""
-        folders = [(self.root, "." + session_id + ".json."), (self.root, "." + session_id + ".g"),
-                   (os.path.join(self.root, "actions", session_id), ".")]
-        for folder, prefix in folders:
+        # whole names (atomic_write's ".<name>.<pid>.tmp"): another session's id may begin with this one's
+        sid = re.escape(session_id)
+        folders = [(self.root, re.compile(r"^\.%s\.(json|g[0-9]+\.(jobs|delta)\.jsonl)\.[0-9]+\.tmp$" % sid)),
+                   (os.path.join(self.root, "actions", session_id), re.compile(r"^\..*\.tmp$"))]
+        for folder, own in folders:
             try:
                 names = os.listdir(folder)
             except OSError:
                 continue
             for name in names:
-                if name.startswith(prefix) and name.endswith(".tmp"):
+                if own.match(name):
                     try:
                         os.unlink(os.path.join(folder, name))
                     except OSError:

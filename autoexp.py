@@ -8810,6 +8810,8 @@ MAX_REPORT_EVENTS, MAX_REPORT_JOBS = 5000, 2000
 REPORT_COLOURS = (("success", "#2e9d4e"), ("timeout", "#e69b00"), ("replaced", "#8c8c8c"),
                   ("cancelled", "#555555"), ("live", "#2f6fd6"))
 REPORT_FAILED_COLOUR = "#d23c3c"  # every other outcome: a mode that failed
+# How a report begins: `report -o` replaces an existing file only if its first bytes say it is one.
+REPORT_TITLE, REPORT_HEAD_BYTES = "autoexp report: ", 256
 REPORT_CSS = """
 body{font-family:sans-serif;margin:1.5em;color:#222}table{border-collapse:collapse;margin:.5em 0}
 td,th{border:1px solid #ccc;padding:2px 6px;font-size:13px;text-align:left;vertical-align:top}
@@ -8873,7 +8875,7 @@ def render_report(s, plan, events, events_total, now):
         return "%.3f%%" % (100.0 * (t - t0) / width)
 
     out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-           "<title>autoexp report: %s</title>" % e(s.session_id), "<style>%s</style></head><body>" % REPORT_CSS,
+           "<title>%s%s</title>" % (REPORT_TITLE, e(s.session_id)), "<style>%s</style></head><body>" % REPORT_CSS,
            "<h1>Session %s</h1>" % e(s.session_id),
            "<p>Project %s; updated %s; report made %s. %s.</p>" % (
                e(s.project), e(short_time(s.updated_at)), e(short_time(now)), e(count_summary(s))),
@@ -8960,12 +8962,55 @@ def cmd_report(args, rt):
         plan = None
     events, total = read_journal_tail(store.events_path(s))
     text = render_report(s, plan, events, total, rt.clock())
+    target = report_target(args.output, state_roots(args, store))
     try:
-        atomic_write(args.output, text.encode("utf-8"), mode=0o644)
+        atomic_write(target, text.encode("utf-8"), mode=0o644)
     except StateWriteError as e:
         raise StateError("cannot write the report: %s; give -o a path in a folder you can write" % e)
     rt.report.result(os.path.abspath(args.output))
     return EXIT_OK
+
+
+def state_roots(args, store):
+    """The state folders a command's files live in: the store's, the one it is archived in
+    (a session read from archive/<id>/), and the --state-dir / $AUTOEXP_STATE_DIR given."""
+    roots = [store.root]
+    parent = os.path.dirname(os.path.abspath(store.root))
+    if os.path.basename(parent) == ARCHIVE_FOLDER:
+        roots.append(os.path.dirname(parent))
+    explicit = getattr(args, "state_dir", None) or os.environ.get("AUTOEXP_STATE_DIR")
+    if explicit:
+        roots.append(explicit)
+    return [os.path.realpath(r) for r in roots]
+
+
+def report_target(output, roots):
+    """The file `report -o OUTPUT` may replace (a symlink's target: it is written through),
+    or a StateError: the report is renamed over it, so it must be a new file or a report
+    autoexp wrote, never a file of a state folder, a device, a fifo or a folder."""
+    target = os.path.realpath(output)
+    for root in roots:
+        if target == root or target.startswith(root.rstrip(os.sep) + os.sep):
+            raise StateError("-o %s is inside the state folder %s, whose files are autoexp's; give -o a path "
+                             "outside it" % (output, root))
+    try:
+        st = os.stat(target)
+    except OSError as e:
+        if e.errno == errno.ENOENT:
+            return target
+        raise StateError("cannot write the report at %s: %s; give -o another path" % (output, e.strerror))
+    if not stat.S_ISREG(st.st_mode):
+        raise StateError("-o %s exists and is not a regular file (a folder, a device or a fifo); give -o the "
+                         "path of a new file" % output)
+    try:
+        with open(target, "rb") as f:
+            head = f.read(REPORT_HEAD_BYTES)
+    except (IOError, OSError) as e:
+        raise StateError("cannot read %s: %s; give -o another path" % (output, e.strerror))
+    if not (head.startswith(b"<!DOCTYPE html>") and REPORT_TITLE.encode("ascii") in head):
+        raise StateError("-o %s exists and is not a report autoexp wrote, so it is left as it is; remove it "
+                         "or give -o the path of a new file" % output)
+    return target
 
 
 # -- _notify: one delivery, for the effect engine's worker ---------------------------------

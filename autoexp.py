@@ -8694,6 +8694,12 @@ def _session_id(ref):
 def archive_session(store, sid, now):
     """Move a finished session into archive/<id>/ under its lock: returns (what was done,
     paths kept where they were). A move a crash cut short after its commit is finished."""
+    root = os.path.realpath(store.root)
+    if os.path.basename(os.path.dirname(root)) == ARCHIVE_FOLDER:
+        # archive/<id>/ read as a state folder: archived again, it would nest out of unarchive's reach
+        raise StateError("%s is already archived; `autoexp unarchive --session %s --state-dir %s` brings it "
+                         "back first" % (os.path.join(store.root, sid + ".json"), sid,
+                                         os.path.dirname(os.path.dirname(root))))
     path, archived = store.session_path(sid), store.archived_path(sid)
     if not os.path.isfile(path):
         if not os.path.isfile(archived):
@@ -8761,7 +8767,9 @@ def _say_moved(rt, sid, what, where, kept):
 
 
 def cmd_archive(args, rt):
-    if bool(args.session) == bool(args.finished):
+    if args.session and args.finished:
+        raise ConfigError("give --session ID (the session to archive) or --finished (every finished one), not both")
+    if not args.session and not args.finished:
         raise ConfigError("give --session ID (the session to archive) or --finished (every finished one)")
     store = store_for(args, args.session)
     if args.session:

@@ -9177,12 +9177,13 @@ def build_parser():
     p.add_argument("--dry-run", action="store_true", help="show what would be done, change nothing")
     p.add_argument("--json", action="store_true", help="print the changes as one JSON document")
     p = add("status", cmd_status, "a table of every job of a session (or of every session)")
-    p.add_argument("--session", metavar="ID|PATH")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--session", metavar="ID|PATH")
     p.add_argument("--json", action="store_true")
     p.add_argument("names", nargs="*", metavar="NAME", help="only jobs whose name matches one of these globs")
-    p.add_argument("--active", action="store_true",
-                   help="only sessions with active jobs (the default when there are several)")
-    p.add_argument("--all", action="store_true", help="every session, active or not")
+    which.add_argument("--active", action="store_true",
+                       help="only sessions with active jobs (the default when there are several)")
+    which.add_argument("--all", action="store_true", help="every session, active or not")
     p.add_argument("--status", metavar="STATUS", choices=STATUS_FILTERS,
                    help="only jobs with this status or phase (%s)" % ", ".join(STATUS_FILTERS))
     p.add_argument("--archived", action="store_true",

@@ -384,3 +384,17 @@ def test_a_per_attempt_integer_is_bounded():
         autoexp.validate_restart({"oom": {"action": "restart", "sbatch": {"cpus-per-task": 2 ** 70}}},
                                  autoexp.validate_monitoring({}, c), c)
     assert "below 2^63" in str(e.value)
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["status", "--active", "--all"], "not allowed with argument"),
+    (["status", "--session", "p1", "--all"], "not allowed with argument"),
+    (["status", "--session", "p1", "--active"], "not allowed with argument"),
+    (["archive", "--session", "p1", "--finished"], "not both"),
+])
+def test_exclusive_options_are_refused_together(tmp_path, argv, words):
+    h = Harness(tmp_path, timeout_stall_config(), names=[A])
+    out, err = [], []
+    code = autoexp.main(["--state-dir", h.state_dir] + argv, out=_Sink(out), err=_Sink(err))
+    assert code == autoexp.EXIT_USAGE and words in "".join(err) and not "".join(out), (out, err)
+    assert os.path.isfile(os.path.join(h.state_dir, "p1.json"))

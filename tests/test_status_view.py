@@ -71,7 +71,7 @@ def test_default_over_several_sessions_shows_the_active_ones_and_counts_the_othe
     assert "session live" in both and "session old" in both
     only_old = status(two_sessions, "--session", "old").stdout
     assert "session old" in only_old and "session live" not in only_old
-    assert [d["session_id"] for d in docs(two_sessions, "--active", "--all")] == ["live"]
+    assert [d["session_id"] for d in docs(two_sessions, "--active")] == ["live"]
     assert sorted(d["session_id"] for d in docs(two_sessions, "--all")) == ["live", "old"]
 
 

@@ -8348,6 +8348,10 @@ def read_sessions(args, ref, report):
     found = SessionSet(store, report)
     sessions = [store.load(p, with_plan=False) for p in found.candidates(lambda s: True)]
     if not sessions and not found.broken:
+        archived = len(store.list_archived())
+        if archived:
+            raise StateError("no sessions in %s, only %d archived one(s): `autoexp status --archived` shows them"
+                             % (store.root, archived))
         raise StateError("no sessions in %s; pass --state-dir, or submit a plan first" % store.root)
     return sessions, len(found.broken)
 

@@ -228,3 +228,14 @@ def test_an_archived_session_given_by_its_path_is_not_archived_again(tmp_path, m
     assert sorted(os.listdir(os.path.dirname(archived))) == before and "archive" not in before
     code, out = helpers.run_main(h, ["unarchive", "--session", "p1"], monkeypatch, capsys)
     assert code == 0 and os.path.isfile(os.path.join(h.state_dir, "p1.json")), out
+
+
+def test_status_of_a_folder_whose_sessions_are_all_archived_points_to_archived(tmp_path, monkeypatch, capsys):
+    h = helpers.Harness(tmp_path, helpers.controller_config(), names=[helpers.A])
+    helpers.finish(h, helpers.A)
+    h.cycle()
+    assert helpers.run_main(h, ["archive", "--finished"], monkeypatch, capsys)[0] == 0
+    code, out = helpers.run_main(h, ["status"], monkeypatch, capsys)
+    assert code == 2 and "1 archived" in out.err and "status --archived" in out.err, out
+    code, out = helpers.run_main(h, ["status", "--archived"], monkeypatch, capsys)
+    assert code == 0 and "session p1" in out.out

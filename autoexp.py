@@ -6386,15 +6386,15 @@ class Controller(object):
         """Cycle until every job is finalized, stopped or cancelled; returns an exit code.
         summary_seconds: after that long without an event, one line says where the jobs are
         (a quiet monitor is not mistaken for a hung one)."""
-        quiet_since, seen = self.mono(), self.changes
+        quiet_since, seen, said = self.mono(), self.changes, 0
         while True:
             ok = self.cycle(sessions)
             if summary_seconds and not once:
                 if self.changes != seen:
-                    quiet_since, seen = self.mono(), self.changes
-                elif self.mono() - quiet_since >= summary_seconds:
-                    self.report.info(quiet_summary(sessions, summary_seconds))
-                    quiet_since = self.mono()
+                    quiet_since, seen, said = self.mono(), self.changes, 0
+                elif self.mono() - quiet_since >= (said + 1) * summary_seconds:
+                    said += 1  # the whole quiet stretch so far, not the time since the last line
+                    self.report.info(quiet_summary(sessions, said * summary_seconds))
             live = [s for s in sessions if s.active() or settling(s, self.clock())]
             if not live:
                 self.flush(sessions)

@@ -2286,7 +2286,40 @@ def load_manifest(path):
     if data.get("schema_version", 0) > MANIFEST_SCHEMA_VERSION:
         raise StateError("manifest %s has schema version %s, newer than this autoexp understands (%d); "
                          "use a newer autoexp" % (path, data.get("schema_version"), MANIFEST_SCHEMA_VERSION))
+    wrong = manifest_shape_error(data)
+    if wrong:
+        raise StateError("manifest %s is broken: %s; restore it, or plan again with `autoexp plan CONFIG`"
+                         % (path, wrong))
     return Plan(data, os.path.abspath(path))
+
+
+def manifest_shape_error(data):
+    """What is wrong with the shape of a manifest's document (None: nothing): a file edited
+    by hand or damaged must be an error naming it, never a traceback further on."""
+    for key in ("plan_id", "project", "state_dir", "workdir", "created_at"):
+        if not isinstance(data.get(key), str):
+            return "%r is not a string" % key
+    if not isinstance(data.get("config"), dict):
+        return "'config' is not an object"
+    jobs = data.get("jobs")
+    if not isinstance(jobs, list):
+        return "'jobs' is not a list"
+    kinds = (("name", str), ("index", int), ("params", dict), ("log_template", str), ("script_path", str),
+             ("sbatch_args", list))
+    for i, job in enumerate(jobs):
+        if not isinstance(job, dict):
+            return "jobs[%d] is not an object" % i
+        for key, kind in kinds:
+            if not isinstance(job.get(key), kind) or (kind is int and isinstance(job.get(key), bool)):
+                return "jobs[%d].%s is not %s" % (i, key, "an object" if kind is dict else "a " + {
+                    str: "string", int: "whole number", list: "list"}[kind])
+        if set(job) - set(PlanJob._fields) or not all(isinstance(a, str) for a in job["sbatch_args"]):
+            return "jobs[%d] is not a job autoexp planned" % i
+    array = data.get("array")
+    if array is not None and not (isinstance(array, dict) and set(ArraySpec._fields) - {"max_running"} <= set(array)
+                                  and set(array) <= set(ArraySpec._fields)):
+        return "'array' is not an array autoexp planned"
+    return None
 
 # ============================================================================
 # 4. SLURM client and parsers
@@ -8299,13 +8332,19 @@ def sweep_params(s):
     try:
         with open(s.manifest_path, "rb") as f:
             data = loads_json(f.read().decode("utf-8"))
-        return dict((j["name"], j.get("params") or {}) for j in data.get("jobs") or ())
-    except (IOError, OSError, ValueError, TypeError, KeyError, AttributeError):
+    except (IOError, OSError, ValueError):
         return {}
+    jobs = data.get("jobs") if isinstance(data, dict) else None
+    # a manifest damaged by hand: the jobs whose params are still an object, the rest shown without
+    return dict((j["name"], j["params"]) for j in (jobs if isinstance(jobs, list) else ())
+                if isinstance(j, dict) and isinstance(j.get("name"), str) and isinstance(j.get("params"), dict))
 
 
 def compact_params(params):
-    return ",".join("%s=%s" % (k, format_value(v)) for k, v in sorted(params.items())) if params else "-"
+    """k=v,... with a nested value (a list or an object) spelled as JSON, as in the manifest."""
+    def text(v):
+        return json.dumps(v, sort_keys=True, separators=(",", ":")) if isinstance(v, (dict, list)) else format_value(v)
+    return ",".join("%s=%s" % (k, text(v)) for k, v in sorted(params.items())) if params else "-"
 
 
 def shorten(text, width=STATUS_CELL_CHARS):

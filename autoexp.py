@@ -4724,11 +4724,12 @@ def attempt_hours(attempt):
 def cost_summary(attempts):
     """CPU and GPU hours of ended attempts: useful (outcome success), wasted (any other
     outcome: failed, timed out, replaced, cancelled, stalled...), and how many ended ones
-    have no known cost (their hours are in neither sum). Live attempts are not counted yet."""
+    have no known cost (their hours are in neither sum). Live attempts are not counted yet,
+    even one with an outcome (cancelled, or finished by its log) that SLURM still runs."""
     out = OrderedDict((k, 0.0) for k in COST_KEYS)
     out["unknown_attempts"] = 0
     for att in attempts:
-        if att.outcome is None:
+        if att.outcome is None or att.live:
             continue
         hours = attempt_hours(att)
         if hours is None:

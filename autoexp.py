@@ -646,6 +646,13 @@ def crash_point(name):
 TERMINAL_UNSAFE_RE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
 
+def terminal_safe(text):
+    """Text from job logs and SLURM with its escape sequences, NULs and bidi controls shown as
+    \\xNN or \\uNNNN, never obeyed: by a terminal (Reporter) or a browser (report)."""
+    return TERMINAL_UNSAFE_RE.sub(lambda m: "\\x%02x" % ord(m.group(0)) if ord(m.group(0)) < 256
+                                  else "\\u%04x" % ord(m.group(0)), text)
+
+
 class Reporter(object):
     """Where autoexp talks: results and changes on stdout, warnings on stderr.
 
@@ -664,8 +671,7 @@ class Reporter(object):
     def write(stream, text):
         # text from job logs and SLURM reaches the terminal: its escape sequences, NULs and
         # bidi controls are shown as \xNN, never obeyed (JSON documents escape them already)
-        text = TERMINAL_UNSAFE_RE.sub(lambda m: "\\x%02x" % ord(m.group(0)) if ord(m.group(0)) < 256
-                                      else "\\u%04x" % ord(m.group(0)), text)
+        text = terminal_safe(text)
         try:
             stream.write(text + "\n")
         except UnicodeEncodeError:
@@ -8373,8 +8379,10 @@ def _state_cell(j):
 
 
 def _table(rows, header):
-    widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
-    return ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header] + rows]
+    # escaped before measured: a control character takes 4 columns as \xNN, not 0 or 1
+    rows = [[terminal_safe(str(c)) for c in r] for r in [header] + rows]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    return ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
 
 
 def read_sessions(args, ref, report):
@@ -8914,8 +8922,8 @@ def render_report(s, plan, events, events_total, now):
     every user-given text (names, params, reasons, log lines in events) is escaped."""
     import html
 
-    def e(v):
-        return html.escape("" if v is None else str(v), quote=True)
+    def e(v):  # as status shows it: control characters as \xNN, never raw in the page
+        return html.escape(terminal_safe("" if v is None else str(v)), quote=True)
 
     jobs = s.jobs[:MAX_REPORT_JOBS]
     spans = [(job, att, _attempt_span(att, now)) for job in jobs for att in job.attempts]

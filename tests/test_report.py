@@ -159,3 +159,25 @@ def test_report_replaces_only_a_report_it_wrote(tmp_path, monkeypatch, capsys):
     code, out = helpers.run_main(h, ["report", "--session", "p1", "-o", link], monkeypatch, capsys)
     assert code == 0 and os.path.islink(link) and os.readlink(link) == real
     assert "<title>autoexp report: p1</title>" in open(real).read()
+
+
+def test_report_shows_control_characters_escaped_as_status_does(tmp_path, monkeypatch, capsys):
+    """ESC, BEL and a bidi override from a log line and from the params reach the page as
+    \\x1b, \\x07, \\u202e (what status prints), never raw."""
+    h = helpers.Harness(tmp_path, helpers.controller_config(log_events=[{"name": "warned", "pattern": "WARN"}]),
+                        names=[helpers.A])
+    manifest = h.plan.manifest_path
+    doc = json.load(open(manifest))
+    doc["jobs"][0]["params"]["note"] = "n\x1b[2Jx\u202e"
+    json.dump(doc, open(manifest, "w"))
+    h.slurm.set(h.live_id(helpers.A), "RUNNING")
+    h.cycle()
+    h.log(helpers.A, "WARN \x1b[31mred\x07 \u202edesrever\n")
+    h.cycle()
+    out = str(tmp_path / "r.html")
+    code, res = helpers.run_main(h, ["report", "--session", "p1", "-o", out], monkeypatch, capsys)
+    assert code == 0, res
+    text = open(out, encoding="utf-8").read()
+    assert not [c for c in ("\x1b", "\x07", "\u202e") if c in text]
+    assert "WARN \\x1b[31mred\\x07 \\u202edesrever" in text
+    parse(text)

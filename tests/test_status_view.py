@@ -336,3 +336,21 @@ def test_the_quiet_summary_says_how_long_it_has_been_quiet(tmp_path):
     assert [line.split(":")[0] for line in said] == ["no change in 1m00s", "no change in 2m00s",
                                                      "no change in 3m00s"], said
     assert said[0].endswith("p1 1 running")
+
+
+def test_status_columns_line_up_around_control_characters(tmp_path):
+    """A cell holding ESC is printed as \\x1b (4 columns): the widths are those of what is
+    printed, so the next column starts at the same place on every row."""
+    h = helpers.Harness(tmp_path, helpers.controller_config())
+    manifest = h.plan.manifest_path
+    doc = json.load(open(manifest))
+    doc["jobs"][0]["params"]["note"] = "\x1b\x1b\x1b"
+    json.dump(doc, open(manifest, "w"))
+    out = []
+    assert helpers.autoexp.main(["--state-dir", h.state_dir, "status"], out=helpers._Sink(out),
+                                err=helpers._Sink([])) == 0
+    lines = "".join(out).splitlines()
+    header, rows = lines[1], lines[2:4]
+    assert "note=\\x1b\\x1b\\x1b,seed=1" in rows[0] and "\x1b" not in "".join(out)
+    col = header.index("LOG")
+    assert [r[col - 2:col + 1] for r in rows] == ["  " + r[col] for r in rows] and all(r[col] != " " for r in rows)

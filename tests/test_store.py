@@ -470,3 +470,17 @@ def test_a_session_named_like_a_generation_of_another_keeps_its_files(tmp_path):
         assert os.path.exists(h.store.gen_paths("p1", s.generation)[0])
     finally:
         lock.release()
+
+
+def test_the_lock_file_names_its_holder_while_held_and_is_empty_after(tmp_path):
+    """SPEC 6.1: how to see whether a session may be edited by hand, without taking its lock
+    (that a second process is refused, naming the holder, is in test_archive)."""
+    h = Harness(tmp_path, config(), names=[A])
+    path = os.path.join(h.state_dir, "p1.lock")
+    lock = h.store.lock("p1", "monitor", h.clock())
+    try:
+        held = json.loads(open(path).read())
+        assert held["pid"] == os.getpid() and held["command"] == "monitor" and held["host"] and held["since"]
+    finally:
+        lock.release()
+    assert open(path).read() == ""

@@ -165,6 +165,7 @@ EV_ADOPTED, EV_REACTIVATED = "adopted", "reactivated"
 EV_RESUBMITS_AMBIGUOUS, EV_RETRIED = "resubmits_ambiguous", "retried"
 EV_BLOCKED, EV_PENDING_TOO_LONG = MODE_BLOCKED, MODE_PENDING_TOO_LONG  # once per attempt, whatever the policy
 EV_NODES_EXCLUDED, EV_EXCLUSION_CAPPED = "nodes_excluded", "exclusion_capped"
+EV_FOLLOWUP_ADDED, EV_FOLLOWUP_FAILED = "followup_added", "followup_failed"  # on the parent (SPEC 5.7)
 # What the effect engine (SPEC 5.8) reports of the `on` rules' commands and notifications.
 EV_ACTION_STARTED, EV_ACTION_DONE, EV_ACTION_FAILED = "action_started", "action_done", "action_failed"
 EV_ACTION_INTERRUPTED, EV_ACTION_RETRY = "action_interrupted", "action_retry"
@@ -175,7 +176,8 @@ EVENT_KINDS = (EV_INTENT, EV_SUBMITTED, EV_SUBMIT_ERROR, EV_STATE, EV_REQUEUED, 
                EV_LOG_PREFIX + "<name>", EV_LOG_RESTARTED, EV_LOG_UNREADABLE, EV_OUTCOME, EV_RESTART_SCHEDULED,
                EV_FINALIZED, EV_STOPPED, EV_CANCEL_REQUESTED, EV_SCANCEL, EV_SCANCEL_FAILED,
                EV_USER_CANCEL, EV_ADOPTED, EV_REACTIVATED, EV_RESUBMITS_AMBIGUOUS, EV_RETRIED, EV_BLOCKED,
-               EV_PENDING_TOO_LONG, EV_NODES_EXCLUDED, EV_EXCLUSION_CAPPED) + EFFECT_EVENTS
+               EV_PENDING_TOO_LONG, EV_NODES_EXCLUDED, EV_EXCLUSION_CAPPED, EV_FOLLOWUP_ADDED,
+               EV_FOLLOWUP_FAILED) + EFFECT_EVENTS
 
 # Effects (SPEC 5.8): what an `on` rule does when its event happens, and where that stands.
 # intent: recorded, not yet seen running; running: its worker holds the lock; waiting: a
@@ -200,6 +202,12 @@ EFFECT_PLACEHOLDERS = ("event", "mode", "job_id", "attempt", "session", "reason"
 NO_NODES_RE = re.compile(r"Requested node configuration is not available")
 SCOPE_JOB, SCOPE_SESSION = "job", "session"
 EXCLUSION_SCOPES = (SCOPE_JOB, SCOPE_SESSION)
+
+# Follow-up jobs (SPEC 5.7): the parent statuses a `then` entry may wait for. Nesting is
+# the only way to chain them, so a cycle cannot be written; the depth is bounded all the same.
+FOLLOWUP_WHENS = (FINALIZED, STOPPED, CANCELLED)
+MAX_FOLLOWUP_DEPTH = 4       # job.then[].then[].then[].then[]: no deeper
+MAX_FOLLOWUPS = 16           # entries of one `then` list
 
 # SLURM job states, from squeue(1) and sacct(1). Anything still able to run is active.
 ACTIVE_STATES = frozenset((
@@ -320,7 +328,7 @@ CRASH_POINTS = ("state_before_rename", "state_after_rename", "state_before_appen
                 "state_after_append", "before_intent_write", "after_intent_write",
                 "before_sbatch", "after_sbatch", "after_action_payload", "between_jobs",
                 "before_scancel", "after_scancel", "archive_before_commit", "archive_after_commit",
-                "effect_before_spawn", "effect_after_spawn", "effect_after_result")
+                "after_followup_script", "effect_before_spawn", "effect_after_spawn", "effect_after_result")
 
 # The effect engine (SPEC 5.8).
 EFFECT_TAIL_BYTES = 2048     # of a command's output, what its history keeps (the end)
@@ -763,9 +771,11 @@ def redact(text, secrets=()):
 TOP_KEYS = ("project", "state_dir", "sweep", "job", "monitoring", "restart", "node_exclusion", "notify",
             "description", "on")
 JOB_KEYS = ("name", "command", "template", "log", "sbatch", "env", "workdir", "array_log",
-            "array_max_running")
+            "array_max_running", "then")
 LOG_EVENT_KEYS = ("name", "pattern", "mode", "match", "exclude_nodes")
 LOG_EVENT_REQUIRED = ("name", "pattern")
+FOLLOWUP_KEYS = ("name", "command", "when", "log", "sbatch", "env", "then")
+FOLLOWUP_REQUIRED = ("name", "command")
 RESERVED_PARAMS = ("project", "name", "index", "plan_id")
 
 
@@ -1873,6 +1883,26 @@ class PlannedJob(object):
         return owned_args(self.name, self.log_template, self.plan.with_error, self.tag, self.plan.workdir)
 
 
+class FollowupSpec(NamedTuple):
+    """A follow-up job of the plan (SPEC 5.7): what PlanJob says, plus its parent, the parent
+    statuses that start it, and where its `then` entry is in the config."""
+    name: str
+    index: int
+    params: dict  # its root job's sweep parameters
+    script_path: str  # written when its parent is decided, not at plan time
+    log_template: str
+    tag: str
+    sbatch_args: list
+    parent: str
+    when: list
+    path: list
+
+
+def followup_when(entry):
+    when = entry.get("when", FINALIZED)
+    return list(when) if isinstance(when, list) else [when]
+
+
 class ArraySpec(NamedTuple):
     name: str
     script_path: str
@@ -1883,14 +1913,15 @@ class ArraySpec(NamedTuple):
 
 
 MANIFEST_FIELDS = ("schema_version", "kind", "plan_id", "project", "created_at", "config_path",
-                   "state_dir", "workdir", "config", "jobs", "array", "array_error")
+                   "state_dir", "workdir", "config", "jobs", "array", "array_error", "followups")
 
 
 class Plan(object):
     """A planned sweep as read back from its manifest: what a session submits and watches."""
 
     __slots__ = ("plan_id", "project", "manifest_path", "state_dir", "workdir", "config",
-                 "jobs", "by_name", "array", "array_error", "created_at", "plan_dir", "with_error")
+                 "jobs", "by_name", "array", "array_error", "created_at", "plan_dir", "with_error",
+                 "followups_of")
 
     def __init__(self, data, manifest_path):
         self.plan_id = data["plan_id"]
@@ -1910,6 +1941,12 @@ class Plan(object):
                 job = PlanJob(**j)  # a manifest autoexp would not write today: kept as it says
             self.jobs.append(job)
         self.by_name = dict((j.name, j) for j in self.jobs)
+        # follow-ups are submitted like any job (by_name), never by `submit` (not in jobs)
+        self.followups_of = {}
+        for f in data.get("followups") or ():
+            spec = FollowupSpec(**f)
+            self.by_name[spec.name] = spec
+            self.followups_of.setdefault(spec.parent, []).append(spec)
         a = data.get("array")
         self.array = ArraySpec(**dict(a, max_running=a.get("max_running"))) if a else None
         self.array_error = data.get("array_error")
@@ -1977,12 +2014,18 @@ def _validate_job(job, source, c):
     if "array_max_running" in job:
         c.number(job["array_max_running"], "job.array_max_running", positive=True, integer=True,
                  maximum=MAX_ARRAY_EXPANSION)
-    sb = job.get("sbatch", {})
-    c.obj(sb, "job.sbatch", list(sb))
+    _validate_sbatch_table(job.get("sbatch", {}), "job.sbatch", c)
+    _validate_env(job.get("env", {}), "job.env", c)
+    if "then" in job:
+        _validate_then(job["then"], "job.then", 1, source, c)
+
+
+def _validate_sbatch_table(sb, where, c):
+    c.obj(sb, where, list(sb))
     for k, v in sb.items():
         if k.startswith("_"):
             continue
-        key = "job.sbatch." + k
+        key = where + "." + k
         if not SBATCH_KEY_RE.match(k):
             c.fail(key, "is not a long sbatch option name like 'time' or 'cpus-per-task'")
         owned = owned_sbatch_option("--" + k) if len(k) > 1 else OWNED_SHORT.get(k)
@@ -1993,17 +2036,52 @@ def _validate_job(job, source, c):
         if isinstance(v, (int, float)):
             continue
         check_directive_value(c.string(v, key, allow_empty=True), key, c)
-    env = job.get("env", {})
-    c.obj(env, "job.env", list(env))
+
+
+def _validate_env(env, where, c):
+    c.obj(env, where, list(env))
     for k, v in env.items():
         if k.startswith("_"):
             continue
         if not IDENT_RE.match(k):
-            c.fail("job.env." + k, "is not a valid environment variable name")
+            c.fail(where + "." + k, "is not a valid environment variable name")
         if isinstance(v, bool) or not isinstance(v, (str, int, float)):
-            c.fail("job.env." + k, "must be a string or a number")
+            c.fail(where + "." + k, "must be a string or a number")
         if "\x00" in str(v):
-            c.fail("job.env." + k, "contains a NUL character")
+            c.fail(where + "." + k, "contains a NUL character")
+
+
+def _validate_then(entries, where, depth, source, c):
+    """job.then (SPEC 5.7): follow-up jobs, nested at most MAX_FOLLOWUP_DEPTH deep. The
+    placeholders are checked by build_plan, which knows every parent's values."""
+    if depth > MAX_FOLLOWUP_DEPTH:
+        c.fail(where, "follow-ups nest at most %d deep (job.then[].then[]...); chain fewer steps"
+               % MAX_FOLLOWUP_DEPTH)
+    if not isinstance(entries, list):
+        c.fail(where, "must be a list of {%s}, not %s" % (", ".join(FOLLOWUP_KEYS), _type_name(entries)))
+    if len(entries) > MAX_FOLLOWUPS:
+        c.fail(where, "has %d entries; at most %d" % (len(entries), MAX_FOLLOWUPS))
+    for i, entry in enumerate(entries):
+        key = "%s[%d]" % (where, i)
+        c.obj(entry, key, FOLLOWUP_KEYS)
+        for k in FOLLOWUP_REQUIRED:
+            if k not in entry:
+                c.fail(key, "needs %r (a follow-up is {%s})" % (k, ", ".join(FOLLOWUP_KEYS)))
+        for k in ("name", "command", "log"):
+            if k in entry:
+                c.string(entry[k], "%s.%s" % (key, k))
+        check_shell_placeholders(entry["command"], "%s: %s.command" % (source, key))
+        when = entry.get("when", FINALIZED)
+        for w in (when if isinstance(when, list) else [when]):
+            if w not in FOLLOWUP_WHENS:
+                c.fail(key + ".when", "must be one of %s (or a list of them), not %s"
+                       % (", ".join(FOLLOWUP_WHENS), json.dumps(w)))
+        if isinstance(when, list) and not when:
+            c.fail(key + ".when", "must not be an empty list")
+        _validate_sbatch_table(entry.get("sbatch", {}), key + ".sbatch", c)
+        _validate_env(entry.get("env", {}), key + ".env", c)
+        if "then" in entry:
+            _validate_then(entry["then"], key + ".then", depth + 1, source, c)
 
 
 def build_plan(config, source, plan_id, state_dir, workdir, created_at):
@@ -2021,7 +2099,7 @@ def build_plan(config, source, plan_id, state_dir, workdir, created_at):
     name_tpl = job.get("name", "{project}-{index}" if len(points) > 1 else "{project}")
     log_tpl = job.get("log", "logs/{name}-%j.log")
     template_text = _read_template(job, source, c)
-    jobs, scripts, seen, sbatch_sets = [], OrderedDict(), {}, []
+    jobs, scripts, seen, sbatch_sets, roots = [], OrderedDict(), {}, [], []
     for index, params in enumerate(points):
         values = OrderedDict((k, format_value(v)) for k, v in params.items())
         values.update(project=config["project"], index=str(index), plan_id=plan_id)
@@ -2040,11 +2118,14 @@ def build_plan(config, source, plan_id, state_dir, workdir, created_at):
                                                   sbatch, source)
         jobs.append(PlanJob(name, index, params, script_path, log, tag,
                             owned_args(name, log, "error" not in sbatch, tag, workdir))._asdict())
+        if job.get("then"):
+            roots.append((name, values, params))
     manifest = OrderedDict([
         ("schema_version", MANIFEST_SCHEMA_VERSION), ("kind", MANIFEST_KIND),
         ("plan_id", plan_id), ("project", config["project"]), ("created_at", iso_time(created_at)),
         ("config_path", os.path.abspath(source)), ("state_dir", state_dir), ("workdir", workdir),
-        ("config", config), ("jobs", jobs), ("array", None), ("array_error", None)])
+        ("config", config), ("jobs", jobs), ("array", None), ("array_error", None),
+        ("followups", _plan_followups(config, source, plan_id, plan_dir, workdir, roots, seen, c))])
     differing = [j["name"] for j, sb in zip(jobs, sbatch_sets) if sb != sbatch_sets[0]]
     if differing:
         manifest["array_error"] = ("jobs differ in their sbatch options (first: %s), so they cannot "
@@ -2052,6 +2133,105 @@ def build_plan(config, source, plan_id, state_dir, workdir, created_at):
     else:
         _plan_array(manifest, scripts, job, log_tpl, sbatch_sets[0], plan_dir, source, c)
     return manifest, scripts
+
+
+def capture_names(log_events):
+    """The names log_events patterns capture (their named groups), which follow-ups and
+    actions may use as placeholders."""
+    names = []
+    for ev in log_events:
+        if ev.get("match", MATCH_REGEX) != MATCH_REGEX:
+            continue
+        try:
+            groups = re.compile(ev["pattern"]).groupindex
+        except re.error:
+            continue
+        names += [g for g in groups if g not in names]
+    return names
+
+
+def followup_values(parent_values, name, parent):
+    """A follow-up's placeholder values: its parent's (sweep parameters, {project}, {index},
+    {plan_id}, captured values), with {name} its own name and {parent} its parent's."""
+    values = OrderedDict(parent_values)
+    values["name"], values["parent"] = name, parent
+    return values
+
+
+def followup_entry(config, path):
+    """The `then` entry at path: job.then[path[0]].then[path[1]]..."""
+    entry = config["job"]["then"][path[0]]
+    for i in path[1:]:
+        entry = entry["then"][i]
+    return entry
+
+
+def followup_key(path):
+    return "job" + "".join(".then[%d]" % i for i in path)
+
+
+def render_followup(entry, key, values, index, log, tag, workdir, source):
+    """A follow-up's script. A placeholder without a value (a capture its parent's log
+    never gave) is a ConfigError naming the entry's key."""
+    c = _Checker(source)
+    render_template(entry["command"], values, "%s: %s.command" % (source, key), quote=shlex.quote)
+    sbatch = _render_sbatch_options(entry, values, source, c, where=key)
+    return _render_job_script(entry, None, values, index, log, tag, workdir, sbatch, source, where=key)
+
+
+def _plan_followups(config, source, plan_id, plan_dir, workdir, roots, seen, c):
+    """The manifest's follow-up records (SPEC 5.7), depth first under each parent. Names,
+    logs and sbatch options use the parent's values only, so they are known now and unique
+    over the whole plan; command and env may also use captured values, checked here against
+    the log_events group names and filled in when the parent is decided."""
+    out = []
+    if not roots:
+        return out
+    captures = capture_names(config["monitoring"]["log_events"])
+    log_tpl = config["job"].get("log", "logs/{name}-%j.log")
+    index = [len(seen)]
+
+    def walk(parent, pvalues, params, entries, path):
+        for i, entry in enumerate(entries):
+            where = path + [i]
+            key = followup_key(where)
+            name = render_template(entry["name"], pvalues, "%s: %s.name" % (source, key))
+            if not SAFE_NAME_RE.match(name):
+                c.fail(key + ".name", "renders to %r for parent %s, which is not a safe name (1-128 characters "
+                       "from A-Z a-z 0-9 . _ + -, starting with a letter or digit)" % (name, parent))
+            if name in seen:
+                c.fail(key + ".name", "renders to %r for parent %s, a name another job of the plan has; names "
+                       "must be unique, so put {name} in it" % (name, parent))
+            seen[name] = index[0]
+            values = followup_values(pvalues, name, parent)
+            log_values = OrderedDict((k, v.replace("%", "%%")) for k, v in values.items())
+            log = render_template(entry.get("log", log_tpl), log_values, "%s: %s.log" % (source, key))
+            log = check_log_template(os.path.normpath(os.path.join(workdir, log)), key + ".log", c)
+            sbatch = _render_sbatch_options(entry, values, source, c, where=key)
+            tag = session_tag(plan_id, name)
+            spec = FollowupSpec(name, index[0], params, os.path.join(plan_dir, "jobs", name + ".sbatch"), log, tag,
+                                owned_args(name, log, "error" not in sbatch, tag, workdir), parent,
+                                followup_when(entry), where)._asdict()
+            index[0] += 1
+            if len(seen) > MAX_SWEEP_JOBS:
+                c.fail("job.then", "makes the plan hold more than %d jobs" % MAX_SWEEP_JOBS)
+            checked = OrderedDict(values)
+            for cap in captures:
+                checked.setdefault(cap, "x")
+            try:
+                render_followup(entry, key, checked, spec["index"], log, tag, workdir, source)
+            except ConfigError as e:
+                raise ConfigError("%s (a follow-up may use its parent's values, {parent}, and the values "
+                                  "monitoring.log_events patterns capture: %s)"
+                                  % (e, ", ".join("{%s}" % n for n in captures) or "none"))
+            out.append(spec)
+            walk(name, values, params, entry.get("then") or (), where)
+
+    for name, values, params in roots:
+        if "parent" in params:
+            c.fail("sweep", "'parent' is a placeholder of follow-ups (job.then); rename the parameter")
+        walk(name, values, params, config["job"]["then"], [])
+    return out
 
 
 def _read_template(job, source, c):
@@ -2082,19 +2262,19 @@ def _render_job_name(name_tpl, values, index, seen, source, c):
     return name
 
 
-def _render_sbatch_options(job, values, source, c):
+def _render_sbatch_options(job, values, source, c, where="job"):
     sbatch = OrderedDict()
     for k, v in job.get("sbatch", {}).items():
         if v is False or v is None or k.startswith("_"):
             continue
         if v is not True:
-            v = render_template(format_value(v), values, "%s: job.sbatch.%s" % (source, k))
-            check_directive_value(v, "job.sbatch." + k, c)
+            v = render_template(format_value(v), values, "%s: %s.sbatch.%s" % (source, where, k))
+            check_directive_value(v, "%s.sbatch.%s" % (where, k), c)
         sbatch[k] = v
     return sbatch
 
 
-def _render_job_script(job, template_text, values, index, log, tag, workdir, sbatch, source):
+def _render_job_script(job, template_text, values, index, log, tag, workdir, sbatch, source, where="job"):
     name, plan_id = values["name"], values["plan_id"]
     header = ["#SBATCH --job-name=%s" % name, render_sbatch_line("output", log)]
     if "error" not in sbatch:
@@ -2105,12 +2285,12 @@ def _render_job_script(job, template_text, values, index, log, tag, workdir, sba
     for k, v in job.get("env", {}).items():
         if k.startswith("_"):
             continue
-        v = render_template(format_value(v), values, "%s: job.env.%s" % (source, k))
+        v = render_template(format_value(v), values, "%s: %s.env.%s" % (source, where, k))
         exports.append("export %s=%s" % (k, shlex.quote(v)))
     note = "# Generated by autoexp %s: plan %s, job %s (index %d). Re-plan rather than edit." % (
         __version__, plan_id, name, index)
     if template_text is None:
-        body = render_template(job["command"], values, "%s: job.command" % source, quote=shlex.quote)
+        body = render_template(job["command"], values, "%s: %s.command" % (source, where), quote=shlex.quote)
         return "\n".join(["#!/bin/bash", note] + header + [""] + exports + ["", body.rstrip("\n"), ""])
     return _render_template_script(template_text, values, header + [note], exports, source)
 
@@ -2256,7 +2436,7 @@ def write_plan(manifest, scripts):
     # leaving no half-written plan behind.
     encoded = [(path, text.encode("utf-8")) for path, text in scripts.items()]
     # SLURM refuses to start a job whose --output folder is missing (JobLaunchFailure).
-    for j in manifest["jobs"] + ([manifest["array"]] if manifest["array"] else []):
+    for j in manifest["jobs"] + ([manifest["array"]] if manifest["array"] else []) + manifest.get("followups", []):
         folder = os.path.dirname(j["log_template"])
         if "%" not in folder:
             try:
@@ -3615,7 +3795,8 @@ JOB_FIELDS = (
     Field("attempts", (), (list,)), Field("array", False), Field("last_monitor_state"),
     Field("last_slurm_state"), Field("last_event"), Field("last_updated"), Field("next_submit_at"),
     Field("reason"), Field("submit_failures", 0), Field("submit_refusals", 0), Field("duplicate_warned", False),
-    Field("seen_copies", ()), Field("attempts_base", 0), Field("resubmits_warned", ()), Field("effects", ()))
+    Field("seen_copies", ()), Field("attempts_base", 0), Field("resubmits_warned", ()), Field("effects", ()),
+    Field("parent"))  # a follow-up's parent job (SPEC 5.7); None for the plan's own jobs
 
 # One effect of an `on` rule (SPEC 5.8), as job.effects keeps it: set off by `event` (its
 # journal record), run as tries 1, 2, ... of which `try` is the current one.
@@ -4231,6 +4412,24 @@ def job_phase(job, queued_cancel=False):
     if att.last_slurm_state in (None, "PENDING") or att.last_slurm_state in REQUEUE_STATES:
         return PH_PENDING
     return PH_RUNNING
+
+
+def followups_due(job, specs, existing):
+    """The follow-ups a decided job gets now (SPEC 5.7): of its plan's `then` specs, those
+    whose `when` holds its status and that the session does not hold yet (existing: a name
+    -> job lookup). The name is the follow-up's identity, so a restarted, re-decided or
+    re-read parent never gets a second one, and an active job gets none."""
+    if job.status == ACTIVE:
+        return []
+    return [f for f in specs if f.parent == job.name and job.status in f.when and existing(f.name) is None]
+
+
+def job_depth(job, jobs_by_name):
+    """How many parents up to a plan's own job (0 for one), bounded by the nesting limit."""
+    depth = 0
+    while job is not None and job.parent and depth <= MAX_FOLLOWUP_DEPTH:
+        job, depth = jobs_by_name(job.parent), depth + 1
+    return depth
 
 
 def unfinished_jobs(s):
@@ -6525,6 +6724,8 @@ class Controller(object):
         mon = s.monitoring
         for job in focus:
             self._step(s, job, snap, look, now, todo)
+            if job.status != ACTIVE:  # decided by an older autoexp, or re-read: none is added twice
+                self._followups(s, job, now)
             due[job.name] = steady_until(job, mon)
             crash_point("between_jobs")
         if todo.want:
@@ -7165,6 +7366,7 @@ class Controller(object):
             job.status, job.reason = FINALIZED, verdict.reason
             job.last_monitor_state = FINALIZED
             self._event(s, job, att, EV_FINALIZED, now, mode=mode, detail=decision.reason)
+            self._followups(s, job, now)
         else:
             self._stop(s, job, att, now, mode, "%s (%s)" % (decision.reason, verdict.reason), decision.reason)
             if att.live and mode != MODE_SUCCESS:
@@ -7182,6 +7384,70 @@ class Controller(object):
         job.status, job.reason = STOPPED, reason
         job.last_monitor_state = STOPPED
         self._event(s, job, att, EV_STOPPED, now, mode=mode, detail=detail)
+        self._followups(s, job, now)
+
+    # -- follow-ups (SPEC 5.7) ----------------------------------------------------------
+
+    def _followups(self, s, job, now):
+        """Add the follow-ups job's new status starts (section 7's followups_due). Each
+        script is written into the plan folder first; its Job is added to the session now,
+        so the state write that records the parent's decision records the child too: a
+        crash never keeps one without the other. The child is then submitted like any
+        job with no attempt (looked up by its tag first, intent, sbatch)."""
+        specs = s.plan.followups_of.get(job.name) if s.plan is not None else None
+        if not specs:
+            return
+        due = followups_due(job, specs, s.job)
+        if not due:
+            return
+        values = self._values(s, job)
+        att = job.current
+        added = []
+        for spec in due:
+            child = Job(name=spec.name, index=spec.index, parent=job.name)
+            try:
+                self._write_followup(s, spec, values)
+            except (ConfigError, StateError) as e:
+                child.status, child.reason = STOPPED, "not submitted: %s" % e
+                child.last_monitor_state = STOPPED
+                (self._event(s, job, att, EV_FOLLOWUP_FAILED, now, detail="%s: %s" % (spec.name, e)) if att
+                 else self.report.warn("%s: follow-up %s not submitted: %s" % (job.name, spec.name, e)))
+            else:
+                detail = "%s (when %s)" % (spec.name, job.status)
+                (self._event(s, job, att, EV_FOLLOWUP_ADDED, now, detail=detail) if att
+                 else self.report.info("%s: follow-up %s" % (job.name, detail)))
+            added.append(child)
+        s.add_jobs(added)
+        crash_point("after_followup_script")
+
+    def _write_followup(self, s, spec, values):
+        """Render a follow-up's script with its parent's values (and captured values) and
+        write it where the plan's scripts are."""
+        script = render_followup(followup_entry(s.config, spec.path), followup_key(spec.path),
+                                 followup_values(values, spec.name, spec.parent), spec.index, spec.log_template,
+                                 spec.tag, s.plan.workdir, "session %s" % s.session_id)
+        if not self.dry_run:
+            atomic_write(spec.script_path, script.encode("utf-8"), mode=0o700)
+
+    @staticmethod
+    def _values(s, job):
+        """The placeholder values job's follow-ups start from: its root's sweep values, then
+        each follow-up's {name} and {parent} down to job, then the values captured by the
+        chain's logs (the nearest job's winning) where no such value has the name."""
+        chain = [job]
+        while chain[-1].parent and len(chain) <= MAX_FOLLOWUP_DEPTH and s.job(chain[-1].parent) is not None:
+            chain.append(s.job(chain[-1].parent))
+        root = chain[-1]
+        pj = s.plan.by_name[root.name]
+        values = job_values(pj.params, s.plan.project, pj.index, s.plan.plan_id, root.name)
+        for j in reversed(chain[:-1]):
+            values = followup_values(values, j.name, j.parent)
+        captured = OrderedDict()
+        for j in reversed(chain):
+            captured.update(job_captured(j))
+        for k, v in captured.items():
+            values.setdefault(k, v)
+        return values
 
     def _request_cancel(self, s, job, att, now, todo, why):
         att.cancel_requested_at = now
@@ -7267,6 +7533,10 @@ class Controller(object):
         """`autoexp retry`: a stopped or cancelled job (retry_refusal said none) is active
         again with a new attempt, submitted like every other (intent first); with reset,
         its policies count attempts from this one."""
+        if job.parent and s.job(job.parent) is not None:
+            # rendered again (first: a value still missing changes nothing): a value its
+            # parent's log had not captured when it was decided may be there now
+            self._write_followup(s, s.plan.by_name[job.name], self._values(s, s.job(job.parent)))
         last = job.current
         array = last.array_task is not None if last is not None else job.array
         job.status, job.reason = ACTIVE, None
@@ -7382,6 +7652,7 @@ class Controller(object):
             att = job.current
             job.status, job.reason = CANCELLED, "cancelled by the user"
             job.last_monitor_state = CANCELLED
+            self._followups(s, job, now)
             if att is None:
                 continue
             self._event(s, job, att, EV_USER_CANCEL, now, detail="autoexp cancel")
@@ -8048,7 +8319,7 @@ def submit_plan(args, rt, store, plan, keep_lock=False, command="submit"):
 
 def _jobs_to_submit(args, plan):
     names = _flatten(args.only) or [j.name for j in plan.jobs]
-    unknown = [n for n in names if n not in plan.by_name]
+    unknown = [n for n in names if n not in plan.by_name or isinstance(plan.by_name[n], FollowupSpec)]
     if unknown:
         raise ConfigError("--only: no job %s in plan %s (jobs: %s)" % (
             ", ".join(unknown), plan.plan_id, ", ".join(j.name for j in plan.jobs[:10]) +
@@ -8289,7 +8560,8 @@ def _status_doc(s, now=None, params=None, queued=()):
         since, kind = live_since(att)
         budget = attempt_budget(job, s.policies)
         jobs.append(OrderedDict([
-            ("name", job.name), ("status", job.status), ("attempts", len(job.attempts)),
+            ("name", job.name), ("parent", job.parent), ("depth", job_depth(job, s.job) if job.parent else 0),
+            ("status", job.status), ("attempts", len(job.attempts)),
             ("job_id", job.job_id), ("last_job_id", att.job_id if att else None), ("live", bool(att and att.live)),
             ("slurm_state", att.last_slurm_state if att else None),
             ("pending_reason", plain_reason(att.pending_reason) if att and att.pending_reason else None),
@@ -8470,11 +8742,11 @@ def status_lines(s, doc):
     if len(doc["jobs"]) < doc["jobs_total"]:
         lines.append("%d of %d job(s) match" % (len(doc["jobs"]), doc["jobs_total"]))
     rows = []
-    for j in doc["jobs"]:
+    for j in followup_tree(doc["jobs"]):
         b = j["budget"]
         elapsed = "-" if j["elapsed_seconds"] is None else "%s %s" % (
             "run" if j["elapsed_kind"] == PH_RUNNING else "wait", duration_text(j["elapsed_seconds"]))
-        rows.append((j["name"], j["status"], j["attempts"], "%s %d/%d" % (b["mode"], b["used"], b["allowed"]) if b else "-",
+        rows.append(("  " * j["depth"] + j["name"], j["status"], j["attempts"], "%s %d/%d" % (b["mode"], b["used"], b["allowed"]) if b else "-",
                      j["last_job_id"] or "-", shorten(_state_cell(j), 2 * STATUS_CELL_CHARS), elapsed, j["monitor_state"] or "-",
                      j["last_event"] or "-", shorten(compact_params(j["params"])), shorten(j["log_path"] or "-"),
                      shorten(j["reason"] or j["submit_error"] or "-")))
@@ -8487,6 +8759,25 @@ def status_lines(s, doc):
         if j["excluded_nodes"]:
             lines.append("%s: attempt %d excludes %s" % (j["name"], j["attempts"], j["exclusion_note"]))
     return lines
+
+
+def followup_tree(jobs):
+    """The status rows in tree order: each follow-up right under its parent (its name
+    indented by depth), the plan's own jobs in plan order."""
+    children, shown = {}, set(j["name"] for j in jobs)
+    for j in jobs:
+        if j.get("parent") in shown:
+            children.setdefault(j["parent"], []).append(j)
+    out = []
+
+    def add(j):
+        out.append(j)
+        for child in children.get(j["name"], ()):
+            add(child)
+    for j in jobs:
+        if j.get("parent") not in shown:
+            add(j)
+    return out
 
 
 def cmd_status(args, rt):
@@ -8599,7 +8890,7 @@ def _history_doc(s, name):
             attempts[-1]["cpu_hours"], attempts[-1]["gpu_hours"] = hours or (None, None)
             attempts[-1]["sbatch_options"] = list(att.sbatch_options)
             attempts[-1]["captured"] = OrderedDict(att.captured or ())
-        jobs.append(OrderedDict([("name", job.name), ("status", job.status), ("job_id", live_id),
+        jobs.append(OrderedDict([("name", job.name), ("parent", job.parent), ("status", job.status), ("job_id", live_id),
                                  ("captured", job_captured(job)), ("attempts", attempts),
                                  ("effects", [effect_doc(e) for e in job.effects])]))
     if name and not jobs:
@@ -8622,8 +8913,9 @@ def cmd_history(args, rt):
         rt.report.result(json.dumps(doc, indent=2, sort_keys=True))
         return EXIT_OK
     for job in doc["jobs"]:
-        rt.report.result("%s: %s, %d attempt(s)%s" % (job["name"], job["status"], len(job["attempts"]),
-                                                      ", live: %s" % job["job_id"] if job["job_id"] else ""))
+        rt.report.result("%s: %s, %d attempt(s)%s%s" % (job["name"], job["status"], len(job["attempts"]),
+                                                        ", live: %s" % job["job_id"] if job["job_id"] else "",
+                                                        ", follow-up of %s" % job["parent"] if job["parent"] else ""))
         rows = [("*" if a["live"] else " ", a["attempt"], a["job_id"] or "-",
                  "-" if a["array_task"] is None else a["array_task"], a["origin"] or "-",
                  short_time(parse_iso(a["submitted_at"])), short_time(parse_iso(a["ended_at"])),

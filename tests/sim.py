@@ -319,9 +319,9 @@ class Api(object):
         finally:
             autoexp.crash_point = saved
 
-    # the effect engine's points are never reached here (the simulated sweeps have no `on`
-    # rules; test_effects and test_crash crash there): left out, so the seeds draw as before
-    CRASH_POINTS = tuple(p for p in autoexp.CRASH_POINTS if not p.startswith("effect_"))
+    # never reached here (the simulated sweeps have no `on` rules and no follow-ups; test_effects,
+    # test_followups and test_crash crash there): left out, so the seeds draw as before
+    CRASH_POINTS = tuple(p for p in autoexp.CRASH_POINTS if not p.startswith("effect_") and p != "after_followup_script")
 
     @staticmethod
     def state_key(store, sid):

@@ -1220,3 +1220,41 @@ def test_job_phase(j, queued, phase):
 def test_attempt_budget(outcomes, base, budget):
     j = job(*[attempt(i + 1, str(i + 1), outcome=o) for i, o in enumerate(outcomes)], attempts_base=base)
     assert A.attempt_budget(j, A.make_policies(A.DEFAULT_POLICIES)) == budget
+
+
+# -- follow-ups: which a decided job gets (SPEC 5.7) ----------------------------------
+
+def spec(name, parent="j", when=(A.FINALIZED,)):
+    return A.FollowupSpec(name, 9, {}, "/p/%s.sbatch" % name, "/l/%s.log" % name, "autoexp:p1:" + name, [],
+                          parent, list(when), [0])
+
+
+EVAL, REPORT, OTHER = spec("j-eval"), spec("j-report", when=(A.STOPPED, A.CANCELLED)), spec("k-eval", parent="k")
+
+
+@pytest.mark.parametrize("status, specs, existing, due", [
+    (A.ACTIVE, [EVAL, REPORT], (), []),                      # undecided (running, or between restarts): none
+    (A.FINALIZED, [EVAL, REPORT], (), ["j-eval"]),           # `when` picks by the parent's status
+    (A.STOPPED, [EVAL, REPORT], (), ["j-report"]),
+    (A.CANCELLED, [EVAL, REPORT], (), ["j-report"]),
+    (A.FINALIZED, [EVAL], ("j-eval",), []),                  # already in the session: never a second one
+    (A.FINALIZED, [EVAL, OTHER], (), ["j-eval"]),            # another job's follow-up is not this one's
+    (A.STOPPED, [EVAL], (), []),                             # finalized only (the default)
+    (A.FINALIZED, [], (), []),
+])
+def test_followups_due(status, specs, existing, due):
+    j = job(attempt(1, "10", outcome="success"), status=status)
+    held = dict((n, object()) for n in existing)
+    assert [f.name for f in A.followups_due(j, specs, held.get)] == due
+
+
+@pytest.mark.parametrize("chain, depth", [
+    ([], 0), (["a"], 1), (["a", "b"], 2),
+    (["x"] * 10, A.MAX_FOLLOWUP_DEPTH + 1),                 # a hand-edited loop of parents still ends
+])
+def test_job_depth(chain, depth):
+    jobs = {}
+    names = ["j"] + chain
+    for name, parent in zip(names, chain + [None]):
+        jobs.setdefault(name, A.Job(name=name, index=0, parent=parent))
+    assert A.job_depth(jobs["j"], jobs.get) == depth

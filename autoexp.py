@@ -664,6 +664,13 @@ def crash_point(name):
 TERMINAL_UNSAFE_RE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
 
+def terminal_safe(text):
+    """Text from job logs and SLURM with its escape sequences, NULs and bidi controls shown as
+    \\xNN or \\uNNNN, never obeyed: by a terminal (Reporter) or a browser (report)."""
+    return TERMINAL_UNSAFE_RE.sub(lambda m: "\\x%02x" % ord(m.group(0)) if ord(m.group(0)) < 256
+                                  else "\\u%04x" % ord(m.group(0)), text)
+
+
 class Reporter(object):
     """Where autoexp talks: results and changes on stdout, warnings on stderr.
 
@@ -682,8 +689,7 @@ class Reporter(object):
     def write(stream, text):
         # text from job logs and SLURM reaches the terminal: its escape sequences, NULs and
         # bidi controls are shown as \xNN, never obeyed (JSON documents escape them already)
-        text = TERMINAL_UNSAFE_RE.sub(lambda m: "\\x%02x" % ord(m.group(0)) if ord(m.group(0)) < 256
-                                      else "\\u%04x" % ord(m.group(0)), text)
+        text = terminal_safe(text)
         try:
             stream.write(text + "\n")
         except UnicodeEncodeError:
@@ -2482,7 +2488,40 @@ def load_manifest(path):
     if data.get("schema_version", 0) > MANIFEST_SCHEMA_VERSION:
         raise StateError("manifest %s has schema version %s, newer than this autoexp understands (%d); "
                          "use a newer autoexp" % (path, data.get("schema_version"), MANIFEST_SCHEMA_VERSION))
+    wrong = manifest_shape_error(data)
+    if wrong:
+        raise StateError("manifest %s is broken: %s; restore it, or plan again with `autoexp plan CONFIG`"
+                         % (path, wrong))
     return Plan(data, os.path.abspath(path))
+
+
+def manifest_shape_error(data):
+    """What is wrong with the shape of a manifest's document (None: nothing): a file edited
+    by hand or damaged must be an error naming it, never a traceback further on."""
+    for key in ("plan_id", "project", "state_dir", "workdir", "created_at"):
+        if not isinstance(data.get(key), str):
+            return "%r is not a string" % key
+    if not isinstance(data.get("config"), dict):
+        return "'config' is not an object"
+    jobs = data.get("jobs")
+    if not isinstance(jobs, list):
+        return "'jobs' is not a list"
+    kinds = (("name", str), ("index", int), ("params", dict), ("log_template", str), ("script_path", str),
+             ("sbatch_args", list))
+    for i, job in enumerate(jobs):
+        if not isinstance(job, dict):
+            return "jobs[%d] is not an object" % i
+        for key, kind in kinds:
+            if not isinstance(job.get(key), kind) or (kind is int and isinstance(job.get(key), bool)):
+                return "jobs[%d].%s is not %s" % (i, key, "an object" if kind is dict else "a " + {
+                    str: "string", int: "whole number", list: "list"}[kind])
+        if set(job) - set(PlanJob._fields) or not all(isinstance(a, str) for a in job["sbatch_args"]):
+            return "jobs[%d] is not a job autoexp planned" % i
+    array = data.get("array")
+    if array is not None and not (isinstance(array, dict) and set(ArraySpec._fields) - {"max_running"} <= set(array)
+                                  and set(array) <= set(ArraySpec._fields)):
+        return "'array' is not an array autoexp planned"
+    return None
 
 # ============================================================================
 # 4. SLURM client and parsers
@@ -4906,11 +4945,12 @@ def attempt_hours(attempt):
 def cost_summary(attempts):
     """CPU and GPU hours of ended attempts: useful (outcome success), wasted (any other
     outcome: failed, timed out, replaced, cancelled, stalled...), and how many ended ones
-    have no known cost (their hours are in neither sum). Live attempts are not counted yet."""
+    have no known cost (their hours are in neither sum). Live attempts are not counted yet,
+    even one with an outcome (cancelled, or finished by its log) that SLURM still runs."""
     out = OrderedDict((k, 0.0) for k in COST_KEYS)
     out["unknown_attempts"] = 0
     for att in attempts:
-        if att.outcome is None:
+        if att.outcome is None or att.live:
             continue
         hours = attempt_hours(att)
         if hours is None:
@@ -6139,15 +6179,15 @@ class StateStore(object):
     def remove_other_generations(self, s):
         """Job files of generations the header does not name: a writer died between writing
         a new snapshot and naming it, or before removing the old one. Only a lock holder may."""
-        prefix = s.session_id + ".g"
+        # the whole name: a session may be named "<id>.g1" (its own files "<id>.g1.g1....")
+        own = re.compile(r"^%s\.g[0-9]+\.(jobs|delta)\.jsonl$" % re.escape(s.session_id))
         keep = set(os.path.basename(p) for p in self.gen_paths(s.session_id, s.generation))
         try:
             names = os.listdir(self.root)
         except OSError:
             return
         for name in names:
-            if (name.startswith(prefix) and name.endswith((".jobs.jsonl", ".delta.jsonl")) and name not in keep
-                    and name[len(prefix):].split(".", 1)[0].isdigit()):
+            if own.match(name) and name not in keep:
                 try:
                     os.unlink(os.path.join(self.root, name))
                 except OSError:
@@ -6156,15 +6196,17 @@ class StateStore(object):
     def _remove_leftovers(self, session_id):
         """Temporary files of a writer of this session that died between creating and
         renaming them: only a lock holder may remove them, none can be in use then."""
-        folders = [(self.root, "." + session_id + ".json."), (self.root, "." + session_id + ".g"),
-                   (os.path.join(self.root, "actions", session_id), ".")]
-        for folder, prefix in folders:
+        # whole names (atomic_write's ".<name>.<pid>.tmp"): another session's id may begin with this one's
+        sid = re.escape(session_id)
+        folders = [(self.root, re.compile(r"^\.%s\.(json|g[0-9]+\.(jobs|delta)\.jsonl)\.[0-9]+\.tmp$" % sid)),
+                   (os.path.join(self.root, "actions", session_id), re.compile(r"^\..*\.tmp$"))]
+        for folder, own in folders:
             try:
                 names = os.listdir(folder)
             except OSError:
                 continue
             for name in names:
-                if name.startswith(prefix) and name.endswith(".tmp"):
+                if own.match(name):
                     try:
                         os.unlink(os.path.join(folder, name))
                     except OSError:
@@ -6599,15 +6641,15 @@ class Controller(object):
         """Cycle until every job is finalized, stopped or cancelled; returns an exit code.
         summary_seconds: after that long without an event, one line says where the jobs are
         (a quiet monitor is not mistaken for a hung one)."""
-        quiet_since, seen = self.mono(), self.changes
+        quiet_since, seen, said = self.mono(), self.changes, 0
         while True:
             ok = self.cycle(sessions)
             if summary_seconds and not once:
                 if self.changes != seen:
-                    quiet_since, seen = self.mono(), self.changes
-                elif self.mono() - quiet_since >= summary_seconds:
-                    self.report.info(quiet_summary(sessions, summary_seconds))
-                    quiet_since = self.mono()
+                    quiet_since, seen, said = self.mono(), self.changes, 0
+                elif self.mono() - quiet_since >= (said + 1) * summary_seconds:
+                    said += 1  # the whole quiet stretch so far, not the time since the last line
+                    self.report.info(quiet_summary(sessions, said * summary_seconds))
             live = [s for s in sessions if s.active() or settling(s, self.clock())]
             if not live:
                 self.flush(sessions)
@@ -8590,13 +8632,19 @@ def sweep_params(s):
     try:
         with open(s.manifest_path, "rb") as f:
             data = loads_json(f.read().decode("utf-8"))
-        return dict((j["name"], j.get("params") or {}) for j in data.get("jobs") or ())
-    except (IOError, OSError, ValueError, TypeError, KeyError, AttributeError):
+    except (IOError, OSError, ValueError):
         return {}
+    jobs = data.get("jobs") if isinstance(data, dict) else None
+    # a manifest damaged by hand: the jobs whose params are still an object, the rest shown without
+    return dict((j["name"], j["params"]) for j in (jobs if isinstance(jobs, list) else ())
+                if isinstance(j, dict) and isinstance(j.get("name"), str) and isinstance(j.get("params"), dict))
 
 
 def compact_params(params):
-    return ",".join("%s=%s" % (k, format_value(v)) for k, v in sorted(params.items())) if params else "-"
+    """k=v,... with a nested value (a list or an object) spelled as JSON, as in the manifest."""
+    def text(v):
+        return json.dumps(v, sort_keys=True, separators=(",", ":")) if isinstance(v, (dict, list)) else format_value(v)
+    return ",".join("%s=%s" % (k, text(v)) for k, v in sorted(params.items())) if params else "-"
 
 
 def shorten(text, width=STATUS_CELL_CHARS):
@@ -8624,8 +8672,10 @@ def _state_cell(j):
 
 
 def _table(rows, header):
-    widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
-    return ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header] + rows]
+    # escaped before measured: a control character takes 4 columns as \xNN, not 0 or 1
+    rows = [[terminal_safe(str(c)) for c in r] for r in [header] + rows]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    return ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
 
 
 def read_sessions(args, ref, report):
@@ -8639,6 +8689,10 @@ def read_sessions(args, ref, report):
     found = SessionSet(store, report)
     sessions = [store.load(p, with_plan=False) for p in found.candidates(lambda s: True)]
     if not sessions and not found.broken:
+        archived = len(store.list_archived())
+        if archived:
+            raise StateError("no sessions in %s, only %d archived one(s): `autoexp status --archived` shows them"
+                             % (store.root, archived))
         raise StateError("no sessions in %s; pass --state-dir, or submit a plan first" % store.root)
     return sessions, len(found.broken)
 
@@ -9005,6 +9059,12 @@ def _session_id(ref):
 def archive_session(store, sid, now):
     """Move a finished session into archive/<id>/ under its lock: returns (what was done,
     paths kept where they were). A move a crash cut short after its commit is finished."""
+    root = os.path.realpath(store.root)
+    if os.path.basename(os.path.dirname(root)) == ARCHIVE_FOLDER:
+        # archive/<id>/ read as a state folder: archived again, it would nest out of unarchive's reach
+        raise StateError("%s is already archived; `autoexp unarchive --session %s --state-dir %s` brings it "
+                         "back first" % (os.path.join(store.root, sid + ".json"), sid,
+                                         os.path.dirname(os.path.dirname(root))))
     path, archived = store.session_path(sid), store.archived_path(sid)
     if not os.path.isfile(path):
         if not os.path.isfile(archived):
@@ -9072,7 +9132,9 @@ def _say_moved(rt, sid, what, where, kept):
 
 
 def cmd_archive(args, rt):
-    if bool(args.session) == bool(args.finished):
+    if args.session and args.finished:
+        raise ConfigError("give --session ID (the session to archive) or --finished (every finished one), not both")
+    if not args.session and not args.finished:
         raise ConfigError("give --session ID (the session to archive) or --finished (every finished one)")
     store = store_for(args, args.session)
     if args.session:
@@ -9121,6 +9183,8 @@ MAX_REPORT_EVENTS, MAX_REPORT_JOBS = 5000, 2000
 REPORT_COLOURS = (("success", "#2e9d4e"), ("timeout", "#e69b00"), ("replaced", "#8c8c8c"),
                   ("cancelled", "#555555"), ("live", "#2f6fd6"))
 REPORT_FAILED_COLOUR = "#d23c3c"  # every other outcome: a mode that failed
+# How a report begins: `report -o` replaces an existing file only if its first bytes say it is one.
+REPORT_TITLE, REPORT_HEAD_BYTES = "autoexp report: ", 256
 REPORT_CSS = """
 body{font-family:sans-serif;margin:1.5em;color:#222}table{border-collapse:collapse;margin:.5em 0}
 td,th{border:1px solid #ccc;padding:2px 6px;font-size:13px;text-align:left;vertical-align:top}
@@ -9171,8 +9235,8 @@ def render_report(s, plan, events, events_total, now):
     every user-given text (names, params, reasons, log lines in events) is escaped."""
     import html
 
-    def e(v):
-        return html.escape("" if v is None else str(v), quote=True)
+    def e(v):  # as status shows it: control characters as \xNN, never raw in the page
+        return html.escape(terminal_safe("" if v is None else str(v)), quote=True)
 
     jobs = s.jobs[:MAX_REPORT_JOBS]
     spans = [(job, att, _attempt_span(att, now)) for job in jobs for att in job.attempts]
@@ -9184,7 +9248,7 @@ def render_report(s, plan, events, events_total, now):
         return "%.3f%%" % (100.0 * (t - t0) / width)
 
     out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-           "<title>autoexp report: %s</title>" % e(s.session_id), "<style>%s</style></head><body>" % REPORT_CSS,
+           "<title>%s%s</title>" % (REPORT_TITLE, e(s.session_id)), "<style>%s</style></head><body>" % REPORT_CSS,
            "<h1>Session %s</h1>" % e(s.session_id),
            "<p>Project %s; updated %s; report made %s. %s.</p>" % (
                e(s.project), e(short_time(s.updated_at)), e(short_time(now)), e(count_summary(s))),
@@ -9271,12 +9335,55 @@ def cmd_report(args, rt):
         plan = None
     events, total = read_journal_tail(store.events_path(s))
     text = render_report(s, plan, events, total, rt.clock())
+    target = report_target(args.output, state_roots(args, store))
     try:
-        atomic_write(args.output, text.encode("utf-8"), mode=0o644)
+        atomic_write(target, text.encode("utf-8"), mode=0o644)
     except StateWriteError as e:
         raise StateError("cannot write the report: %s; give -o a path in a folder you can write" % e)
     rt.report.result(os.path.abspath(args.output))
     return EXIT_OK
+
+
+def state_roots(args, store):
+    """The state folders a command's files live in: the store's, the one it is archived in
+    (a session read from archive/<id>/), and the --state-dir / $AUTOEXP_STATE_DIR given."""
+    roots = [store.root]
+    parent = os.path.dirname(os.path.abspath(store.root))
+    if os.path.basename(parent) == ARCHIVE_FOLDER:
+        roots.append(os.path.dirname(parent))
+    explicit = getattr(args, "state_dir", None) or os.environ.get("AUTOEXP_STATE_DIR")
+    if explicit:
+        roots.append(explicit)
+    return [os.path.realpath(r) for r in roots]
+
+
+def report_target(output, roots):
+    """The file `report -o OUTPUT` may replace (a symlink's target: it is written through),
+    or a StateError: the report is renamed over it, so it must be a new file or a report
+    autoexp wrote, never a file of a state folder, a device, a fifo or a folder."""
+    target = os.path.realpath(output)
+    for root in roots:
+        if target == root or target.startswith(root.rstrip(os.sep) + os.sep):
+            raise StateError("-o %s is inside the state folder %s, whose files are autoexp's; give -o a path "
+                             "outside it" % (output, root))
+    try:
+        st = os.stat(target)
+    except OSError as e:
+        if e.errno == errno.ENOENT:
+            return target
+        raise StateError("cannot write the report at %s: %s; give -o another path" % (output, e.strerror))
+    if not stat.S_ISREG(st.st_mode):
+        raise StateError("-o %s exists and is not a regular file (a folder, a device or a fifo); give -o the "
+                         "path of a new file" % output)
+    try:
+        with open(target, "rb") as f:
+            head = f.read(REPORT_HEAD_BYTES)
+    except (IOError, OSError) as e:
+        raise StateError("cannot read %s: %s; give -o another path" % (output, e.strerror))
+    if not (head.startswith(b"<!DOCTYPE html>") and REPORT_TITLE.encode("ascii") in head):
+        raise StateError("-o %s exists and is not a report autoexp wrote, so it is left as it is; remove it "
+                         "or give -o the path of a new file" % output)
+    return target
 
 
 # -- _notify: one delivery, for the effect engine's worker ---------------------------------
@@ -9435,12 +9542,13 @@ def build_parser():
     p.add_argument("--dry-run", action="store_true", help="show what would be done, change nothing")
     p.add_argument("--json", action="store_true", help="print the changes as one JSON document")
     p = add("status", cmd_status, "a table of every job of a session (or of every session)")
-    p.add_argument("--session", metavar="ID|PATH")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--session", metavar="ID|PATH")
     p.add_argument("--json", action="store_true")
     p.add_argument("names", nargs="*", metavar="NAME", help="only jobs whose name matches one of these globs")
-    p.add_argument("--active", action="store_true",
-                   help="only sessions with active jobs (the default when there are several)")
-    p.add_argument("--all", action="store_true", help="every session, active or not")
+    which.add_argument("--active", action="store_true",
+                       help="only sessions with active jobs (the default when there are several)")
+    which.add_argument("--all", action="store_true", help="every session, active or not")
     p.add_argument("--status", metavar="STATUS", choices=STATUS_FILTERS,
                    help="only jobs with this status or phase (%s)" % ", ".join(STATUS_FILTERS))
     p.add_argument("--archived", action="store_true",

@@ -211,3 +211,31 @@ def test_run_o_takes_the_monitoring_keys_with_or_without_their_prefix(project):
     assert autoexp.qualify_override("job.sbatch.partition=gpu") == "job.sbatch.partition=gpu"
     res = project.cli("plan", cfg, "-o", "no_such_key=1")
     assert res.returncode == 2 and "no_such_key" in res.stderr
+
+
+def test_an_archived_session_given_by_its_path_is_not_archived_again(tmp_path, monkeypatch, capsys):
+    """archive --session archive/p1/p1.json would nest it (archive/p1/archive/p1), where
+    unarchive never looks: refused, nothing moved, and unarchive still brings it back."""
+    h = helpers.Harness(tmp_path, helpers.controller_config(), names=[helpers.A])
+    helpers.finish(h, helpers.A)
+    h.cycle()
+    code, out = helpers.run_main(h, ["archive", "--session", "p1"], monkeypatch, capsys)
+    assert code == 0, out.err
+    archived = os.path.join(h.state_dir, "archive", "p1", "p1.json")
+    before = sorted(os.listdir(os.path.dirname(archived)))
+    code, out = helpers.run_main(h, ["archive", "--session", archived], monkeypatch, capsys)
+    assert code == 2 and "already archived" in out.err and "unarchive" in out.err, out
+    assert sorted(os.listdir(os.path.dirname(archived))) == before and "archive" not in before
+    code, out = helpers.run_main(h, ["unarchive", "--session", "p1"], monkeypatch, capsys)
+    assert code == 0 and os.path.isfile(os.path.join(h.state_dir, "p1.json")), out
+
+
+def test_status_of_a_folder_whose_sessions_are_all_archived_points_to_archived(tmp_path, monkeypatch, capsys):
+    h = helpers.Harness(tmp_path, helpers.controller_config(), names=[helpers.A])
+    helpers.finish(h, helpers.A)
+    h.cycle()
+    assert helpers.run_main(h, ["archive", "--finished"], monkeypatch, capsys)[0] == 0
+    code, out = helpers.run_main(h, ["status"], monkeypatch, capsys)
+    assert code == 2 and "1 archived" in out.err and "status --archived" in out.err, out
+    code, out = helpers.run_main(h, ["status", "--archived"], monkeypatch, capsys)
+    assert code == 0 and "session p1" in out.out

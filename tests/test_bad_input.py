@@ -384,3 +384,59 @@ def test_a_per_attempt_integer_is_bounded():
         autoexp.validate_restart({"oom": {"action": "restart", "sbatch": {"cpus-per-task": 2 ** 70}}},
                                  autoexp.validate_monitoring({}, c), c)
     assert "below 2^63" in str(e.value)
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["status", "--active", "--all"], "not allowed with argument"),
+    (["status", "--session", "p1", "--all"], "not allowed with argument"),
+    (["status", "--session", "p1", "--active"], "not allowed with argument"),
+    (["archive", "--session", "p1", "--finished"], "not both"),
+])
+def test_exclusive_options_are_refused_together(tmp_path, argv, words):
+    h = Harness(tmp_path, timeout_stall_config(), names=[A])
+    out, err = [], []
+    code = autoexp.main(["--state-dir", h.state_dir] + argv, out=_Sink(out), err=_Sink(err))
+    assert code == autoexp.EXIT_USAGE and words in "".join(err) and not "".join(out), (out, err)
+    assert os.path.isfile(os.path.join(h.state_dir, "p1.json"))
+
+
+def _damage_manifest(h, change):
+    path = h.plan.manifest_path
+    with open(path) as f:
+        doc = json.load(f)
+    change(doc)
+    with open(path, "w") as f:
+        json.dump(doc, f)
+    return path
+
+
+@pytest.mark.parametrize("change, words", [
+    (lambda d: d["jobs"][0].__setitem__("params", [1, 2]), "jobs[0].params is not an object"),
+    (lambda d: d["jobs"][0].__setitem__("params", "str"), "jobs[0].params is not an object"),
+    (lambda d: d.__setitem__("jobs", "oops"), "'jobs' is not a list"),
+    (lambda d: d.__setitem__("jobs", [7]), "jobs[0] is not an object"),
+    (lambda d: d["jobs"][0].pop("name"), "jobs[0].name is not a string"),
+    (lambda d: d["jobs"][1].__setitem__("index", "1"), "jobs[1].index is not a whole number"),
+    (lambda d: d.__setitem__("config", None), "'config' is not an object"),
+])
+def test_a_damaged_manifest_is_an_error_naming_it_never_a_traceback(tmp_path, change, words):
+    h = Harness(tmp_path, timeout_stall_config(), names=[A])
+    path = _damage_manifest(h, change)
+    for argv, code in ((["reconcile"], autoexp.EXIT_USAGE), (["status"], autoexp.EXIT_OK),
+                       (["report", "--session", "p1", "-o", str(tmp_path / "r.html")], autoexp.EXIT_OK)):
+        out, err = [], []
+        got = autoexp.main(["--state-dir", h.state_dir] + argv, slurm=h.slurm, clock=h.clock, sleep=h.clock.sleep,
+                           out=_Sink(out), err=_Sink(err))
+        text = "".join(out) + "".join(err)
+        assert got == code and "Traceback" not in text, (argv, text)
+        if argv[0] != "status":  # status shows the jobs, params "-", as when the manifest is missing
+            assert path in "".join(err) and words in "".join(err), (argv, err)
+    assert h.slurm.count("sbatch") == 1
+
+
+def test_status_spells_nested_params_as_json(tmp_path):
+    h = Harness(tmp_path, timeout_stall_config(), names=[A])
+    _damage_manifest(h, lambda d: d["jobs"][0]["params"].update({"opt": {"b": 1, "a": [1, "x"]}}))
+    out = []
+    assert autoexp.main(["--state-dir", h.state_dir, "status"], out=_Sink(out), err=_Sink([])) == 0
+    assert 'opt={"a":[1,"x"],"b":1}' in "".join(out) and "OrderedDict" not in "".join(out)

@@ -2,15 +2,17 @@
 used by successful attempts and wasted on the others (cost_summary, a table test), and
 end to end on the fake SLURM, which prints both fields as SLURM does."""
 
+import json
+
 import pytest
 
 import autoexp as A
 import helpers
 
 
-def att(outcome, seconds=None, cpus=None, gpus=None, job_id="1"):
+def att(outcome, seconds=None, cpus=None, gpus=None, job_id="1", live=False):
     return A.Attempt(attempt=1, job_id=job_id, outcome=outcome, elapsed_raw=seconds, alloc_cpus=cpus,
-                     alloc_gpus=gpus)
+                     alloc_gpus=gpus, live=live)
 
 
 @pytest.mark.parametrize("attempts, expected", [
@@ -24,7 +26,9 @@ def att(outcome, seconds=None, cpus=None, gpus=None, job_id="1"):
     ([att("lost", 100)], (0, 0, 0, 0, 1)),  # a run time without an allocation: unknown
     # never submitted, or never ran: nothing spent
     ([att("submit_failed", job_id=None), att("cancelled", 0)], (0, 0, 0, 0, 0)),
-    ([att(None, 3600, 4, 4)], (0, 0, 0, 0, 0)),  # live: not counted before it ends
+    ([att(None, 3600, 4, 4, live=True)], (0, 0, 0, 0, 0)),  # live: not counted before it ends
+    # an outcome already (cancelled without a monitor, finished by its log) but SLURM still runs it
+    ([att("cancelled", live=True), att("success", 3600, 4, 4, live=True)], (0, 0, 0, 0, 0)),
     ([att("success", 7200, 4, None)], (8.0, 0.0, 0, 0, 0)),  # CPUs only: no GPU hours
 ])
 def test_cost_summary(attempts, expected):
@@ -84,3 +88,19 @@ def test_a_timeout_then_a_success_cost_what_sacct_says(project, fake, version):
     assert status["cost"]["unknown_attempts"] == 0
     line = project.ok("status", "--session", "cost").stdout.splitlines()[0]
     assert "wasted %.1f GPU-h" % want["wasted_gpu_hours"] in line and "used " in line
+
+
+def test_attempts_cancelled_without_a_monitor_are_not_of_unknown_cost_while_slurm_runs_them(tmp_path, monkeypatch,
+                                                                                          capsys):
+    h = helpers.Harness(tmp_path, helpers.controller_config())
+    for name in (helpers.A, helpers.B):
+        h.slurm.set(h.live_id(name), "RUNNING")
+    h.cycle()
+    code, out = helpers.run_main(h, ["cancel", "--session", "p1", "--all"], monkeypatch, capsys)
+    assert code == 0, out
+    code, out = helpers.run_main(h, ["status", "--json"], monkeypatch, capsys)
+    doc = json.loads(out.out)["sessions"][0]
+    assert [(j["status"], j["live"]) for j in doc["jobs"]] == [("cancelled", True)] * 2
+    assert doc["cost"]["unknown_attempts"] == 0
+    code, out = helpers.run_main(h, ["status"], monkeypatch, capsys)
+    assert "unknown cost" not in out.out

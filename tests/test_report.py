@@ -5,6 +5,7 @@ Chromium is installed, rendered by a real headless browser."""
 import json
 import os
 import shutil
+import stat
 import subprocess
 
 from html.parser import HTMLParser
@@ -124,3 +125,59 @@ def test_report_renders_in_a_headless_browser(reported, tmp_path):
     with open(png, "rb") as f:
         data = f.read()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10000  # a page drawn, not a blank
+
+
+def test_report_replaces_only_a_report_it_wrote(tmp_path, monkeypatch, capsys):
+    """-o is renamed over: never a file of the state folder (even through a symlink), a fifo,
+    a folder or a file that is not a report; a symlink to a report is written through."""
+    h = helpers.Harness(tmp_path, helpers.controller_config(), names=[helpers.A])
+    h.cycle()
+    header = h.session.path
+    before = open(header, "rb").read()
+    fifo, folder, other = str(tmp_path / "fifo"), str(tmp_path / "dir"), str(tmp_path / "notes.txt")
+    os.mkfifo(fifo)
+    os.mkdir(folder)
+    with open(other, "w") as f:
+        f.write("my notes\n")
+    into_state = str(tmp_path / "link-to-header.html")
+    os.symlink(header, into_state)
+    for path, words in ((header, "inside the state folder"), (into_state, "inside the state folder"),
+                        (fifo, "not a regular file"), (folder, "not a regular file"),
+                        (other, "not a report autoexp wrote")):
+        code, out = helpers.run_main(h, ["report", "--session", "p1", "-o", path], monkeypatch, capsys)
+        assert code == 2 and words in out.err and "give -o" in out.err and "Traceback" not in out.err, (path, out)
+    assert open(header, "rb").read() == before and os.path.islink(into_state)
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode) and os.path.isdir(folder) and open(other).read() == "my notes\n"
+    # a new file, then the same again, then through a symlink: the link stays, its target is the report
+    real = str(tmp_path / "r.html")
+    for _ in range(2):
+        code, out = helpers.run_main(h, ["report", "--session", "p1", "-o", real], monkeypatch, capsys)
+        assert code == 0 and out.out.strip() == real
+    link = str(tmp_path / "latest.html")
+    os.symlink(real, link)
+    h.clock.now += 100
+    code, out = helpers.run_main(h, ["report", "--session", "p1", "-o", link], monkeypatch, capsys)
+    assert code == 0 and os.path.islink(link) and os.readlink(link) == real
+    assert "<title>autoexp report: p1</title>" in open(real).read()
+
+
+def test_report_shows_control_characters_escaped_as_status_does(tmp_path, monkeypatch, capsys):
+    """ESC, BEL and a bidi override from a log line and from the params reach the page as
+    \\x1b, \\x07, \\u202e (what status prints), never raw."""
+    h = helpers.Harness(tmp_path, helpers.controller_config(log_events=[{"name": "warned", "pattern": "WARN"}]),
+                        names=[helpers.A])
+    manifest = h.plan.manifest_path
+    doc = json.load(open(manifest))
+    doc["jobs"][0]["params"]["note"] = "n\x1b[2Jx\u202e"
+    json.dump(doc, open(manifest, "w"))
+    h.slurm.set(h.live_id(helpers.A), "RUNNING")
+    h.cycle()
+    h.log(helpers.A, "WARN \x1b[31mred\x07 \u202edesrever\n")
+    h.cycle()
+    out = str(tmp_path / "r.html")
+    code, res = helpers.run_main(h, ["report", "--session", "p1", "-o", out], monkeypatch, capsys)
+    assert code == 0, res
+    text = open(out, encoding="utf-8").read()
+    assert not [c for c in ("\x1b", "\x07", "\u202e") if c in text]
+    assert "WARN \\x1b[31mred\\x07 \\u202edesrever" in text
+    parse(text)

@@ -71,7 +71,7 @@ def test_default_over_several_sessions_shows_the_active_ones_and_counts_the_othe
     assert "session live" in both and "session old" in both
     only_old = status(two_sessions, "--session", "old").stdout
     assert "session old" in only_old and "session live" not in only_old
-    assert [d["session_id"] for d in docs(two_sessions, "--active", "--all")] == ["live"]
+    assert [d["session_id"] for d in docs(two_sessions, "--active")] == ["live"]
     assert sorted(d["session_id"] for d in docs(two_sessions, "--all")) == ["live", "old"]
 
 
@@ -313,3 +313,44 @@ def test_watch_eta_comes_from_the_finished_runs(project, fake):
     # s1 ran about a second: s2, running for about as long, has at most that left
     m = re.search(r"eta \[#{10}\.{10}\] 1/2 done, 1 running, 0 pending, 0 restarting, 0 failed, ETA (\d+)s", out)
     assert m and int(m.group(1)) <= 3, out
+
+
+def test_the_quiet_summary_says_how_long_it_has_been_quiet(tmp_path):
+    """--summary-minutes 1: after 1, 2 and 3 quiet minutes, "no change in 1m00s", "2m00s",
+    "3m00s" (the whole quiet stretch, not the minute since the line before); then the job
+    ends, and the monitor with it."""
+    h = helpers.Harness(tmp_path, helpers.controller_config(), names=[helpers.A])
+    h.slurm.set(h.live_id(helpers.A), "RUNNING")
+    h.cycle()
+    start = h.clock.now
+
+    def sleep(seconds):
+        h.clock.sleep(seconds)
+        if h.clock.now - start >= 200 and h.job(helpers.A).current.live:
+            helpers.finish(h, helpers.A)
+
+    h.ctl.sleep = sleep
+    del h.out[:]
+    assert h.ctl.run([h.session], interval=10, summary_seconds=60) == 0
+    said = [line for line in "".join(h.out).splitlines() if "no change in" in line]
+    assert [line.split(":")[0] for line in said] == ["no change in 1m00s", "no change in 2m00s",
+                                                     "no change in 3m00s"], said
+    assert said[0].endswith("p1 1 running")
+
+
+def test_status_columns_line_up_around_control_characters(tmp_path):
+    """A cell holding ESC is printed as \\x1b (4 columns): the widths are those of what is
+    printed, so the next column starts at the same place on every row."""
+    h = helpers.Harness(tmp_path, helpers.controller_config())
+    manifest = h.plan.manifest_path
+    doc = json.load(open(manifest))
+    doc["jobs"][0]["params"]["note"] = "\x1b\x1b\x1b"
+    json.dump(doc, open(manifest, "w"))
+    out = []
+    assert helpers.autoexp.main(["--state-dir", h.state_dir, "status"], out=helpers._Sink(out),
+                                err=helpers._Sink([])) == 0
+    lines = "".join(out).splitlines()
+    header, rows = lines[1], lines[2:4]
+    assert "note=\\x1b\\x1b\\x1b,seed=1" in rows[0] and "\x1b" not in "".join(out)
+    col = header.index("LOG")
+    assert [r[col - 2:col + 1] for r in rows] == ["  " + r[col] for r in rows] and all(r[col] != " " for r in rows)

@@ -447,3 +447,40 @@ def test_a_hand_resubmission_is_claimed_by_one_session_only(tmp_path):
     assert store.claim_job("../x", "p2") is None  # never a path outside the claims folder
     folder = tmp_path / "state" / "claims"
     assert sorted(os.listdir(str(folder))) == ["123", "7_3"]  # no temporary file left
+
+
+def test_a_session_named_like_a_generation_of_another_keeps_its_files(tmp_path):
+    """Session p1's lock holder removes its own old generations and temporary files, by
+    their whole names: the files of a session named "p1.g1" (its own generation 1 is
+    "p1.g1.g1.jobs.jsonl") begin the same way and are not p1's."""
+    h = Harness(tmp_path, config(), names=[A])
+    h.cycle()
+    others = [os.path.join(h.state_dir, n) for n in (
+        "p1.g1.g1.jobs.jsonl", "p1.g1.g1.delta.jsonl", ".p1.g1.json.99999.tmp", ".p1.g1.g1.jobs.jsonl.99999.tmp",
+        ".p1.json.json.99999.tmp")]
+    own = [os.path.join(h.state_dir, n) for n in ("p1.g77.jobs.jsonl", "p1.g77.delta.jsonl",
+                                                   ".p1.g78.jobs.jsonl.99999.tmp", ".p1.json.99999.tmp")]
+    for path in others + own:
+        with open(path, "w") as f:
+            f.write("{}\n")
+    s, lock = h.store.open_for_write(h.session.path, "test", h.clock())
+    try:
+        assert [p for p in others if not os.path.exists(p)] == []
+        assert [p for p in own if os.path.exists(p)] == []
+        assert os.path.exists(h.store.gen_paths("p1", s.generation)[0])
+    finally:
+        lock.release()
+
+
+def test_the_lock_file_names_its_holder_while_held_and_is_empty_after(tmp_path):
+    """SPEC 6.1: how to see whether a session may be edited by hand, without taking its lock
+    (that a second process is refused, naming the holder, is in test_archive)."""
+    h = Harness(tmp_path, config(), names=[A])
+    path = os.path.join(h.state_dir, "p1.lock")
+    lock = h.store.lock("p1", "monitor", h.clock())
+    try:
+        held = json.loads(open(path).read())
+        assert held["pid"] == os.getpid() and held["command"] == "monitor" and held["host"] and held["since"]
+    finally:
+        lock.release()
+    assert open(path).read() == ""

@@ -8634,9 +8634,11 @@ def sweep_params(s):
             data = loads_json(f.read().decode("utf-8"))
     except (IOError, OSError, ValueError):
         return {}
-    jobs = data.get("jobs") if isinstance(data, dict) else None
-    # a manifest damaged by hand: the jobs whose params are still an object, the rest shown without
-    return dict((j["name"], j["params"]) for j in (jobs if isinstance(jobs, list) else ())
+    jobs, followups = (data.get("jobs"), data.get("followups")) if isinstance(data, dict) else (None, None)
+    # a follow-up shows its root job's parameters; a manifest damaged by hand: the jobs whose
+    # params are still an object, the rest shown without
+    return dict((j["name"], j["params"]) for j in itertools.chain(jobs if isinstance(jobs, list) else (),
+                                                                   followups if isinstance(followups, list) else ())
                 if isinstance(j, dict) and isinstance(j.get("name"), str) and isinstance(j.get("params"), dict))
 
 

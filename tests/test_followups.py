@@ -34,6 +34,7 @@ def test_finalized_parent_gets_its_eval_once_and_it_is_monitored_to_its_end(proj
     for seed in (1, 2):
         child = js["fu-s%d-eval" % seed]
         assert child["parent"] == "fu-s%d" % seed and child["status"] == "finalized" and child["attempts"] == 1
+        assert child["params"] == js["fu-s%d" % seed]["params"] == {"seed": seed}  # the root's parameters
         assert len(fake.submissions("fu-s%d-eval" % seed)) == 1
         with open(child["log_path"]) as f:
             assert "eval of fu-s%d seed %d as fu-s%d-eval" % (seed, seed, seed) in f.read()

@@ -1155,6 +1155,14 @@ def check_webhook_url(url, key, c):
         c.fail(key, "%s: a user name or password in the URL is not supported" % shown)
     if len(url) > 2048:
         c.fail(key, "%s is longer than 2048 characters" % shown)
+    from urllib.parse import urlsplit
+    try:
+        parts = urlsplit(url)
+        port, host = parts.port, parts.hostname  # a bad port or an unclosed [IPv6 raises
+    except ValueError as e:
+        c.fail(key, "%s is not a URL autoexp can post to: %s" % (shown, e))
+    if not host or (port is not None and not 0 < port < 65536):
+        c.fail(key, "%s has no host, or a port outside 1-65535" % shown)
     return url
 
 
@@ -1695,7 +1703,7 @@ def validate_on(rules, params, log_events, c, key="on"):
                 c.key(spec, rule[spec.name], k + "." + spec.name)
         event = rule["event"]
         name = event[len(EV_LOG_PREFIX):] if event.startswith(EV_LOG_PREFIX) else event
-        if event not in kinds and name not in log_names:
+        if event not in kinds and name not in log_names and name != MODE_SUCCESS:
             c.fail(k + ".event", "%r is neither an event kind (%s) nor a log_events name%s"
                    % (event, ", ".join(kinds), " (%s)" % ", ".join(log_names) if log_names else ""))
         if event in EFFECT_EVENTS and (rule.get("run") is not None or event.startswith("notify_")):
@@ -1802,6 +1810,22 @@ def _check_param_value(value, key, c):
             # `${a:x}`, even through a variable): `a[$(cmd)]` would run cmd, however quoted
             c.fail(key, "%r holds a command substitution inside [...], which bash arithmetic would run "
                    "as code; sweep values may not combine '[' with '$(' or a backquote" % value)
+
+
+def arithmetic_unsafe(value):
+    """A value bash arithmetic would run as code, however quoted: `a[$(cmd)]` (array
+    subscripts are evaluated in `(( ))`, `[[ -gt ]]`, `let`, `declare -i`, `${a:x}`)."""
+    return isinstance(value, str) and "[" in value and ("$(" in value or "`" in value)
+
+
+def check_used_values(texts, values, where):
+    """Values a log captured are checked when they are used, as sweep values are at plan
+    time: one that arithmetic would run is never put into a command."""
+    for text in texts:
+        for name in placeholder_names(text):
+            if arithmetic_unsafe(values.get(name)):
+                raise ConfigError("%s: the value of {%s} (%r) holds a command substitution inside [...], which "
+                                  "bash arithmetic would run as code: not used" % (where, name, values[name][:200]))
 
 
 def check_directive_value(value, key, c):
@@ -2190,6 +2214,8 @@ def render_followup(entry, key, values, index, log, tag, workdir, source):
     """A follow-up's script. A placeholder without a value (a capture its parent's log
     never gave) is a ConfigError naming the entry's key."""
     c = _Checker(source)
+    check_used_values([entry["command"]] + [v for v in (entry.get("env") or {}).values() if isinstance(v, str)],
+                      values, "%s: %s" % (source, key))
     render_template(entry["command"], values, "%s: %s.command" % (source, key), quote=shlex.quote)
     sbatch = _render_sbatch_options(entry, values, source, c, where=key)
     return _render_job_script(entry, None, values, index, log, tag, workdir, sbatch, source, where=key)
@@ -3391,7 +3417,9 @@ class LogMatcher(object):
                 if m:
                     groups = m.groupdict()
                     node = groups.get("node") if exclude else None
-                    captures = tuple((g, v[:MAX_CAPTURE_CHARS]) for g, v in sorted(groups.items()) if v is not None)
+                    # a NUL can be no argument nor variable of a command: dropped
+                    captures = tuple((g, v.replace("\x00", "")[:MAX_CAPTURE_CHARS])
+                                     for g, v in sorted(groups.items()) if v is not None)
                     # a log line is not trusted with an sbatch argument: a plain host name or nothing
                     hits.append(LogHit(name, mode, line, exclude,
                                        node if node and NODE_NAME_RE.match(node) else None, captures))
@@ -4140,8 +4168,10 @@ class Session(Record):
 def new_effect(job_name, event, index, rule):
     """The intent of an `on` rule's effect for one event: its id follows from the job, the
     event's seq and the rule's index, so one event never has two of the same rule's."""
+    # one id per rule, and per target for notify.events (ids name the effect's files)
+    suffix = "%s.%s" % (index, rule["notify"]) if index == NOTIFY_RULE else str(index)
     return OrderedDict([
-        ("id", "%s.%d.%s" % (job_name, event["seq"], index)), ("rule", index),
+        ("id", "%s.%d.%s" % (job_name, event["seq"], suffix)), ("rule", index),
         ("kind", EFFECT_RUN if rule.get("run") is not None else EFFECT_NOTIFY), ("target", rule.get("notify")),
         ("event", _times_to_json(event)), ("state", EFF_INTENT), ("try", 1), ("spawns", 0), ("next_at", None),
         ("started_at", None), ("ended_at", None), ("exit", None), ("timed_out", False), ("tail", None),
@@ -4460,6 +4490,8 @@ def unfinished_jobs(s):
             out.append("%s (%s, an attempt SLURM may still run)" % (job.name, job.status))
         elif job.unresolved_intent():
             out.append("%s (%s, a submission in doubt)" % (job.name, job.status))
+        elif job.open_effects():
+            out.append("%s (%s, an action or notification not done)" % (job.name, job.status))
     return out
 
 
@@ -5371,6 +5403,7 @@ class EffectLook(NamedTuple):
     result: bool   # <id>.<try>.result.json exists: the try ended and said how
     locked: bool   # <id>.<try>.lock is held: its worker (or the command it runs) lives
     started: bool  # <id>.<try>.started exists: the worker started the command
+    files: bool = True  # its lock or spec file exists (false: never started, or deleted by hand)
 
 
 def effect_move(eff, look, now):
@@ -5381,7 +5414,9 @@ def effect_move(eff, look, now):
         return MOVE_RECORD
     if look.locked:
         return MOVE_RUNNING
-    if look.started:
+    if look.started or (eff["state"] == EFF_RUNNING and not look.files):
+        # a try recorded as started whose files are gone (deleted by hand) ran, or may
+        # have: never started a second time as if new
         return MOVE_INTERRUPTED
     if eff["spawns"] >= EFFECT_MAX_SPAWNS:
         return MOVE_GIVE_UP
@@ -6305,7 +6340,8 @@ def look_at_effect(base):
             locked = True
         finally:
             os.close(fd)
-    return EffectLook(os.path.exists(base + EFFECT_RESULT), locked, os.path.exists(base + EFFECT_STARTED))
+    return EffectLook(os.path.exists(base + EFFECT_RESULT), locked, os.path.exists(base + EFFECT_STARTED),
+                      fd is not None or os.path.exists(base + EFFECT_SPEC))
 
 
 def module_home():
@@ -7930,6 +7966,7 @@ class Controller(object):
         env = OrderedDict((k, str(v).replace("\x00", "")) for k, v in env.items())
         if eff["kind"] == EFFECT_RUN:
             where = "%s: on[%d].run" % (s.session_id, eff["rule"])
+            check_used_values([rule["run"]], values, where)
             command = render_template(rule["run"], effect_values(values, event, s.session_id), where,
                                       quote=shlex.quote)
             eff["command"] = command[:MAX_VALUE_CHARS]

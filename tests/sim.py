@@ -319,9 +319,11 @@ class Api(object):
         finally:
             autoexp.crash_point = saved
 
-    # never reached here (the simulated sweeps have no `on` rules and no follow-ups; test_effects,
-    # test_followups and test_crash crash there): left out, so the seeds draw as before
-    CRASH_POINTS = tuple(p for p in autoexp.CRASH_POINTS if not p.startswith("effect_") and p != "after_followup_script")
+    # never reached here (the simulated sweeps have no `on` rules and no follow-ups, and archive
+    # nothing; test_effects, test_followups, test_archive and test_crash crash there): left out,
+    # so the seeds draw as before
+    CRASH_POINTS = tuple(p for p in autoexp.CRASH_POINTS if not p.startswith(("effect_", "archive_"))
+                         and p != "after_followup_script")
 
     @staticmethod
     def state_key(store, sid):

@@ -44,6 +44,16 @@ def files_of(folder, sid):
     return sorted(n for n in os.listdir(folder) if n.startswith(sid + ".") and n != sid + ".lock")
 
 
+def test_a_job_with_an_action_not_done_keeps_its_session_from_the_archive():
+    job = autoexp.Job(name="j", status="finalized", attempts=[autoexp.Attempt(attempt=1, outcome="success")],
+                      effects=[autoexp.new_effect("j", {"seq": 3, "event": "finalized"}, 0, {"run": "true"})])
+    s = autoexp.Session("x.json", [job], session_id="x", project="p", manifest_path="m", created_at="t",
+                        config={"monitoring": {}, "restart": {}})
+    assert autoexp.unfinished_jobs(s) == ["j (finalized, an action or notification not done)"]
+    job.effects[0]["state"] = "done"
+    assert autoexp.unfinished_jobs(s) == []
+
+
 def test_unfinished_jobs_table():
     Job, Attempt = autoexp.Job, autoexp.Attempt
 

@@ -133,3 +133,21 @@ def test_a_state_file_with_a_captured_value_that_is_not_a_string_is_refused():
     with pytest.raises(ValueError):
         autoexp.Attempt.from_dict({"attempt": 1, "job_id": None, "submit_state": None, "live": False,
                                    "outcome": None, "actions": [], "captured": {"ckpt": 3}})
+
+
+def test_a_nul_in_a_captured_value_is_dropped():
+    hits = _matcher({"name": "v", "pattern": r"value=(?P<v>\S+)"}).scan(["value=a\x00b"])
+    assert dict(hits[0].captures)["v"] == "ab"
+
+
+@pytest.mark.parametrize("value, unsafe", [
+    ("x[$(touch p)]", True), ("a[`id`]", True), ("$(date)", False), ("[1]", False), ("plain", False), (None, False)])
+def test_arithmetic_unsafe_table(value, unsafe):
+    assert autoexp.arithmetic_unsafe(value) is unsafe
+
+
+def test_a_captured_value_bash_arithmetic_would_run_is_never_used():
+    with pytest.raises(autoexp.ConfigError) as e:
+        autoexp.check_used_values(["declare -i z={arith}"], {"arith": "x[$(touch p)]"}, "s: on[0].run")
+    assert "{arith}" in str(e.value) and "arithmetic" in str(e.value)
+    autoexp.check_used_values(["echo {other}"], {"arith": "x[$(touch p)]", "other": "ok"}, "s")  # not used: fine

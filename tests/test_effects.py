@@ -62,6 +62,8 @@ L = autoexp.EffectLook
     (eff("running", 1), L(False, False, True), "interrupted"),    # started, died without a result
     (eff("running", 2), L(False, False, False), "start"),         # its worker died before starting it
     (eff("running", 3), L(False, False, False), "give_up"),
+    (eff("running", 1), L(False, False, False, False), "interrupted"),  # its files deleted while it ran
+    (eff("intent"), L(False, False, False, False), "start"),           # never started: no files yet
     (eff("waiting", 0, NOW + 10), L(False, False, False), "wait"),
     (eff("waiting", 0, NOW - 1), L(False, False, False), "start"),
     (eff("waiting", 0, NOW + 10), L(True, False, True), "record"),  # started by a process that crashed

@@ -439,6 +439,16 @@ def test_config_refused(notify, words):
     refused(config(notify), *words)
 
 
+@pytest.mark.parametrize("url", ["http://127.0.0.1:99999/x", "http://[::1/x", "http://:80/x"])
+def test_a_webhook_url_that_cannot_be_posted_to_is_refused(url):
+    refused(config({"targets": {"h": {"webhook": url}}}), "notify.targets.h.webhook")
+
+
+def test_on_may_act_on_the_termination_strings_event():
+    cfg = config({"targets": {"team": {"command": "true"}}}, on=[{"event": "log:success", "notify": "team"}])
+    assert resolve(cfg)["on"][0]["event"] == "log:success"
+
+
 def test_an_on_rule_must_name_a_target():
     cfg = config({"targets": {"team": {"command": "true"}}}, on=[{"event": "stopped", "notify": "tema"}])
     refused(cfg, "on[0].notify", "'tema' is not a target of notify.targets (team)")
@@ -549,3 +559,24 @@ def test_each_event_its_own_message_and_a_500_retried(project, hook):
     assert [ev["event"] for ev in journal if ev["event"].startswith("notify_")] .count("notify_sent") == 2
     retry = [ev for ev in journal if ev["event"] == "action_retry"]
     assert len(retry) == 1 and "exited 75" in retry[0]["detail"], retry
+
+
+@pytest.mark.slow
+def test_every_target_of_an_event_gets_its_own_message(project):
+    """Two targets hear of the same events: each effect is its own (its own files), so each
+    target gets each message, and what is recorded for one is its own result."""
+    cfg = helpers.sweep_config("mt", "echo TRAINING FINISHED", (1, 2), {"lost_after_seconds": 15})
+    cfg["notify"] = {"targets": {"a": {"command": "cat >> a.jsonl; echo >> a.jsonl"},
+                                 "b": {"command": "cat >> b.jsonl; echo >> b.jsonl"},
+                                 "broken": {"command": "exit 1"}}}
+    project.ok("run", project.config(cfg), "--plan-id", "mt")
+    for target in ("a", "b"):
+        with open(os.path.join(project.root, target + ".jsonl")) as f:
+            msgs = [json.loads(line) for line in f if line.strip()]
+        assert sorted(ev["job"] for m in msgs for ev in m["events"]) == ["mt-s1", "mt-s2"]
+        assert all(m["target"] == target for m in msgs)
+    journal = helpers.read_events(project.state_dir, "mt")
+    sent = sorted(ev["detail"].split(":")[0] for ev in journal if ev["event"] == "notify_sent")
+    failed = [ev for ev in journal if ev["event"] == "notify_failed"]
+    assert sent == ["on finalized #notify notify a"] * 2 + ["on finalized #notify notify b"] * 2, sent
+    assert len(failed) == 2 and all("broken" in ev["detail"] for ev in failed)

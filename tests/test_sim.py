@@ -146,7 +146,7 @@ FIXED = [
     ("unknown_state_requeue", 38, "one-live", r"as EXPEDITING"),
     ("unknown_state_requeue", 40, "one-live", r"as EXPEDITING"),
     ("runaway_record", 14, "converges", r"outcome lost: [^\n]*runaway"),
-    ("runaway_record", 40, "converges", r"outcome lost: [^\n]*runaway"),
+    ("runaway_record", 18, "converges", r"outcome lost: [^\n]*runaway"),
     # F6: a successor adopted once ended was read from the shared log's end (passes since this
     # round's log fixes, 5e1d44a and c2a6e76, with the simulator writing logs at SLURM's time); F11: a rerun under the same id that ended between two looks was run
     # again (5e1d44a, with the simulator writing logs at SLURM's time); F12: a job that left

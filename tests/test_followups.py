@@ -275,3 +275,23 @@ def test_an_on_rule_of_a_follow_up_knows_its_parent_and_the_parents_capture(proj
         told = [json.loads(line) for line in f if line.strip()]
     assert sorted(ev["job"] for msg in told for ev in msg["events"] if ev["event"] == "finalized") == [
         "fu-s1", "fu-s1-eval"]
+
+
+def test_a_captured_value_bash_arithmetic_would_run_reaches_no_command(project, fake):
+    """A log line's `x[$(touch ...)]` would run in bash arithmetic however it is quoted: the
+    follow-up using it is not submitted and the action using it fails; neither runs it."""
+    train = "echo 'ARITH=x[$(touch pwned)]'; echo TRAINING FINISHED"
+    cfg = config([{"name": "{name}-eval", "command": "declare -i z={arith}; echo TRAINING FINISHED"}], seeds=(1,),
+                 command=train)
+    cfg["monitoring"]["log_events"] = [{"name": "ar", "pattern": "ARITH=(?P<arith>\\S+)"}]
+    cfg["on"] = [{"event": "finalized", "jobs": "fu-s1", "run": "declare -i z={arith}; echo ran >> ran.txt",
+                  "retries": 0}]
+    project.ok("run", project.config(cfg), "--plan-id", "ar")
+    assert not os.path.exists(os.path.join(project.root, "pwned"))
+    assert not os.path.exists(os.path.join(project.root, "ran.txt"))
+    js = jobs(project, "ar")
+    assert js["fu-s1-eval"]["status"] == "stopped" and "bash arithmetic" in js["fu-s1-eval"]["reason"]
+    assert not fake.submissions("fu-s1-eval")
+    events = read_events(project.state_dir, "ar")
+    failed = [e for e in events if e["event"] == "action_failed"]
+    assert len(failed) == 1 and "{arith}" in failed[0]["detail"] and "bash arithmetic" in failed[0]["detail"]

@@ -8071,23 +8071,20 @@ def run_effect_try(base, lock_fd):
     env = dict(os.environ)
     env.pop("AUTOEXP_CRASH_AT", None)  # the test hook is the engine's, never the command's
     env.update(spec["env"])
-    r, w = os.pipe()
+    import tempfile
     code, timed_out, error, started = None, False, None, time.monotonic()
     out = os.open(base + EFFECT_OUT, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    # stdin from a file, not a pipe: writing more than a pipe holds to a command that never
+    # reads it would block here, and its timeout would never come
+    stdin = tempfile.TemporaryFile()
     try:
-        proc = subprocess.Popen(spec["argv"], cwd=spec["cwd"], env=env, stdin=r, stdout=out, stderr=out,
+        stdin.write(spec["stdin"].encode("utf-8"))
+        stdin.seek(0)
+        proc = subprocess.Popen(spec["argv"], cwd=spec["cwd"], env=env, stdin=stdin, stdout=out, stderr=out,
                                 pass_fds=(lock_fd,), start_new_session=True)
     except OSError as e:
-        os.close(r)
-        os.close(w)
         code, error = 127, "cannot start %s: %s" % (spec["argv"][0], e.strerror or e)
     else:
-        os.close(r)
-        try:
-            write_all(w, spec["stdin"].encode("utf-8"))
-        except OSError:
-            pass  # the command does not read its stdin (EPIPE): fine
-        os.close(w)
         try:
             code = proc.wait(timeout=spec["timeout"])
         except subprocess.TimeoutExpired:
@@ -8104,6 +8101,7 @@ def run_effect_try(base, lock_fd):
                     continue
     finally:
         os.close(out)
+        stdin.close()
     with open(base + EFFECT_OUT, "rb") as f:
         f.seek(0, os.SEEK_END)
         f.seek(max(0, f.tell() - EFFECT_TAIL_BYTES))

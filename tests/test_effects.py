@@ -358,3 +358,23 @@ def test_interrupted_try_reported_or_rerun_if_idempotent(project, fake, idempote
         assert (e["state"], e["try"]) == ("interrupted", 1)
         assert len(lines(os.path.join(project.root, "ran"))) == 1  # never run twice
         assert kinds(project, "int")[-1] == ("ef-s1", "action_interrupted")
+
+
+def test_a_command_that_never_reads_a_large_stdin_is_still_killed_at_its_timeout(tmp_path):
+    """The worker hands the command its stdin without blocking on it: a command that never
+    reads 1 MiB of stdin (more than a pipe holds) still meets its timeout."""
+    base = str(tmp_path / "e.1")
+    spec = {"argv": ["sleep", "30"], "cwd": str(tmp_path), "env": {}, "timeout": 0.5,
+            "stdin": "x" * (1 << 20)}
+    with open(base + autoexp.EFFECT_SPEC, "w") as f:
+        json.dump(spec, f)
+    fd = os.open(base + autoexp.EFFECT_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        t0 = time.time()
+        assert autoexp.run_effect_try(base, fd) == autoexp.EXIT_OK
+        assert time.time() - t0 < 10
+    finally:
+        os.close(fd)
+    with open(base + autoexp.EFFECT_RESULT) as f:
+        result = json.load(f)
+    assert result["timed_out"] is True and result["exit"] is None

@@ -2561,6 +2561,23 @@ class Completed(NamedTuple):
     timed_out: bool
 
 
+def communicate_bounded(proc, data, timeout):
+    """proc.communicate(data) for at most timeout seconds; past it, its process group (it
+    runs in a session of its own) is killed and what it wrote collected. Returns (stdout,
+    stderr, timed_out)."""
+    import subprocess
+    try:
+        out, err = proc.communicate(data, timeout=timeout)
+        return out, err, False
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except OSError:
+            pass
+        out, err = proc.communicate()
+        return out, err, True
+
+
 def run_command(argv, timeout, env=None):
     """Run a command without a shell and return its output; the default runner.
 
@@ -2578,16 +2595,7 @@ def run_command(argv, timeout, env=None):
                                "where sbatch, squeue and sacct work" % argv[0])
         # fork failing for lack of processes or memory is passing: the answer is UNKNOWN
         raise SlurmUnavailable("cannot run %s: %s" % (argv[0], e.strerror or e))
-    timed_out = False
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        timed_out = True
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except OSError:
-            pass
-        out, err = proc.communicate()
+    out, err, timed_out = communicate_bounded(proc, None, timeout)
     return Completed(list(argv), proc.returncode, out.decode("utf-8", "replace"),
                      err.decode("utf-8", "replace"), timed_out)
 
@@ -6520,16 +6528,7 @@ def run_bounded(argv, data, timeout, env=None):
                                     close_fds=True, start_new_session=True)
         except OSError as e:
             return None, False, "cannot run %s: %s" % (argv[0], e.strerror or e)
-        timed_out = False
-        try:
-            proc.communicate(data, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            timed_out = True
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except OSError:
-                pass
-            proc.wait()
+        timed_out = communicate_bounded(proc, data, timeout)[2]
         size = out.seek(0, os.SEEK_END)
         out.seek(max(0, size - OUTPUT_TAIL_BYTES))
         return proc.returncode, timed_out, out.read().decode("utf-8", "replace").strip()
